@@ -1,0 +1,106 @@
+"""Adapters from other model parameterisations to the EDM denoiser protocol ``D(x, sigma) -> x0``.
+
+EDM state x and sigma relate to a VP process x_vp = alpha x0 + sigma_vp n by
+alpha = 1 / sqrt(1 + sigma^2), sigma_vp = sigma * alpha, x_vp = alpha * x (Karras et al., 2022, Table 1),
+and to a rectified flow x_t = (1 - t) x0 + t n by sigma = t / (1 - t), x_t = x / (1 + sigma).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..schedules import VP_BETA_D, VP_BETA_MIN, vp_sigma_inv
+from .base import sigma_like
+
+__all__ = ["VPModel", "FlowModel", "PREDICTIONS"]
+
+PREDICTIONS = ("eps", "v", "x0")
+ModelFn = Callable[..., torch.Tensor]
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+class VPModel:
+    """Wrap a VP model ``model(x_vp, t) -> eps | v | x0`` as an EDM denoiser.
+
+    Time conditioning: with ``alphas_cumprod`` (discrete model, e.g. DDPM/LDM) ``t`` is the timestep index
+    whose sigma = sqrt((1 - abar) / abar) is nearest in log sigma (``timestep="nearest"``) or the
+    fractional index interpolated in log sigma (``"interp"``); otherwise the continuous VP schedule
+    (beta_min, beta_d) is inverted and ``t * time_scale`` is passed.
+    """
+
+    def __init__(
+        self,
+        model: ModelFn,
+        prediction: str = "eps",
+        *,
+        alphas_cumprod: torch.Tensor | None = None,
+        beta_min: float = VP_BETA_MIN,
+        beta_d: float = VP_BETA_D,
+        time_scale: float = 1.0,
+        timestep: str = "nearest",
+    ) -> None:
+        _check_choice("prediction", prediction, PREDICTIONS)
+        _check_choice("timestep", timestep, ("nearest", "interp"))
+        self.model, self.prediction, self.timestep = model, prediction, timestep
+        self.beta_min, self.beta_d, self.time_scale = beta_min, beta_d, time_scale
+        if alphas_cumprod is not None:
+            ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            if ac.ndim != 1 or not ((ac > 0) & (ac < 1)).all():
+                raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+            self.log_sigmas = (((1 - ac) / ac).sqrt()).log()
+        else:
+            self.log_sigmas = None
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Model time for EDM sigma (float64)."""
+        sigma = sigma.to(torch.float64)
+        if self.log_sigmas is None:
+            return vp_sigma_inv(sigma, self.beta_min, self.beta_d) * self.time_scale
+        ls = self.log_sigmas.to(sigma.device)
+        d = sigma.log().reshape(-1, 1) - ls
+        if self.timestep == "nearest":
+            return d.abs().argmin(-1).to(torch.float64).reshape(sigma.shape)
+        lo = (d >= 0).sum(-1).sub(1).clamp(0, ls.numel() - 2)
+        w = ((sigma.log().reshape(-1) - ls[lo]) / (ls[lo + 1] - ls[lo])).clamp(0, 1)
+        return (lo + w).reshape(sigma.shape)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        s = sigma_like(sigma, x)
+        alpha = (1 + s**2).rsqrt()
+        t = self.sigma_to_t(s.reshape(-1)).to(x.dtype)
+        x_vp = alpha * x
+        out = self.model(x_vp, t)
+        if self.prediction == "eps":
+            return x - s * out
+        if self.prediction == "v":
+            return alpha * x_vp - s * alpha * out
+        return out
+
+
+class FlowModel:
+    """Wrap a rectified-flow model ``model(x_t, t) -> velocity (n - x0) | x0 | eps`` as an EDM denoiser.
+
+    x_t = (1 - t) x0 + t n, so sigma = t / (1 - t) and x_edm = x_t / (1 - t) (Lipman et al., 2023;
+    Liu et al., 2023). ``time_scale`` multiplies t before the call (e.g. 1000 for models trained on [0, 1000]).
+    """
+
+    def __init__(self, model: ModelFn, prediction: str = "velocity", *, time_scale: float = 1.0) -> None:
+        _check_choice("prediction", prediction, ("velocity", "x0", "eps"))
+        self.model, self.prediction, self.time_scale = model, prediction, time_scale
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        s = sigma_like(sigma, x)
+        t = s / (1 + s)
+        x_t = x * (1 - t)
+        out = self.model(x_t, (t.reshape(-1) * self.time_scale).to(x.dtype))
+        if self.prediction == "velocity":
+            return x_t - t * out
+        if self.prediction == "eps":
+            return x - s * out
+        return out

@@ -1,0 +1,156 @@
+"""Time schedules: descending float64 sigma tensors from sigma_max to sigma_min.
+
+All schedules live in the EDM/Karras parameterisation (sigma = t). A schedule of
+``num_steps`` sigmas has ``num_steps - 1`` intervals; the paper's Gamma = {t_N = T, ..., t_1 = eps}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "SCHEDULES",
+    "get_schedule",
+    "validate_sigmas",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "ddpm_alphas_cumprod",
+]
+
+SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete")
+
+# Continuous VP schedule of Song et al. (2021), as used by EDM for its VP models.
+VP_BETA_MIN = 0.1
+VP_BETA_D = 19.9
+
+
+def vp_sigma(t: torch.Tensor | float, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D) -> torch.Tensor:
+    """EDM sigma of VP time t: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
+
+
+def vp_sigma_inv(sigma: torch.Tensor | float, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D) -> torch.Tensor:
+    """Inverse of :func:`vp_sigma`."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+
+
+def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alphas_cumprod of the linear DDPM beta schedule (Ho et al., 2020), float64."""
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas") -> torch.Tensor:
+    """Return ``sigmas`` as a 1-D float64 tensor, or raise ValueError if it is not a valid schedule.
+
+    A valid schedule has at least 2 entries, all finite and positive, strictly decreasing.
+    """
+    if isinstance(sigmas, torch.Tensor):
+        s = sigmas.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            s = torch.as_tensor(sigmas, dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a 1-D tensor or sequence of floats, got {type(sigmas).__name__}") from e
+    if s.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(s.shape)}")
+    if s.numel() < 2:
+        raise ValueError(f"{name} needs at least 2 entries (one step), got {s.numel()}")
+    if not torch.isfinite(s).all():
+        bad = int((~torch.isfinite(s)).nonzero()[0])
+        raise ValueError(f"{name} must be finite; entry {bad} is {s[bad].item()}")
+    if not (s > 0).all():
+        bad = int((s <= 0).nonzero()[0])
+        raise ValueError(
+            f"{name} must be positive; entry {bad} is {s[bad].item()} "
+            "(end the schedule at sigma_min > 0 and use denoise_to_zero=True for a final jump to 0)"
+        )
+    diffs = s[1:] - s[:-1]
+    if not (diffs < 0).all():
+        bad = int((diffs >= 0).nonzero()[0])
+        raise ValueError(
+            f"{name} must be strictly decreasing; entry {bad + 1} ({s[bad + 1].item()}) "
+            f">= entry {bad} ({s[bad].item()})"
+        )
+    return s
+
+
+def _rho_ramp(a: float, b: float, n: int, rho: float) -> torch.Tensor:
+    """n points from a to b, uniform in x^(1/rho) (EDM eq. 5)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return (a ** (1 / rho) + ramp * (b ** (1 / rho) - a ** (1 / rho))) ** rho
+
+
+def get_schedule(
+    kind: str | torch.Tensor | Sequence[float],
+    num_steps: int | None = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    *,
+    alphas_cumprod: torch.Tensor | None = None,
+    beta_min: float = VP_BETA_MIN,
+    beta_d: float = VP_BETA_D,
+) -> torch.Tensor:
+    """Build a schedule of ``num_steps`` sigmas, descending from ``sigma_max`` to ``sigma_min``.
+
+    kinds:
+      * ``"polynomial"``: EDM (Karras et al., 2022, eq. 5), uniform in sigma^(1/rho).
+      * ``"logsnr"``: uniform in log sigma (= uniform in the half log-SNR lambda; DPM-Solver).
+      * ``"time_uniform"``: uniform in (VP time)^(1/rho) of the continuous VP schedule (beta_min, beta_d);
+        rho=1 is the classic uniform-time schedule.
+      * ``"discrete"``: timesteps of a discrete VP model with ``alphas_cumprod`` (default: linear DDPM,
+        1000 steps), spaced uniformly in index^(1/rho) between the indices nearest sigma_max and
+        sigma_min and rounded, so every sigma is one the model was trained on. Correct for every rho.
+      * a tensor/sequence: validated and returned as float64 (num_steps must be None or match).
+    """
+    if not isinstance(kind, str):
+        s = validate_sigmas(kind, "schedule")
+        if num_steps is not None and num_steps != s.numel():
+            raise ValueError(f"num_steps={num_steps} does not match the given schedule of {s.numel()} sigmas")
+        return s
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULES)} or pass a tensor")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2 (one step needs two sigmas), got {num_steps}")
+    for pname, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{pname} must be a positive finite number, got {v!r}")
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
+
+    if kind == "polynomial":
+        s = _rho_ramp(sigma_max, sigma_min, num_steps, rho)
+    elif kind == "logsnr":
+        s = torch.linspace(math.log(sigma_max), math.log(sigma_min), num_steps, dtype=torch.float64).exp()
+    elif kind == "time_uniform":
+        t_max = float(vp_sigma_inv(sigma_max, beta_min, beta_d))
+        t_min = float(vp_sigma_inv(sigma_min, beta_min, beta_d))
+        s = vp_sigma(_rho_ramp(t_max, t_min, num_steps, rho), beta_min, beta_d)
+    else:  # discrete
+        ac = ddpm_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if ac.ndim != 1 or ac.numel() < 2 or not ((ac > 0) & (ac < 1)).all():
+            raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+        model_sigmas = ((1 - ac) / ac).sqrt()  # increasing with the timestep index
+        lo = int(torch.argmin((model_sigmas.log() - math.log(sigma_min)).abs()))
+        hi = int(torch.argmin((model_sigmas.log() - math.log(sigma_max)).abs()))
+        if hi - lo + 1 < num_steps:
+            raise ValueError(
+                f"num_steps={num_steps} exceeds the {hi - lo + 1} discrete timesteps between sigma_max and sigma_min"
+            )
+        # Uniform in index^(1/rho) on a shifted index (>= 1, so rho > 1 stays well-defined at index 0).
+        idx = _rho_ramp(hi + 1.0, lo + 1.0, num_steps, rho).round().long() - 1
+        if not (idx[1:] < idx[:-1]).all():
+            raise ValueError(
+                f"rho={rho} with num_steps={num_steps} maps two steps to the same discrete timestep; "
+                "use fewer steps or a smaller rho"
+            )
+        s = model_sigmas[idx]
+    return validate_sigmas(s, f"{kind} schedule")

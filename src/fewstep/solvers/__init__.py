@@ -1,0 +1,48 @@
+"""Solvers of the probability-flow ODE in the EDM parameterisation, by name."""
+
+from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms
+from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
+from .singlestep import DPM2, Euler, Heun, to_d
+
+SOLVERS: dict[str, type[Solver]] = {
+    "euler": Euler,
+    "heun": Heun,
+    "dpm2": DPM2,
+    "dpmpp": DPMSolverPP,
+    "unipc": UniPC,
+    "ipndm": IPNDM,
+    "ipndm_v": IPNDMV,
+    "deis": DEIS,
+}
+
+
+def get_solver(name: str | Solver, **options: object) -> Solver:
+    """Solver instance from a registry name and keyword options (or pass an instance through)."""
+    if isinstance(name, Solver):
+        if options:
+            raise TypeError("options cannot be given together with a solver instance")
+        return name
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return SOLVERS[name].create(**options)
+
+
+__all__ = [
+    "SOLVERS",
+    "get_solver",
+    "Solver",
+    "History",
+    "Euler",
+    "Heun",
+    "DPM2",
+    "DPMSolverPP",
+    "UniPC",
+    "IPNDM",
+    "IPNDMV",
+    "DEIS",
+    "phi",
+    "taylor_terms",
+    "lagrange_integrals",
+    "step_order",
+    "to_d",
+]
