@@ -55,6 +55,11 @@ CASES = [
     ("deis", {"max_order": 4}, 4),
     ("deis", {"max_order": 3, "deis_mode": "rhoab"}, 3),
     ("deis", {"max_order": 3, "deis_mode": "logrho"}, 3),
+    # AMED without a predictor (r = 0.5, c = a = 1): DPM-Solver-2, and the base solver on the refined schedule.
+    ("amed", {}, 2),
+    ("amed_plugin", {"base": "euler"}, 1),
+    ("amed_plugin", {"base": "ipndm_v", "max_order": 3}, 3),
+    ("amed_plugin", {"base": "dpmpp", "max_order": 2, "lower_order_final": False}, 2),
 ]
 
 
@@ -69,7 +74,7 @@ def fitted_order(gmm, noise, ref, solver, options):
     for n in NS:
         sig = fewstep.get_schedule("polynomial", n, SIGMA_MIN, SIGMA_MAX)
         opts = dict(options)
-        if solver in ("dpmpp", "unipc"):
+        if solver in ("dpmpp", "unipc") or options.get("base") in ("dpmpp", "unipc"):
             opts.setdefault("lower_order_final", False)
         x = fewstep.sample(gmm, noise, sig, solver, **opts)
         errs.append(((x - ref).norm() / ref.norm()).item())

@@ -37,16 +37,23 @@ class _Evaluator:
         self.model_dtype, self.check_finite = model_dtype, check_finite
         self.nfe, self.step = 0, 0
         self.last_denoised: torch.Tensor | None = None
+        # Solvers that learn from the network's features (AMED) read them here after each call.
+        self.want_features = False
+        self.features: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.afs_pending:
             # Analytical first step (Zhou et al., 2024, Sec. 3.3): d = x / sqrt(1 + sigma^2), no model call.
             self.afs_pending = False
             out = x - sigma * x / (1 + sigma**2).sqrt()
+            self.features = None
         else:
             dtype = self.model_dtype or x.dtype
-            sig = sigma.to(device=x.device, dtype=dtype).expand(x.shape[0])
-            out = self.denoiser(x.to(dtype), sig)
+            sig = sigma.to(device=x.device, dtype=dtype).reshape(-1).expand(x.shape[0])
+            if self.want_features:
+                out, self.features = self.denoiser.denoise_with_features(x.to(dtype), sig)
+            else:
+                out = self.denoiser(x.to(dtype), sig)
             self.nfe += 1
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

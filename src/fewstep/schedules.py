@@ -36,7 +36,8 @@ def vp_sigma(t: torch.Tensor | float, beta_min: float = VP_BETA_MIN, beta_d: flo
 def vp_sigma_inv(sigma: torch.Tensor | float, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D) -> torch.Tensor:
     """Inverse of :func:`vp_sigma`."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+    L = torch.log1p(sigma**2)
+    return 2 * L / ((beta_min**2 + 2 * beta_d * L).sqrt() + beta_min)  # no cancellation at small sigma
 
 
 def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -107,6 +108,7 @@ def get_schedule(
       * ``"discrete"``: timesteps of a discrete VP model with ``alphas_cumprod`` (default: linear DDPM,
         1000 steps), spaced uniformly in index^(1/rho) between the indices nearest sigma_max and
         sigma_min and rounded, so every sigma is one the model was trained on. Correct for every rho.
+        (The index is shifted by one, (index + 1)^(1/rho), so rho > 1 stays well-defined at index 0.)
       * a tensor/sequence: validated and returned as float64 (num_steps must be None or match).
     """
     if not isinstance(kind, str):
@@ -153,4 +155,6 @@ def get_schedule(
                 "use fewer steps or a smaller rho"
             )
         s = model_sigmas[idx]
+    if kind != "discrete":
+        s[0], s[-1] = sigma_max, sigma_min  # exact endpoints, free of rounding in the formulas above
     return validate_sigmas(s, f"{kind} schedule")

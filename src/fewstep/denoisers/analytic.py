@@ -113,6 +113,10 @@ class GaussianMixture:
         return self.log_weights - 0.5 * ((y * py).sum(-1) + logdet)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return self.denoise_with_features(x, sigma)[0]
+
+    def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and, as features for AMED's predictor, the component responsibilities (B, K)."""
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must have shape (B, ...) with {self.dim} features per item, got {tuple(x.shape)}")
         xf = x.reshape(x.shape[0], -1).to(self.means.dtype)
@@ -121,7 +125,7 @@ class GaussianMixture:
         py, logdet = self._precision_times(y, s2)
         resp = torch.softmax(self.log_weights - 0.5 * ((y * py).sum(-1) + logdet), dim=-1)  # (B, K)
         x0 = xf - s2.squeeze(-1) * (resp.unsqueeze(-1) * py).sum(1)
-        return x0.reshape(x.shape).to(x.dtype)
+        return x0.reshape(x.shape).to(x.dtype), resp
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw n samples x0 from the mixture, shape (n, D), float64."""

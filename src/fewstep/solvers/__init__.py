@@ -1,5 +1,6 @@
 """Solvers of the probability-flow ODE in the EDM parameterisation, by name."""
 
+from .amed import AMEDPlugin, AMEDSolver
 from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms
 from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
 from .singlestep import DPM2, Euler, Heun, to_d
@@ -13,6 +14,8 @@ SOLVERS: dict[str, type[Solver]] = {
     "ipndm": IPNDM,
     "ipndm_v": IPNDMV,
     "deis": DEIS,
+    "amed": AMEDSolver,
+    "amed_plugin": AMEDPlugin,
 }
 
 
@@ -40,6 +43,8 @@ __all__ = [
     "IPNDM",
     "IPNDMV",
     "DEIS",
+    "AMEDSolver",
+    "AMEDPlugin",
     "phi",
     "taylor_terms",
     "lagrange_integrals",

@@ -4,7 +4,8 @@ A solver is a small frozen dataclass: ``init(x, sigmas) -> state`` and
 ``step(model, x, i, sigmas, state) -> (x_next, state)`` advance from sigmas[i] to sigmas[i + 1].
 ``model(x, sigma)`` is the denoiser D(x, sigma) -> x0 with sigma a 0-dim float64 tensor; the driver
 (:func:`fewstep.sample`) wraps the user's denoiser with NFE counting, AFS and dtype handling.
-Schedule values are 0-dim tensors throughout, so gradients can reach learned times (AMED).
+Schedule values are tensors throughout, so gradients can reach learned times (AMED): 0-dim, or of shape
+(B, 1, ..., 1) for per-sample times (AMED-Plugin); every formula broadcasts.
 """
 
 from __future__ import annotations
@@ -152,10 +153,10 @@ def lagrange_integrals(
     variable u (DEIS, Zhang & Chen 2023: u = VP time for tAB, u = sigma for rhoAB, u = log sigma for
     diffusers' logrho). Gauss-Legendre (24 nodes) in log sigma, where every integrand here is smooth.
     """
-    va, vb = sigma_from.log(), sigma_to.log()
+    va, vb = sigma_from.log().unsqueeze(-1), sigma_to.log().unsqueeze(-1)  # quadrature on a trailing axis
     v = 0.5 * (vb - va) * _GL_NODES.to(va) + 0.5 * (va + vb)
     sig = v.exp()
-    uq, un = u(sig), [u(n) for n in nodes]
+    uq, un = u(sig), [u(n).unsqueeze(-1) for n in nodes]
     jac = 0.5 * (vb - va) * _GL_WEIGHTS.to(va) * sig
     out = []
     for j in range(len(nodes)):
@@ -163,5 +164,5 @@ def lagrange_integrals(
         for m in range(len(nodes)):
             if m != j:
                 basis = basis * (uq - un[m]) / (un[j] - un[m])
-        out.append((basis * jac).sum())
+        out.append((basis * jac).sum(-1))
     return out

@@ -135,9 +135,11 @@ class UniPC(Solver):
         elif n == 1 and (m_new is not None or order == 2):
             rhos = [torch.full_like(h, 0.5)]  # UniPC's fixed weight for one difference
         else:
-            R = torch.stack([torch.stack([r**j for r in rks]) for j in range(n)])
-            b = torch.stack([hh * phi(j + 2, hh) * math.factorial(j + 1) / B for j in range(n)])
-            rhos = list(torch.linalg.solve(R, b))
+            rks = list(torch.broadcast_tensors(*rks, hh))[:-1]
+            R = torch.stack([torch.stack([r**j for r in rks], -1) for j in range(n)], -2)  # (..., n, n)
+            b = torch.stack([hh * phi(j + 2, hh) * math.factorial(j + 1) / B for j in range(n)], -1)
+            b = b.expand(R.shape[:-1])
+            rhos = list(torch.linalg.solve(R, b).movedim(-1, 0))
         base = _exp_update(x, s, t, [m0], self.predict_x0)
         if not rhos:
             return base

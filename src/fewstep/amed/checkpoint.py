@@ -1,0 +1,140 @@
+"""Safe AMED checkpoints: one safetensors file whose metadata holds the JSON config and a SHA-256 of the weights.
+
+Loading never executes code: no pickle, a strict config schema, and refusal of files that do not match the model
+or solver they are used with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .predictor import AMEDPredictor
+
+__all__ = ["save", "load", "read_config", "FORMAT", "VERSION", "CONFIG_KEYS", "CheckpointError"]
+
+FORMAT = "fewstep-amed-predictor"
+VERSION = 1
+CONFIG_KEYS = frozenset({
+    "version", "student", "sigmas", "schedule", "afs", "scale_dir", "scale_time", "features", "architecture",
+    "model_id", "training",
+})
+REQUIRED_KEYS = frozenset({"version", "student", "sigmas", "afs", "scale_dir", "scale_time", "features", "architecture"})
+
+
+class CheckpointError(ValueError):
+    """A file is not a valid fewstep AMED checkpoint, or does not match what it is used with."""
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save(predictor: AMEDPredictor, path: str | os.PathLike) -> Path:
+    """Write ``predictor`` to ``path`` (safetensors, written to a temporary file and renamed)."""
+    path = Path(path)
+    cfg = dict(predictor.config)
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise CheckpointError(f"predictor config has unknown keys: {', '.join(sorted(unknown))}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in predictor.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(cfg, sort_keys=True), "sha256": _digest(tensors)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _sniff(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(
+            f"{path} looks like a pickle / torch.save file; fewstep only loads safetensors checkpoints "
+            "(pickle can execute code when loaded)"
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is too short to be a safetensors file ({len(head)} bytes)")
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated JSON config stored in a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fewstep AMED checkpoint (format {meta.get('format')!r})")
+    try:
+        cfg = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} has no valid JSON config: {e}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: config must be a JSON object")
+    unknown, missing = set(cfg) - CONFIG_KEYS, REQUIRED_KEYS - set(cfg)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown config keys {', '.join(sorted(unknown))}")
+    if missing:
+        raise CheckpointError(f"{path}: config lacks {', '.join(sorted(missing))}")
+    if cfg["version"] != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {cfg['version']!r}, this fewstep reads version {VERSION}")
+    return cfg
+
+
+def load(path: str | os.PathLike, *, model_id: str | None = None, solver: str | None = None) -> AMEDPredictor:
+    """Load a predictor; refuse corrupted files, and files made for another model or student solver."""
+    path = Path(path)
+    cfg = read_config(path)
+    if model_id is not None and cfg.get("model_id") not in (None, model_id):
+        raise CheckpointError(f"{path} was trained for model {cfg['model_id']!r}, not {model_id!r}")
+    student = cfg["student"]
+    if solver is not None and solver not in (student.get("solver"), student.get("base")):
+        raise CheckpointError(f"{path} was trained for solver {student.get('base') or student.get('solver')!r}, "
+                              f"not {solver!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is corrupted: {e}") from None
+    if _digest(tensors) != meta.get("sha256"):
+        raise CheckpointError(f"{path} is corrupted: weights do not match their SHA-256")
+    arch, feats = cfg["architecture"], cfg["features"]
+    pred = AMEDPredictor(
+        num_steps=len(cfg["sigmas"]) - 1, feature_dim=feats.get("dim"), scale_dir=cfg["scale_dir"],
+        scale_time=cfg["scale_time"], hidden=arch["hidden"], emb_dim=arch["emb_dim"], feat_proj=arch["feat_proj"],
+        config=cfg,
+    )
+    if tensors:
+        pred.to(next(iter(tensors.values())).dtype)
+    try:
+        pred.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the configured predictor: {e}") from None
+    return pred.eval()
