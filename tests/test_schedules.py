@@ -65,7 +65,7 @@ def test_continuous_endpoints_to_rounding(kind, rho, smin, smax):
         assert s[-1].item() == pytest.approx(smin, rel=1e-10, abs=0)
 
 
-# BUG: the continuous schedules do not end exactly at sigma_max / sigma_min (e.g. polynomial, rho=1,
+# Regression (fixed): the continuous schedules do not end exactly at sigma_max / sigma_min (e.g. polynomial, rho=1,
 # 80 -> 0.002 gives s[-1] = 0.001999999999995339, 2.3e-12 relative; logsnr gives s[0] = 79.99999999999997).
 # The endpoints are the user's numbers and should be returned bit-exactly (a schedule built from
 # sigma_min=0.002 should contain 0.002, e.g. for lookups and for AMED predictors keyed on the schedule).
@@ -135,7 +135,7 @@ def test_vp_sigma_inv_inverts_vp_sigma():
     assert vp_sigma_inv(torch.tensor(80.0)).dtype == torch.float64
 
 
-# BUG: vp_sigma_inv computes sqrt(beta_min^2 + 2 beta_d log1p(s^2)) - beta_min, which cancels
+# Regression (fixed): vp_sigma_inv computes sqrt(beta_min^2 + 2 beta_d log1p(s^2)) - beta_min, which cancels
 # catastrophically for small sigma (s = 1e-5: vp_sigma(vp_sigma_inv(s)) is off by 1.4e-10 relative,
 # 1e-6: ~1e-8). Proposed fix (same value, no cancellation):
 #     L = torch.log1p(sigma**2)

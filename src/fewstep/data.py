@@ -173,8 +173,8 @@ def fit_gmm(
     Returns float64 tensors ``means`` (K, D), ``covariances`` (K, D, D) and
     ``weights`` (K,).  EM stops when the mean per-sample log-likelihood gains
     less than ``tol`` nats (1e-2 halves the fit time versus sklearn's 1e-3 at no
-    loss in held-out likelihood).  ``reg`` is added to every covariance diagonal during EM
-    (sklearn's ``reg_covar``); afterwards the covariances are symmetrised and
+    loss in held-out likelihood).  ``reg`` is added to every covariance diagonal
+    during EM (sklearn's ``reg_covar``); afterwards the covariances are symmetrised and
     their eigenvalues floored at ``reg``, so they are symmetric positive definite.
     """
     from sklearn.mixture import GaussianMixture

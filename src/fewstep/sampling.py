@@ -99,10 +99,11 @@ def steps_for_nfe(solver: str | Solver, nfe: int, afs: bool = False, **options: 
 def sample(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
-    sigmas: torch.Tensor | Iterable[float],
-    solver: str | Solver = "euler",
+    sigmas: torch.Tensor | Iterable[float] | None = None,
+    solver: str | Solver | None = None,
     *,
-    afs: bool = False,
+    afs: bool | None = None,
+    predictor: Any = None,
     denoise_to_zero: bool = False,
     return_trajectory: bool = False,
     return_result: bool = False,
@@ -121,7 +122,16 @@ def sample(
     (inference mode) unless ``enable_grad``. Returns the final tensor, or a :class:`SampleResult` with
     ``.x``, ``.nfe`` and ``.trajectory`` when ``return_trajectory`` or ``return_result`` is set.
     ``callback`` gets a dict with i, x, sigma, sigma_next, denoised and nfe after every step.
+
+    With an AMED ``predictor`` (``fewstep.amed.train`` / ``fewstep.amed.load``) the schedule, solver and AFS
+    come from its config; passing different ones is an error.
     """
+    if predictor is not None:
+        denoiser, sigmas, solver, afs = _predictor_settings(predictor, denoiser, sigmas, solver, afs, options)
+    if sigmas is None:
+        raise TypeError("sample() needs sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
+    solver = "euler" if solver is None else solver
+    afs = False if afs is None else afs
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable (x, sigma) -> x0, got {type(denoiser).__name__}")
     for name, flag in (("afs", afs), ("denoise_to_zero", denoise_to_zero), ("return_trajectory", return_trajectory),
@@ -133,6 +143,7 @@ def sample(
     solv = get_solver(solver, **options)
 
     ev = _Evaluator(denoiser, afs, model_dtype, check_finite)
+    ev.want_features = bool(getattr(getattr(solv, "predictor", None), "uses_features", False))
     grad_ctx = torch.enable_grad() if enable_grad else torch.inference_mode()
     with grad_ctx:
         x = noise * sig[0]
@@ -177,3 +188,39 @@ def noise_for_seeds(
         raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
     out = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     return out.to(dtype=dtype, device=device)
+
+
+def _predictor_settings(predictor: Any, denoiser: Callable, sigmas: Any, solver: Any, afs: Any,
+                        options: dict[str, Any]) -> tuple[Callable, torch.Tensor, Solver, bool]:
+    """Denoiser (with features if needed), schedule, solver and AFS that ``predictor`` was trained for."""
+    from .amed import HookFeatures, provides_features, student_solver
+
+    cfg = getattr(predictor, "config", None)
+    if not isinstance(cfg, dict) or "student" not in cfg:
+        raise TypeError("predictor must be an AMED predictor from fewstep.amed.train or fewstep.amed.load")
+    if options:
+        raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
+    trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
+    if sigmas is not None:
+        given = validate_sigmas(sigmas)
+        if given.shape != trained.shape or not torch.allclose(given, trained, rtol=1e-12, atol=0):
+            raise ValueError(f"predictor was trained for sigmas {[round(v, 6) for v in cfg['sigmas']]}; "
+                             "pass sigmas=None to use them")
+    st = cfg["student"]
+    if solver is not None and solver not in (st["solver"], st.get("base")):
+        raise ValueError(f"predictor was trained for solver {st.get('base') or st['solver']!r}, got {solver!r}")
+    if afs is not None and afs != cfg["afs"]:
+        raise ValueError(f"predictor was trained with afs={cfg['afs']}, got afs={afs}")
+    want_id, have_id = cfg.get("model_id"), getattr(denoiser, "model_id", None)
+    if want_id is not None and have_id is not None and want_id != have_id:
+        raise ValueError(f"predictor was trained for model {want_id!r}, but the denoiser is {have_id!r}")
+    feats = cfg["features"]
+    if feats["source"] != "none" and not provides_features(denoiser):
+        if feats["source"] == "hook" and isinstance(denoiser, torch.nn.Module):
+            denoiser = HookFeatures(denoiser, denoiser, feats["module"])
+        else:
+            raise ValueError(
+                f"predictor needs {feats['source']} features ({feats.get('module') or 'denoise_with_features'}); "
+                "wrap the model with fewstep.amed.HookFeatures(denoiser, network, module)"
+            )
+    return denoiser, trained, student_solver(cfg, predictor), bool(cfg["afs"])

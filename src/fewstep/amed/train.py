@@ -193,7 +193,7 @@ def train(
                 if loss == "per_step" or i == num_steps - 2:
                     step_loss = (x_next - targets[i + 1]).flatten(1).norm(dim=1).mean()
                     step_loss.backward()
-                    total += float(step_loss)
+                    total += step_loss.item()
                 if loss == "per_step":
                     x_next, state = x_next.detach(), detach_state(state)
                 x = x_next
