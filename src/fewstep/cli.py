@@ -77,6 +77,112 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    """'0-99', '3,5,9' or '0-9,20-29' -> list of seeds."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0-99 or 1,5,9, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-empty set of non-negative seeds, got {text!r}")
+    return out
+
+
+MODELS = ("gmm",)
+
+
+def load_model(name: str):
+    """(denoiser, sample shape, model id) for a built-in model name."""
+    import torch
+
+    from . import data, denoisers
+
+    if name == "gmm":
+        bed = data.gmm_bed()
+        gmm = denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
+        gmm.model_id = "gmm-bed:8x8x3:k10:seed0"
+        return gmm, (3, 8, 8), gmm.model_id, torch.float64
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import amed
+    from .sampling import steps_for_nfe
+
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    denoiser, shape, model_id, dtype = load_model(args.model)
+    solver = "amed" if args.student == "amed" else "amed_plugin"
+    num_steps = args.num_steps or steps_for_nfe(solver, args.nfe, args.afs, **({} if solver == "amed" else {"base": args.student}))
+    teacher_options = json.loads(args.teacher_options) if args.teacher_options else {}
+    log: list = []
+    pred = amed.train(
+        denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
+        num_steps=num_steps, M=args.M, schedule=args.schedule, afs=args.afs, scale_dir=args.scale_dir,
+        scale_time=args.scale_time, features=args.features, batch=args.batch, total_samples=args.total_samples,
+        lr=args.lr, loss=args.loss, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
+    )
+    pred.save(out)
+    print(f"Trained in {log[0].seconds:.1f} s; final loss {log[0].losses[-1]:.4f}; wrote {out}")
+    if not pred.uses_features:
+        for i, row in enumerate(pred.table_values()):
+            print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from . import amed
+    from .sampling import noise_for_seeds, sample, steps_for_nfe
+    from .schedules import get_schedule
+
+    torch.set_num_threads(max(1, args.threads))
+    denoiser, shape, model_id, dtype = load_model(args.model)
+    if args.predictor:
+        pred = amed.load(args.predictor, model_id=model_id)
+        kwargs: dict = {"predictor": pred}
+    else:
+        n = steps_for_nfe(args.solver, args.nfe, args.afs)
+        kwargs = {"sigmas": get_schedule(args.schedule, n), "solver": args.solver, "afs": args.afs}
+    out = Path(args.out)
+    xs = []
+    nfe = 0
+    for start in range(0, len(args.seeds), args.batch):
+        seeds = args.seeds[start:start + args.batch]
+        res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype), return_result=True,
+                     denoise_to_zero=args.denoise_to_zero, progress=True, **kwargs)
+        xs.append(res.x.float().clamp(-1, 1).numpy())
+        nfe = res.nfe
+    arr = np.concatenate(xs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, images=arr, seeds=np.array(args.seeds))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"Wrote {len(arr)} samples ({nfe} NFE each) to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +195,43 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ref-steps", type=_positive, default=256, help="reference solver steps (default: %(default)s)")
     d.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train an AMED predictor by distillation")
+    t.add_argument("--model", choices=MODELS, default="gmm", help="built-in model (default: %(default)s)")
+    t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
+    t.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
+    t.add_argument("--nfe", type=_positive, default=5, help="target NFE (default: %(default)s)")
+    t.add_argument("--num-steps", type=_positive, default=None, help="number of sigmas (overrides --nfe)")
+    t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
+    t.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
+    t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
+    t.add_argument("--teacher-options", default='{"max_order": 4, "deis_mode": "logrho"}', help="JSON options")
+    t.add_argument("--M", type=int, default=8, help="teacher steps inserted per interval (default: %(default)s)")
+    t.add_argument("--features", default="adapter", help="none | adapter | auto | MODULE (default: %(default)s)")
+    t.add_argument("--scale-dir", type=float, default=0.05)
+    t.add_argument("--scale-time", type=float, default=0.0)
+    t.add_argument("--loss", default="final", choices=("per_step", "final"))
+    t.add_argument("--batch", type=_positive, default=64)
+    t.add_argument("--total-samples", type=_positive, default=8192)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
+    s.add_argument("--model", choices=MODELS, default="gmm")
+    s.add_argument("--predictor", default=None, help="AMED checkpoint; its schedule, solver and AFS are used")
+    s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
+    s.add_argument("--nfe", type=_positive, default=5)
+    s.add_argument("--afs", action="store_true")
+    s.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
+    s.add_argument("--seeds", type=_seeds, default=_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
+    s.add_argument("--batch", type=_positive, default=64)
+    s.add_argument("--denoise-to-zero", action="store_true")
+    s.add_argument("--out", required=True, help="output .npz (images in [-1, 1], seeds)")
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    s.set_defaults(func=cmd_sample)
     return p
 
 

@@ -19,6 +19,7 @@ from .predictor import AMEDPredictor
 __all__ = ["train", "refine_schedule", "student_solver", "detach_state", "TrainLog", "LOSSES"]
 
 LOSSES = ("per_step", "final")
+DISTANCES = ("l2", "mse")
 
 
 def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
@@ -49,6 +50,24 @@ def detach_state(state: Any) -> Any:
     if isinstance(state, (tuple, list)):
         return type(state)(detach_state(s) for s in state)
     return state
+
+
+class _Recorder:
+    """Passes predictor calls through and keeps r and c for the progress bar."""
+
+    def __init__(self, predictor: AMEDPredictor) -> None:
+        self.predictor, self.uses_features = predictor, predictor.uses_features
+        self.r: list[torch.Tensor] = []
+        self.c: list[torch.Tensor] = []
+
+    def clear(self) -> None:
+        self.r, self.c = [], []
+
+    def __call__(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r, c, a = self.predictor(*args)
+        self.r.append(r.detach())
+        self.c.append(c.detach())
+        return r, c, a
 
 
 @dataclasses.dataclass
@@ -95,6 +114,8 @@ def train(
     total_samples: int = 8192,
     lr: float = 1e-2,
     loss: str = "per_step",
+    distance: str = "l2",
+    lr_decay: bool = True,
     seed: int = 0,
     model_id: str | None = None,
     dtype: torch.dtype = torch.float64,
@@ -105,8 +126,9 @@ def train(
     """Train an AMED predictor for ``student`` ("amed" = AMED-Solver, or a base solver name for AMED-Plugin)
     on a schedule of ``num_steps`` sigmas, by distillation from ``teacher`` run with ``M`` extra steps per
     interval. ``loss="per_step"``: L2 distance to the teacher at every t_n with one backward per step and
-    the student's own (detached) state carried on (Algorithm 1); ``"final"``: L2 at the last point with
-    backpropagation through all steps. ``features``: "none" (predictor-free table), "adapter" (the denoiser's
+    the student's own (detached) state carried on (Algorithm 1); ``"final"``: distance at the last point with
+    backpropagation through all steps. ``distance``: "l2" (per-sample L2 norm, the paper's) or "mse".
+    Adam with cosine learning-rate decay (``lr_decay``). ``features``: "none" (predictor-free table), "adapter" (the denoiser's
     ``denoise_with_features``), "auto" (middle block of ``network``) or a module name in ``network``.
     Deterministic given ``seed``. Returns the predictor with its sampling config."""
     if student != "amed" and (student not in SOLVERS or student in ("heun", "amed_plugin")):
@@ -114,6 +136,8 @@ def train(
         raise ValueError(f"student must be one of {allowed}, got {student!r}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
     for name, v in (("batch", batch), ("total_samples", total_samples), ("num_steps", num_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "num_steps" else 1):
             raise ValueError(f"{name} must be an int >= {2 if name == 'num_steps' else 1}, got {v!r}")
@@ -151,12 +175,14 @@ def train(
         "architecture": {"hidden": hidden, "emb_dim": 8, "feat_proj": 16},
         "model_id": model_id,
         "training": {"teacher": teacher, "teacher_options": teacher_options, "M": M, "batch": batch,
-                     "total_samples": total_samples, "lr": lr, "loss": loss, "seed": seed, "shape": list(shape)},
+                     "total_samples": total_samples, "lr": lr, "lr_decay": lr_decay, "loss": loss, "distance": distance, "seed": seed, "shape": list(shape)},
     }
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)
-    solver = student_solver(config, pred)
+    recorder = _Recorder(pred)
+    solver = student_solver(config, recorder)
     opt = torch.optim.Adam(pred.parameters(), lr=lr)
     iters = math.ceil(total_samples / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if lr_decay else None
     stride = M + 1
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -167,31 +193,18 @@ def train(
         teach = sample(model, noise, teacher_sig, teacher, return_trajectory=True, **teacher_options)
         targets = teach.trajectory[::stride]
         ev = _Evaluator(model, afs, None, True)
-        ev.want_features = feat_cfg["source"] != "none"
+        ev.want_features = pred.uses_features
         x = noise * sig[0]
         state = solver.init(x, sig)
         total = 0.0
-        rs, cs = [], []
-
-        def record(i: int) -> None:
-            with torch.no_grad():
-                r, c, _ = pred(i, sig[i], sig[i + 1], ev.features, x.shape[0]) if not pred.uses_features else \
-                    (None, None, None)
-            if r is not None:
-                rs.append(r), cs.append(c)
-
+        recorder.clear()
         with torch.enable_grad():
             for i in range(num_steps - 1):
                 ev.step = i
                 x_next, state = solver.step(ev, x, i, sig, state)
-                if pred.uses_features:
-                    with torch.no_grad():
-                        r, c, _ = pred(i, sig[i], sig[i + 1], ev.features if i or not afs else None, x.shape[0])
-                    rs.append(r), cs.append(c)
-                else:
-                    record(i)
                 if loss == "per_step" or i == num_steps - 2:
-                    step_loss = (x_next - targets[i + 1]).flatten(1).norm(dim=1).mean()
+                    diff = (x_next - targets[i + 1]).flatten(1)
+                    step_loss = diff.norm(dim=1).mean() if distance == "l2" else diff.square().mean()
                     step_loss.backward()
                     total += step_loss.item()
                 if loss == "per_step":
@@ -199,8 +212,10 @@ def train(
                 x = x_next
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
         losses.append(total)
-        r_all, c_all = torch.cat(rs), torch.cat(cs)
+        r_all, c_all = torch.cat(recorder.r), torch.cat(recorder.c)
         bar.set_postfix(loss=f"{total:.4f}", r=f"{r_all.mean():.3f}±{r_all.std():.3f}",
                         c=f"{c_all.mean():.4f}±{c_all.std():.4f}")
     if log is not None:
