@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     denoiser, shape, model_id, dtype = load_model(args.model)
     solver = "amed" if args.student == "amed" else "amed_plugin"
     num_steps = args.num_steps or steps_for_nfe(solver, args.nfe, args.afs, **({} if solver == "amed" else {"base": args.student}))
-    teacher_options = json.loads(args.teacher_options) if args.teacher_options else {}
+    teacher_options = json.loads(args.teacher_options) if args.teacher_options else None
     log: list = []
     pred = amed.train(
         denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
@@ -205,15 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
     t.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
     t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
-    t.add_argument("--teacher-options", default='{"max_order": 4, "deis_mode": "logrho"}', help="JSON options")
+    t.add_argument("--teacher-options", default=None, help="JSON options (default for deis: order 4, logrho)")
     t.add_argument("--M", type=int, default=8, help="teacher steps inserted per interval (default: %(default)s)")
     t.add_argument("--features", default="adapter", help="none | adapter | auto | MODULE (default: %(default)s)")
-    t.add_argument("--scale-dir", type=float, default=0.05)
+    t.add_argument("--scale-dir", type=float, default=0.01)
     t.add_argument("--scale-time", type=float, default=0.0)
     t.add_argument("--loss", default="final", choices=("per_step", "final"))
     t.add_argument("--batch", type=_positive, default=64)
     t.add_argument("--total-samples", type=_positive, default=8192)
-    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--lr", type=float, default=None, help="default: 0.1 (table), 0.02 (features)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--threads", type=int, default=os.cpu_count() or 1)

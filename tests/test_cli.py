@@ -1,0 +1,48 @@
+"""Command line: train, sample, demo argument handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fewstep import amed
+from fewstep.cli import _seeds, main
+
+
+def test_seed_ranges():
+    assert _seeds("0-3,7") == [0, 1, 2, 3, 7]
+    for bad in ("", "5-2", "a", "-3"):
+        with pytest.raises(Exception):
+            _seeds(bad)
+
+
+def test_train_then_sample(tmp_path, capsys):
+    ckpt = tmp_path / "p.safetensors"
+    rc = main(["train", "--model", "gmm", "--out", str(ckpt), "--nfe", "5", "--total-samples", "32",
+               "--batch", "16", "--M", "2", "--threads", "1"])
+    assert rc == 0 and ckpt.is_file()
+    cfg = amed.read_config(ckpt)
+    assert cfg["model_id"].startswith("gmm-bed") and cfg["afs"] is True
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", "gmm", "--predictor", str(ckpt), "--seeds", "0-4", "--out", str(out),
+                 "--threads", "1"]) == 0
+    data = np.load(out)
+    assert data["images"].shape == (5, 3, 8, 8) and list(data["seeds"]) == [0, 1, 2, 3, 4]
+    assert "(5 NFE each)" in capsys.readouterr().out
+    # existing output is not overwritten silently
+    assert main(["train", "--model", "gmm", "--out", str(ckpt)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_sample_bad_predictor_file(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04junkjunkjunk")
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--predictor", str(bad), "--out", str(out)]) == 2
+    assert "pickle" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".s.npz*"))
+
+
+def test_sample_unreachable_nfe(tmp_path, capsys):
+    assert main(["sample", "--solver", "heun", "--nfe", "5", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "cannot use exactly nfe=5" in capsys.readouterr().err
