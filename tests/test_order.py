@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import fewstep
 

@@ -6,25 +6,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main", "write_atomic"]
+from .io import atomic_path, write_text_atomic
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: no half-written file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["main", "load_model", "build_parser"]
 
 
 def _nfes(text: str) -> list[int]:
@@ -71,8 +59,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"({args.components} components, {args.patch}x{args.patch}x3 patches), polynomial schedule rho=7, "
               f"sigma_max=80.\n\n")
     print("\n" + table)
-    write_atomic(out / "results.md", header + table + "\n")
-    write_atomic(out / "results.json", json.dumps({"reference_error": ref_err, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(out / "results.md", header + table + "\n")
+    write_text_atomic(out / "results.json", json.dumps({"reference_error": ref_err, "rows": rows}, indent=2) + "\n")
     print(f"\nWrote {out / 'results.md'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s.")
     return 0
 
@@ -170,15 +158,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         xs.append(res.x.float().clamp(-1, 1).numpy())
         nfe = res.nfe
     arr = np.concatenate(xs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".npz") as tmp:
         np.savez(tmp, images=arr, seeds=np.array(args.seeds))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     print(f"Wrote {len(arr)} samples ({nfe} NFE each) to {out}")
     return 0
 

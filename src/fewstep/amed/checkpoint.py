@@ -6,17 +6,15 @@ or solver they are used with.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..io import atomic_path, tensor_digest
 from .predictor import AMEDPredictor
 
 __all__ = ["save", "load", "read_config", "FORMAT", "VERSION", "CONFIG_KEYS", "CheckpointError"]
@@ -34,17 +32,6 @@ class CheckpointError(ValueError):
     """A file is not a valid fewstep AMED checkpoint, or does not match what it is used with."""
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def save(predictor: AMEDPredictor, path: str | os.PathLike) -> Path:
     """Write ``predictor`` to ``path`` (safetensors, written to a temporary file and renamed)."""
     path = Path(path)
@@ -53,16 +40,9 @@ def save(predictor: AMEDPredictor, path: str | os.PathLike) -> Path:
     if unknown:
         raise CheckpointError(f"predictor config has unknown keys: {', '.join(sorted(unknown))}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in predictor.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(cfg, sort_keys=True), "sha256": _digest(tensors)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = {"format": FORMAT, "config": json.dumps(cfg, sort_keys=True), "sha256": tensor_digest(tensors)}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -123,7 +103,7 @@ def load(path: str | os.PathLike, *, model_id: str | None = None, solver: str | 
             meta = f.metadata()
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is corrupted: {e}") from None
-    if _digest(tensors) != meta.get("sha256"):
+    if tensor_digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{path} is corrupted: weights do not match their SHA-256")
     arch, feats = cfg["architecture"], cfg["features"]
     pred = AMEDPredictor(
