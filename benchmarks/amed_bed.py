@@ -95,8 +95,10 @@ def main() -> int:
                      + (f"; best AMED-Plugin / iPNDM = {min(r['plugin_table'], r['plugin_feat']) / r['ipndm']:.2f}"
                         if "plugin_table" in r else ""))
     lines += ["", "Training time (s, 2-core CPU): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()), "",
-              "Learned tables (r, c, a per step, largest sigma first):", "", "```json",
-              json.dumps(tables, indent=1), "```", ""]
+              "Learned predictor-free tables (r, c, a per step, largest sigma first):", ""]
+    for key, rows_ in tables.items():
+        lines.append(f"- {key}: " + ", ".join(f"({v['r']:.3f}, {v['c']:.4f}, {v['a']:.3f})" for v in rows_))
+    lines.append("")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

@@ -38,11 +38,26 @@ def _positive(text: str) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
+    torch.set_num_threads(max(1, args.threads))
+    if not args.bed:
+        from .demo import DemoConfig, run_demo
+
+        out = Path(args.out or "fewstep-out/demo")
+        seeds = args.seeds or 256
+        run_demo(DemoConfig(out=out, seeds=seeds, nfes=args.nfe, amed_nfe=args.amed_nfe,
+                            train_samples=args.train_samples))
+        return 0
+    return _bed_demo(args)
+
+
+def _bed_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from . import data, denoisers, evaluation
     from .sampling import noise_for_seeds
 
-    torch.set_num_threads(max(1, args.threads))
-    out = Path(args.out)
+    out = Path(args.out or "fewstep-out/bed")
+    args.seeds = args.seeds or 1000
     t0 = time.perf_counter()
     print(f"Fitting a {args.components}-component Gaussian mixture to {args.patch}x{args.patch}x3 natural-image "
           f"patches (scikit-image / scikit-learn photos) ...", flush=True)
@@ -167,9 +182,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="compare every solver at NFE 3/5/7/9 on the analytic natural-patch bed")
-    d.add_argument("--out", default="fewstep-out/demo", help="output folder (default: %(default)s)")
-    d.add_argument("--seeds", type=_positive, default=1000, help="number of seeds (default: %(default)s)")
+    d = sub.add_parser("demo", help="train AMED on the shipped U-Net and compare every solver at NFE 3/5/7/9")
+    d.add_argument("--bed", action="store_true", help="instead: solver table on the analytic natural-patch bed")
+    d.add_argument("--out", default=None, help="output folder (default: fewstep-out/demo or fewstep-out/bed)")
+    d.add_argument("--seeds", type=_positive, default=None, help="number of seeds (default: 256; bed 1000)")
+    d.add_argument("--amed-nfe", type=_positive, default=5, help="NFE the AMED predictors are trained for")
+    d.add_argument("--train-samples", type=_positive, default=2048, help="AMED training samples")
     d.add_argument("--nfe", type=_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
     d.add_argument("--patch", type=_positive, default=8, help="patch size (default: %(default)s)")
     d.add_argument("--components", type=_positive, default=10, help="mixture components (default: %(default)s)")

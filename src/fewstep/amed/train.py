@@ -185,6 +185,28 @@ def train(
     if lr is None:  # measured on the natural-patch bed: the 3-number-per-step table wants a large step
         lr = 1e-1 if feat_cfg["source"] == "none" else 2e-2
         config["training"]["lr"] = lr
+    frozen = _freeze(denoiser, network)
+    try:
+        return _optimise(pred, config, model, sig, teacher_sig, teacher, teacher_options, afs, shape, dtype, seed,
+                         batch, total_samples, lr, lr_decay, loss, distance, M, num_steps, student, progress, log)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+def _freeze(*modules: Any) -> list[tuple[torch.nn.Parameter, bool]]:
+    """Turn off gradients of the model's own parameters while the predictor trains (restored afterwards)."""
+    seen: list[tuple[torch.nn.Parameter, bool]] = []
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for p in m.parameters():
+                seen.append((p, p.requires_grad))
+                p.requires_grad_(False)
+    return seen
+
+
+def _optimise(pred, config, model, sig, teacher_sig, teacher, teacher_options, afs, shape, dtype, seed, batch,
+              total_samples, lr, lr_decay, loss, distance, M, num_steps, student, progress, log):  # noqa: ANN001
     recorder = _Recorder(pred)
     solver = student_solver(config, recorder)
     opt = torch.optim.Adam(pred.parameters(), lr=lr)
