@@ -10,6 +10,7 @@ import torch
 
 import fewstep
 from fewstep.amed.features import HookFeatures
+from fewstep.io import tensor_digest
 from fewstep.denoisers.unet import (
     DEFAULT_ASSET, SmallUNet, UNetConfig, default_unet, load_unet, read_unet_metadata, save_unet,
 )
@@ -175,10 +176,9 @@ def test_bad_files_rejected(tmp_path):
         with pytest.raises(ValueError, match=match):
             load_unet(path)
     # Weights that do not fit the config (consistent SHA-256, wrong shapes).
-    from fewstep.denoisers import unet as unet_mod
 
     t = {k: v for k, v in _randomised().state_dict().items() if k != "stem.bias"}
-    mismatch = _rewrite(good, tmp_path / "shape.st", tensors=lambda _: t, sha256=unet_mod._digest(t))
+    mismatch = _rewrite(good, tmp_path / "shape.st", tensors=lambda _: t, sha256=tensor_digest(t))
     with pytest.raises(ValueError, match="do not fit"):
         load_unet(mismatch)
     with pytest.raises(TypeError):

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..io import atomic_path, tensor_digest
 from .base import sigma_like
 
 __all__ = ["UNetConfig", "SmallUNet", "save_unet", "load_unet", "read_unet_metadata", "default_unet",
@@ -317,17 +317,6 @@ class SmallUNet(nn.Module):
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def save_unet(model: SmallUNet, path: str | os.PathLike, recipe: dict[str, Any], name: str | None = None) -> Path:
     """Write ``model``'s weights, config and training ``recipe`` (JSON-serialisable) to one safetensors file.
 
@@ -351,20 +340,10 @@ def save_unet(model: SmallUNet, path: str | os.PathLike, recipe: dict[str, Any],
         "name": name,
         "config": model.config.to_json(),
         "recipe": json.dumps(recipe, sort_keys=True),
-        "sha256": _digest(tensors),
+        "sha256": tensor_digest(tensors),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -422,7 +401,7 @@ def load_unet(path: str | os.PathLike) -> SmallUNet:
     path = Path(path)
     meta, tensors = _read(path, tensors=True)
     info = _parse(path, meta)
-    digest = _digest(tensors)
+    digest = tensor_digest(tensors)
     if digest != info["sha256"]:
         raise ValueError(f"{path} is corrupted: weights do not match their SHA-256")
     model = SmallUNet(info["config"], weights_name=f"{info['name']}-{digest[:8]}")
