@@ -156,7 +156,6 @@ def train(
     else:
         sig = validate_sigmas(schedule, "schedule")
         sched_cfg = {"kind": "tensor", "num_steps": int(sig.numel())}
-    teacher_sig = refine_schedule(sig, M)
     model, feat_cfg = _resolve_features(denoiser, features, network)
 
     torch.manual_seed(seed)
@@ -179,7 +178,8 @@ def train(
         "architecture": {"hidden": hidden, "emb_dim": 8, "feat_proj": 16},
         "model_id": model_id,
         "training": {"teacher": teacher, "teacher_options": teacher_options, "M": M, "batch": batch,
-                     "total_samples": total_samples, "lr": lr, "lr_decay": lr_decay, "loss": loss, "distance": distance, "seed": seed, "shape": list(shape)},
+                     "total_samples": total_samples, "lr": lr, "lr_decay": lr_decay, "loss": loss,
+                     "distance": distance, "seed": seed, "shape": list(shape)},
     }
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)
     if lr is None:  # measured on the natural-patch bed: the 3-number-per-step table wants a large step
@@ -187,8 +187,7 @@ def train(
         config["training"]["lr"] = lr
     frozen = _freeze(denoiser, network)
     try:
-        return _optimise(pred, config, model, sig, teacher_sig, teacher, teacher_options, afs, shape, dtype, seed,
-                         batch, total_samples, lr, lr_decay, loss, distance, M, num_steps, student, progress, log)
+        return _distil(pred, model, sig, progress, log)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
@@ -205,21 +204,27 @@ def _freeze(*modules: Any) -> list[tuple[torch.nn.Parameter, bool]]:
     return seen
 
 
-def _optimise(pred, config, model, sig, teacher_sig, teacher, teacher_options, afs, shape, dtype, seed, batch,
-              total_samples, lr, lr_decay, loss, distance, M, num_steps, student, progress, log):  # noqa: ANN001
+def _distil(pred: AMEDPredictor, model: Callable, sig: torch.Tensor, progress: bool, log: list | None) -> AMEDPredictor:
+    """The training loop; every setting comes from ``pred.config`` (so the checkpoint records what was done)."""
+    cfg, tr = pred.config, pred.config["training"]
+    dtype, shape, batch, seed = next(pred.parameters()).dtype, tuple(tr["shape"]), tr["batch"], tr["seed"]
+    num_steps, afs = len(sig), cfg["afs"]
+    teacher_sig = refine_schedule(sig, tr["M"])
     recorder = _Recorder(pred)
-    solver = student_solver(config, recorder)
-    opt = torch.optim.Adam(pred.parameters(), lr=lr)
-    iters = math.ceil(total_samples / batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if lr_decay else None
-    stride = M + 1
+    solver = student_solver(cfg, recorder)
+    opt = torch.optim.Adam(pred.parameters(), lr=tr["lr"])
+    iters = math.ceil(tr["total_samples"] / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if tr["lr_decay"] else None
+    per_step = tr["loss"] == "per_step"
+    stride = tr["M"] + 1
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(iters), desc=f"AMED {student} NFE {solver.nfe(num_steps) - int(afs)}", disable=not progress)
+    name = cfg["student"]["base"] or "amed"
+    bar = tqdm(range(iters), desc=f"AMED {name} NFE {solver.nfe(num_steps) - int(afs)}", disable=not progress)
     for it in bar:
         seeds = range(seed * 10**9 + 1 + it * batch, seed * 10**9 + 1 + (it + 1) * batch)
         noise = noise_for_seeds(seeds, shape, dtype=dtype)
-        teach = sample(model, noise, teacher_sig, teacher, return_trajectory=True, **teacher_options)
+        teach = sample(model, noise, teacher_sig, tr["teacher"], return_trajectory=True, **tr["teacher_options"])
         targets = teach.trajectory[::stride]
         ev = _Evaluator(model, afs, None, True)
         ev.want_features = pred.uses_features
@@ -231,12 +236,12 @@ def _optimise(pred, config, model, sig, teacher_sig, teacher, teacher_options, a
             for i in range(num_steps - 1):
                 ev.step = i
                 x_next, state = solver.step(ev, x, i, sig, state)
-                if loss == "per_step" or i == num_steps - 2:
+                if per_step or i == num_steps - 2:
                     diff = (x_next - targets[i + 1]).flatten(1)
-                    step_loss = diff.norm(dim=1).mean() if distance == "l2" else diff.square().mean()
+                    step_loss = diff.norm(dim=1).mean() if tr["distance"] == "l2" else diff.square().mean()
                     step_loss.backward()
                     total += step_loss.item()
-                if loss == "per_step":
+                if per_step:
                     x_next, state = x_next.detach(), detach_state(state)
                 x = x_next
         opt.step()
