@@ -8,6 +8,7 @@ a table of RMSE to a high-NFE teacher solution and Fréchet distance to the trai
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class DemoConfig:
     fd_patches: int = 5000
     specs: Sequence[evaluation.SolverSpec] = evaluation.BASELINES
     progress: bool = True
+
+
+def _slug(label: str) -> str:
+    """File-name form of a table label: 'DPM-Solver++(3M) taylor' -> 'dpm-solver-3m-taylor'."""
+    return "-".join(re.findall(r"[a-z0-9]+", label.lower()))
 
 
 def _grid(x: torch.Tensor, cols: int = 8) -> np.ndarray:
@@ -69,6 +75,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], nfes: Sequence[int]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for r in rows:
         pts = [(n, r[n]) for n in nfes if r.get(n) is not None]
         if not pts:
@@ -144,14 +151,13 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
                 continue
             x = sample(model, noise, get_schedule("polynomial", n), spec.solver, afs=spec.afs, **spec.options)
             row[nfe], row["fd"][nfe] = evaluation.rmse(x, ref), fd(x)
-            _save_png(grids / f"{spec.solver}{'_afs' if spec.afs else ''}_{spec.label.split()[0]}_nfe{nfe}.png",
-                      _grid(x))
+            _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
         rows.append(row)
     for student, label in (("amed", "AMED-Solver +AFS"), ("ipndm", "AMED-Plugin iPNDM +AFS")):
         res_ = sample(model, noise, predictor=predictors[student], return_result=True)
         row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: evaluation.rmse(res_.x, ref)}
         rows.append(row)
-        _save_png(grids / f"amed_{student}_nfe{res_.nfe}.png", _grid(res_.x))
+        _save_png(grids / f"{_slug(label)}_nfe{res_.nfe}.png", _grid(res_.x))
 
     table = evaluation.format_table(rows, cfg.nfes)
     fd_lines = ["| solver | " + " | ".join(f"FD@{n}" for n in cfg.nfes) + " |", "|---|" + "---:|" * len(cfg.nfes)]
