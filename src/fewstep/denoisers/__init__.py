@@ -3,6 +3,7 @@
 from .adapters import PREDICTIONS, FlowModel, VPModel
 from .analytic import EmpiricalDenoiser, Gaussian, GaussianMixture
 from .base import Denoiser, sigma_like
+from .unet import SmallUNet, UNetConfig, default_unet, load_unet, save_unet
 
 __all__ = [
     "Denoiser",
@@ -13,4 +14,9 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "EmpiricalDenoiser",
+    "SmallUNet",
+    "UNetConfig",
+    "default_unet",
+    "load_unet",
+    "save_unet",
 ]
