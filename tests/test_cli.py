@@ -46,3 +46,27 @@ def test_sample_bad_predictor_file(tmp_path, capsys):
 def test_sample_unreachable_nfe(tmp_path, capsys):
     assert main(["sample", "--solver", "heun", "--nfe", "5", "--out", str(tmp_path / "x.npz")]) == 2
     assert "cannot use exactly nfe=5" in capsys.readouterr().err
+
+
+def test_user_model_factory(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", "factory_model:make", "--shape", "3,2,2", "--solver", "ipndm", "--nfe", "4",
+                 "--seeds", "0-2", "--out", str(out), "--threads", "1"]) == 0
+    assert np.load(out)["images"].shape == (3, 3, 2, 2)
+    assert main(["sample", "--model", "factory_model:make", "--out", str(out)]) == 2
+    assert "--shape is required" in capsys.readouterr().err
+    assert main(["sample", "--model", "no_such_module:make", "--shape", "3", "--out", str(out)]) == 2
+    assert "cannot load model factory" in capsys.readouterr().err
+
+
+def test_train_on_shipped_unet_with_hook_features(tmp_path):
+    ckpt = tmp_path / "u.safetensors"
+    assert main(["train", "--model", "unet", "--out", str(ckpt), "--student", "ipndm", "--total-samples", "8",
+                 "--batch", "8", "--M", "1", "--threads", "1"]) == 0
+    cfg = amed.read_config(ckpt)
+    assert cfg["features"] == {"source": "hook", "module": "mid", "dim": cfg["features"]["dim"]}
+    assert cfg["model_id"].startswith("smallunet-")
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", "unet", "--predictor", str(ckpt), "--seeds", "0-1", "--out", str(out),
+                 "--threads", "1"]) == 0
+    assert np.load(out)["images"].shape == (2, 3, 16, 16)

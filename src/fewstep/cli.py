@@ -101,11 +101,25 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
-MODELS = ("gmm",)
+MODELS = ("gmm", "unet")
+MODEL_HELP = ("gmm (analytic natural-patch bed) | unet (the shipped U-Net) | PATH.safetensors (a SmallUNet file) | "
+              "package.module:factory (your code; factory() returns a denoiser D(x, sigma) -> x0, give --shape)")
 
 
-def load_model(name: str):
-    """(denoiser, sample shape, model id) for a built-in model name."""
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 3,32,32, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return shape
+
+
+def load_model(name: str, shape: tuple[int, ...] | None = None):
+    """(denoiser, sample shape, model id, dtype) for ``--model``: see MODEL_HELP."""
+    import importlib
+
     import torch
 
     from . import data, denoisers
@@ -115,7 +129,38 @@ def load_model(name: str):
         gmm = denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
         gmm.model_id = "gmm-bed:8x8x3:k10:seed0"
         return gmm, (3, 8, 8), gmm.model_id, torch.float64
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if name == "unet" or name.endswith(".safetensors"):
+        net = denoisers.default_unet() if name == "unet" else denoisers.load_unet(name)
+        res = net.config.img_resolution
+        return net, (net.config.channels, res, res), net.model_id, torch.float32
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"cannot load model factory {name!r}: {e}") from None
+        den = factory()
+        if not callable(den):
+            raise ValueError(f"{name} returned {type(den).__name__}, not a denoiser")
+        if shape is None:
+            raise ValueError("--shape is required with a model factory (e.g. --shape 3,32,32)")
+        return den, shape, getattr(den, "model_id", name), torch.float32
+    raise ValueError(f"unknown model {name!r}; use {MODEL_HELP}")
+
+
+def _features(denoiser: object, choice: str) -> tuple[str, object]:
+    """--features auto: the denoiser's own features, else the middle block of a U-Net, else none."""
+    import torch
+
+    from .amed import provides_features
+
+    if choice != "auto":
+        return choice, denoiser if isinstance(denoiser, torch.nn.Module) else None
+    if provides_features(denoiser):
+        return "adapter", None
+    if isinstance(denoiser, torch.nn.Module):
+        return "auto", denoiser
+    return "none", None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    denoiser, shape, model_id, dtype = load_model(args.model)
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    features, network = _features(denoiser, args.features)
     solver = "amed" if args.student == "amed" else "amed_plugin"
     num_steps = args.num_steps or steps_for_nfe(solver, args.nfe, args.afs, **({} if solver == "amed" else {"base": args.student}))
     teacher_options = json.loads(args.teacher_options) if args.teacher_options else None
@@ -136,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     pred = amed.train(
         denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
         num_steps=num_steps, M=args.M, schedule=args.schedule, afs=args.afs, scale_dir=args.scale_dir,
-        scale_time=args.scale_time, features=args.features, batch=args.batch, total_samples=args.total_samples,
+        scale_time=args.scale_time, features=features, network=network, batch=args.batch, total_samples=args.total_samples,
         lr=args.lr, loss=args.loss, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
     )
     pred.save(out)
@@ -156,7 +202,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .schedules import get_schedule
 
     torch.set_num_threads(max(1, args.threads))
-    denoiser, shape, model_id, dtype = load_model(args.model)
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
     if args.predictor:
         pred = amed.load(args.predictor, model_id=model_id)
         kwargs: dict = {"predictor": pred}
@@ -196,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train an AMED predictor by distillation")
-    t.add_argument("--model", choices=MODELS, default="gmm", help="built-in model (default: %(default)s)")
+    t.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
+    t.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     t.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
     t.add_argument("--nfe", type=_positive, default=5, help="target NFE (default: %(default)s)")
@@ -206,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
     t.add_argument("--teacher-options", default=None, help="JSON options (default for deis: order 4, logrho)")
     t.add_argument("--M", type=int, default=8, help="teacher steps inserted per interval (default: %(default)s)")
-    t.add_argument("--features", default="adapter", help="none | adapter | auto | MODULE (default: %(default)s)")
+    t.add_argument("--features", default="auto",
+                   help="auto (the model's own features or a U-Net's middle block) | none | adapter | MODULE name")
     t.add_argument("--scale-dir", type=float, default=0.01)
     t.add_argument("--scale-time", type=float, default=0.0)
     t.add_argument("--loss", default="final", choices=("per_step", "final"))
@@ -219,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
-    s.add_argument("--model", choices=MODELS, default="gmm")
+    s.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
+    s.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
     s.add_argument("--predictor", default=None, help="AMED checkpoint; its schedule, solver and AFS are used")
     s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
     s.add_argument("--nfe", type=_positive, default=5)
