@@ -225,6 +225,49 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from . import data, metrics
+
+    torch.set_num_threads(max(1, args.threads))
+    images = metrics.load_images(args.images)
+    ext = metrics.FeatureExtractor(args.features, int(np.prod(images.shape[1:])), args.inception)
+    mu, sigma, feats = metrics.feature_stats(images, ext, args.batch, progress=True)
+    ref_feats = None
+    ref = args.ref
+    if ref.startswith("patches:"):
+        size = int(ref.split(":", 1)[1])
+        ref_images = data.image_patches(size=size, count=args.ref_count, seed=12345).numpy()
+    elif ref.endswith(".npz") and Path(ref).is_file() and "mu" in np.load(ref, allow_pickle=False).files:
+        with np.load(ref, allow_pickle=False) as z:  # EDM / diff-sampler reference-statistics layout
+            if "features" in z.files and str(z["features"]) != args.features:
+                raise ValueError(f"{ref} holds {z['features']} statistics, not {args.features}")
+            mu_r, sigma_r = z["mu"], z["sigma"]
+        ref_images = None
+    else:
+        ref_images = metrics.load_images(ref)
+    if ref_images is not None:
+        if ref_images.shape[1:] != images.shape[1:]:
+            raise ValueError(f"reference images have shape {ref_images.shape[1:]}, samples {images.shape[1:]}")
+        mu_r, sigma_r, ref_feats = metrics.feature_stats(ref_images, ext, args.batch, progress=True)
+        if args.save_ref_stats:
+            with atomic_path(args.save_ref_stats, suffix=".npz") as tmp:
+                np.savez(tmp, mu=mu_r, sigma=sigma_r, features=np.array(args.features))
+    if mu_r.shape != mu.shape:
+        raise ValueError(f"reference statistics have {mu_r.shape[0]} features, the extractor gives {mu.shape[0]}")
+    result = {"images": len(images), "features": args.features, "fd": metrics.frechet_distance(mu, sigma, mu_r, sigma_r)}
+    if args.kid:
+        if ref_feats is None:
+            raise ValueError("--kid needs reference images, not only statistics")
+        result["kid"] = metrics.kid(feats, ref_feats)
+    print(json.dumps(result))
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -280,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz (images in [-1, 1], seeds)")
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="Fréchet distance (and KID) of generated images to reference statistics")
+    e.add_argument("images", help="generated images: .npz (images in [-1, 1] or uint8) or a folder of PNGs")
+    e.add_argument("--ref", required=True,
+                   help="reference: statistics .npz (mu, sigma; EDM layout), images (.npz / folder), or patches:SIZE")
+    e.add_argument("--ref-count", type=_positive, default=10000, help="patches for --ref patches:SIZE")
+    e.add_argument("--features", default="random", choices=("random", "pixels", "inception"))
+    e.add_argument("--inception", default=None, help="TorchScript Inception-v3 file for --features inception")
+    e.add_argument("--save-ref-stats", default=None, help="cache the reference statistics to this .npz")
+    e.add_argument("--kid", action="store_true", help="also compute KID (needs reference images)")
+    e.add_argument("--batch", type=_positive, default=256)
+    e.add_argument("--out", default=None, help="write the result as JSON here")
+    e.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    e.set_defaults(func=cmd_eval)
     return p
 
 

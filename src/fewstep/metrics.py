@@ -3,11 +3,16 @@ sampling trajectories (Zhou et al., 2024, Fig. 4)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error"]
+__all__ = [
+    "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "load_images", "FeatureExtractor",
+    "feature_stats", "kid",
+]
 
 
 def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,3 +60,97 @@ def trajectory_pca_error(trajectory: torch.Tensor, k: int = 2) -> torch.Tensor:
     basis = vh[:, :k]  # (B, k, D)
     proj = mean + ((x - mean) @ basis.transpose(1, 2)) @ basis
     return ((x - proj).norm(dim=-1) / x.norm(dim=-1)).transpose(0, 1)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def load_images(path: str | Path) -> np.ndarray:
+    """Images as float32 (N, C, H, W) in [-1, 1] from an .npz (key ``images``, or the only array; uint8 or float
+    in [-1, 1]) or a folder of PNG files (sorted by name)."""
+    path = Path(path)
+    if path.is_dir():
+        import matplotlib.image as mpimg
+
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise ValueError(f"{path} has no .png files")
+        arr = np.stack([mpimg.imread(f)[..., :3] for f in files]).astype(np.float32)  # floats in [0, 1]
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2) * 2 - 1)
+    if path.suffix != ".npz" or not path.is_file():
+        raise ValueError(f"{path} must be a folder of PNG files or an .npz file")
+    with np.load(path, allow_pickle=False) as z:
+        key = "images" if "images" in z.files else (z.files[0] if len(z.files) == 1 else None)
+        if key is None:
+            raise ValueError(f"{path} has no 'images' array (arrays: {', '.join(z.files)})")
+        arr = z[key]
+    if arr.ndim != 4:
+        raise ValueError(f"{path}: images must have 4 dimensions (N, C, H, W) or (N, H, W, C), got {arr.shape}")
+    if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 127.5 - 1
+    return arr.astype(np.float32)
+
+
+class FeatureExtractor:
+    """Features for Fréchet distances: ``pixels``, ``random`` (:class:`RandomFeatures`, 64-D) or a TorchScript
+    Inception network given by path (for standard FID; fewstep downloads nothing)."""
+
+    def __init__(self, kind: str, in_dim: int, path: str | None = None) -> None:
+        self.kind = kind
+        if kind == "pixels":
+            self.fn = lambda x: x.reshape(x.shape[0], -1).to(torch.float64)
+        elif kind == "random":
+            self.fn = RandomFeatures(in_dim)
+        elif kind == "inception":
+            if not path or not Path(path).is_file():
+                raise ValueError(
+                    "the inception extractor needs --inception PATH: a TorchScript Inception-v3 FID network "
+                    "(e.g. the pt_inception-2015-12-05 TorchScript file used by EDM/StyleGAN; fewstep never "
+                    "downloads it)"
+                )
+            net = torch.jit.load(str(path), map_location="cpu").eval()
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                with torch.no_grad():
+                    return net(img, return_features=True).to(torch.float64)
+
+            self.fn = fn
+        else:
+            raise ValueError(f"feature extractor must be one of pixels, random, inception; got {kind!r}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def feature_stats(images: np.ndarray, extractor: FeatureExtractor, batch: int = 256,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mu, sigma, features) of ``images`` streamed through ``extractor`` in batches."""
+    from tqdm.auto import tqdm
+
+    feats = []
+    for i in tqdm(range(0, len(images), batch), desc="features", disable=not progress, leave=False):
+        feats.append(extractor(torch.from_numpy(images[i:i + batch])).numpy())
+    f = np.concatenate(feats)
+    mu, sigma = gaussian_stats(f)
+    return mu, sigma, f
+
+
+def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 10, subset_size: int = 1000, seed: int = 0) -> float:
+    """Kernel Inception Distance (Bińkowski et al., 2018): unbiased MMD^2 with the cubic polynomial kernel,
+    averaged over random subsets."""
+    rng = np.random.default_rng(seed)
+    n = min(len(f1), len(f2), subset_size)
+    if n < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    d = f1.shape[1]
+    vals = []
+    for _ in range(subsets):
+        x = f1[rng.choice(len(f1), n, replace=False)]
+        y = f2[rng.choice(len(f2), n, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        m = n * (n - 1)
+        vals.append((kxx.sum() - np.trace(kxx)) / m + (kyy.sum() - np.trace(kyy)) / m - 2 * kxy.mean())
+    return float(np.mean(vals))
