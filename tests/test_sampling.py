@@ -140,3 +140,14 @@ def test_progress_bar_runs(gmm4, noise16, capsys):
     sig = fewstep.get_schedule("polynomial", 4)
     fewstep.sample(gmm4, noise16, sig, "euler", progress=True)
     assert "euler" in capsys.readouterr().err
+
+
+def test_trajectory_error_per_step(gmm4, noise16):
+    from fewstep.evaluation import trajectory_error
+
+    sig = fewstep.get_schedule("polynomial", 6)
+    coarse = trajectory_error(gmm4, noise16, sig, "euler")
+    fine = trajectory_error(gmm4, noise16, sig, "ipndm_v")
+    assert len(coarse["rmse"]) == 6 and coarse["rmse"][0] == 0.0 and coarse["nfe"] == [5]
+    assert coarse["rmse"][-1] > fine["rmse"][-1] > 0
+    assert max(coarse["teacher_change"]) < 1e-2 * coarse["rmse"][-1]

@@ -11,7 +11,7 @@ import torch
 from .sampling import sample, steps_for_nfe
 from .schedules import get_schedule
 
-__all__ = ["SolverSpec", "BASELINES", "reference_solution", "rmse", "solver_table", "format_table"]
+__all__ = ["SolverSpec", "BASELINES", "reference_solution", "rmse", "solver_table", "format_table", "trajectory_error"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,35 @@ def format_table(rows: list[dict[str, Any]], nfes: Sequence[int] = (3, 5, 7, 9))
             cells.append("—" if v is None else (f"**{v:.4f}**" if v == best[n] else f"{v:.4f}"))
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def trajectory_error(
+    denoiser: Callable,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    solver: str = "euler",
+    *,
+    afs: bool = False,
+    teacher_steps: int = 16,
+    **options: Any,
+) -> dict[str, list[float]]:
+    """Per-step error of a solver against a teacher on the same sigmas: RMSE and mean per-sample L2 at every
+    sigma of the schedule. The teacher is DEIS-logrho order 4 with ``teacher_steps`` log-uniform steps inserted
+    per interval (its own accuracy is reported as ``teacher_change``: the difference to half as many steps)."""
+    from .amed.train import refine_schedule
+
+    res = sample(denoiser, noise, sigmas, solver, afs=afs, return_trajectory=True, **options)
+
+    def teacher(m: int) -> torch.Tensor:
+        fine = refine_schedule(res.sigmas, m)
+        t = sample(denoiser, noise, fine, "deis", max_order=4, deis_mode="logrho", return_trajectory=True)
+        return t.trajectory[:: m + 1]
+
+    ref, coarse = teacher(teacher_steps), teacher(teacher_steps // 2)
+    out: dict[str, list[float]] = {"sigma": [float(s) for s in res.sigmas], "rmse": [], "l2": [], "teacher_change": []}
+    for x, y, z in zip(res.trajectory, ref, coarse):
+        out["rmse"].append(rmse(x, y))
+        out["l2"].append(float((x - y).flatten(1).norm(dim=1).mean()))
+        out["teacher_change"].append(rmse(z, y))
+    out["nfe"] = [res.nfe]
+    return out

@@ -29,7 +29,9 @@ def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
     logs = sigmas.log()
     parts = [torch.lerp(logs[i], logs[i + 1], torch.arange(M + 1, dtype=logs.dtype) / (M + 1))
              for i in range(len(sigmas) - 1)]
-    return torch.cat(parts + [logs[-1:]]).exp()
+    out = torch.cat(parts + [logs[-1:]]).exp()
+    out[:: M + 1] = sigmas  # the student's sigmas exactly, free of exp/log rounding
+    return out
 
 
 def student_solver(config: dict[str, Any], predictor: Any) -> Solver:
