@@ -268,6 +268,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
+    p.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -285,8 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train an AMED predictor by distillation")
-    t.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
-    t.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
+    _add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     t.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
     t.add_argument("--nfe", type=_positive, default=5, help="target NFE (default: %(default)s)")
@@ -310,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
-    s.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
-    s.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
+    _add_model_args(s)
     s.add_argument("--predictor", default=None, help="AMED checkpoint; its schedule, solver and AFS are used")
     s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
     s.add_argument("--nfe", type=_positive, default=5)
