@@ -70,3 +70,20 @@ def test_train_on_shipped_unet_with_hook_features(tmp_path):
     assert main(["sample", "--model", "unet", "--predictor", str(ckpt), "--seeds", "0-1", "--out", str(out),
                  "--threads", "1"]) == 0
     assert np.load(out)["images"].shape == (2, 3, 16, 16)
+
+
+def test_analyze_pca_and_predictor(tmp_path, capsys):
+    assert main(["analyze", "pca", "--model", "factory_model:make", "--shape", "3,2,2", "--seeds", "0-7",
+                 "--steps", "8", "--max-k", "3", "--out", str(tmp_path / "pca"), "--threads", "1"]) == 0
+    lines = (tmp_path / "pca.csv").read_text().splitlines()
+    assert lines[0] == "k,mean_rel_error,max_rel_error,explained_variance" and len(lines) == 4
+    errs = [float(line.split(",")[1]) for line in lines[1:]]
+    assert errs[0] > errs[1] > errs[2] >= 0 and (tmp_path / "pca.png").is_file()
+    ckpt = tmp_path / "p.safetensors"
+    assert main(["train", "--model", "factory_model:make", "--shape", "3,2,2", "--out", str(ckpt), "--features",
+                 "none", "--total-samples", "16", "--batch", "8", "--M", "1", "--threads", "1"]) == 0
+    assert main(["analyze", "predictor", "--predictor", str(ckpt), "--out", str(tmp_path / "rc")]) == 0
+    rows = (tmp_path / "rc.csv").read_text().splitlines()
+    assert rows[0] == "step,sigma_cur,sigma_next,r,c,a" and len(rows) == 4
+    assert main(["analyze", "predictor", "--out", str(tmp_path / "x")]) == 2
+    assert "needs --predictor" in capsys.readouterr().err

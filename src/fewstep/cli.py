@@ -268,6 +268,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Paper figures: PCA of sampling trajectories (Fig. 4) and the learned r_n, c_n of a predictor (Fig. 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from . import amed, metrics
+    from .sampling import noise_for_seeds, sample
+    from .schedules import get_schedule
+
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if args.what == "pca":
+        denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+        noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+        sig = get_schedule("polynomial", args.steps + 1)
+        traj = sample(denoiser, noise, sig, args.solver, return_trajectory=True, progress=True).trajectory
+        ks = list(range(1, args.max_k + 1))
+        errs = [metrics.trajectory_pca_error(traj, k) for k in ks]  # each (T, B)
+        rows = ["k,mean_rel_error,max_rel_error,explained_variance"]
+        x = traj.reshape(traj.shape[0], traj.shape[1], -1).double().transpose(0, 1)
+        sv = torch.linalg.svdvals(x - x.mean(1, keepdim=True))  # (B, T)
+        cum = (sv**2).cumsum(-1) / (sv**2).sum(-1, keepdim=True)
+        for k, e in zip(ks, errs):
+            rows.append(f"{k},{float(e.mean()):.6g},{float(e.max()):.6g},{float(cum[:, k - 1].mean()):.6g}")
+        ax.plot(ks, [float(e.mean()) for e in errs], "o-", label="relative projection error (mean)")
+        ax.plot(ks, [float(cum[:, k - 1].mean()) for k in ks], "s--", label="cumulative explained variance")
+        ax.set_xlabel("principal components k")
+        ax.set_title(f"{model_id}: {args.solver}, {args.steps} steps, {len(args.seeds)} trajectories", fontsize=8)
+    else:
+        if not args.predictor:
+            raise ValueError("analyze predictor needs --predictor PATH")
+        pred = amed.load(args.predictor)
+        if pred.uses_features:
+            raise ValueError("analyze predictor plots predictor-free tables; this predictor reads features")
+        table = pred.table_values()
+        rows = ["step,sigma_cur,sigma_next,r,c,a"]
+        sig = pred.config["sigmas"]
+        for i, v in enumerate(table):
+            rows.append(f"{i},{sig[i]:.6g},{sig[i + 1]:.6g},{v['r']:.6g},{v['c']:.6g},{v['a']:.6g}")
+        steps = list(range(len(table)))
+        ax.plot(steps, [v["r"] for v in table], "o-", label="r_n")
+        ax.plot(steps, [v["c"] for v in table], "s-", label="c_n")
+        ax.set_xlabel("step n (largest sigma first)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out.with_suffix(".png"), suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    write_text_atomic(out.with_suffix(".csv"), "\n".join(rows) + "\n")
+    print("\n".join(rows))
+    print(f"Wrote {out.with_suffix('.png')} and {out.with_suffix('.csv')}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
     p.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
@@ -340,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="write the result as JSON here")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     e.set_defaults(func=cmd_eval)
+
+    a = sub.add_parser("analyze", help="trajectory PCA (paper Fig. 4) or a predictor's learned r, c (Fig. 7)")
+    a.add_argument("what", choices=("pca", "predictor"))
+    _add_model_args(a)
+    a.add_argument("--predictor", default=None, help="AMED checkpoint (for 'predictor')")
+    a.add_argument("--solver", default="heun", help="solver for the trajectories (default: %(default)s)")
+    a.add_argument("--steps", type=_positive, default=32, help="trajectory steps (default: %(default)s)")
+    a.add_argument("--seeds", type=_seeds, default=_seeds("0-63"))
+    a.add_argument("--max-k", type=_positive, default=5)
+    a.add_argument("--out", required=True, help="output path stem; writes .png and .csv")
+    a.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a.set_defaults(func=cmd_analyze)
     return p
 
 
