@@ -45,8 +45,7 @@ def main() -> int:
         return evaluation.rmse(fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", n), solver, afs=True), ref)
 
     def trained(student: str, nfe: int, features: str) -> tuple[float, float, amed.AMEDPredictor]:
-        solver = "amed" if student == "amed" else "amed_plugin"
-        n = fewstep.steps_for_nfe(solver, nfe, True, **({} if student == "amed" else {"base": student}))
+        n = amed.steps_for_nfe(student, nfe)
         log: list = []
         pred = amed.train(gmm, shape=(3, 8, 8), student=student, num_steps=n, features=features,
                           progress=not quick, log=log, **train_kw)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .io import atomic_path, write_text_atomic
+from .io import atomic_path, save_figure, write_text_atomic
 
 __all__ = ["main", "load_model", "build_parser"]
 
@@ -167,7 +167,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from . import amed
-    from .sampling import steps_for_nfe
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -175,8 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
     features, network = _features(denoiser, args.features)
-    solver = "amed" if args.student == "amed" else "amed_plugin"
-    num_steps = args.num_steps or steps_for_nfe(solver, args.nfe, args.afs, **({} if solver == "amed" else {"base": args.student}))
+    num_steps = args.num_steps or amed.steps_for_nfe(args.student, args.nfe, args.afs)
     teacher_options = json.loads(args.teacher_options) if args.teacher_options else None
     log: list = []
     pred = amed.train(
@@ -240,12 +238,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ref.startswith("patches:"):
         size = int(ref.split(":", 1)[1])
         ref_images = data.image_patches(size=size, count=args.ref_count, seed=12345).numpy()
-    elif ref.endswith(".npz") and Path(ref).is_file() and "mu" in np.load(ref, allow_pickle=False).files:
-        with np.load(ref, allow_pickle=False) as z:  # EDM / diff-sampler reference-statistics layout
-            if "features" in z.files and str(z["features"]) != args.features:
-                raise ValueError(f"{ref} holds {z['features']} statistics, not {args.features}")
-            mu_r, sigma_r = z["mu"], z["sigma"]
-        ref_images = None
+    elif (stats := metrics.load_stats(ref, args.features)) is not None:
+        (mu_r, sigma_r), ref_images = stats, None
     else:
         ref_images = metrics.load_images(ref)
     if ref_images is not None:
@@ -270,19 +264,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Paper figures: PCA of sampling trajectories (Fig. 4) and the learned r_n, c_n of a predictor (Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
     from . import amed, metrics
+    from .io import pyplot
     from .sampling import noise_for_seeds, sample
     from .schedules import get_schedule
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     if args.what == "pca":
         denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
         noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
@@ -318,9 +309,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out.with_suffix(".png"), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out.with_suffix(".png"))
     write_text_atomic(out.with_suffix(".csv"), "\n".join(rows) + "\n")
     print("\n".join(rows))
     print(f"Wrote {out.with_suffix('.png')} and {out.with_suffix('.csv')}")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import amed, data, evaluation, metrics
-from .io import atomic_path, write_text_atomic
-from .sampling import noise_for_seeds, sample, steps_for_nfe
+from .io import atomic_path, pyplot, save_figure, write_text_atomic
+from .sampling import noise_for_seeds, sample
 from .schedules import get_schedule
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -58,22 +58,13 @@ def _grid(x: torch.Tensor, cols: int = 8) -> np.ndarray:
 
 
 def _save_png(path: Path, img: np.ndarray, scale: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     big = np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
     with atomic_path(path, suffix=".png") as tmp:
-        plt.imsave(tmp, big, format="png")
+        pyplot().imsave(tmp, big, format="png")
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], nfes: Sequence[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for r in rows:
@@ -89,9 +80,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], nfes: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -125,8 +114,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     predictors: dict[str, amed.AMEDPredictor] = {}
     train_secs: dict[str, float] = {}
     for student in ("amed", "ipndm"):
-        solver = "amed" if student == "amed" else "amed_plugin"
-        n = steps_for_nfe(solver, cfg.amed_nfe, True, **({} if student == "amed" else {"base": student}))
+        n = amed.steps_for_nfe(student, cfg.amed_nfe)
         say(f"Training AMED {'Solver' if student == 'amed' else 'Plugin on iPNDM'} for NFE {cfg.amed_nfe} ...",
             flush=True)
         log: list = []
@@ -136,23 +124,19 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
             progress=cfg.progress, log=log,
         )
         train_secs[student] = log[0].seconds
-        predictors[student].save(out / "predictors" / f"{solver}_{student}_nfe{cfg.amed_nfe}.safetensors")
+        kind = "amed" if student == "amed" else "amed_plugin"
+        predictors[student].save(out / "predictors" / f"{kind}_{student}_nfe{cfg.amed_nfe}.safetensors")
 
-    rows: list[dict[str, Any]] = []
     grids = out / "grids"
     _save_png(grids / "teacher.png", _grid(ref))
-    for spec in cfg.specs:
-        row: dict[str, Any] = {"label": spec.label + (" +AFS" if spec.afs else ""), "fd": {}}
-        for nfe in cfg.nfes:
-            try:
-                n = steps_for_nfe(spec.solver, nfe, spec.afs, **spec.options)
-            except ValueError:
-                row[nfe] = None
-                continue
-            x = sample(model, noise, get_schedule("polynomial", n), spec.solver, afs=spec.afs, **spec.options)
-            row[nfe], row["fd"][nfe] = evaluation.rmse(x, ref), fd(x)
-            _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
-        rows.append(row)
+
+    def fd_and_grid(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
+        row.setdefault("fd", {})[nfe] = fd(x)
+        _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
+
+    rows = evaluation.solver_table(model, noise, ref, cfg.nfes, cfg.specs, on_sample=fd_and_grid)
+    for row in rows:
+        row.setdefault("fd", {})
     for student, label in (("amed", "AMED-Solver +AFS"), ("ipndm", "AMED-Plugin iPNDM +AFS")):
         res_ = sample(model, noise, predictor=predictors[student], return_result=True)
         row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: evaluation.rmse(res_.x, ref)}

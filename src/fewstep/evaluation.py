@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .sampling import sample, steps_for_nfe
 from .schedules import get_schedule
@@ -70,11 +71,11 @@ def solver_table(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     progress: bool = False,
+    on_sample: Callable[[dict[str, Any], int, torch.Tensor], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """RMSE to ``ref`` for every spec at every NFE (None where the NFE is not reachable)."""
+    """RMSE to ``ref`` for every spec at every NFE (None where the NFE is not reachable).
+    ``on_sample(row, nfe, x)`` sees every sample set (e.g. to add metrics to the row or save images)."""
     rows = []
-    from tqdm.auto import tqdm
-
     for spec in tqdm(specs, desc="solvers", disable=not progress, leave=False):
         row: dict[str, Any] = {"label": spec.label + (" +AFS" if spec.afs else ""), "solver": spec.solver,
                                "options": dict(spec.options), "afs": spec.afs}
@@ -88,6 +89,8 @@ def solver_table(
             res = sample(denoiser, noise, sig, spec.solver, afs=spec.afs, return_result=True, **spec.options)
             assert res.nfe == nfe
             row[nfe] = rmse(res.x, ref)
+            if on_sample is not None:
+                on_sample(row, nfe, res.x)
         rows.append(row)
     return rows
 

@@ -11,7 +11,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-__all__ = ["atomic_path", "write_text_atomic", "tensor_digest"]
+__all__ = ["atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -30,6 +30,25 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pyplot():  # noqa: ANN201
+    """matplotlib.pyplot on the headless Agg backend (imported on first use: it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:  # noqa: ANN001
+    """Save a matplotlib figure as PNG atomically and close it."""
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

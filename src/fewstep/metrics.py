@@ -11,7 +11,7 @@ import torch
 
 __all__ = [
     "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "load_images", "FeatureExtractor",
-    "feature_stats", "kid",
+    "feature_stats", "kid", "load_stats",
 ]
 
 
@@ -91,6 +91,20 @@ def load_images(path: str | Path) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 127.5 - 1
     return arr.astype(np.float32)
+
+
+def load_stats(path: str | Path, features: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mu, sigma) from a reference-statistics .npz (EDM / diff-sampler layout), or None if ``path`` is not one.
+    A file that records its feature space must match ``features``."""
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "mu" not in z.files:
+            return None
+        if "features" in z.files and str(z["features"]) != features:
+            raise ValueError(f"{path} holds {z['features']} statistics, not {features}")
+        return z["mu"], z["sigma"]
 
 
 class FeatureExtractor:

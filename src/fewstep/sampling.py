@@ -31,13 +31,14 @@ class SampleResult:
 class _Evaluator:
     """Calls the denoiser: counts evaluations, applies AFS to the first call, casts dtypes, checks output."""
 
-    def __init__(self, denoiser: Callable, afs: bool, model_dtype: torch.dtype | None, check_finite: bool) -> None:
+    def __init__(self, denoiser: Callable, afs: bool, model_dtype: torch.dtype | None = None,
+                 check_finite: bool = True, want_features: bool = False) -> None:
         self.denoiser, self.afs_pending = denoiser, afs
         self.model_dtype, self.check_finite = model_dtype, check_finite
         self.nfe, self.step = 0, 0
         self.last_denoised: torch.Tensor | None = None
         # Solvers that learn from the network's features (AMED) read them here after each call.
-        self.want_features = False
+        self.want_features = want_features
         self.features: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -141,8 +142,8 @@ def sample(
     sig = validate_sigmas(sigmas)
     solv = get_solver(solver, **options)
 
-    ev = _Evaluator(denoiser, afs, model_dtype, check_finite)
-    ev.want_features = bool(getattr(getattr(solv, "predictor", None), "uses_features", False))
+    ev = _Evaluator(denoiser, afs, model_dtype, check_finite,
+                    want_features=bool(getattr(getattr(solv, "predictor", None), "uses_features", False)))
     grad_ctx = torch.enable_grad() if enable_grad else torch.inference_mode()
     with grad_ctx:
         x = noise * sig[0]

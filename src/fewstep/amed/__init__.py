@@ -7,7 +7,7 @@ checkpoint; ``fewstep.sample(denoiser, noise, predictor=pred)`` samples with the
 from .checkpoint import CheckpointError, load, read_config, save
 from .features import HookFeatures, find_bottleneck, provides_features
 from .predictor import AMEDPredictor
-from .train import TrainLog, detach_state, refine_schedule, student_solver, train
+from .train import TrainLog, detach_state, refine_schedule, steps_for_nfe, student_solver, train
 
 AMEDPredictor.save = save  # predictor.save(path)
 
@@ -23,6 +23,7 @@ __all__ = [
     "provides_features",
     "refine_schedule",
     "student_solver",
+    "steps_for_nfe",
     "detach_state",
     "TrainLog",
 ]

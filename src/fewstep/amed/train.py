@@ -10,13 +10,13 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..sampling import _Evaluator, noise_for_seeds, sample
+from ..sampling import _Evaluator, count_nfe, noise_for_seeds, sample, steps_for_nfe as _steps_for_nfe
 from ..schedules import get_schedule, validate_sigmas
 from ..solvers import SOLVERS, AMEDPlugin, AMEDSolver, Solver, get_solver
 from .features import HookFeatures, provides_features
 from .predictor import AMEDPredictor
 
-__all__ = ["train", "refine_schedule", "student_solver", "detach_state", "TrainLog", "LOSSES"]
+__all__ = ["train", "refine_schedule", "student_solver", "steps_for_nfe", "detach_state", "TrainLog", "LOSSES"]
 
 LOSSES = ("per_step", "final")
 DISTANCES = ("l2", "mse")
@@ -32,6 +32,14 @@ def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
     out = torch.cat(parts + [logs[-1:]]).exp()
     out[:: M + 1] = sigmas  # the student's sigmas exactly, free of exp/log rounding
     return out
+
+
+def steps_for_nfe(student: str, nfe: int, afs: bool = True, **student_options: Any) -> int:
+    """``num_steps`` for :func:`train` that gives ``nfe`` evaluations: AMED-Solver (``student="amed"``) or
+    AMED-Plugin on the base solver ``student``."""
+    if student == "amed":
+        return _steps_for_nfe("amed", nfe, afs)
+    return _steps_for_nfe("amed_plugin", nfe, afs, base=student, **student_options)
 
 
 def student_solver(config: dict[str, Any], predictor: Any) -> Solver:
@@ -222,14 +230,13 @@ def _distil(pred: AMEDPredictor, model: Callable, sig: torch.Tensor, progress: b
     losses: list[float] = []
     t0 = time.perf_counter()
     name = cfg["student"]["base"] or "amed"
-    bar = tqdm(range(iters), desc=f"AMED {name} NFE {solver.nfe(num_steps) - int(afs)}", disable=not progress)
+    bar = tqdm(range(iters), desc=f"AMED {name} NFE {count_nfe(solver, num_steps, afs)}", disable=not progress)
     for it in bar:
         seeds = range(seed * 10**9 + 1 + it * batch, seed * 10**9 + 1 + (it + 1) * batch)
         noise = noise_for_seeds(seeds, shape, dtype=dtype)
         teach = sample(model, noise, teacher_sig, tr["teacher"], return_trajectory=True, **tr["teacher_options"])
         targets = teach.trajectory[::stride]
-        ev = _Evaluator(model, afs, None, True)
-        ev.want_features = pred.uses_features
+        ev = _Evaluator(model, afs, want_features=pred.uses_features)
         x = noise * sig[0]
         state = solver.init(x, sig)
         total = 0.0

@@ -1,9 +1,9 @@
 """Solvers of the probability-flow ODE in the EDM parameterisation, by name."""
 
 from .amed import AMEDPlugin, AMEDSolver
-from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms
+from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
-from .singlestep import DPM2, Euler, Heun, to_d
+from .singlestep import DPM2, Euler, Heun
 
 SOLVERS: dict[str, type[Solver]] = {
     "euler": Euler,

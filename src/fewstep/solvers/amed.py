@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .base import Model, Solver
+from .base import Model, Solver, to_d
 
 __all__ = ["AMEDSolver", "AMEDPlugin", "StepPredictor", "PluginState"]
 
@@ -56,7 +56,7 @@ class AMEDSolver(Solver):
 
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: Any, state: Any) -> tuple[torch.Tensor, Any]:
         t_cur, t_next = sigmas[i], sigmas[i + 1]
-        d = (x - model(x, t_cur)) / t_cur
+        d = to_d(model, x, t_cur)
         r, c, a = _step_params(self.predictor, model, i, t_cur, t_next, x)
         s = _geometric(t_cur, t_next, r)
         x_s = x + (s - t_cur) * d

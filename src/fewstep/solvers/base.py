@@ -26,9 +26,15 @@ __all__ = [
     "lagrange_integrals",
     "taylor_terms",
     "step_order",
+    "to_d",
 ]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def to_d(model: Model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """ODE direction dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al., 2022, eq. 3)."""
+    return (x - model(x, sigma)) / sigma
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..schedules import vp_sigma_inv
-from .base import History, Model, Solver, lagrange_integrals, phi, step_order, taylor_terms
+from .base import History, Model, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 
 __all__ = ["DPMSolverPP", "UniPC", "IPNDM", "IPNDMV", "DEIS", "UniPCState"]
 
@@ -39,8 +39,7 @@ def _exp_update(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, terms: list[t
 
 
 def _model_value(model: Model, x: torch.Tensor, s: torch.Tensor, predict_x0: bool) -> torch.Tensor:
-    x0 = model(x, s)
-    return x0 if predict_x0 else (x - x0) / s
+    return model(x, s) if predict_x0 else to_d(model, x, s)
 
 
 @dataclass(frozen=True)
@@ -183,8 +182,7 @@ class IPNDM(Solver):
 
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: torch.Tensor, state: History) -> tuple[torch.Tensor, History]:
         s, t = sigmas[i], sigmas[i + 1]
-        d = (x - model(x, s)) / s
-        hist = state.push(s, d, keep=self.max_order)
+        hist = state.push(s, to_d(model, x, s), keep=self.max_order)
         order = step_order(self.max_order, i, len(sigmas) - 1, len(hist), False)
         w = self.weights(hist, order, s, t)
         return x + sum(wj * dj for wj, dj in zip(w, hist.values)), hist

@@ -7,14 +7,9 @@ from typing import Any
 
 import torch
 
-from .base import Model, Solver
+from .base import Model, Solver, to_d
 
 __all__ = ["Euler", "Heun", "DPM2"]
-
-
-def to_d(model: Model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """ODE direction dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al., 2022, eq. 3)."""
-    return (x - model(x, sigma)) / sigma
 
 
 @dataclass(frozen=True)
