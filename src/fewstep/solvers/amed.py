@@ -28,12 +28,15 @@ class StepPredictor(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
+# Constants of the predictor-free step (r = 1/2, c = a = 1), made once rather than at every step.
+_HALF, _ONE = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+
+
 def _step_params(predictor: StepPredictor | None, model: Model, i: int, t_cur: torch.Tensor, t_next: torch.Tensor,
                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(r, c, a) shaped to broadcast against x: (B, 1, ..., 1), or 0-dim constants without a predictor."""
     if predictor is None:
-        half, one = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
-        return half, one, one
+        return _HALF, _ONE, _ONE
     feats = getattr(model, "features", None) if predictor.uses_features else None
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     r, c, a = predictor(i, t_cur, t_next, feats, x.shape[0])
@@ -121,7 +124,7 @@ class AMEDPlugin(Solver):
     def init(self, x: torch.Tensor, sigmas: Any) -> PluginState:
         refined: list[torch.Tensor] = []
         for i in range(len(sigmas) - 1):
-            refined += [sigmas[i], _geometric(sigmas[i], sigmas[i + 1], torch.tensor(0.5, dtype=torch.float64))]
+            refined += [sigmas[i], _geometric(sigmas[i], sigmas[i + 1], _HALF)]
         refined.append(sigmas[len(sigmas) - 1])
         return PluginState(self.base.init(x, sigmas), tuple(refined))
 
