@@ -256,6 +256,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if ref_feats is None:
             raise ValueError("--kid needs reference images, not only statistics")
         result["kid"] = metrics.kid(feats, ref_feats)
+    if args.pr:
+        if ref_feats is None:
+            raise ValueError("--pr needs reference images, not only statistics")
+        result["precision"], result["recall"] = metrics.precision_recall(ref_feats, feats, k=args.pr_k)
     print(json.dumps(result))
     if args.out:
         write_text_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
@@ -273,7 +277,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    args.solver = args.solver or {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what)
+    if args.what == "align":
+        fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
+    else:
+        fig, ax = pyplot().subplots(figsize=(6, 4))
     if args.what == "pca":
         denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
         noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
@@ -291,6 +299,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         ax.plot(ks, [float(cum[:, k - 1].mean()) for k in ks], "s--", label="cumulative explained variance")
         ax.set_xlabel("principal components k")
         ax.set_title(f"{model_id}: {args.solver}, {args.steps} steps, {len(args.seeds)} trajectories", fontsize=8)
+    elif args.what in ("error", "align"):
+        rows = _analyze_error(args, ax) if args.what == "error" else _analyze_align(args, ax, ax2)
     else:
         if not args.predictor:
             raise ValueError("analyze predictor needs --predictor PATH")
@@ -314,6 +324,109 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print("\n".join(rows))
     print(f"Wrote {out.with_suffix('.png')} and {out.with_suffix('.csv')}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The AMED paper's Tables 2, 4, 5 regenerated on the analytic bed (or a model): Markdown + JSON."""
+    import torch
+
+    from . import data, paper
+
+    torch.set_num_threads(max(1, args.threads))
+    which = args.which.replace("paper-", "")
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    seeds = args.seeds or (1000 if args.model == "gmm" else 200)
+    ref_steps = args.ref_steps or (256 if args.model == "gmm" else 64)
+    if args.model == "gmm":
+        desc, fd_ref = "Gaussian mixture fitted to 8x8x3 natural-image patches (10 components; exact denoiser)", None
+    else:
+        desc = f"model {model_id} (RMSE to a high-accuracy teacher solution, not to an exact one)"
+        fd_ref = data.image_patches(size=shape[-1], count=args.fd_count, seed=12345).to(dtype) \
+            if len(shape) == 3 and shape[0] == 3 else None
+    out = Path(args.out or f"fewstep-out/paper/{which}.md")
+    command = (f"fewstep bench {args.which} --model {args.model} --seeds {seeds} --ref-steps {ref_steps} "
+               f"--nfe {','.join(map(str, args.nfe))} --train-samples {args.train_samples} --M {args.M}"
+               + (f" --plugin-base {args.plugin_base}" if which == "table2" else "") + f" --out {out}")
+    print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)
+    bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
+                         description=desc, fd_reference=fd_ref)
+    result, seconds = paper.run_table(which, bed, args.nfe, args.train_samples, args.M, args.plugin_base,
+                                      progress=True)
+    text = paper.report(which, result, bed, args.nfe, command,
+                        {"total_samples": args.train_samples, "M": args.M}, seconds)
+    write_text_atomic(out, text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(paper.json_safe(
+        {"command": command, "seconds": seconds, "reference_error": bed.ref_error, **result}), indent=1) + "\n")
+    print(text)
+    print(f"Wrote {out} and {out.with_suffix('.json')} in {seconds:.0f} s")
+    return 0
+
+
+def _analyze_error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
+    """Per-step RMSE / L2 of solvers (and an AMED predictor) to a DEIS-4 teacher on the same sigmas."""
+    from . import amed, evaluation
+    from .sampling import noise_for_seeds, steps_for_nfe
+    from .schedules import get_schedule
+
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    m = args.teacher_steps or 16
+    runs = []
+    for name in [v.strip() for v in args.solver.split(",") if v.strip()]:
+        sig = get_schedule(args.schedule, steps_for_nfe(name, args.nfe, args.afs))
+        label = name + (" +AFS" if args.afs else "")
+        runs.append((label, evaluation.trajectory_error(denoiser, noise, sig, name, afs=args.afs, teacher_steps=m)))
+    if args.predictor:
+        pred = amed.load(args.predictor, model_id=model_id)
+        st = pred.config["student"]
+        label = "AMED-Solver" if st["solver"] == "amed" else f"AMED-Plugin on {st['base']}"
+        runs.append((label, evaluation.trajectory_error(denoiser, noise, None, predictor=pred, teacher_steps=m)))
+    rows = ["solver,nfe,step,sigma,rmse,l2,teacher_change"]
+    for label, e in runs:
+        for i, (sg, r, l2, tc) in enumerate(zip(e["sigma"], e["rmse"], e["l2"], e["teacher_change"])):
+            rows.append(f"{label},{e['nfe'][0]},{i},{sg:.6g},{r:.6g},{l2:.6g},{tc:.3g}")
+        ax.plot(e["sigma"][1:], e["rmse"][1:], "o-", label=f"{label} (NFE {e['nfe'][0]})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("sigma (sampling runs right)")
+    ax.set_ylabel(f"RMSE to the teacher (DEIS-4, {m} steps inserted per interval)")
+    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule", fontsize=8)
+    return rows
+
+
+def _analyze_align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
+    """Grid-searched intermediate times vs r = 0.5 per step and solver (paper Fig. 5)."""
+    from . import paper
+    from .sampling import noise_for_seeds
+
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    solvers = [v.strip() for v in args.solver.split(",") if v.strip()]
+    res = paper.alignment(denoiser, noise, nfe=args.nfe, solvers=solvers, grid=args.grid, afs=True,
+                          schedule=args.schedule, M=args.teacher_steps or 8)
+    keys = list(res[0])
+    rows = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                               for r in res]
+    for label in dict.fromkeys(r["solver"] for r in res):
+        sel = [r for r in res if r["solver"] == label]
+        steps = [r["step"] for r in sel]
+        line, = ax.plot(steps, [r["r_opt"] for r in sel], "o-", label=label)
+        ax.errorbar(steps, [r["r_sample_mean"] for r in sel], [r["r_sample_std"] for r in sel], fmt="none",
+                    ecolor=line.get_color(), alpha=0.5, capsize=3)
+        ax2.plot(steps, [r["ratio"] for r in sel], "o-", color=line.get_color(), label=label)
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="r = 0.5 (DPM-Solver-2 / plugin default)")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step n (largest sigma first)")
+    ax.set_ylabel("grid-searched r_n (bars: per-sample mean ± std)")
+    ax.set_title(f"{model_id}: s_n = t_n^r t_(n+1)^(1-r), NFE {args.nfe}, {len(args.seeds)} seeds", fontsize=8)
+    ax2.set_yscale("log")
+    ax2.axhline(1.0, color="k", lw=1)
+    ax2.set_xlabel("step n")
+    ax2.set_ylabel("RMSE at r = 0.5 / RMSE at grid-searched r")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    return rows
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -384,22 +497,51 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inception", default=None, help="TorchScript Inception-v3 file for --features inception")
     e.add_argument("--save-ref-stats", default=None, help="cache the reference statistics to this .npz")
     e.add_argument("--kid", action="store_true", help="also compute KID (needs reference images)")
+    e.add_argument("--pr", action="store_true",
+                   help="also compute improved precision/recall (Kynkäänniemi et al., 2019; needs reference images)")
+    e.add_argument("--pr-k", type=_positive, default=3, help="k of the k-NN balls for --pr (default: 3)")
     e.add_argument("--batch", type=_positive, default=256)
     e.add_argument("--out", default=None, help="write the result as JSON here")
     e.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     e.set_defaults(func=cmd_eval)
 
-    a = sub.add_parser("analyze", help="trajectory PCA (paper Fig. 4) or a predictor's learned r, c (Fig. 7)")
-    a.add_argument("what", choices=("pca", "predictor"))
+    a = sub.add_parser("analyze", help="trajectory PCA (paper Fig. 4), grid-searched intermediate steps (Fig. 5), "
+                                       "a predictor's learned r, c (Fig. 7), per-step error to a teacher")
+    a.add_argument("what", choices=("pca", "predictor", "error", "align"))
     _add_model_args(a)
-    a.add_argument("--predictor", default=None, help="AMED checkpoint (for 'predictor')")
-    a.add_argument("--solver", default="heun", help="solver for the trajectories (default: %(default)s)")
+    a.add_argument("--predictor", default=None, help="AMED checkpoint (for 'predictor'; for 'error' an extra row)")
+    a.add_argument("--solver", default=None,
+                   help="pca: trajectory solver (default heun); error: comma-separated solvers (default ipndm); "
+                        "align: comma-separated forms, amed (AMED-Solver / DPM-Solver-2) or a plugin base solver "
+                        "(default amed,ipndm,dpmpp)")
+    a.add_argument("--nfe", type=_positive, default=5, help="error / align: NFE (default: %(default)s)")
+    a.add_argument("--afs", action="store_true", help="error: use AFS (align always does)")
+    a.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"),
+                   help="error / align: time schedule (default: %(default)s)")
+    a.add_argument("--teacher-steps", type=_positive, default=None,
+                   help="error / align: teacher steps inserted per interval (default: 16 / 8)")
+    a.add_argument("--grid", type=_positive, default=49, help="align: grid points for r in (0, 1) (plus r = 0.5)")
     a.add_argument("--steps", type=_positive, default=32, help="trajectory steps (default: %(default)s)")
     a.add_argument("--seeds", type=_seeds, default=_seeds("0-63"))
     a.add_argument("--max-k", type=_positive, default=5)
     a.add_argument("--out", required=True, help="output path stem; writes .png and .csv")
     a.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     a.set_defaults(func=cmd_analyze)
+
+    b = sub.add_parser("bench", help="the AMED paper's Tables 2, 4, 5 regenerated on the analytic bed (or a model)")
+    b.add_argument("which", choices=("paper-table2", "paper-table4", "paper-table5"),
+                   help="table2: solvers x NFE; table4: teacher solvers; table5: time schedules +- AMED-Plugin")
+    _add_model_args(b)
+    b.add_argument("--seeds", type=_positive, default=None, help="held-out seeds (default: 1000 gmm, 200 otherwise)")
+    b.add_argument("--ref-steps", type=_positive, default=None, help="reference steps (default: 256 gmm, 64 otherwise)")
+    b.add_argument("--nfe", type=_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
+    b.add_argument("--train-samples", type=_positive, default=4096, help="AMED training samples per predictor")
+    b.add_argument("--M", type=_positive, default=8, help="teacher steps inserted per interval (default: 8)")
+    b.add_argument("--plugin-base", default="auto", help="table2: base solver of AMED-Plugin (auto: the best)")
+    b.add_argument("--fd-count", type=_positive, default=10000, help="reference patches for the FD of image models")
+    b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

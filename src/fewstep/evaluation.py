@@ -72,8 +72,10 @@ def solver_table(
     sigma_max: float = 80.0,
     progress: bool = False,
     on_sample: Callable[[dict[str, Any], int, torch.Tensor], None] | None = None,
+    rho: float = 7.0,
 ) -> list[dict[str, Any]]:
-    """RMSE to ``ref`` for every spec at every NFE (None where the NFE is not reachable).
+    """RMSE to ``ref`` for every spec at every NFE (None where the NFE is not reachable) on the ``schedule``
+    (with ``rho`` for polynomial / time_uniform).
     ``on_sample(row, nfe, x)`` sees every sample set (e.g. to add metrics to the row or save images)."""
     rows = []
     for spec in tqdm(specs, desc="solvers", disable=not progress, leave=False):
@@ -85,7 +87,7 @@ def solver_table(
             except ValueError:
                 row[nfe] = None
                 continue
-            sig = get_schedule(schedule, n, sigma_min, sigma_max)
+            sig = get_schedule(schedule, n, sigma_min, sigma_max, rho)
             res = sample(denoiser, noise, sig, spec.solver, afs=spec.afs, return_result=True, **spec.options)
             assert res.nfe == nfe
             row[nfe] = rmse(res.x, ref)
@@ -112,19 +114,24 @@ def format_table(rows: list[dict[str, Any]], nfes: Sequence[int] = (3, 5, 7, 9))
 def trajectory_error(
     denoiser: Callable,
     noise: torch.Tensor,
-    sigmas: torch.Tensor,
+    sigmas: torch.Tensor | None,
     solver: str = "euler",
     *,
     afs: bool = False,
     teacher_steps: int = 16,
+    predictor: Any = None,
     **options: Any,
 ) -> dict[str, list[float]]:
     """Per-step error of a solver against a teacher on the same sigmas: RMSE and mean per-sample L2 at every
     sigma of the schedule. The teacher is DEIS-logrho order 4 with ``teacher_steps`` log-uniform steps inserted
-    per interval (its own accuracy is reported as ``teacher_change``: the difference to half as many steps)."""
+    per interval (its own accuracy is reported as ``teacher_change``: the difference to half as many steps).
+    With an AMED ``predictor``, its own schedule, solver and AFS are used (give ``sigmas=None``)."""
     from .amed.train import refine_schedule
 
-    res = sample(denoiser, noise, sigmas, solver, afs=afs, return_trajectory=True, **options)
+    if predictor is not None:
+        res = sample(denoiser, noise, sigmas, predictor=predictor, return_trajectory=True)
+    else:
+        res = sample(denoiser, noise, sigmas, solver, afs=afs, return_trajectory=True, **options)
 
     def teacher(m: int) -> torch.Tensor:
         fine = refine_schedule(res.sigmas, m)

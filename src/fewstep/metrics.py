@@ -11,7 +11,7 @@ import torch
 
 __all__ = [
     "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "load_images", "FeatureExtractor",
-    "feature_stats", "kid", "load_stats",
+    "feature_stats", "kid", "load_stats", "knn_radii", "precision_recall",
 ]
 
 
@@ -168,3 +168,48 @@ def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 10, subset_size: int = 10
         m = n * (n - 1)
         vals.append((kxx.sum() - np.trace(kxx)) / m + (kyy.sum() - np.trace(kyy)) / m - 2 * kxy.mean())
     return float(np.mean(vals))
+
+
+def _as_f64(f: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f), dtype=torch.float64)
+    if t.ndim != 2 or t.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (N >= 1, F), got {tuple(t.shape)}")
+    return t
+
+
+def knn_radii(f: torch.Tensor | np.ndarray, k: int = 3, chunk: int = 1024) -> torch.Tensor:
+    """Distance of each row of ``f`` to its k-th nearest other row (the radius of its k-NN ball), computed in
+    chunks of ``chunk`` rows (memory O(chunk * N))."""
+    x = _as_f64(f, "features")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < x.shape[0]:
+        raise ValueError(f"k must be an int in [1, {x.shape[0] - 1}] for {x.shape[0]} samples, got {k!r}")
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        out.append(d.kthvalue(k + 1, dim=1).values)  # the smallest distance is the point itself (0)
+    return torch.cat(out)
+
+
+def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int) -> float:
+    """Fraction of ``points`` inside at least one ball (centre, radius)."""
+    inside = []
+    for i in range(0, points.shape[0], chunk):
+        d = torch.cdist(points[i:i + chunk], centres)
+        inside.append((d <= radii[None, :]).any(dim=1))
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3,
+                     chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) of ``fake`` against ``real`` features (N, F):
+    each set's manifold is the union of balls around its points with radius the distance to the k-th nearest
+    neighbour in the same set; precision = fraction of fake points inside the real manifold, recall = fraction
+    of real points inside the fake manifold. Float64, chunked distances."""
+    r, f = _as_f64(real, "real features"), _as_f64(fake, "fake features")
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"real and fake features differ in dimension: {r.shape[1]} vs {f.shape[1]}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    precision = _coverage(f, r, knn_radii(r, k, chunk), chunk)
+    recall = _coverage(r, f, knn_radii(f, k, chunk), chunk)
+    return precision, recall

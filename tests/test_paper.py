@@ -1,0 +1,180 @@
+"""Paper tables (fewstep bench paper-table2/4/5), Fig. 5 alignment, per-step error analysis, precision/recall."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_gmm
+
+import fewstep
+from fewstep import amed, cli, metrics, paper
+from fewstep.evaluation import reference_solution, rmse
+from fewstep.sampling import noise_for_seeds, sample
+from fewstep.schedules import get_schedule
+
+TINY = ["--seeds", "8", "--ref-steps", "32", "--nfe", "3", "--train-samples", "16", "--M", "2"]
+
+
+@pytest.fixture
+def small_model(monkeypatch):
+    """cli.load_model -> a 4-D Gaussian mixture (the natural-patch bed takes ~20 s to fit)."""
+    gmm = make_gmm()
+    gmm.model_id = "test-gmm"
+    monkeypatch.setattr(cli, "load_model", lambda name, shape=None: (gmm, (4,), "test-gmm", torch.float64))
+    return gmm
+
+
+# ------------------------------------------------------------------------------------------ precision / recall
+
+
+def test_precision_recall_identical_sets_are_one():
+    x = torch.randn(200, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert metrics.precision_recall(x, x) == (1.0, 1.0)
+    assert metrics.precision_recall(x.numpy(), x.numpy()[::-1].copy(), chunk=7) == (1.0, 1.0)
+
+
+def test_precision_recall_far_disjoint_set_is_zero():
+    x = torch.randn(100, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert metrics.precision_recall(x, x + 100.0) == (0.0, 0.0)
+
+
+def test_precision_recall_known_small_case():
+    # real 0,1,2,3 (k=1 radii all 1); fake 1/8, 1/2, 10, 11 (radii 3/8, 3/8, 1, 1).
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.125], [0.5], [10.0], [11.0]])
+    assert metrics.knn_radii(real, k=1).tolist() == [1.0, 1.0, 1.0, 1.0]
+    # precision: 1/8 and 1/2 lie within 1 of a real point, 10 and 11 do not -> 2/4;
+    # recall: only the real 0 lies within 3/8 of 1/8 -> 1/4.
+    assert metrics.precision_recall(real, fake, k=1) == (0.5, 0.25)
+    assert metrics.precision_recall(real, fake, k=1, chunk=1) == (0.5, 0.25)
+    # k=3: real radii 3, 2, 2, 3 cover 1/8 and 1/2 only; the fake radii (9.875 and more) cover every real point.
+    p, r = metrics.precision_recall(real, fake, k=3)
+    assert (p, r) == (0.5, 1.0)
+
+
+def test_precision_recall_mode_collapse_keeps_precision_loses_recall():
+    g = torch.Generator().manual_seed(2)
+    real = torch.randn(400, 4, dtype=torch.float64, generator=g)
+    narrow = 0.2 * torch.randn(400, 4, dtype=torch.float64, generator=g)
+    p, r = metrics.precision_recall(real, narrow)
+    assert p > 0.95 and r < 0.2
+
+
+@pytest.mark.parametrize("k", [0, 4, True])
+def test_precision_recall_rejects_bad_k(k):
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.precision_recall(np.zeros((4, 2)), np.ones((4, 2)), k=k)
+
+
+def test_eval_pr_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a = np.clip(rng.normal(0, 0.5, (120, 3, 4, 4)), -1, 1).astype(np.float32)
+    np.savez(tmp_path / "a.npz", images=a)
+    np.savez(tmp_path / "b.npz", images=np.clip(a + 1.5, -1, 1))
+    assert cli.main(["eval", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "a.npz"), "--pr", "--threads", "1"]) == 0
+    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert same["precision"] == 1.0 and same["recall"] == 1.0
+    assert cli.main(["eval", str(tmp_path / "b.npz"), "--ref", str(tmp_path / "a.npz"), "--pr", "--threads", "1"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["precision"] < 0.5 and other["recall"] < 0.5
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+
+@pytest.mark.parametrize("which", ["paper-table2", "paper-table4", "paper-table5"])
+def test_bench_writes_table(which, small_model, tmp_path):
+    out = tmp_path / f"{which}.md"
+    assert cli.main(["bench", which, "--out", str(out)] + TINY) == 0
+    text = out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert text.startswith("# Table") and f"Command: `fewstep bench {which} --model gmm --seeds 8" in text
+    assert data["command"] in text
+    rows = data["rows"]
+    assert all(np.isfinite(r["3"]) for r in rows if r["3"] is not None)
+    learned = [r for r in rows if r["solver"].startswith("amed")]
+    assert learned and all(len(r["tables"]["3"]) == 2 for r in learned)  # NFE 3 with AFS: 3 sigmas, 2 steps
+    labels = [r["label"] for r in rows]
+    if which == "paper-table2":
+        assert labels[:6] == [s.label + (" +AFS" if s.afs else "") for s in paper.TABLE2_BASELINES]
+        assert labels[6] == "AMED-Solver" and labels[7].startswith("AMED-Plugin on ")
+        assert data["plugin_base"] in labels[7]
+        assert "The paper's Table 2(a)" in text
+    elif which == "paper-table4":
+        assert labels == [t[0] for t in paper.TEACHERS] and len(data["teacher_rows"]) == len(paper.TEACHERS)
+    else:
+        assert len(rows) == 2 * len(paper.SCHEDULES)
+        # The baseline cells are plain sampling on the named schedule (rho passed through: time-uniform rho=1).
+        gmm = small_model
+        noise = noise_for_seeds(range(8), (4,), dtype=torch.float64)
+        ref, _ = reference_solution(gmm, noise, steps=32)
+        for (label, kind, rho), row in zip(paper.SCHEDULES, rows[::2]):
+            x = sample(gmm, noise, get_schedule(kind, 4, rho=rho), "dpmpp", max_order=3)
+            assert row["3"] == pytest.approx(rmse(x, ref), rel=1e-12), label
+
+
+def test_bench_rejects_unknown_plugin_base(small_model, tmp_path, capsys):
+    assert cli.main(["bench", "paper-table2", "--plugin-base", "nope", "--out", str(tmp_path / "t.md")] + TINY) == 2
+    assert "plugin_base must be" in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists()
+
+
+# ------------------------------------------------------------------------------------------ Fig. 5 and errors
+
+
+def test_alignment_half_matches_dpm_solver_2_and_grid_never_worse(gmm4, noise16):
+    res = paper.alignment(gmm4, noise16, nfe=5, solvers=("amed", "ipndm"), grid=9, M=2)
+    assert [r["solver"] for r in res] == ["AMED-Solver / DPM-Solver-2"] * 3 + ["AMED-Plugin on ipndm"] * 3
+    for r in res:
+        assert 0 < r["r_opt"] < 1 and r["rmse_opt"] <= r["rmse_half"] and r["ratio"] >= 1
+    # Step 0 at r = 0.5 is one DPM-Solver-2 step with AFS, measured against the teacher at sigma_1.
+    sig = get_schedule("polynomial", 4)
+    x1 = sample(gmm4, noise16, sig[:2], "dpm2", afs=True)
+    teach = sample(gmm4, noise16, amed.refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho",
+                   return_trajectory=True).trajectory[3]
+    assert res[0]["rmse_half"] == pytest.approx(rmse(x1, teach), rel=1e-10)
+    # On this bed the first step of DPM-Solver-2 wants an intermediate time far from the midpoint (r << 0.5).
+    assert res[0]["r_opt"] < 0.3 and res[0]["ratio"] > 1.5
+
+
+def test_analyze_align_and_error_cli(small_model, tmp_path):
+    assert cli.main(["analyze", "align", "--nfe", "3", "--seeds", "0-7", "--grid", "5", "--teacher-steps", "2",
+                     "--out", str(tmp_path / "align"), "--threads", "1"]) == 0
+    lines = (tmp_path / "align.csv").read_text().splitlines()
+    assert lines[0].startswith("solver,nfe,step,sigma_cur") and len(lines) == 1 + 3 * 2
+    assert (tmp_path / "align.png").stat().st_size > 0
+
+    pred = amed.train(small_model, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False,
+                      model_id="test-gmm")
+    pred.save(tmp_path / "p.safetensors")
+    assert cli.main(["analyze", "error", "--solver", "ipndm,euler", "--nfe", "3", "--seeds", "0-7",
+                     "--teacher-steps", "2", "--predictor", str(tmp_path / "p.safetensors"),
+                     "--out", str(tmp_path / "err"), "--threads", "1"]) == 0
+    rows = (tmp_path / "err.csv").read_text().splitlines()
+    assert rows[0] == "solver,nfe,step,sigma,rmse,l2,teacher_change"
+    by = {}
+    for line in rows[1:]:
+        by.setdefault(line.split(",")[0], []).append(line.split(","))
+    assert sorted(by) == ["AMED-Solver", "euler", "ipndm"]
+    assert len(by["ipndm"]) == 4 and len(by["AMED-Solver"]) == 3  # 4 sigmas at NFE 3; AMED-Solver 3 sigmas
+    assert all(r[1] == "3" for v in by.values() for r in v)
+    assert float(by["ipndm"][0][4]) == 0.0 and float(by["euler"][-1][4]) > float(by["ipndm"][-1][4])
+    assert (tmp_path / "err.png").stat().st_size > 0
+
+
+def test_trajectory_error_with_predictor_matches_sampling(gmm4, noise16):
+    pred = amed.train(gmm4, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False)
+    e = fewstep.evaluation.trajectory_error(gmm4, noise16, None, predictor=pred, teacher_steps=2)
+    x = sample(gmm4, noise16, predictor=pred)
+    sig = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
+    teach = sample(gmm4, noise16, amed.refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho")
+    assert e["nfe"] == [3] and e["rmse"][-1] == pytest.approx(rmse(x, teach), rel=1e-10)
+
+
+def test_analyze_error_unreachable_nfe_is_a_clean_error(small_model, tmp_path, capsys):
+    assert cli.main(["analyze", "error", "--solver", "dpm2", "--nfe", "4", "--afs", "--seeds", "0-3",
+                     "--out", str(tmp_path / "e"), "--threads", "1"]) == 2
+    assert "cannot use exactly nfe=4" in capsys.readouterr().err
