@@ -192,34 +192,71 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample seeds: one .npz (``--out FILE.npz``) or one file per seed under a folder, resumable; under
+    ``torchrun`` the seeds are sharded over the processes (fewstep.distributed)."""
     import numpy as np
     import torch
 
-    from . import amed
+    from . import amed, distributed
+    from .io import tensor_digest
     from .sampling import noise_for_seeds, sample, steps_for_nfe
     from .schedules import get_schedule
 
-    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    single_file = out.suffix == ".npz"
+    fmt = "npz" if single_file else args.format
+    if single_file and args.format != "png":
+        raise ValueError("--format applies to an output folder; --out FILE.npz already writes one .npz")
+    if out.is_dir() if single_file else (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {out} exists and is not {'a file' if single_file else 'a directory'}")
+    # Everything that can fail on bad input is checked before the process group starts and before any output.
     denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    if not single_file:
+        distributed.check_image_shape(shape, fmt)
     if args.predictor:
         pred = amed.load(args.predictor, model_id=model_id)
         kwargs: dict = {"predictor": pred}
+        run = {"predictor": tensor_digest(pred.state_dict()), "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
     else:
         n = steps_for_nfe(args.solver, args.nfe, args.afs)
-        kwargs = {"sigmas": get_schedule(args.schedule, n), "solver": args.solver, "afs": args.afs}
-    out = Path(args.out)
-    xs = []
-    nfe = 0
-    for start in range(0, len(args.seeds), args.batch):
-        seeds = args.seeds[start:start + args.batch]
-        res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype), return_result=True,
-                     denoise_to_zero=args.denoise_to_zero, progress=True, **kwargs)
-        xs.append(res.x.float().clamp(-1, 1).numpy())
-        nfe = res.nfe
-    arr = np.concatenate(xs)
-    with atomic_path(out, suffix=".npz") as tmp:
-        np.savez(tmp, images=arr, seeds=np.array(args.seeds))
-    print(f"Wrote {len(arr)} samples ({nfe} NFE each) to {out}")
+        sigmas = get_schedule(args.schedule, n)
+        kwargs = {"sigmas": sigmas, "solver": args.solver, "afs": args.afs}
+        run = {"solver": args.solver, "sigmas": sigmas.tolist(), "afs": args.afs}
+    info = distributed.init_distributed(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    if info.device.type != "cpu":
+        for m in (denoiser, kwargs.get("predictor")):
+            if m is not None and callable(getattr(m, "to", None)):
+                m.to(info.device)
+    nfe = [0]
+
+    def sample_batch(seeds: list[int]) -> torch.Tensor:
+        res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device), return_result=True,
+                     denoise_to_zero=args.denoise_to_zero, **kwargs)
+        nfe[0] = res.nfe
+        return res.x
+
+    ok = False
+    try:
+        if single_file:
+            seeds, images = distributed.sample_seeds(sample_batch, args.seeds, batch=args.batch, info=info,
+                                                     progress=True)
+            if info.is_main:
+                with atomic_path(out, suffix=".npz") as tmp:
+                    np.savez(tmp, images=images.float().clamp(-1, 1).numpy(), seeds=np.array(seeds))
+                print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each) to {out}")
+        else:
+            settings = {"model": model_id, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+                        "denoise_to_zero": args.denoise_to_zero, "format": fmt, **run}
+            counts = distributed.sample_seeds_to_dir(sample_batch, args.seeds, out, batch=args.batch, fmt=fmt,
+                                                     settings=settings, info=info, progress=True)
+            if info.is_main:
+                print(f"Wrote {counts['written']} of {counts['seeds']} seeds to {out} ({counts['skipped']} were "
+                      f"already there; {info.world_size} process{'es' if info.world_size > 1 else ''})")
+        ok = True
+    finally:
+        distributed.finish(info, barrier=ok)
     return 0
 
 
@@ -362,6 +399,80 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """GITS schedule search, schedule learning by distillation, and export of schedules / AMED tables."""
+    import torch
+
+    from . import amed
+    from .schedules import load_schedule, save_schedule
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.action == "export":
+        if args.source is None:
+            raise ValueError("schedule export needs SOURCE: a schedule .json or an AMED checkpoint .safetensors")
+        return _export(Path(args.source), args.format, args.out)
+    if args.source is not None:
+        raise ValueError(f"schedule {args.action} takes no SOURCE argument (got {args.source!r})")
+    if not args.out:
+        raise ValueError(f"schedule {args.action} needs --out FILE.json")
+    denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
+    options = json.loads(args.solver_options) if args.solver_options else {}
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    info = {"method": args.action, "model_id": model_id, "solver": args.solver, "solver_options": options,
+            "nfe": args.nfe, "afs": args.afs}
+    if args.action == "search":
+        from .schedule_search import search_schedule
+
+        sig = search_schedule(denoiser, shape, nfe=args.nfe, solver=args.solver, solver_options=options, afs=args.afs,
+                              grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff,
+                              teacher=args.teacher, dtype=dtype, progress=True)
+        info.update(grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff, teacher=args.teacher)
+    else:
+        init = load_schedule(args.init) if args.init.endswith(".json") else args.init
+        sig = amed.learn_schedule(denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe,
+                                  afs=args.afs, schedule=init, total_samples=args.total_samples, lr=args.lr,
+                                  seed=args.seed, dtype=dtype, progress=True)
+        info.update(init=args.init, total_samples=args.total_samples, lr=args.lr, seed=args.seed)
+    save_schedule(out, sig, **info)
+    print(f"{args.action}: {', '.join(f'{v:.4g}' for v in sig.tolist())} ({time.perf_counter() - t0:.1f} s); wrote {out}")
+    return 0
+
+
+def _export(source: Path, fmt: str, out: str | None) -> int:
+    """A schedule file or an AMED checkpoint as plain numbers for other tools."""
+    from . import amed
+    from .schedules import load_schedule
+
+    if source.suffix == ".safetensors":
+        pred = amed.load(source)
+        sig = pred.config["sigmas"]
+        doc: dict = {"sigmas": sig, "afs": pred.config["afs"], "student": pred.config["student"]}
+        if not pred.uses_features:
+            steps = []
+            for i, v in enumerate(pred.table_values()):
+                s_n = sig[i + 1] ** v["r"] * sig[i] ** (1 - v["r"])  # AMED eq. 10
+                steps.append({"t_cur": sig[i], "t_next": sig[i + 1], "r": v["r"], "s": s_n, "eval_sigma": v["a"] * s_n,
+                              "c": v["c"]})
+            doc["steps"] = steps
+    else:
+        sig = load_schedule(source).tolist()
+        doc = {"sigmas": sig}
+    if fmt == "list":
+        text = ", ".join(repr(v) for v in sig)
+    elif fmt == "k":  # k-diffusion / diffusers `sigmas=`: the final jump to 0 is part of the list
+        text = json.dumps(sig + [0.0])
+    else:
+        doc["k_diffusion_sigmas"] = sig + [0.0]
+        text = json.dumps(doc, indent=1)
+    if out:
+        write_text_atomic(Path(out), text + "\n")
+    print(text)
+    return 0
+
+
 def _analyze_error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """Per-step RMSE / L2 of solvers (and an AMED predictor) to a DEIS-4 teacher on the same sigmas."""
     from . import amed, evaluation
@@ -415,6 +526,10 @@ def _analyze_align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN
         ax.errorbar(steps, [r["r_sample_mean"] for r in sel], [r["r_sample_std"] for r in sel], fmt="none",
                     ecolor=line.get_color(), alpha=0.5, capsize=3)
         ax2.plot(steps, [r["ratio"] for r in sel], "o-", color=line.get_color(), label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axhline(0.5, color="k", ls="--", lw=1, label="r = 0.5 (DPM-Solver-2 / plugin default)")
     ax.set_ylim(0, 1)
     ax.set_xlabel("step n (largest sigma first)")
@@ -482,10 +597,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--afs", action="store_true")
     s.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
     s.add_argument("--seeds", type=_seeds, default=_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
-    s.add_argument("--batch", type=_positive, default=64)
+    s.add_argument("--batch", type=_positive, default=64,
+                   help="seeds per model call (default: %(default)s); outputs are bitwise reproducible for a fixed "
+                        "--batch whatever the number of processes")
     s.add_argument("--denoise-to-zero", action="store_true")
-    s.add_argument("--out", required=True, help="output .npz (images in [-1, 1], seeds)")
-    s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--out", required=True,
+                   help="FILE.npz (images in [-1, 1], seeds) or a folder: one file per seed, OUT/000000/000123.png, "
+                        "1000 per sub-folder; rerun the same command to resume")
+    s.add_argument("--format", default="png", choices=("png", "npy"),
+                   help="per-seed files in a folder: png (uint8 RGB/grey) or npy (float32 in [-1, 1]) "
+                        "(default: %(default)s)")
+    s.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)")
+    s.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: the CPU count, divided among torchrun's local processes)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="Fréchet distance (and KID) of generated images to reference statistics")
@@ -542,6 +666,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     b.set_defaults(func=cmd_bench)
+    sc = sub.add_parser("schedule", help="search (GITS), learn or export time schedules")
+    sc.add_argument("action", choices=("search", "learn", "export"))
+    sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json or an AMED checkpoint")
+    _add_model_args(sc)
+    sc.add_argument("--solver", default="ipndm", help="solver the schedule is for (default: %(default)s)")
+    sc.add_argument("--solver-options", default=None, help='JSON, e.g. \'{"max_order": 3}\'')
+    sc.add_argument("--nfe", type=_positive, default=5)
+    sc.add_argument("--afs", action="store_true", help="the solver uses the analytical first step")
+    sc.add_argument("--grid", type=_positive, default=61, help="search: fine grid points (default: %(default)s)")
+    sc.add_argument("--grid-kind", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
+    sc.add_argument("--warmup", type=_positive, default=256, help="search: teacher trajectories (default: %(default)s)")
+    sc.add_argument("--coeff", type=float, default=1.15, help="search: GITS cost-to-go weight (default: %(default)s)")
+    sc.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
+    sc.add_argument("--init", default="polynomial", help="learn: initial schedule kind or .json file")
+    sc.add_argument("--total-samples", type=_positive, default=8192)
+    sc.add_argument("--lr", type=float, default=0.05)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--format", default="json", choices=("json", "list", "k"),
+                    help="export: json (everything), list (plain sigmas), k (k-diffusion / diffusers sigmas=, ending in 0)")
+    sc.add_argument("--out", default=None, help="output .json (search/learn: required)")
+    sc.add_argument("--overwrite", action="store_true")
+    sc.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    sc.set_defaults(func=cmd_schedule)
     return p
 
 

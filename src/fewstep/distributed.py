@@ -38,7 +38,7 @@ __all__ = [
 SEEDS_PER_FOLDER = 1000
 MANIFEST = "fewstep-sample.json"
 MANIFEST_FORMAT = "fewstep-samples"
-FORMATS = ("png", "npz")
+FORMATS = ("png", "npy")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -153,16 +153,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def check_image_shape(shape: Sequence[int], fmt: str) -> None:
-    """PNG needs (C, H, W) with C = 1 (grey) or 3 (RGB); npz takes any shape."""
+    """PNG needs (C, H, W) with C = 1 (grey) or 3 (RGB); npy takes any shape."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "png" and (len(shape) != 3 or shape[0] not in (1, 3)):
         raise ValueError(f"PNG output needs samples of shape (C, H, W) with C = 1 or 3, got {tuple(shape)}; "
-                         "use --format npz or --out FILE.npz")
+                         "use --format npy or --out FILE.npz")
 
 
-def write_seed_file(path: Path, image: torch.Tensor, seed: int, fmt: str) -> None:
-    """One seed's image (C, H, W) in [-1, 1] as PNG (uint8) or npz (float32 ``image`` and ``seed``), atomically."""
+def write_seed_file(path: Path, image: torch.Tensor, fmt: str = "png") -> None:
+    """One seed's image (C, H, W) in [-1, 1] as PNG (uint8) or .npy (float32, clipped to [-1, 1]), atomically.
+
+    Both are byte-for-byte reproducible (no time stamps, unlike .npz), so runs can be compared file by file."""
     if fmt == "png":
         from PIL import Image
 
@@ -171,8 +173,8 @@ def write_seed_file(path: Path, image: torch.Tensor, seed: int, fmt: str) -> Non
         with atomic_path(path, suffix=".png") as tmp:
             pic.save(tmp, format="PNG")
     else:
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, image=image.float().clamp(-1, 1).cpu().numpy(), seed=np.int64(seed))
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, image.float().clamp(-1, 1).cpu().numpy())
 
 
 def remove_stale_temporaries(out: Path, seeds: Iterable[int], fmt: str) -> int:
@@ -311,7 +313,7 @@ def sample_seeds_to_dir(
                 images = _checked(sample_batch(b), b)
                 for s, img in zip(b, images):
                     if s in missing:
-                        write_seed_file(seed_path(out, s, fmt), img, s, fmt)
+                        write_seed_file(seed_path(out, s, fmt), img, fmt)
                         written += 1
                 bar.update(len(missing))
     except BaseException:
