@@ -72,7 +72,8 @@ def load_images(path: str | Path) -> np.ndarray:
     if path.is_dir():
         import matplotlib.image as mpimg
 
-        files = sorted(path.glob("*.png"))
+        # also fewstep sample's OUT/000000/000123.png layout; skips hidden temporaries of unfinished writes
+        files = sorted(p for p in path.rglob("*.png") if not p.name.startswith("."))
         if not files:
             raise ValueError(f"{path} has no .png files")
         arr = np.stack([mpimg.imread(f)[..., :3] for f in files]).astype(np.float32)  # floats in [0, 1]
