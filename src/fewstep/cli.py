@@ -383,7 +383,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"fewstep-out/paper/{which}.md")
     command = (f"fewstep bench {args.which} --model {args.model} --seeds {seeds} --ref-steps {ref_steps} "
                f"--nfe {','.join(map(str, args.nfe))} --train-samples {args.train_samples} --M {args.M}"
-               + (f" --plugin-base {args.plugin_base}" if which == "table2" else "") + f" --out {out}")
+               + (f" --plugin-base {args.plugin_base}" if which == "table2" else "")
+               + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
+               + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
     print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)
     bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
                          description=desc, fd_reference=fd_ref)

@@ -6,8 +6,11 @@ All schedules live in the EDM/Karras parameterisation (sigma = t). A schedule of
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Sequence
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
@@ -18,9 +21,12 @@ __all__ = [
     "vp_sigma",
     "vp_sigma_inv",
     "ddpm_alphas_cumprod",
+    "save_schedule",
+    "load_schedule",
 ]
 
-SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete")
+SCHEDULES = ("polynomial", "logsnr", "time_uniform", "discrete", "file")
+SCHEDULE_FORMAT = "fewstep-schedule"
 
 # Continuous VP schedule of Song et al. (2021), as used by EDM for its VP models.
 VP_BETA_MIN = 0.1
@@ -97,6 +103,7 @@ def get_schedule(
     alphas_cumprod: torch.Tensor | None = None,
     beta_min: float = VP_BETA_MIN,
     beta_d: float = VP_BETA_D,
+    path: str | os.PathLike | None = None,
 ) -> torch.Tensor:
     """Build a schedule of ``num_steps`` sigmas, descending from ``sigma_max`` to ``sigma_min``.
 
@@ -109,13 +116,20 @@ def get_schedule(
         1000 steps), spaced uniformly in index^(1/rho) between the indices nearest sigma_max and
         sigma_min and rounded, so every sigma is one the model was trained on. Correct for every rho.
         (The index is shifted by one, (index + 1)^(1/rho), so rho > 1 stays well-defined at index 0.)
+      * ``"file"``: a schedule saved by :func:`save_schedule` (e.g. by ``fewstep schedule search``) at ``path``.
       * a tensor/sequence: validated and returned as float64 (num_steps must be None or match).
     """
+    if isinstance(kind, str) and kind == "file":
+        if path is None:
+            raise ValueError("get_schedule('file', ...) needs path=... (a JSON file from save_schedule)")
+        kind = load_schedule(path)
     if not isinstance(kind, str):
         s = validate_sigmas(kind, "schedule")
         if num_steps is not None and num_steps != s.numel():
             raise ValueError(f"num_steps={num_steps} does not match the given schedule of {s.numel()} sigmas")
         return s
+    if path is not None:
+        raise ValueError(f"path= is only used with kind='file', not {kind!r}")
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULES)} or pass a tensor")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int):
@@ -158,3 +172,38 @@ def get_schedule(
     if kind != "discrete":
         s[0], s[-1] = sigma_max, sigma_min  # exact endpoints, free of rounding in the formulas above
     return validate_sigmas(s, f"{kind} schedule")
+
+
+def save_schedule(path: str | os.PathLike, sigmas: torch.Tensor | Sequence[float], **info: Any) -> Path:
+    """Write a schedule as JSON: ``{"format", "version", "sigmas", "info"}``, atomically. ``info`` holds how it was
+    made (JSON-serialisable). Read it back with ``get_schedule("file", path=...)`` or :func:`load_schedule`."""
+    from .io import write_text_atomic
+
+    s = validate_sigmas(sigmas, "sigmas")
+    doc = {"format": SCHEDULE_FORMAT, "version": 1, "sigmas": [float(v) for v in s], "info": info}
+    path = Path(path)
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_schedule(path: str | os.PathLike) -> torch.Tensor:
+    """Read a schedule file: a :func:`save_schedule` document, ``{"sigmas": [...]}`` or a plain JSON list of
+    descending sigmas (a trailing 0, as in k-diffusion, is dropped: use ``denoise_to_zero`` for that jump)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no schedule file at {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON schedule file: {e}") from None
+    if isinstance(doc, dict):
+        if doc.get("format", SCHEDULE_FORMAT) != SCHEDULE_FORMAT or doc.get("version", 1) != 1:
+            raise ValueError(f"{path}: unsupported schedule format {doc.get('format')!r} version {doc.get('version')!r}")
+        if "sigmas" not in doc:
+            raise ValueError(f"{path}: schedule file has no 'sigmas' list")
+        doc = doc["sigmas"]
+    if not isinstance(doc, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc):
+        raise ValueError(f"{path}: 'sigmas' must be a list of numbers")
+    if len(doc) > 2 and doc[-1] == 0:
+        doc = doc[:-1]
+    return validate_sigmas(doc, f"schedule in {path}")

@@ -6,13 +6,15 @@ checkpoint; ``fewstep.sample(denoiser, noise, predictor=pred)`` samples with the
 
 from .checkpoint import CheckpointError, load, read_config, save
 from .features import HookFeatures, find_bottleneck, provides_features
-from .predictor import AMEDPredictor
-from .train import TrainLog, detach_state, refine_schedule, steps_for_nfe, student_solver, train
+from .predictor import AMEDPredictor, LearnedSchedule
+from .train import TrainLog, detach_state, learn_schedule, refine_schedule, steps_for_nfe, student_solver, train
 
 AMEDPredictor.save = save  # predictor.save(path)
 
 __all__ = [
     "train",
+    "learn_schedule",
+    "LearnedSchedule",
     "load",
     "save",
     "read_config",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AMEDPredictor"]
+__all__ = ["AMEDPredictor", "LearnedSchedule"]
 
 
 class AMEDPredictor(nn.Module):
@@ -98,3 +98,22 @@ class AMEDPredictor(nn.Module):
                 r, c, a = self(i, torch.ones(()), torch.ones(()), None, 1)
                 out.append({"r": float(r[0]), "c": float(c[0]), "a": float(a[0])})
         return out
+
+
+class LearnedSchedule(nn.Module):
+    """A schedule with fixed end points whose log-sigma increments are a softmax of learnable logits:
+    log sigma_k = log sigma_max - (sum_{j<k} softmax(z)_j) (log sigma_max - log sigma_min). Always strictly
+    decreasing; initialised to reproduce ``init`` exactly (up to rounding)."""
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        init = torch.as_tensor(init, dtype=torch.float64)
+        logs = init.log()
+        self.register_buffer("ends", init[[0, -1]].clone())
+        self.logits = nn.Parameter((logs[:-1] - logs[1:]).log())
+
+    def forward(self) -> torch.Tensor:
+        lo_max, lo_min = self.ends.log()
+        frac = torch.softmax(self.logits.to(torch.float64), 0).cumsum(0)[:-1]
+        inner = (lo_max - frac * (lo_max - lo_min)).exp()
+        return torch.cat([self.ends[:1], inner, self.ends[1:]])

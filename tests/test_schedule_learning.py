@@ -1,0 +1,274 @@
+"""Issue 8: GITS schedule search, schedule files, learned schedules (alone and jointly with AMED), and the training
+state that lets AMED training resume (issue 6)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import amed
+from fewstep.amed import CheckpointError, LearnedSchedule
+from fewstep.cli import main
+from fewstep.schedule_search import cost_matrix, dp_schedule, search_schedule
+from fewstep.schedules import load_schedule, save_schedule
+from conftest import make_gmm
+
+SHAPE = (3, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return make_gmm(dim=12, components=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return fewstep.noise_for_seeds(range(64), SHAPE, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------- dynamic programme
+
+
+def brute_force(cost: torch.Tensor, intervals: int, coeff: float) -> tuple[float, list[int]]:
+    G = cost.shape[0]
+    best = (float("inf"), [])
+    for inner in itertools.combinations(range(1, G - 1), intervals - 1):
+        path = [0, *inner, G - 1]
+        total = sum(coeff**k * float(cost[path[k], path[k + 1]]) for k in range(intervals))
+        if total < best[0]:
+            best = (total, path)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("coeff", [1.0, 1.15, 0.8])
+def test_dp_matches_brute_force(seed, coeff):
+    g = torch.Generator().manual_seed(seed)
+    G, K = 9, 1 + seed % 4
+    cost = torch.rand(G, G, generator=g, dtype=torch.float64).triu(1)
+    cost[torch.ones(G, G).tril().bool()] = float("inf")
+    path = dp_schedule(cost, K, coeff)
+    total = sum(coeff**k * float(cost[path[k], path[k + 1]]) for k in range(K))
+    best, _ = brute_force(cost, K, coeff)
+    assert len(path) == K + 1 and path[0] == 0 and path[-1] == G - 1 and path == sorted(set(path))
+    assert total == pytest.approx(best, rel=1e-12)
+
+
+def test_dp_rejects_bad_arguments():
+    cost = torch.zeros(5, 5)
+    with pytest.raises(ValueError, match="intervals"):
+        dp_schedule(cost, 5)
+    with pytest.raises(ValueError, match="intervals"):
+        dp_schedule(cost, 0)
+    with pytest.raises(ValueError, match="coeff"):
+        dp_schedule(cost, 2, coeff=0.0)
+    with pytest.raises(ValueError, match="square"):
+        dp_schedule(torch.zeros(4, 5), 2)
+
+
+def test_cost_matrix_is_the_euler_error_on_the_teacher_trajectory(gmm, noise):
+    grid = fewstep.get_schedule("polynomial", 12)
+    C = cost_matrix(gmm, noise, grid)
+    lower = torch.ones_like(C).tril().bool()
+    assert torch.isinf(C[lower]).all() and (C[~lower] >= 0).all() and (C[1:, 2:][~lower[1:, 2:]] > 0).all()
+    traj = fewstep.sample(gmm, noise, grid, "deis", max_order=4, deis_mode="logrho", return_trajectory=True).trajectory
+    i, j = 3, 7
+    d = (traj[i] - gmm(traj[i], grid[i].expand(len(noise)))) / grid[i]
+    want = (traj[i] + (grid[j] - grid[i]) * d - traj[j]).flatten(1).norm(dim=1).mean()
+    torch.testing.assert_close(C[i, j], want, rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="teacher"):
+        cost_matrix(gmm, noise, grid, teacher="heun")
+
+
+@pytest.mark.parametrize("solver,nfe,afs", [("ipndm", 5, False), ("ipndm", 5, True), ("dpm2", 4, False)])
+def test_search_gives_a_schedule_for_the_nfe(gmm, solver, nfe, afs):
+    info: dict = {}
+    sig = search_schedule(gmm, SHAPE, nfe=nfe, solver=solver, afs=afs, grid=25, warmup=32, info=info)
+    assert fewstep.count_nfe(fewstep.get_solver(solver), len(sig), afs) == nfe
+    assert sig[0] == 80.0 and sig[-1] == 0.002
+    assert torch.equal(sig, info["grid"][info["indices"]])
+    assert torch.equal(sig, search_schedule(gmm, SHAPE, nfe=nfe, solver=solver, afs=afs, grid=25, warmup=32))
+
+
+def test_search_beats_the_polynomial_schedule_on_its_warmup_objective(gmm, noise):
+    """The searched schedule has a lower DP objective than the polynomial schedule's points on the same grid."""
+    grid = fewstep.get_schedule("polynomial", 31)
+    info: dict = {}
+    search_schedule(gmm, SHAPE, nfe=5, solver="ipndm", grid=grid, warmup=64, coeff=1.0, info=info)
+    C, path = info["cost"], info["indices"]
+    uniform = [0, 6, 12, 18, 24, 30]  # the 6-point polynomial schedule lies on this grid
+    torch.testing.assert_close(grid[uniform], fewstep.get_schedule("polynomial", 6), rtol=1e-12, atol=0)
+    assert sum(C[a, b] for a, b in zip(path, path[1:])) < sum(C[a, b] for a, b in zip(uniform, uniform[1:]))
+
+
+# --------------------------------------------------------------------------------------------------- schedule files
+
+
+def test_schedule_file_round_trip(tmp_path):
+    sig = fewstep.get_schedule("logsnr", 7)
+    path = save_schedule(tmp_path / "s.json", sig, method="test")
+    assert torch.equal(fewstep.get_schedule("file", path=path), sig)
+    assert torch.equal(fewstep.get_schedule("file", 7, path=path), sig)
+    assert json.loads(path.read_text())["info"] == {"method": "test"}
+    (tmp_path / "k.json").write_text(json.dumps(sig.tolist() + [0.0]))
+    assert torch.equal(load_schedule(tmp_path / "k.json"), sig)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[80, 1, 0.002", "not a JSON"),
+    ('{"format": "other", "sigmas": [2, 1]}', "unsupported"),
+    ('{"version": 2, "sigmas": [2, 1]}', "unsupported"),
+    ('{"nothing": 1}', "no 'sigmas'"),
+    ('["80", "1"]', "list of numbers"),
+    ("[1, 2, 3]", "decreasing"),
+    ("[5, -1]", "positive"),
+])
+def test_bad_schedule_files_are_rejected(tmp_path, text, match):
+    p = tmp_path / "bad.json"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        fewstep.get_schedule("file", path=p)
+
+
+def test_file_schedule_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="path="):
+        fewstep.get_schedule("file", 5)
+    with pytest.raises(ValueError, match="only used with kind='file'"):
+        fewstep.get_schedule("polynomial", 5, path=tmp_path / "x.json")
+    with pytest.raises(FileNotFoundError):
+        fewstep.get_schedule("file", path=tmp_path / "missing.json")
+    save_schedule(tmp_path / "s.json", fewstep.get_schedule("polynomial", 4))
+    with pytest.raises(ValueError, match="num_steps=5"):
+        fewstep.get_schedule("file", 5, path=tmp_path / "s.json")
+
+
+# ------------------------------------------------------------------------------------------------ learned schedules
+
+
+def test_learned_schedule_starts_at_its_init_and_stays_valid():
+    init = fewstep.get_schedule("polynomial", 6)
+    ls = LearnedSchedule(init)
+    torch.testing.assert_close(ls(), init, rtol=1e-13, atol=0)
+    assert ls()[0] == init[0] and ls()[-1] == init[-1]
+    with torch.no_grad():
+        ls.logits.copy_(torch.randn(5, dtype=torch.float64) * 5)
+    fewstep.validate_sigmas(ls())  # strictly decreasing, positive, whatever the logits
+
+
+def test_learn_schedule_lowers_the_error_of_a_plain_solver(gmm, noise):
+    ref = fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", 200), "deis", max_order=4)
+    init = fewstep.get_schedule("polynomial", 5)
+    log: list = []
+    sig = amed.learn_schedule(gmm, shape=SHAPE, solver="ipndm", num_steps=5, total_samples=1024, lr=0.1,
+                              progress=False, log=log)
+    err = lambda s: float((fewstep.sample(gmm, noise, s, "ipndm") - ref).flatten(1).norm(dim=1).mean())
+    assert sig[0] == init[0] and sig[-1] == init[-1] and not torch.equal(sig, init)
+    assert err(sig) < 0.8 * err(init)
+    assert sum(log[0].losses[-4:]) < sum(log[0].losses[:4])
+
+
+def test_joint_training_stores_the_learned_schedule(gmm, noise, tmp_path):
+    pred = amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, learn_schedule=True, total_samples=256,
+                      batch=32, progress=False)
+    learned = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
+    assert pred.config["schedule"]["kind"] == "learned"
+    assert pred.config["schedule"]["init_sigmas"] == fewstep.get_schedule("polynomial", 4).tolist()
+    assert not torch.equal(learned, fewstep.get_schedule("polynomial", 4))
+    pred.save(tmp_path / "p.safetensors")
+    back = amed.load(tmp_path / "p.safetensors")
+    res = fewstep.sample(gmm, noise, predictor=back, return_result=True)
+    assert torch.equal(res.sigmas, learned)
+    assert torch.equal(res.x, fewstep.sample(gmm, noise, predictor=pred))
+    with pytest.raises(ValueError, match="loss='final'"):
+        amed.train(gmm, shape=SHAPE, num_steps=4, learn_schedule=True, loss="per_step", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- resume (issue 6)
+
+
+def _train(gmm, tmp_path, **kw):
+    return amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, total_samples=6 * 16, batch=16,
+                      learn_schedule=True, progress=False, state_path=tmp_path / "state.safetensors", **kw)
+
+
+def test_interrupted_training_resumes_to_the_same_predictor(gmm, tmp_path, monkeypatch):
+    full = _train(gmm, tmp_path / "a", checkpoint_every=2)
+    assert not (tmp_path / "a" / "state.safetensors").exists()  # removed when training completes
+
+    train_mod = __import__("sys").modules["fewstep.amed.train"]
+    real_save = train_mod._TrainState.save
+
+    def save_then_die(self, iteration, losses):
+        real_save(self, iteration, losses)
+        if iteration == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._TrainState, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(gmm, tmp_path / "b", checkpoint_every=2)
+    monkeypatch.setattr(train_mod._TrainState, "save", real_save)
+    assert (tmp_path / "b" / "state.safetensors").exists()
+    log: list = []
+    resumed = _train(gmm, tmp_path / "b", checkpoint_every=2, resume=True, log=log)
+    assert len(log[0].losses) == 6
+    assert resumed.config["sigmas"] == full.config["sigmas"]
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_refuses_a_state_from_other_settings(gmm, tmp_path, monkeypatch):
+    train_mod = __import__("sys").modules["fewstep.amed.train"]
+    real_save = train_mod._TrainState.save
+
+    def save_then_die(self, iteration, losses):
+        real_save(self, iteration, losses)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._TrainState, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(gmm, tmp_path, checkpoint_every=2)
+    monkeypatch.setattr(train_mod._TrainState, "save", real_save)
+    with pytest.raises(CheckpointError, match="other settings"):
+        _train(gmm, tmp_path, checkpoint_every=2, resume=True, seed=1)
+    (tmp_path / "state.safetensors").write_bytes(b"\x80\x04garbage-pickle")
+    with pytest.raises(CheckpointError, match="pickle"):
+        _train(gmm, tmp_path, checkpoint_every=2, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_schedule_search_learn_export(tmp_path, capsys):
+    out = tmp_path / "gits.json"
+    base = ["--model", "factory_model:make", "--shape", "12", "--threads", "1"]
+    assert main(["schedule", "search", *base, "--nfe", "4", "--grid", "21", "--warmup", "16", "--out", str(out)]) == 0
+    sig = fewstep.get_schedule("file", path=out)
+    assert len(sig) == 5 and json.loads(out.read_text())["info"]["method"] == "search"
+    assert main(["schedule", "search", *base, "--out", str(out)]) == 2  # exists, no --overwrite
+    learned = tmp_path / "learned.json"
+    assert main(["schedule", "learn", *base, "--nfe", "4", "--init", str(out), "--total-samples", "64",
+                 "--out", str(learned)]) == 0
+    assert len(fewstep.get_schedule("file", path=learned)) == 5
+    capsys.readouterr()
+    assert main(["schedule", "export", str(learned), "--format", "k"]) == 0
+    ks = json.loads(capsys.readouterr().out)
+    assert ks[-1] == 0.0 and ks[:-1] == fewstep.get_schedule("file", path=learned).tolist()
+    assert main(["schedule", "export"]) == 2
+    assert not any(n.startswith(".") or n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+def test_cli_export_of_an_amed_table(gmm, tmp_path, capsys):
+    pred = amed.train(gmm, shape=SHAPE, num_steps=3, total_samples=64, batch=32, progress=False)
+    pred.save(tmp_path / "p.safetensors")
+    capsys.readouterr()
+    assert main(["schedule", "export", str(tmp_path / "p.safetensors")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    table = pred.table_values()
+    assert [s["r"] for s in doc["steps"]] == [t["r"] for t in table]
+    s0 = doc["steps"][0]
+    assert s0["s"] == pytest.approx(s0["t_next"] ** s0["r"] * s0["t_cur"] ** (1 - s0["r"]), rel=1e-12)
