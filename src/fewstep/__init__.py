@@ -7,6 +7,15 @@ from .solvers import SOLVERS, get_solver
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # fewstep.k and fewstep.integrations load on first use (the diffusers integration imports diffusers, which is slow).
+    if name in ("k", "integrations"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "sample",
     "SampleResult",

@@ -1,7 +1,7 @@
 """Denoisers: the protocol, adapters for other parameterisations, and closed-form test models."""
 
 from .adapters import PREDICTIONS, FlowModel, VPModel
-from .analytic import EmpiricalDenoiser, Gaussian, GaussianMixture
+from .analytic import EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture
 from .base import Denoiser, sigma_like
 from .unet import SmallUNet, UNetConfig, default_unet, load_unet, save_unet
 
@@ -14,6 +14,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "EmpiricalDenoiser",
+    "FlowVelocity",
     "SmallUNet",
     "UNetConfig",
     "default_unet",

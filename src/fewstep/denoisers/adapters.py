@@ -70,17 +70,23 @@ class VPModel:
         w = ((sigma.log().reshape(-1) - ls[lo]) / (ls[lo + 1] - ls[lo])).clamp(0, 1)
         return (lo + w).reshape(sigma.shape)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_vp, t): the network's input and time for EDM state ``x`` at ``sigma``."""
         s = sigma_like(sigma, x)
-        alpha = (1 + s**2).rsqrt()
-        t = self.sigma_to_t(s.reshape(-1)).to(x.dtype)
-        x_vp = alpha * x
-        out = self.model(x_vp, t)
+        return (1 + s**2).rsqrt() * x, self.sigma_to_t(s.reshape(-1)).to(x.dtype)
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor | float, out: torch.Tensor) -> torch.Tensor:
+        """x0 from the network output ``out`` (eps, v or x0) at EDM state ``x`` and ``sigma``."""
+        s = sigma_like(sigma, x)
         if self.prediction == "eps":
             return x - s * out
         if self.prediction == "v":
-            return alpha * x_vp - s * alpha * out
+            alpha = (1 + s**2).rsqrt()
+            return alpha * (alpha * x) - s * alpha * out
         return out
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return self.denoised(x, sigma, self.model(*self.model_input(x, sigma)))
 
 
 class FlowModel:
@@ -94,13 +100,21 @@ class FlowModel:
         _check_choice("prediction", prediction, ("velocity", "x0", "eps"))
         self.model, self.prediction, self.time_scale = model, prediction, time_scale
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, t * time_scale): the network's input and time for EDM state ``x`` at ``sigma``."""
         s = sigma_like(sigma, x)
         t = s / (1 + s)
-        x_t = x * (1 - t)
-        out = self.model(x_t, (t.reshape(-1) * self.time_scale).to(x.dtype))
+        return x * (1 - t), (t.reshape(-1) * self.time_scale).to(x.dtype)
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor | float, out: torch.Tensor) -> torch.Tensor:
+        """x0 from the network output ``out`` (velocity n - x0, x0 or eps) at EDM state ``x`` and ``sigma``."""
+        s = sigma_like(sigma, x)
         if self.prediction == "velocity":
-            return x_t - t * out
+            t = s / (1 + s)
+            return x * (1 - t) - t * out
         if self.prediction == "eps":
             return x - s * out
         return out
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return self.denoised(x, sigma, self.model(*self.model_input(x, sigma)))

@@ -12,7 +12,7 @@ import torch
 
 from .base import sigma_like
 
-__all__ = ["GaussianMixture", "Gaussian", "EmpiricalDenoiser"]
+__all__ = ["GaussianMixture", "Gaussian", "EmpiricalDenoiser", "FlowVelocity"]
 
 
 def _as64(t: torch.Tensor | object, name: str) -> torch.Tensor:
@@ -181,3 +181,21 @@ class EmpiricalDenoiser:
         d2 = torch.cdist(xf, self.data, compute_mode="donot_use_mm_for_euclid_dist") ** 2
         w = torch.softmax(-d2 / (2 * s**2), dim=-1)
         return (w @ self.data).reshape(x.shape).to(x.dtype)
+
+
+class FlowVelocity:
+    """Exact rectified-flow velocity of the data distribution of an EDM denoiser (e.g. a GaussianMixture).
+
+    x_t = (1 - t) x0 + t n (Liu et al., 2023; Lipman et al., 2023) is the EDM state x = x0 + sigma n scaled by
+    1 - t with sigma = t / (1 - t). The flow-matching target n - x0 has the conditional mean
+    v(x_t, t) = E[n - x0 | x_t] = (x_t - E[x0 | x_t]) / t, since n = (x_t - (1 - t) x0) / t, and
+    E[x0 | x_t] = D(x_t / (1 - t), t / (1 - t)). ``model(x_t, t)`` with t of shape (B,) or scalar, in (0, 1).
+    """
+
+    def __init__(self, denoiser) -> None:
+        self.denoiser = denoiser
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        tt = sigma_like(t, x_t)
+        x0 = self.denoiser(x_t / (1 - tt), (tt / (1 - tt)).reshape(-1))
+        return (x_t - x0) / tt

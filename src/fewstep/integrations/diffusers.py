@@ -1,0 +1,484 @@
+"""diffusers integration: a scheduler that runs any fewstep solver (AMED included) inside a diffusers pipeline,
+and a wrapper that turns a diffusers UNet into a fewstep denoiser (with mid-block features for AMED training).
+
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="ipndm")
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor=fewstep.amed.load("p.safetensors"))
+
+How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per model call):
+  * ``num_inference_steps`` is the number of model calls (NFE); the fewstep schedule gets as many sigmas as
+    that NFE allows for the solver (``fewstep.steps_for_nfe``), or a ValueError names the NFEs it can do.
+  * ``timesteps`` lists every model call in advance: the solver is dry-run once (:mod:`.stepper`), so
+    Heun/DPM-2/AMED intermediate points and AMED-Plugin insertions are ordinary entries. Their sigmas map to
+    the model's time by interpolation in log sigma of the discrete training sigmas (fractional timesteps,
+    ``timestep_type="interp"``, exact for schedule points on the training grid) or to the nearest training
+    timestep (``"nearest"``, what diffusers' schedulers pass; the model then sees a slightly different noise
+    level than the solver assumes).
+  * The step index is a counter, never looked up from the timestep value, so duplicate timesteps (e.g.
+    Karras sigmas rounded to integers, huggingface/diffusers#5687, #12771) cannot shift the schedule.
+  * The final jump to sigma = 0 (``denoise_to_zero``, diffusers' ``final_sigmas_type="zero"``) returns the
+    last x0 prediction, which removes the residual noise that ending at sigma_min leaves (diffusers#5689);
+    default on without a predictor. As in diffusers, this jump counts as the last (first-order) step for
+    ``lower_order_final``, so DPM-Solver++ and UniPC reproduce DPMSolverMultistep / UniPCMultistep (below 15
+    steps, where diffusers stops lowering the order; order 2 matches at every step count). An AMED predictor
+    brings its own schedule, solver and AFS, keeps the steps it was trained with and ends at its last sigma
+    unless ``denoise_to_zero=True``.
+  * ``sample`` lives in the pipeline's space: VP (x_vp = x_edm / sqrt(1 + sigma^2), ``init_noise_sigma = 1``,
+    as DPMSolverMultistep) or rectified flow (x_t = x_edm / (1 + sigma), configs of FlowMatch* schedulers,
+    ``prediction_type="flow_prediction"``). The solver runs in fewstep's EDM space in float64 (float32 on MPS).
+    Conversions of eps / v / x0 / velocity outputs are those of :mod:`fewstep.denoisers.adapters`.
+  * At the first model call of every interval the solver takes the pipeline's ``sample`` as its state, so
+    pipelines that edit latents between steps keep working as with diffusers' own schedulers.
+  * AFS (analytical first step) needs a pipeline that calls ``scale_model_input`` (Stable Diffusion-style
+    pipelines do, DDPMPipeline does not): the first model call is made after the analytical step.
+  * A feature-based AMED predictor picks evaluation times per sample during sampling and cannot be scheduled in
+    advance: use a predictor-free table (``features="none"``) with the scheduler, or :func:`fewstep.sample`
+    with :class:`DiffusersDenoiser` for feature predictors. Starting mid-schedule (img2img) is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils import BaseOutput
+
+from ..denoisers.adapters import FlowModel, VPModel
+from ..sampling import _predictor_settings, steps_for_nfe
+from ..schedules import get_schedule
+from .stepper import Request, Stepper, evaluation_sigmas
+
+__all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser", "alphas_cumprod",
+           "PREDICTION_TYPES", "FLOW_T_MAX"]
+
+# diffusers prediction_type -> fewstep adapter prediction
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "velocity"}
+SCHEDULES = ("diffusers", "polynomial", "logsnr", "discrete")
+SPACINGS = ("linspace", "leading", "trailing")
+# Flow time t = 1 is sigma = inf in EDM terms; the solver starts at this t instead (model time 1000 -> 999.999).
+FLOW_T_MAX = 1.0 - 1e-6
+
+
+def alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                   beta_schedule: str = "linear", trained_betas: Any = None) -> torch.Tensor:
+    """alphas_cumprod of a diffusers VP beta schedule, computed in float32 as diffusers does, returned as float64."""
+    if trained_betas is not None:
+        betas = torch.tensor(trained_betas, dtype=torch.float32)
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+        from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
+
+        betas = betas_for_alpha_bar(num_train_timesteps).to(torch.float32)
+    else:
+        raise ValueError(f"beta_schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {beta_schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
+
+
+def _adapter(prediction_type: str, config: Any, timestep_type: str) -> VPModel | FlowModel:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    if prediction_type == "flow_prediction":
+        return FlowModel(None, "velocity", time_scale=float(config["num_train_timesteps"]))
+    ac = alphas_cumprod(config["num_train_timesteps"], config.get("beta_start", 1e-4), config.get("beta_end", 0.02),
+                        config.get("beta_schedule", "linear"), config.get("trained_betas"))
+    return VPModel(None, PREDICTION_TYPES[prediction_type], alphas_cumprod=ac, timestep=timestep_type)
+
+
+def _to_edm(adapter: VPModel | FlowModel, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """EDM state from a pipeline sample at ``sigma`` (inverse of the adapter's ``model_input``)."""
+    s = sigma.to(sample)
+    return sample * (1 + s) if isinstance(adapter, FlowModel) else sample * (1 + s**2).sqrt()
+
+
+def _flow_sigma(t: torch.Tensor) -> torch.Tensor:
+    t = t.clamp(max=FLOW_T_MAX)
+    return t / (1 - t)
+
+
+@dataclass
+class FewstepSchedulerOutput(BaseOutput):
+    """``prev_sample``: the sample for the next model call (or the result); ``pred_original_sample``: x0."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class FewstepScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that runs a fewstep solver (any name in ``fewstep.SOLVERS``, or an AMED predictor).
+
+    Config (besides the model's own ``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
+    ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``):
+      * ``solver``, ``solver_options`` (dict, keyword options of the solver), ``afs``;
+      * ``schedule``: "diffusers" (the pipeline's own timestep spacing, ``timestep_spacing``; uniform flow time
+        with shift for flow models), "polynomial" (EDM/Karras, ``rho``), "logsnr" or "discrete" (VP training
+        timesteps), between ``sigma_min`` and ``sigma_max`` (EDM sigmas, default: the model's range);
+        ``use_karras_sigmas`` in a source config selects "polynomial";
+      * ``denoise_to_zero``: end with x0 of the last evaluation (None: yes unless a predictor is given);
+      * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
+    ``predictor`` (an :class:`fewstep.amed.AMEDPredictor` or a checkpoint path) is not part of the saved config.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
+    ignore_for_config = ["predictor"]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Any = None,
+        prediction_type: str = "epsilon",
+        solver: str = "dpmpp",
+        solver_options: dict | None = None,
+        afs: bool = False,
+        schedule: str = "diffusers",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rho: float = 7.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        denoise_to_zero: bool | None = None,
+        timestep_type: str = "interp",
+        use_karras_sigmas: bool = False,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        predictor: Any = None,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(SPACINGS)}, got {timestep_spacing!r}")
+        if timestep_type not in ("interp", "nearest"):
+            raise ValueError(f"timestep_type must be 'interp' or 'nearest', got {timestep_type!r}")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise TypeError(f"solver_options must be a dict of solver keyword options, got {type(solver_options).__name__}")
+        self.adapter = _adapter(prediction_type, self.config, timestep_type)
+        self.is_flow = isinstance(self.adapter, FlowModel)
+        if self.is_flow and schedule == "discrete":
+            raise ValueError("schedule='discrete' needs a VP model with alphas_cumprod, not a flow model")
+        self.predictor = None
+        self._set_predictor(predictor)
+        Stepper(solver, get_schedule("logsnr", 3), **(solver_options or {}))  # validate solver and options now
+        self.init_noise_sigma = 1.0
+        self.timesteps: torch.Tensor | None = None
+        self.sigmas: torch.Tensor | None = None
+        self.num_inference_steps: int | None = None
+        self._stepper: Stepper | None = None
+        self._step_index: int | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """As :meth:`ConfigMixin.from_config`, plus ``predictor=`` and flow detection (FlowMatch* configs
+        get ``prediction_type="flow_prediction"``)."""
+        predictor = kwargs.pop("predictor", None)
+        cfg = dict(config) if isinstance(config, dict) else {}
+        if str(cfg.get("_class_name", "")).startswith("FlowMatch") and "prediction_type" not in cfg:
+            kwargs.setdefault("prediction_type", "flow_prediction")
+        out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        sched = out[0] if return_unused_kwargs else out
+        if predictor is not None:
+            sched._set_predictor(predictor)
+        return out
+
+    def _set_predictor(self, predictor: Any) -> None:
+        if predictor is None:
+            self.predictor = None
+            return
+        if isinstance(predictor, (str, os.PathLike)):
+            from ..amed import load
+
+            predictor = load(predictor)
+        _, sig, solver, afs = _predictor_settings(predictor, lambda x, s: x, None, None, None, {})
+        Stepper(solver, sig, afs=afs)  # refuses feature-based predictors with a clear message
+        self.predictor = predictor
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next model call in ``timesteps`` (a counter, never looked up by timestep value)."""
+        return self._step_index
+
+    # ------------------------------------------------------------------ schedule
+    def _model_range(self) -> tuple[float, float]:
+        """(sigma_min, sigma_max) in EDM sigma that the model was trained on."""
+        if self.is_flow:
+            T = self.config.num_train_timesteps
+            return float(_flow_sigma(torch.tensor(1.0 / T, dtype=torch.float64))), float(_flow_sigma(torch.tensor(1.0)))
+        ls = self.adapter.log_sigmas
+        return float(ls[0].exp()), float(ls[-1].exp())
+
+    def _spaced(self, n: int, mu: float | None) -> torch.Tensor:
+        """``n`` descending EDM sigmas of the pipeline's own spacing (diffusers' set_timesteps formulas)."""
+        cfg = self.config
+        T = cfg.num_train_timesteps
+        if self.is_flow:
+            t_min = 1.0 / T if cfg.use_dynamic_shifting else self._shift(1.0 / T, None)
+            t = torch.linspace(1.0, t_min, n, dtype=torch.float64)
+            return _flow_sigma(self._shift(t, mu))
+        if cfg.timestep_spacing == "linspace":
+            steps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+        elif cfg.timestep_spacing == "leading":
+            steps = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1] + cfg.steps_offset
+        else:
+            steps = np.arange(T, 0, -T / n).round() - 1
+        idx = torch.from_numpy(steps.astype(np.int64).copy())
+        return self.adapter.log_sigmas[idx].exp()
+
+    def _shift(self, t: Any, mu: float | None) -> Any:
+        """Flow time shift: static ``shift`` (SD3) or resolution-dependent ``mu`` (exponential, Flux)."""
+        if self.config.use_dynamic_shifting:
+            if mu is None:
+                raise ValueError("use_dynamic_shifting=True needs mu= in set_timesteps (as the pipeline passes it)")
+            return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+        s = self.config.shift
+        return s * t / (1 + (s - 1) * t)
+
+    def _plan(self, nfe: int | None, sigmas: Any, mu: float | None) -> tuple[torch.Tensor, Any, bool, bool, dict]:
+        """(schedule, solver, afs, denoise_to_zero, options) for ``nfe`` model calls or custom ``sigmas``."""
+        cfg = self.config
+        if self.predictor is not None:
+            if sigmas is not None:
+                raise ValueError("an AMED predictor brings its own schedule; do not pass sigmas")
+            _, sig, solver, afs = _predictor_settings(self.predictor, lambda x, s: x, None, None, None, {})
+            dtz = bool(cfg.denoise_to_zero)
+            return sig, solver, afs, dtz, {}
+        solver, afs, opts = cfg.solver, bool(cfg.afs), dict(cfg.solver_options or {})
+        dtz = True if cfg.denoise_to_zero is None else bool(cfg.denoise_to_zero)
+        if sigmas is not None:  # custom grid in the pipeline's convention (flow t, shifted as diffusers does; or sigma)
+            s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+            if s.numel() > 1 and float(s[-1]) == 0.0:
+                s, dtz = s[:-1], True
+            return (_flow_sigma(self._shift(s, mu)) if self.is_flow else s), solver, afs, dtz, opts
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise ValueError(f"num_inference_steps must be a positive int (the number of model calls), got {nfe!r}")
+        try:
+            n = steps_for_nfe(solver, nfe - int(dtz), afs, **opts)
+        except ValueError:
+            ok = [k for k in range(1, nfe + 8) if self._possible(k, solver, afs, dtz, opts)]
+            raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
+                             f"num_inference_steps={nfe} model calls; possible: {ok[:8]}") from None
+        kind = "polynomial" if cfg.schedule == "diffusers" and cfg.use_karras_sigmas else cfg.schedule
+        if kind == "diffusers":
+            if dtz:
+                sig = self._spaced(n, mu)
+            else:
+                sig = torch.cat([self._spaced(n - 1, mu), torch.tensor([self._model_range()[0]], dtype=torch.float64)])
+        else:
+            lo, hi = self._model_range()
+            lo, hi = cfg.sigma_min or lo, cfg.sigma_max or hi
+            # alphas_cumprod = 1 / (1 + sigma^2) of the training grid
+            extra = {"alphas_cumprod": (2 * self.adapter.log_sigmas).exp().add(1).reciprocal()} \
+                if kind == "discrete" else {}
+            sig = get_schedule(kind, n, lo, hi, cfg.rho, **extra)
+        return sig, solver, afs, dtz, opts
+
+    @staticmethod
+    def _possible(k: int, solver: str, afs: bool, dtz: bool, opts: dict) -> bool:
+        try:
+            steps_for_nfe(solver, k - int(dtz), afs, **opts)
+            return k - int(dtz) >= 1
+        except ValueError:
+            return False
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: Any = None, timesteps: Any = None, mu: float | None = None, **kwargs: Any) -> None:
+        """Plan the solver's model calls: ``num_inference_steps`` = NFE (or custom ``sigmas``: flow times for flow
+        models, EDM sigmas otherwise; a trailing 0 means denoise to zero). Custom ``timesteps`` are refused."""
+        if timesteps is not None:
+            raise ValueError("FewstepScheduler does not take custom timesteps; pass num_inference_steps or sigmas")
+        sig, solver, afs, dtz, opts = self._plan(num_inference_steps, sigmas, mu)
+        if self.predictor is not None and num_inference_steps is not None:
+            need = len(evaluation_sigmas(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz)))
+            if num_inference_steps != need:
+                raise ValueError(f"the AMED predictor makes {need} model calls (afs={afs}, denoise_to_zero={dtz}); "
+                                 f"call the pipeline with num_inference_steps={need}, got {num_inference_steps}")
+        # Without a predictor the jump to zero counts in lower_order_final, as in diffusers' multistep schedulers;
+        # a predictor keeps the steps it was trained with.
+        self._stepper = Stepper(solver, sig, afs=afs, denoise_to_zero=dtz, final_jump_is_step=self.predictor is None,
+                                **opts)
+        evals = torch.tensor(evaluation_sigmas(self._stepper), dtype=torch.float64)
+        t = self.adapter.sigma_to_t(evals) if not self.is_flow else \
+            evals / (1 + evals) * self.config.num_train_timesteps
+        integral = not self.is_flow and bool((t == t.round()).all())
+        self.timesteps = (t.round().long() if integral else t.float()).to(device)
+        last = 0.0 if dtz else float(sig[-1])
+        native = torch.cat([evals, torch.tensor([last], dtype=torch.float64)])
+        self.sigmas = (native / (1 + native) if self.is_flow else native).float()  # flow: t; VP: EDM sigma
+        self.num_inference_steps = len(evals)
+        self._step_index = None
+        self._request: Request | None = None
+        self._afs_input = False
+
+    # ------------------------------------------------------------------ the diffusers loop
+    def _dtype(self, sample: torch.Tensor) -> torch.dtype:
+        return torch.float32 if sample.device.type == "mps" else torch.float64
+
+    def _check_ready(self) -> Stepper:
+        if self._stepper is None:
+            raise RuntimeError("call set_timesteps() before scale_model_input()/step()")
+        return self._stepper
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The network input for the next call: ``sample`` itself, except for the first call with AFS, where it is
+        the point after the analytical first step (computed from the pipeline's initial latents)."""
+        st = self._check_ready()
+        if not (st.afs and not self._step_index):
+            return sample
+        dt = self._dtype(sample)
+        req = Stepper(st.solver, st.sigmas, afs=True, denoise_to_zero=st.denoise_to_zero,
+                      final_jump_is_step=st.final_jump_is_step).start(_to_edm(self.adapter, sample.to(dt), st.sigmas[0]))
+        self._afs_input = True
+        return self.adapter.model_input(req.x, req.sigma)[0].to(sample.dtype)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True,
+             **kwargs: Any) -> FewstepSchedulerOutput | tuple[torch.Tensor]:
+        """Take the model output for the current call; return the sample for the next call (or the result)."""
+        st = self._check_ready()
+        k = self._step_index or 0
+        if k >= self.num_inference_steps:
+            raise RuntimeError(f"all {self.num_inference_steps} model calls were made; call set_timesteps() again")
+        dt = self._dtype(sample)
+        x_in = sample.to(dt)
+        if k == 0:
+            self._request = st.start(_to_edm(self.adapter, x_in, st.sigmas[0]))
+            if st.afs and not self._afs_input:
+                raise RuntimeError(
+                    "afs=True: the first model call must be made after the analytical first step, but this pipeline "
+                    "did not call scheduler.scale_model_input (e.g. DDPMPipeline); use afs=False or a predictor "
+                    "trained without AFS, or a pipeline that calls scale_model_input")
+        req = self._request
+        x = req.x
+        if k > 0 and st.at_interval_start:
+            x = _to_edm(self.adapter, x_in, req.sigma)  # the pipeline's latents, which the model saw
+            st.replace_start(x)
+        denoised = self.adapter.denoised(x, req.sigma.to(dt), model_output.to(dt))
+        nxt = st.feed(denoised)
+        if isinstance(nxt, Request):
+            prev = self.adapter.model_input(nxt.x, nxt.sigma)[0]
+            self._request = nxt
+        elif st.denoise_to_zero:
+            prev = nxt  # x0: the same in every space
+        else:
+            prev = self.adapter.model_input(nxt, st.sigmas[-1])[0]
+        self._step_index = k + 1
+        prev, x0 = prev.to(sample.dtype), denoised.to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# diffusers UNets as fewstep denoisers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DiffusersDenoiser(torch.nn.Module):
+    """EDM denoiser D(x, sigma) -> x0 from a diffusers UNet (UNet2DModel, or UNet2DConditionModel with
+    ``encoder_hidden_states`` and classifier-free guidance: out = u + guidance_scale (c - u) with
+    ``negative_encoder_hidden_states`` for u). ``scheduler_config`` (the pipeline's ``scheduler.config``) gives
+    the training noise schedule and ``prediction_type``; conversions are fewstep's VP / flow adapters.
+    ``denoise_with_features`` returns the pooled output of the UNet's ``mid_block`` (both CFG halves
+    concatenated), so AMED predictors can be trained with ``features="adapter"``.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: Any = None, *, prediction_type: str | None = None,
+                 encoder_hidden_states: torch.Tensor | None = None,
+                 negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                 timestep_type: str = "interp", feature_module: str | None = None, model_id: str | None = None) -> None:
+        super().__init__()
+        from ..amed import HookFeatures
+
+        cfg = dict(scheduler_config or {})
+        cfg.setdefault("num_train_timesteps", 1000)
+        if prediction_type is None:
+            flow = str(cfg.get("_class_name", "")).startswith("FlowMatch")
+            prediction_type = "flow_prediction" if flow else cfg.get("prediction_type", "epsilon")
+        if encoder_hidden_states is None and negative_encoder_hidden_states is not None:
+            raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
+            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        self.unet = unet
+        self.adapter = _adapter(prediction_type, cfg, timestep_type)
+        self.adapter.model = self._network
+        self.cond, self.uncond, self.guidance_scale = encoder_hidden_states, negative_encoder_hidden_states, guidance_scale
+        self.model_id = model_id
+        self._features = HookFeatures(self.adapter, unet, feature_module)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, *size)
+
+    def _expand(self, h: torch.Tensor, batch: int) -> torch.Tensor:
+        if h.shape[0] == batch:
+            return h
+        if h.shape[0] == 1:
+            return h.expand(batch, *h.shape[1:])
+        raise ValueError(f"encoder_hidden_states has batch {h.shape[0]}; expected 1 or {batch}")
+
+    def _network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output (eps / v / x0 / velocity) at network input x and time t, with CFG."""
+        dtype = self.unet.dtype
+        xin, tin = x.to(dtype), t.to(torch.float32)
+        if self.cond is None:
+            return self.unet(xin, tin).sample.to(x.dtype)
+        B = x.shape[0]
+        cond = self._expand(self.cond.to(dtype), B)
+        if self.uncond is None or self.guidance_scale == 1.0:
+            return self.unet(xin, tin, encoder_hidden_states=cond).sample.to(x.dtype)
+        both = torch.cat([self._expand(self.uncond.to(dtype), B), cond])
+        u, c = self.unet(torch.cat([xin, xin]), torch.cat([tin, tin]), encoder_hidden_states=both).sample.chunk(2)
+        return (u + self.guidance_scale * (c - u)).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.adapter(x, sigma)
+
+    def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, f = self._features.denoise_with_features(x, sigma)
+        if f.shape[0] == 2 * x.shape[0]:  # CFG: [uncond; cond] rows -> one row per sample
+            f = torch.cat(f.chunk(2), dim=1)
+        return x0, f.to(x.dtype)
+
+
+def load_denoiser(path: str | os.PathLike, **kwargs: Any) -> DiffusersDenoiser:
+    """A :class:`DiffusersDenoiser` from a local directory saved with ``save_pretrained``: a pipeline folder
+    (model_index.json, unet/, scheduler/) or a UNet folder (config.json, optional scheduler_config.json).
+    Offline and safetensors only (no pickled weights)."""
+    import diffusers
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no diffusers model folder at {root}")
+    if (root / "model_index.json").is_file():
+        unet_dir, sched_file = root / "unet", root / "scheduler" / "scheduler_config.json"
+    elif (root / "config.json").is_file():
+        unet_dir, sched_file = root, root / "scheduler_config.json"
+    else:
+        raise ValueError(f"{root} has neither model_index.json (a pipeline) nor config.json (a UNet)")
+    cls_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    if cls_name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ValueError(f"{unet_dir} holds a {cls_name}; fewstep loads UNet2DModel and UNet2DConditionModel")
+    if cls_name == "UNet2DConditionModel" and "encoder_hidden_states" not in kwargs:
+        raise ValueError(f"{unet_dir} is a conditional UNet: pass encoder_hidden_states (prompt embeddings) in "
+                         "Python with fewstep.integrations.diffusers.DiffusersDenoiser")
+    unet = getattr(diffusers, cls_name).from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    kwargs.setdefault("model_id", f"diffusers:{root.resolve().name}")
+    return DiffusersDenoiser(unet.eval(), sched, **kwargs)

@@ -1,0 +1,167 @@
+"""k-diffusion-style sampling functions (Crowson's k-diffusion ``sampling.py`` call convention), for code such as
+ComfyUI that calls ``sample_xxx(model, x, sigmas, extra_args=None, callback=None, disable=None)``.
+
+``model(x, sigma, **extra_args)`` is a denoiser returning x0 with sigma of shape (B,); ``x`` is the already
+scaled start ``noise * sigmas[0]``; ``sigmas`` is descending and may end with 0 (k-diffusion's convention),
+which here means fewstep's ``denoise_to_zero``: the last positive sigma is the end of the solver's schedule
+and one more evaluation returns x0 (what k-diffusion's Euler, Heun, DPM-2 and DPM++ do on their last step
+to 0). Every function is a thin wrapper over :func:`fewstep.sample` (the one sampling loop); solver options
+are keywords, named as in fewstep. ``callback`` gets k-diffusion's dict {x, i, sigma, sigma_hat, denoised}
+once per step: x and sigma at the start of step i and the first model output of that step (or, with AFS,
+the analytical one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .sampling import sample
+
+__all__ = [
+    "sample_euler", "sample_heun", "sample_dpm_2", "sample_dpmpp", "sample_dpmpp_2m", "sample_dpmpp_3m",
+    "sample_unipc", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_amed", "sample_amed_plugin",
+]
+
+Model = Callable[..., torch.Tensor]
+
+
+class _KModel:
+    """Adds ``extra_args`` to each call and keeps the first output of each step for the callback."""
+
+    def __init__(self, model: Model, extra_args: dict[str, Any]) -> None:
+        self.model, self.extra_args, self.first = model, extra_args, None
+        self.model_id = getattr(model, "model_id", None)  # checked against an AMED predictor's model
+        if callable(getattr(model, "denoise_with_features", None)):  # feature-based AMED predictors read these
+            self.denoise_with_features = self._with_features
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.model(x, sigma, **self.extra_args)
+        if self.first is None:
+            self.first = out
+        return out
+
+    def _with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, feats = self.model.denoise_with_features(x, sigma, **self.extra_args)
+        if self.first is None:
+            self.first = out
+        return out, feats
+
+
+def _run(solver: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None,
+         callback: Callable[[dict[str, Any]], Any] | None, disable: bool | None, **options: Any) -> torch.Tensor:
+    """k-diffusion arguments -> :func:`fewstep.sample`."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (noise * sigmas[0]), got {type(x).__name__}")
+    sig = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    denoise_to_zero = sig.numel() > 2 and float(sig[-1]) == 0.0
+    if denoise_to_zero:
+        sig = sig[:-1]
+    if sig.numel() < 2 or float(sig[0]) <= 0:
+        raise ValueError("sigmas must hold at least two positive, descending values (optionally ending with 0)")
+    kmodel = _KModel(model, dict(extra_args or {}))
+    start = {"x": x}
+
+    def on_step(info: dict[str, Any]) -> None:
+        if callback is not None:
+            den = kmodel.first if kmodel.first is not None else info["denoised"]
+            callback({"x": start["x"], "i": info["i"], "sigma": info["sigma"], "sigma_hat": info["sigma"],
+                      "denoised": den})
+        start["x"], kmodel.first = info["x"], None
+
+    # fewstep.sample starts at noise * sigmas[0]: pass noise = x / sigmas[0].
+    return sample(kmodel, x / sig[0].to(x.dtype), sig, solver, denoise_to_zero=denoise_to_zero, callback=on_step,
+                  progress=not disable, **options)
+
+
+def sample_euler(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None) -> torch.Tensor:
+    """Euler (DDIM) in sigma (Karras et al., 2022, Alg. 1 without the second-order correction)."""
+    return _run("euler", model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_heun(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al., 2022, Alg. 1, deterministic)."""
+    return _run("heun", model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_dpm_2(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None, r: float = 0.5) -> torch.Tensor:
+    """DPM-Solver-2 (Lu et al., 2022), midpoint in log sigma (``r=0.5``)."""
+    return _run("dpm2", model, x, sigmas, extra_args, callback, disable, r=r)
+
+
+def sample_dpmpp(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
+    """Multistep DPM-Solver++ (Lu et al., 2023); options: max_order, solver_type, lower_order_final, predict_x0."""
+    return _run("dpmpp", model, x, sigmas, extra_args, callback, disable, **options)
+
+
+def sample_dpmpp_2m(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                    callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al., 2023, Alg. 2)."""
+    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable, **{"max_order": 2, **options})
+
+
+def sample_dpmpp_3m(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                    callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
+    """DPM-Solver++(3M) (Lu et al., 2023), deterministic."""
+    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable, **{"max_order": 3, **options})
+
+
+def sample_unipc(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
+    """UniPC (Zhao et al., 2023); options: max_order, variant ("bh1"/"bh2"), corrector, lower_order_final."""
+    return _run("unipc", model, x, sigmas, extra_args, callback, disable, **options)
+
+
+def sample_ipndm(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                 callback: Callable | None = None, disable: bool | None = None, max_order: int = 4) -> torch.Tensor:
+    """Improved PNDM (Zhang & Chen, 2023), fixed Adams-Bashforth weights."""
+    return _run("ipndm", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+
+
+def sample_ipndm_v(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                   callback: Callable | None = None, disable: bool | None = None, max_order: int = 4) -> torch.Tensor:
+    """iPNDM with variable-step Adams-Bashforth weights (Zhang & Chen, 2023)."""
+    return _run("ipndm_v", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+
+
+def sample_deis(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None, max_order: int = 3,
+                deis_mode: str = "tab") -> torch.Tensor:
+    """DEIS (Zhang & Chen, 2023); ``deis_mode`` "tab", "rhoab" or "logrho"."""
+    return _run("deis", model, x, sigmas, extra_args, callback, disable, max_order=max_order, deis_mode=deis_mode)
+
+
+def sample_amed(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
+                afs: bool | None = None) -> torch.Tensor:
+    """AMED-Solver (Zhou et al., CVPR 2024). With a ``predictor`` (fewstep.amed.train / load) its schedule and
+    AFS setting are used (``sigmas``, if given, must be the trained ones, optionally with a trailing 0);
+    without one r = 0.5, c = a = 1 (DPM-Solver-2)."""
+    return _amed("amed", model, x, sigmas, extra_args, callback, disable, predictor, afs)
+
+
+def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
+                       callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
+                       afs: bool | None = None, base: str = "ipndm", **base_options: Any) -> torch.Tensor:
+    """AMED-Plugin (Zhou et al., CVPR 2024) on a ``base`` solver (with its options); with a ``predictor`` the
+    base, options, schedule and AFS come from it."""
+    if predictor is not None:
+        return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, predictor, afs)
+    return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, None, afs, base=base, **base_options)
+
+
+def _amed(solver: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None, callback: Any,
+          disable: bool | None, predictor: Any, afs: bool | None, **options: Any) -> torch.Tensor:
+    if predictor is None:
+        if sigmas is None:
+            raise TypeError(f"sample_{solver} needs sigmas (or a predictor)")
+        return _run(solver, model, x, sigmas, extra_args, callback, disable, afs=bool(afs), **options)
+    trained = torch.tensor(predictor.config["sigmas"], dtype=torch.float64)
+    if sigmas is None:
+        sigmas = trained
+    return _run(None, model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)
