@@ -136,7 +136,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["run_diffusers", "diffusers_step_orders", "gaussian_denoiser", "logsnr_sigmas"]
+__all__ = ["run_diffusers", "diffusers_sampler", "diffusers_step_orders", "gaussian_denoiser", "logsnr_sigmas"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -401,15 +401,27 @@ def run_diffusers(name: str, denoiser: Denoiser, x_T: torch.Tensor, sigmas: torc
         (exact comparisons); any other dtype runs the scheduler natively in it.
     Returns the state at ``sigmas[-1]`` (EDM space) in ``dtype``, same shape as x_T.
     """
-    sig = _check_sigmas(sigmas)
-    if x_T.ndim == 1:  # UniPC's einsum needs (B, C, ...): add a trailing axis
-        out = run_diffusers(name, lambda x, s: denoiser(x[:, 0], s)[:, None],
-                            x_T[:, None], sig, dtype, **options)
-        return out[:, 0]
+    return diffusers_sampler(name, dtype, **options)(denoiser, x_T, sigmas)
+
+
+def diffusers_sampler(name: str, dtype: torch.dtype = torch.float64,
+                      **options) -> Callable[[Denoiser, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``run_diffusers(name, ..., dtype, **options)`` as a reusable function ``(denoiser, x_T, sigmas) -> x``:
+    the scheduler is built once, as a pipeline holds it, and reset by ``set_timesteps`` at every call
+    (what the speed benchmark times)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "dpmsolver is deprecated"
         _, runner = _build(name, options)
-        return runner(denoiser, x_T, sig, dtype)
+
+    def run(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        sig = _check_sigmas(sigmas)
+        if x_T.ndim == 1:  # UniPC's einsum needs (B, C, ...): add a trailing axis
+            return run(lambda x, s: denoiser(x[:, 0], s)[:, None], x_T[:, None], sig)[:, 0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return runner(denoiser, x_T, sig, dtype)
+
+    return run
 
 
 def diffusers_step_orders(name: str, n_steps: int, **options) -> list:

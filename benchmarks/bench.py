@@ -1,0 +1,603 @@
+"""``make bench``: quality, speed and training cost of fewstep beside diffusers, written to BENCHMARKS.md.
+
+    .venv/bin/python -m benchmarks.bench [--out BENCHMARKS.md] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
+                                         [--threads 1] [--sections train,quality,nan,speed] [--quick]
+
+1. Quality: RMSE to the reference solution and Fréchet distance (fixed random features) for every solver of
+   ``fewstep.evaluation.BASELINES`` at NFE 3/5/7/9 (``evaluation.solver_table``), and the diffusers schedulers
+   (DPMSolverMultistep, UniPCMultistep, DEISMultistep, EulerDiscrete, HeunDiscrete; benchmarks/diffusers_harness)
+   on the same model, seeds and sigmas: the analytic natural-patch Gaussian-mixture bed (exact denoiser) and the
+   shipped U-Net (teacher reference), plus AMED predictors trained in section 3.
+2. Speed: wall time of a full sample at NFE 5 over NFE x the wall time of one denoiser call on the U-Net, for
+   every solver with and without AMED, and for the same loop driven by diffusers' schedulers; medians of
+   interleaved repeats, the call timed inside the same run.
+3. Training cost of AMED predictors (benchmarks/train_cost.py, one fresh process each).
+4. No-NaN sweep of every solver at every NFE in the speed dtype / device (the GPU check: ``--device cuda
+   --dtype bf16 --batch 256``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fewstep  # noqa: E402
+from benchmarks.diffusers_harness import diffusers_sampler  # noqa: E402
+from fewstep import amed, data, evaluation, metrics  # noqa: E402
+from fewstep.amed import AMEDPredictor, HookFeatures  # noqa: E402
+from fewstep.evaluation import BASELINES, SolverSpec  # noqa: E402
+from fewstep.io import write_text_atomic  # noqa: E402
+from fewstep.solvers import AMEDPlugin, AMEDSolver  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NFES = (3, 5, 7, 9)
+SPEED_NFE = 5
+SECTIONS = ("train", "quality", "nan", "speed")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BED_SEED0 = 10**8  # evaluation seeds disjoint from AMED's training seeds
+QUICK = dict(batch=2, repeats=1, warmup=0, bed_seeds=8, bed_ref_steps=16, unet_seeds=4, unet_ref_steps=8, fd_ref=256,
+             nan_batch=2, train_samples=2, train_batch=2, train_M=1, nfes="5")  # --quick: the test's sizes
+
+
+@dataclass(frozen=True)
+class DiffusersSpec:
+    """A diffusers scheduler run through the harness, with the fewstep solver it is timed against."""
+
+    label: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    ours: SolverSpec | None = None
+
+    def steps(self, nfe: int) -> int | None:
+        """Steps for ``nfe`` model calls (Heun in diffusers' layout: 2N-1), or None if unreachable."""
+        if self.name == "heun":
+            return (nfe + 1) // 2 if nfe % 2 else None
+        return nfe
+
+
+DIFFUSERS: tuple[DiffusersSpec, ...] = (
+    DiffusersSpec("DPMSolverMultistep 2M", "dpmpp", {"solver_order": 2}, SolverSpec("DPM-Solver++(2M)", "dpmpp",
+                                                                                    {"max_order": 2})),
+    DiffusersSpec("DPMSolverMultistep 3M", "dpmpp", {"solver_order": 3}, SolverSpec("DPM-Solver++(3M)", "dpmpp",
+                                                                                    {"max_order": 3})),
+    DiffusersSpec("UniPCMultistep 2M bh2", "unipc", {"solver_order": 2}, SolverSpec("UniPC(2M) bh2", "unipc",
+                                                                                    {"max_order": 2})),
+    DiffusersSpec("UniPCMultistep 3M bh2", "unipc", {"solver_order": 3}, SolverSpec("UniPC(3M) bh2", "unipc",
+                                                                                    {"max_order": 3})),
+    DiffusersSpec("DEISMultistep 3 logrho", "deis", {"solver_order": 3},
+                  SolverSpec("DEIS logrho3", "deis", {"max_order": 3, "deis_mode": "logrho"})),
+    DiffusersSpec("EulerDiscrete", "euler", {}, SolverSpec("Euler (DDIM)", "euler")),
+    DiffusersSpec("HeunDiscrete (last step Euler)", "heun", {"final_euler": True},
+                  SolverSpec("Heun", "heun", afs=True)),
+)
+
+
+# ------------------------------------------------------------------------------------------------ machine
+
+
+def machine(device: str, threads: int) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import diffusers
+
+    info = {
+        "cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "torch_threads": threads, "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ 1. quality
+
+
+def _fd_fn(extractor: metrics.FeatureExtractor, ref_stats: tuple[np.ndarray, np.ndarray],
+           clamp: bool) -> Callable[[torch.Tensor], float]:
+    def fd(x: torch.Tensor) -> float:
+        x = x.detach().float().cpu()
+        mu, sigma, _ = metrics.feature_stats((x.clamp(-1, 1) if clamp else x).numpy(), extractor)
+        return metrics.frechet_distance(mu, sigma, *ref_stats)
+    return fd
+
+
+def diffusers_table(denoiser: Callable, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int],
+                    specs: Sequence[DiffusersSpec], on_sample: Callable) -> list[dict[str, Any]]:
+    """:func:`fewstep.evaluation.solver_table` rows for diffusers schedulers (same seeds, sigmas, reference)."""
+    rows = []
+    for spec in specs:
+        run = diffusers_sampler(spec.name, torch.float64, **spec.options)
+        row: dict[str, Any] = {"label": f"diffusers {spec.label}", "solver": spec.name, "options": spec.options}
+        for nfe in nfes:
+            n = spec.steps(nfe)
+            if n is None:
+                row[nfe] = None
+                continue
+            sig = fewstep.get_schedule("polynomial", n + 1)
+            counted = _Counted(denoiser)
+            with torch.inference_mode():
+                x = run(counted, noise.double() * sig[0], sig)
+            if counted.calls != nfe:
+                raise AssertionError(f"{spec.label}: {counted.calls} model calls, expected {nfe}")
+            row[nfe] = evaluation.rmse(x, ref)
+            on_sample(row, nfe, x)
+        rows.append(row)
+    return rows
+
+
+class _Counted:
+    def __init__(self, f: Callable) -> None:
+        self.f, self.calls = f, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.f(x, sigma)
+
+
+def quality(title: str, denoiser: Callable, noise: torch.Tensor, ref_steps: int, fd: Callable,
+            extra: Sequence[tuple[str, Any]] = (), nfes: Sequence[int] = NFES, progress: bool = True) -> dict[str, Any]:
+    """RMSE / FD rows of fewstep's baselines, diffusers and ``extra`` (label, AMED predictor) on one model."""
+    t0 = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    say(f"[quality] {title}: reference ({ref_steps} steps) ...", flush=True)
+    ref, ref_err = evaluation.reference_solution(denoiser, noise, steps=ref_steps)
+
+    def add_fd(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
+        row.setdefault("fd", {})[nfe] = fd(x)
+
+    say(f"[quality] {title}: fewstep solvers ...", flush=True)
+    rows = evaluation.solver_table(denoiser, noise, ref, nfes, BASELINES, on_sample=add_fd)
+    for label, pred in extra:
+        res = fewstep.sample(denoiser, noise, predictor=pred, return_result=True)
+        row = {"label": label, res.nfe: evaluation.rmse(res.x, ref)}
+        add_fd(row, res.nfe, res.x)
+        rows.append(row)
+    say(f"[quality] {title}: diffusers schedulers ...", flush=True)
+    rows += diffusers_table(denoiser, noise, ref, nfes, DIFFUSERS, add_fd)
+    return {"title": title, "nfes": list(nfes), "seeds": noise.shape[0], "ref_steps": ref_steps,
+            "ref_rel_error": ref_err, "ref_fd": fd(ref), "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+def _fd_table(rows: list[dict[str, Any]], nfes: Sequence[int]) -> str:
+    lines = ["| solver | " + " | ".join(f"FD@{n}" for n in nfes) + " |", "|---|" + "---:|" * len(nfes)]
+    for r in rows:
+        fd = r.get("fd", {})
+        lines.append(f"| {r['label']} | " + " | ".join(f"{fd[n]:.4f}" if n in fd else "—" for n in nfes) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ 2. speed
+
+
+@dataclass
+class Job:
+    label: str
+    kind: str  # "fewstep" | "diffusers"
+    nfe: int
+    run: Callable[[], torch.Tensor]
+    pair: str | None = None  # label of the diffusers job timed against this one
+    times: list[float] = field(default_factory=list)
+    calls: list[float] = field(default_factory=list)  # the denoiser call timed just before each run
+
+
+def speed_jobs(model: torch.nn.Module, noise: torch.Tensor) -> list[Job]:
+    """Every fewstep baseline at NFE 5, AMED-Solver / AMED-Plugin (iPNDM) with a predictor-free table and a
+    feature predictor (untrained: same cost), and the diffusers schedulers with their fewstep counterparts."""
+    jobs: list[Job] = []
+    specs = list(BASELINES) + [d.ours for d in DIFFUSERS if d.ours is not None and d.ours not in BASELINES]
+
+    def add_fewstep(label: str, nfe: int, denoiser: Callable, sig: torch.Tensor, solver: Any, afs: bool,
+                    **options: Any) -> None:
+        def run() -> torch.Tensor:
+            return fewstep.sample(denoiser, noise, sig, solver, afs=afs, **options)
+        jobs.append(Job(label, "fewstep", nfe, run))
+
+    for spec in specs:
+        nfe = SPEED_NFE if spec.solver != "heun" or spec.afs else SPEED_NFE + 1
+        n = fewstep.steps_for_nfe(spec.solver, nfe, spec.afs, **spec.options)
+        label = spec.label + (" +AFS" if spec.afs else "")
+        add_fewstep(label, nfe, model, fewstep.get_schedule("polynomial", n), spec.solver, spec.afs, **spec.options)
+
+    hooked = HookFeatures(model, model)
+    with torch.inference_mode():
+        _, f = hooked.denoise_with_features(noise[:1], torch.ones(1, device=noise.device))
+    fdim = f.reshape(1, -1).shape[1]
+    for student, name in (("amed", "AMED-Solver"), ("ipndm", "AMED-Plugin iPNDM")):
+        n = amed.steps_for_nfe(student, SPEED_NFE)
+        sig = fewstep.get_schedule("polynomial", n)
+        for feats in (None, fdim):
+            pred = AMEDPredictor(n - 1, feats, scale_dir=0.01).to(noise.device).eval()
+            solver = AMEDSolver(predictor=pred) if student == "amed" else AMEDPlugin(
+                base=fewstep.get_solver(student), predictor=pred)
+            label = f"{name} +AFS, {'table' if feats is None else 'feature predictor'}"
+            add_fewstep(label, SPEED_NFE, model if feats is None else hooked, sig, solver, True)
+
+    by_label = {j.label: j for j in jobs}
+    for d in DIFFUSERS:
+        n = d.steps(SPEED_NFE)
+        sig = fewstep.get_schedule("polynomial", n + 1)
+        run_d = diffusers_sampler(d.name, noise.dtype, **d.options)
+
+        def run(run_d: Callable = run_d, sig: torch.Tensor = sig) -> torch.Tensor:
+            return run_d(model, noise * sig[0], sig)
+
+        label = f"diffusers {d.label}"
+        jobs.append(Job(label, "diffusers", SPEED_NFE, run))
+        ours = d.ours.label + (" +AFS" if d.ours.afs else "")
+        by_label[ours].pair = label
+    return jobs
+
+
+def time_jobs(jobs: list[Job], call: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1,
+              progress: bool = True) -> None:
+    """Interleaved timing: every repeat visits the jobs in a fresh random order, timing one denoiser call right
+    before each full sample, so that drift of a shared machine hits calls and samples alike."""
+    def timed(f: Callable[[], Any]) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        f()
+        _sync(device)
+        return time.perf_counter() - t
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for j in jobs:
+                timed(call)
+                timed(j.run)
+        for rep in range(repeats):
+            order = list(jobs)
+            random.Random(rep).shuffle(order)
+            for j in order:
+                j.calls.append(timed(call))
+                j.times.append(timed(j.run))
+            if progress:
+                print(f"[speed] repeat {rep + 1}/{repeats}", flush=True)
+
+
+def speed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch: int, repeats: int,
+          warmup: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Section 2 on ``model`` in ``dtype`` (the state stays float32), batch ``batch``."""
+    t0 = time.perf_counter()
+    model = model.to(device=device, dtype=dtype)
+    shape = (model.config.channels, model.config.img_resolution, model.config.img_resolution)
+    noise = fewstep.noise_for_seeds(range(batch), shape, device=device)
+    sig_call = torch.ones(batch, device=device)  # what the sampler passes: sigma in the state's dtype, shape (B,)
+    x_call = noise * 10.0
+    jobs = speed_jobs(model, noise)
+    time_jobs(jobs, lambda: model(x_call, sig_call), device, repeats, warmup, progress)
+    all_calls = [t for j in jobs for t in j.calls]
+    call_med, call_min = statistics.median(all_calls), min(all_calls)
+    by_label = {j.label: j for j in jobs}
+    rows = []
+    for j in jobs:
+        med, mn = statistics.median(j.times), min(j.times)
+        paired = statistics.median(t / (j.nfe * c) for t, c in zip(j.times, j.calls))
+        row = {"label": j.label, "kind": j.kind, "nfe": j.nfe, "sample_ms": 1e3 * med, "sample_min_ms": 1e3 * mn,
+               "ratio": med / (j.nfe * call_med), "ratio_min": mn / (j.nfe * call_min), "ratio_paired": paired,
+               "repeats": len(j.times)}
+        if j.pair is not None:
+            other = by_label[j.pair]
+            row["vs_diffusers"] = med / statistics.median(other.times)
+            row["diffusers"] = j.pair
+        rows.append(row)
+    return {"batch": batch, "dtype": str(dtype).replace("torch.", ""), "device": str(device), "nfe": SPEED_NFE,
+            "call_ms": 1e3 * call_med, "call_min_ms": 1e3 * call_min, "calls_timed": len(all_calls),
+            "repeats": repeats, "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------------ 3. training
+
+
+def train_cost(students: Sequence[str], samples: int, batch: int, M: int, threads: int, save_dir: Path,
+               progress: bool = True) -> list[dict[str, Any]]:
+    """benchmarks/train_cost.py once per student, each in a fresh process (its own peak RSS)."""
+    out = []
+    for student in students:
+        if progress:
+            print(f"[train] {student}: {samples} samples, batch {batch}, M={M} ...", flush=True)
+        js = save_dir / f"cost_{student}.json"
+        cmd = [sys.executable, "-m", "benchmarks.train_cost", "--student", student, "--out", str(js),
+               "--save-dir", str(save_dir), "--samples", str(samples), "--batch", str(batch), "--M", str(M),
+               "--threads", str(threads)]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        out.append(json.loads(js.read_text()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ 4. no NaN
+
+
+def nan_sweep(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch: int,
+              nfes: Sequence[int] = NFES) -> dict[str, Any]:
+    """Every baseline and diffusers scheduler at every NFE in ``dtype`` on ``device``: finite output? The sampler
+    also checks every model output (``check_finite``), so a NaN anywhere in the trajectory is caught."""
+    model = model.to(device=device, dtype=dtype)
+    shape = (model.config.channels, model.config.img_resolution, model.config.img_resolution)
+    noise = fewstep.noise_for_seeds(range(batch), shape, device=device)
+    rows = []
+    with torch.inference_mode():
+        for spec in BASELINES:
+            row: dict[str, Any] = {"label": spec.label + (" +AFS" if spec.afs else "")}
+            for nfe in nfes:
+                try:
+                    n = fewstep.steps_for_nfe(spec.solver, nfe, spec.afs, **spec.options)
+                except ValueError:
+                    continue
+                try:
+                    x = fewstep.sample(model, noise, fewstep.get_schedule("polynomial", n), spec.solver,
+                                       afs=spec.afs, **spec.options)
+                    row[nfe] = bool(torch.isfinite(x).all())
+                except fewstep.NonFiniteError:
+                    row[nfe] = False
+            rows.append(row)
+        for d in DIFFUSERS:
+            row = {"label": f"diffusers {d.label}"}
+            run = diffusers_sampler(d.name, noise.dtype, **d.options)
+            for nfe in nfes:
+                n = d.steps(nfe)
+                if n is not None:
+                    sig = fewstep.get_schedule("polynomial", n + 1)
+                    row[nfe] = bool(torch.isfinite(run(model, noise * sig[0], sig)).all())
+            rows.append(row)
+    runs = sum(1 for r in rows for n in nfes if n in r)
+    bad = [(r["label"], n) for r in rows for n in nfes if r.get(n) is False]
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "batch": batch, "nfes": list(nfes),
+            "rows": rows,
+            "runs": runs, "non_finite": bad}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _speed_md(sp: dict[str, Any]) -> str:
+    lines = [
+        f"Denoiser call (U-Net, batch {sp['batch']}, {sp['dtype']}, {sp['device']}): median {sp['call_ms']:.2f} ms, "
+        f"min {sp['call_min_ms']:.2f} ms over {sp['calls_timed']} calls.",
+        "",
+        "| sampler | NFE | sample ms (median) | ratio (medians) | ratio (minima) | ratio (paired median) "
+        "| ≤ 1.03 | fewstep / diffusers |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for r in sp["rows"]:
+        vs = f"{r['vs_diffusers']:.3f} (vs {r['diffusers'].removeprefix('diffusers ')})" if "vs_diffusers" in r else ""
+        ok = "✓" if r["ratio"] <= 1.03 else "✗"
+        lines.append(f"| {r['label']} | {r['nfe']} | {r['sample_ms']:.1f} | {r['ratio']:.3f} | {r['ratio_min']:.3f} "
+                     f"| {r['ratio_paired']:.3f} | {ok} | {vs} |")
+    return "\n".join(lines)
+
+
+def _train_md(rows: list[dict[str, Any]]) -> str:
+    lines = ["| predictor | NFE | samples (batch × iterations) | M | train s | s / iteration | peak RSS MiB "
+             "(growth) | teacher evals / sample: computed | counted | student evals / sample |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} (feature predictor, {r['predictor_parameters']:,} params) | {r['nfe']} "
+            f"| {r['batch'] * r['iterations']} ({r['batch']} × {r['iterations']}) | {r['M']} | {r['seconds']:.1f} "
+            f"| {r['seconds_per_iteration']:.2f} | {r['peak_rss_mib']:.0f} (+{r['peak_rss_growth_mib']:.0f}) "
+            f"| {r['teacher_evals_per_sample_computed']} | {r['teacher_evals_per_sample_counted']:g} "
+            f"| {r['student_evals_per_sample_counted']:g} |")
+    return "\n".join(lines)
+
+
+def _nan_md(nn: dict[str, Any]) -> str:
+    lines = [f"{nn['runs']} runs ({nn['dtype']}, {nn['device']}, batch {nn['batch']}); non-finite: "
+             + (", ".join(f"{lab} @ NFE {n}" for lab, n in nn["non_finite"]) or "none") + ".", "",
+             "| sampler | " + " | ".join(f"NFE {n}" for n in nn["nfes"]) + " |", "|---|" + ":---:|" * len(nn["nfes"])]
+    for r in nn["rows"]:
+        lines.append(f"| {r['label']} | " + " | ".join(
+            "—" if n not in r else ("finite" if r[n] else "**NaN/inf**") for n in nn["nfes"]) + " |")
+    return "\n".join(lines)
+
+
+def report(res: dict[str, Any]) -> str:
+    m, a = res["machine"], res["args"]
+    out = [
+        "# fewstep benchmarks",
+        "",
+        "Written by `make bench` (`benchmarks/bench.py`); regenerate rather than edit.",
+        "",
+        "## Machine and command",
+        "",
+        f"- Command: `{res['command']}`" + (" (via `make bench`)" if os.environ.get("FEWSTEP_MAKE_BENCH") else ""),
+        f"- Date (UTC): {res['date']}; total wall time {res['seconds'] / 60:.1f} min",
+        f"- CPU: {m['cpu']}; {m['logical_cores']} logical cores ({m['usable_cores']} usable); torch threads: "
+        f"{m['torch_threads']} (`torch.set_num_threads`)",
+        f"- Device: {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "") + f"; speed dtype {a['dtype']}",
+        f"- torch {m['torch']}, diffusers {m['diffusers']}, numpy {m['numpy']}, Python {m['python']}, "
+        f"{m['platform']}",
+        f"- Load average (1/5/15 min, `os.getloadavg()`): at start {res['load_start']}, at end {res['load_end']} "
+        "— the machine is shared with other jobs, so timings carry their noise; ratios are taken within one run.",
+    ]
+    if res.get("train"):
+        out += ["", "## 3. AMED training cost (CPU, shipped U-Net)", "",
+                "Each predictor is trained in a fresh process (`benchmarks/train_cost.py`): `fewstep.amed.train` with "
+                "the feature predictor on the U-Net's middle block, AFS, polynomial schedule, teacher DEIS-logrho "
+                "order 4 (the default), float32, Adam with cosine decay. Peak memory is the peak resident set size "
+                "(`resource.getrusage(RUSAGE_SELF).ru_maxrss`) of that process; in brackets its growth during "
+                "`train` over the process with the model loaded and run once at the training batch size (tensor "
+                "memory is invisible to tracemalloc). Teacher evaluations per training sample: computed as "
+                "`count_nfe(teacher, len(refine_schedule(sigmas, M)))` = (N-1)(M+1) for N student sigmas, and "
+                "counted (model calls made in inference mode, i.e. by the teacher's sampling loop, weighted by "
+                "batch size, over all iterations). The small budget is for measuring cost, not for quality (the "
+                "demo trains on 2048 samples).", "", _train_md(res["train"])]
+        bad = [r["label"] for r in res["train"]
+               if r["teacher_evals_per_sample_counted"] != r["teacher_evals_per_sample_computed"]]
+        out += ["", "Computed and counted teacher evaluations agree." if not bad
+                else f"**Computed and counted teacher evaluations differ for {', '.join(bad)}.**"]
+    for q in res.get("quality", []):
+        out += [
+            "", f"## 1. Quality: {q['title']}", "",
+            q["note"],
+            f"Reference: DEIS-logrho order 4 with {q['ref_steps']} polynomial steps (`evaluation.reference_solution`; "
+            f"its change against half the steps: {q['ref_rel_error']:.1e} relative). {q['seeds']} seeds; polynomial "
+            "schedule rho=7 from 80 to 0.002 for every sampler; the diffusers rows run the same sigmas, seeds and "
+            "model through the scheduler's own `step` (float64 state, benchmarks/diffusers_harness.py).",
+            "", "RMSE to the reference (best per NFE in bold):", "", evaluation.format_table(q["rows"], q["nfes"]), "",
+            f"Fréchet distance in a fixed random 64-d feature space (`metrics.FeatureExtractor('random')`) to "
+            f"{q['fd_ref']}; the reference solution itself scores {q['ref_fd']:.4f}:", "",
+            _fd_table(q["rows"], q["nfes"]),
+        ]
+    if res.get("nan"):
+        out += ["", "## 4. No-NaN check", "", _nan_md(res["nan"])]
+    if res.get("speed"):
+        sp = res["speed"]
+        out += [
+            "", "## 2. Speed: sampler overhead over the model calls", "",
+            f"A full sample at NFE {sp['nfe']} on the shipped U-Net, batch {sp['batch']}, "
+            f"{sp['dtype']} on {sp['device']}, over NFE × one denoiser call (1.0 is the limit; the target is "
+            f"≤ 1.03). {sp['repeats']} repeats; each repeat visits all samplers in a new random order and times one "
+            "denoiser call right before each sample, so calls and samples share the machine's drift. Columns: "
+            "median sample / (NFE × median call); the same with minima; median over repeats of each sample over "
+            "NFE × its neighbouring call. AMED rows use an untrained predictor (same cost as a trained one); "
+            "the feature predictor reads the U-Net's middle block through a forward hook. Diffusers rows drive "
+            "the scheduler natively in float32 (built once, `set_timesteps` per sample, as in a pipeline) on the "
+            "same model, noise and sigmas; their model input is converted from the VP sample (one multiply per "
+            "step). fewstep / diffusers: median wall time of the fewstep sampler over its diffusers counterpart "
+            "at the same NFE.", "", _speed_md(sp),
+        ]
+    out += ["", "## GPU", ""]
+    if res["machine"]["device"].startswith("cuda"):
+        out += [f"Measured above on {res['machine'].get('gpu')}."]
+    else:
+        out += ["Not measured: this task had no GPU lent (the session's device status reported "
+                "`can_start_another=false`). The harness is ready: `.venv/bin/python -m benchmarks.bench --device "
+                "cuda --dtype bf16 --batch 256 --sections nan,speed --out BENCHMARKS_cuda.md` (and `--dtype fp32`) "
+                "runs the same speed table on the GPU (synchronising around every timed region) and the no-NaN "
+                "check of every sampler at every NFE in that dtype."]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--json", default=None, help="also write the raw numbers here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="model dtype for speed and no-NaN")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--batch", type=int, default=64, help="speed batch")
+    p.add_argument("--repeats", type=int, default=9, help="interleaved speed repeats")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes over all samplers before the repeats")
+    p.add_argument("--nfes", default="3,5,7,9", help="NFEs of the quality tables and the no-NaN sweep")
+    p.add_argument("--bed-seeds", type=int, default=512)
+    p.add_argument("--bed-ref-steps", type=int, default=512)
+    p.add_argument("--unet-seeds", type=int, default=256)
+    p.add_argument("--unet-ref-steps", type=int, default=128)
+    p.add_argument("--fd-ref", type=int, default=10000, help="reference samples for the Fréchet statistics")
+    p.add_argument("--nan-batch", type=int, default=16)
+    p.add_argument("--train-samples", type=int, default=256)
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--train-M", type=int, default=8)
+    p.add_argument("--train-students", default="amed,ipndm")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the test that keeps this script alive)")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick:
+        for k, v in QUICK.items():
+            setattr(a, k, v)
+    nfes = tuple(int(n) for n in a.nfes.split(","))
+    sections = [s for s in a.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    torch.set_num_threads(a.threads)
+    device, dtype, progress = torch.device(a.device), DTYPES[a.dtype], not a.quiet
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {
+        "command": shlex.join([".venv/bin/python", "-m", "benchmarks.bench", *argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "args": vars(a),
+        "load_start": " / ".join(f"{v:.2f}" for v in os.getloadavg()), "machine": machine(a.device, a.threads),
+    }
+    from fewstep.denoisers.unet import default_unet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        preds: list[tuple[str, Any]] = []
+        if "train" in sections:
+            res["train"] = train_cost(a.train_students.split(","), a.train_samples, a.train_batch, a.train_M,
+                                      a.threads, Path(tmp), progress)
+            preds = [(f"{r['label']} +AFS (trained above, {r['samples']} samples)", amed.load(r["path"]))
+                     for r in res["train"]]
+        if "quality" in sections:
+            res["quality"] = []
+            components, count = (3, 500) if a.quick else (10, 20000)
+            bed = data.gmm_bed(n_components=components, count=count)
+            gmm = fewstep.denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"]).to(device)
+            noise = fewstep.noise_for_seeds(range(BED_SEED0, BED_SEED0 + a.bed_seeds), (3, 8, 8), torch.float64, device)
+            ext = metrics.FeatureExtractor("random", 3 * 8 * 8)
+            draws = gmm.sample_data(a.fd_ref, torch.Generator().manual_seed(1)).reshape(-1, 3, 8, 8)
+            fd = _fd_fn(ext, metrics.feature_stats(draws.float().numpy(), ext)[:2], clamp=False)
+            q = quality("analytic bed (Gaussian mixture of natural-image patches, exact denoiser)", gmm, noise,
+                        a.bed_ref_steps, fd, nfes=nfes, progress=progress)
+            q["note"] = (f"`fewstep.data.gmm_bed()`: {components} full-covariance components fitted to {count} "
+                         "8×8×3 patches of the training photos; `denoisers.GaussianMixture` is its exact denoiser, so "
+                         "the reference is the exact ODE solution up to the quoted solver error.")
+            q["fd_ref"] = f"{a.fd_ref} draws from the mixture"
+            res["quality"].append(q)
+            model = default_unet().to(device)
+            res_ = model.config.img_resolution
+            noise = fewstep.noise_for_seeds(range(a.unet_seeds), (3, res_, res_), torch.float64, device)
+            ext = metrics.FeatureExtractor("random", 3 * res_ * res_)
+            patches = data.image_patches(size=res_, count=a.fd_ref, seed=12345)
+            fd = _fd_fn(ext, metrics.feature_stats(patches.numpy(), ext)[:2], clamp=True)
+            q = quality(f"demo model (shipped U-Net {model.model_id})", model, noise, a.unet_ref_steps, fd,
+                        extra=preds, nfes=nfes, progress=progress)
+            q["note"] = (f"`fewstep.denoisers.default_unet()` ({model.num_parameters():,} parameters, float32 "
+                         "network, float64 state); the reference is a high-NFE teacher solution of the same model. "
+                         "AMED rows: the predictors of section 3 (tiny training budget), at their own NFE.")
+            q["fd_ref"] = f"{a.fd_ref} training-photo patches (samples clamped to [-1, 1])"
+            res["quality"].append(q)
+        if "nan" in sections:
+            if progress:
+                print("[nan] sweep ...", flush=True)
+            res["nan"] = nan_sweep(default_unet(), device, dtype, a.nan_batch, nfes)
+        if "speed" in sections:
+            res["speed"] = speed(default_unet(), device, dtype, a.batch, a.repeats, a.warmup, progress)
+    res["load_end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    res["seconds"] = time.perf_counter() - t0
+    write_text_atomic(Path(a.out), report(res))
+    if a.json:
+        write_text_atomic(Path(a.json), json.dumps(res, indent=1, default=str) + "\n")
+    if progress:
+        print(f"Wrote {a.out} ({res['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

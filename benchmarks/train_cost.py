@@ -1,0 +1,112 @@
+"""AMED training cost on the shipped U-Net, measured in a fresh process (so that the peak RSS is its own).
+
+    .venv/bin/python -m benchmarks.train_cost --student amed --out cost.json [--save-dir DIR] [--samples 256]
+
+For one student (``amed``: AMED-Solver, or a base solver name for AMED-Plugin; feature predictor on the U-Net's
+middle block, NFE 5 with AFS) it records the wall time of ``fewstep.amed.train``, the peak resident set size
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``; Linux reports KiB) and its growth during training over the
+process with the model loaded and run once at the training batch size (tensor memory is invisible to
+tracemalloc, which sees only Python objects), the teacher
+evaluations per training sample computed from the teacher / M / schedule and counted (model calls made in
+inference mode, i.e. by the teacher's ``fewstep.sample``, weighted by batch size), and the student's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep import amed, count_nfe, get_solver
+from fewstep.amed.train import refine_schedule
+from fewstep.denoisers.unet import default_unet
+from fewstep.schedules import get_schedule
+
+LABELS = {"amed": "AMED-Solver", "ipndm": "AMED-Plugin iPNDM"}
+
+
+class CallCounter:
+    """Passes calls to the model and counts samples evaluated, split by who called: the teacher's sampling
+    loop runs in inference mode, the student's steps with gradients on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.model_id = model, model.model_id
+        self.teacher = self.student = self.other = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():
+            self.teacher += x.shape[0]
+        elif torch.is_grad_enabled():
+            self.student += x.shape[0]
+        else:
+            self.other += x.shape[0]  # e.g. the feature-size probe
+        return self.model(x, sigma)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: Path | None, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model = default_unet()
+    shape = (model.config.channels, model.config.img_resolution, model.config.img_resolution)
+    with torch.inference_mode():  # warm-up at the training batch size, so the growth below is training's own
+        model(torch.zeros(batch, *shape), torch.ones(batch))
+    teacher, teacher_opts = "deis", {"max_order": 4, "deis_mode": "logrho"}  # fewstep.amed.train's default
+    label = LABELS.get(student, f"AMED-Plugin {student}")
+    n = amed.steps_for_nfe(student, nfe)
+    teacher_sigmas = refine_schedule(get_schedule("polynomial", n), M)
+    computed = count_nfe(get_solver(teacher, **teacher_opts), len(teacher_sigmas))
+    counter = CallCounter(model)
+    log: list = []
+    rss0 = _peak_rss_mib()
+    t0 = time.perf_counter()
+    pred = amed.train(counter, network=model, shape=shape, student=student, num_steps=n, features="auto", M=M,
+                      teacher=teacher, teacher_options=teacher_opts, total_samples=samples, batch=batch,
+                      dtype=torch.float32, model_id=model.model_id, progress=False, log=log)
+    seconds = time.perf_counter() - t0
+    rss1 = _peak_rss_mib()
+    iters = -(-samples // batch)
+    seen = iters * batch
+    row = {
+        "label": label, "student": student, "nfe": nfe, "num_steps": n, "M": M, "samples": samples,
+        "batch": batch, "iterations": iters, "seconds": seconds, "seconds_per_iteration": seconds / iters,
+        "peak_rss_growth_mib": rss1 - rss0, "peak_rss_mib": rss1,
+        "teacher": f"{teacher} {teacher_opts}", "teacher_sigmas": len(teacher_sigmas),
+        "teacher_evals_per_sample_computed": computed,
+        "teacher_evals_per_sample_counted": counter.teacher / seen,
+        "teacher_evals_per_sample_logged": log[0].teacher_nfe_per_sample if log else None,
+        "student_evals_per_sample_counted": counter.student / seen,
+        "predictor_parameters": sum(p.numel() for p in pred.parameters()),
+    }
+    if save_dir is not None:
+        path = Path(save_dir) / f"{student}_nfe{nfe}.safetensors"
+        pred.save(path)
+        row["path"] = str(path)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
+    p.add_argument("--out", required=True, help="JSON file for the measurements")
+    p.add_argument("--save-dir", default=None, help="also save the trained predictors here")
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--M", type=int, default=8)
+    p.add_argument("--nfe", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    row = measure(a.student, a.samples, a.batch, a.M, a.nfe, Path(a.save_dir) if a.save_dir else None, a.threads)
+    Path(a.out).write_text(json.dumps(row, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The benchmark harness (``make bench``) on a tiny size, and the overhead cuts it motivated (same results)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.sampling import _all_finite
+from fewstep.solvers.base import phi
+
+from conftest import make_gmm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks`
+
+from benchmarks import bench  # noqa: E402
+from benchmarks.diffusers_harness import diffusers_sampler, run_diffusers  # noqa: E402
+
+
+def test_bench_quick_writes_every_section(tmp_path):
+    md, js = tmp_path / "B.md", tmp_path / "B.json"
+    assert bench.main(["--quick", "--quiet", "--train-students", "amed", "--out", str(md), "--json", str(js)]) == 0
+    text, res = md.read_text(), json.loads(js.read_text())
+    for heading in ("## Machine and command", "## 1. Quality: analytic bed", "## 1. Quality: demo model",
+                    "## 2. Speed", "## 3. AMED training cost", "## 4. No-NaN check", "## GPU"):
+        assert heading in text
+    assert "benchmarks.bench --quick" in text and "Load average" in text and "torch threads: 1" in text
+
+    # Training cost: the teacher evaluations per sample, computed from teacher / M / steps, match the count.
+    (tr,) = res["train"]
+    assert tr["teacher_evals_per_sample_computed"] == 3 * (1 + 1)  # AMED-Solver NFE 5: 4 sigmas, M = 1
+    assert tr["teacher_evals_per_sample_counted"] == tr["teacher_evals_per_sample_computed"]
+    assert tr["teacher_evals_per_sample_logged"] == tr["teacher_evals_per_sample_computed"]
+    assert tr["student_evals_per_sample_counted"] == 5
+    assert tr["seconds"] > 0 and tr["peak_rss_mib"] > 0
+
+    # Quality: diffusers ran on the same model, seeds and sigmas (equal where the algorithms coincide).
+    for q in res["quality"]:
+        rows = {r["label"]: r for r in q["rows"]}
+        for ours, theirs in (("Euler (DDIM)", "EulerDiscrete"), ("DPM-Solver++(2M)", "DPMSolverMultistep 2M"),
+                             ("UniPC(3M) bh2", "UniPCMultistep 3M bh2")):
+            a, b = rows[ours]["5"], rows[f"diffusers {theirs}"]["5"]
+            assert a == pytest.approx(b, rel=1e-6)
+        assert all(math.isfinite(r["fd"]["5"]) for r in q["rows"])
+    assert any(r["label"].startswith("AMED-Solver") for r in res["quality"][1]["rows"])
+
+    # No NaN anywhere; every sampler and diffusers scheduler timed with a finite ratio and its pair.
+    assert res["nan"]["non_finite"] == [] and res["nan"]["runs"] == len(bench.BASELINES) + len(bench.DIFFUSERS)
+    speed = {r["label"]: r for r in res["speed"]["rows"]}
+    assert len(speed) == len(bench.BASELINES) + 1 + 4 + len(bench.DIFFUSERS)  # + DEIS logrho, 4 AMED variants
+    assert all(0 < r["ratio"] < 100 and r["nfe"] == 5 for r in speed.values())
+    assert sum("vs_diffusers" in r for r in speed.values()) == len(bench.DIFFUSERS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_is_isfinite_all(dtype):
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        t = torch.randn(4, 3, 5, generator=g).to(dtype)
+        for _ in range(trial % 3):
+            t.view(-1)[int(torch.randint(t.numel(), (), generator=g))] = (math.nan, math.inf, -math.inf)[trial % 3]
+        assert _all_finite(t) == bool(torch.isfinite(t).all())
+    assert _all_finite(torch.empty(2, 0, dtype=dtype))
+    assert _all_finite(torch.arange(6).reshape(2, 3))
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_inf_from_denoiser_is_caught(bad):
+    gmm = make_gmm()
+
+    def den(x, s):
+        out = gmm(x, s).clone()
+        out[1, 2] = bad
+        return out
+
+    with pytest.raises(fewstep.NonFiniteError):
+        fewstep.sample(den, torch.randn(3, 4, dtype=torch.float64), fewstep.get_schedule("polynomial", 4))
+
+
+def _phi_where(k, z):
+    """phi_k in the torch.where form (both branches everywhere), the reference for the branch shortcut."""
+    small = z.abs() < 0.5
+    zs = torch.where(small, torch.ones_like(z), z)
+    rec = torch.expm1(zs) / zs
+    for j in range(1, k):
+        rec = (rec - 1.0 / math.factorial(j)) / zs
+    zz = torch.where(small, z, torch.zeros_like(z))
+    series = sum(zz**j / float(math.factorial(j + k)) for j in range(18))
+    return torch.where(small, series, rec)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_phi_shortcut_is_bitwise_the_where_form(k):
+    for z in (torch.tensor(0.3, dtype=torch.float64), torch.tensor(-2.7, dtype=torch.float64),
+              torch.tensor([0.1, -0.49, 0.5, 3.0, -1e-9], dtype=torch.float64), torch.tensor(1.7)):
+        assert torch.equal(phi(k, z), _phi_where(k, z))
+
+
+def test_diffusers_sampler_reuse_and_native_float32():
+    """A scheduler built once and reset by set_timesteps gives a fresh run's result; float32 mode agrees closely."""
+    gmm = make_gmm(dim=12, components=4, seed=3)
+    noise = fewstep.noise_for_seeds(range(4), (3, 2, 2), dtype=torch.float64)
+    for name, opts in (("dpmpp", {"solver_order": 3}), ("unipc", {}), ("deis", {}), ("heun", {"final_euler": True}),
+                       ("euler", {})):
+        run = diffusers_sampler(name, **opts)
+        for n in (6, 4, 6):
+            sig = fewstep.get_schedule("polynomial", n)
+            again = run(gmm, noise * sig[0], sig)
+            assert torch.equal(again, run_diffusers(name, gmm, noise * sig[0], sig, **opts))
+        x32 = diffusers_sampler(name, torch.float32, **opts)(gmm, (noise * sig[0]).float(), sig)
+        assert x32.dtype == torch.float32
+        assert (x32.double() - again).abs().max() <= 1e-4 * again.abs().max()
