@@ -133,6 +133,11 @@ def load_model(name: str, shape: tuple[int, ...] | None = None):
         net = denoisers.default_unet() if name == "unet" else denoisers.load_unet(name)
         res = net.config.img_resolution
         return net, (net.config.channels, res, res), net.model_id, torch.float32
+    if name.startswith("diffusers:"):  # --diffusers PATH_OR_DIR: a local save_pretrained folder (offline, safetensors)
+        from .integrations.diffusers import load_denoiser
+
+        den = load_denoiser(name.split(":", 1)[1])
+        return den, den.sample_shape, den.model_id, torch.float32
     if ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
@@ -164,30 +169,53 @@ def _features(denoiser: object, choice: str) -> tuple[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train an AMED predictor; under ``torchrun`` the batches are split over the processes (gradients summed),
+    and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same predictor."""
     import torch
 
-    from . import amed
+    from . import amed, distributed
+    from .schedules import load_schedule
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
     features, network = _features(denoiser, args.features)
-    num_steps = args.num_steps or amed.steps_for_nfe(args.student, args.nfe, args.afs)
+    schedule = load_schedule(args.schedule) if args.schedule.endswith(".json") else args.schedule
+    if not isinstance(schedule, str):
+        num_steps = len(schedule)
+    else:
+        num_steps = args.num_steps or amed.steps_for_nfe(args.student, args.nfe, args.afs)
     teacher_options = json.loads(args.teacher_options) if args.teacher_options else None
-    log: list = []
-    pred = amed.train(
-        denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
-        num_steps=num_steps, M=args.M, schedule=args.schedule, afs=args.afs, scale_dir=args.scale_dir,
-        scale_time=args.scale_time, features=features, network=network, batch=args.batch, total_samples=args.total_samples,
-        lr=args.lr, loss=args.loss, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
-    )
-    pred.save(out)
-    print(f"Trained in {log[0].seconds:.1f} s; final loss {log[0].losses[-1]:.4f}; wrote {out}")
-    if not pred.uses_features:
-        for i, row in enumerate(pred.table_values()):
-            print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
+    state = out.with_name(out.name + ".train-state")
+    info = distributed.init_distributed("cpu")
+    ok = False
+    try:
+        log: list = []
+        pred = amed.train(
+            denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
+            num_steps=num_steps, M=args.M, schedule=schedule, afs=args.afs, scale_dir=args.scale_dir,
+            scale_time=args.scale_time, features=features, network=network, batch=args.batch,
+            total_samples=args.total_samples, lr=args.lr, loss=args.loss, learn_schedule=args.learn_schedule,
+            schedule_lr=args.schedule_lr, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
+            state_path=state if (args.checkpoint_every or args.resume) else None,
+            checkpoint_every=args.checkpoint_every, resume=args.resume,
+        )
+        if info.is_main:
+            pred.save(out)
+            print(f"Trained in {log[0].seconds:.1f} s on {info.world_size} process(es); final loss "
+                  f"{log[0].losses[-1]:.4f}; wrote {out}")
+            if isinstance(schedule, str) and args.learn_schedule or not isinstance(schedule, str):
+                print("  sigmas: " + ", ".join(f"{v:.4g}" for v in pred.config["sigmas"]))
+            if not pred.uses_features:
+                for i, row in enumerate(pred.table_values()):
+                    print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
+        ok = True
+    finally:
+        distributed.finish(info, barrier=ok)
     return 0
 
 
@@ -218,8 +246,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         kwargs: dict = {"predictor": pred}
         run = {"predictor": tensor_digest(pred.state_dict()), "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
     else:
-        n = steps_for_nfe(args.solver, args.nfe, args.afs)
-        sigmas = get_schedule(args.schedule, n)
+        if args.schedule.endswith(".json"):  # a searched / learned schedule fixes the number of steps
+            sigmas = get_schedule("file", path=args.schedule)
+        else:
+            sigmas = get_schedule(args.schedule, steps_for_nfe(args.solver, args.nfe, args.afs))
         kwargs = {"sigmas": sigmas, "solver": args.solver, "afs": args.afs}
         run = {"solver": args.solver, "sigmas": sigmas.tolist(), "afs": args.afs}
     info = distributed.init_distributed(args.device)
@@ -503,8 +533,9 @@ def _analyze_error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     ax.set_yscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("sigma (sampling runs right)")
-    ax.set_ylabel(f"RMSE to the teacher (DEIS-4, {m} steps inserted per interval)")
-    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule", fontsize=8)
+    ax.set_ylabel("RMSE to the teacher")
+    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule;\n"
+                 f"teacher DEIS-4 with {m} steps inserted per interval", fontsize=8)
     return rows
 
 
@@ -546,9 +577,17 @@ def _analyze_align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN
     return rows
 
 
+def _schedule_arg(text: str) -> str:
+    if text in ("polynomial", "logsnr", "time_uniform") or text.endswith(".json"):
+        return text
+    raise argparse.ArgumentTypeError(f"expected polynomial, logsnr, time_uniform or a .json schedule file, got {text!r}")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
     p.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W for a model factory")
+    p.add_argument("--diffusers", dest="model", type=lambda path: "diffusers:" + path, metavar="PATH_OR_DIR",
+                   help="instead of --model: a diffusers UNet2DModel pipeline or UNet folder saved with save_pretrained")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -574,7 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nfe", type=_positive, default=5, help="target NFE (default: %(default)s)")
     t.add_argument("--num-steps", type=_positive, default=None, help="number of sigmas (overrides --nfe)")
     t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
-    t.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
+    t.add_argument("--schedule", default="polynomial", type=_schedule_arg,
+                   help="polynomial | logsnr | time_uniform | FILE.json (e.g. from fewstep schedule search)")
+    t.add_argument("--learn-schedule", action="store_true", help="learn the schedule's sigmas jointly (issue 8)")
+    t.add_argument("--schedule-lr", type=float, default=0.05, help="learning rate of the schedule (default: %(default)s)")
+    t.add_argument("--checkpoint-every", type=int, default=0, help="save the training state every N iterations")
+    t.add_argument("--resume", action="store_true", help="continue from OUT.train-state if it exists")
     t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
     t.add_argument("--teacher-options", default=None, help="JSON options (default for deis: order 4, logrho)")
     t.add_argument("--M", type=int, default=8, help="teacher steps inserted per interval (default: %(default)s)")
@@ -597,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
     s.add_argument("--nfe", type=_positive, default=5)
     s.add_argument("--afs", action="store_true")
-    s.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"))
+    s.add_argument("--schedule", default="polynomial", type=_schedule_arg,
+                   help="polynomial | logsnr | time_uniform | FILE.json (fewstep schedule search/learn; fixes the NFE)")
     s.add_argument("--seeds", type=_seeds, default=_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
     s.add_argument("--batch", type=_positive, default=64,
                    help="seeds per model call (default: %(default)s); outputs are bitwise reproducible for a fixed "

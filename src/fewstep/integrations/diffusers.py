@@ -202,8 +202,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             from ..amed import load
 
             predictor = load(predictor)
+        if getattr(predictor, "uses_features", False):
+            raise ValueError(
+                "a feature-based AMED predictor picks each sample's evaluation times from the network's features "
+                "during sampling, so a scheduler cannot list its timesteps in advance; train a predictor-free table "
+                "(fewstep.amed.train(..., features='none')) for pipelines, or use fewstep.sample with "
+                "DiffusersDenoiser for this one")
         _, sig, solver, afs = _predictor_settings(predictor, lambda x, s: x, None, None, None, {})
-        Stepper(solver, sig, afs=afs)  # refuses feature-based predictors with a clear message
+        Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor
 
     def __len__(self) -> int:
@@ -315,7 +321,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         evals = torch.tensor(evaluation_sigmas(self._stepper), dtype=torch.float64)
         t = self.adapter.sigma_to_t(evals) if not self.is_flow else \
             evals / (1 + evals) * self.config.num_train_timesteps
-        integral = not self.is_flow and bool((t == t.round()).all())
+        integral = not self.is_flow and bool(((t - t.round()).abs() < 1e-6).all())  # on the training grid
         self.timesteps = (t.round().long() if integral else t.float()).to(device)
         last = 0.0 if dtz else float(sig[-1])
         native = torch.cat([evals, torch.tensor([last], dtype=torch.float64)])
