@@ -189,7 +189,8 @@ class FlowVelocity:
     x_t = (1 - t) x0 + t n (Liu et al., 2023; Lipman et al., 2023) is the EDM state x = x0 + sigma n scaled by
     1 - t with sigma = t / (1 - t). The flow-matching target n - x0 has the conditional mean
     v(x_t, t) = E[n - x0 | x_t] = (x_t - E[x0 | x_t]) / t, since n = (x_t - (1 - t) x0) / t, and
-    E[x0 | x_t] = D(x_t / (1 - t), t / (1 - t)). ``model(x_t, t)`` with t of shape (B,) or scalar, in (0, 1).
+    E[x0 | x_t] = D(x_t / (1 - t), t / (1 - t)). ``model(x_t, t)`` with t of shape (B,) or scalar, in (0, 1]
+    (at t = 1, pure noise, E[x0 | x_1] is the data mean: evaluated at t = 1 - 1e-9, sigma = 1e9).
     """
 
     def __init__(self, denoiser) -> None:
@@ -197,5 +198,6 @@ class FlowVelocity:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         tt = sigma_like(t, x_t)
-        x0 = self.denoiser(x_t / (1 - tt), (tt / (1 - tt)).reshape(-1))
+        tc = tt.clamp(max=1 - 1e-9)
+        x0 = self.denoiser(x_t / (1 - tc), (tc / (1 - tc)).reshape(-1))
         return (x_t - x0) / tt

@@ -100,6 +100,13 @@ def _to_edm(adapter: VPModel | FlowModel, sample: torch.Tensor, sigma: torch.Ten
     return sample * (1 + s) if isinstance(adapter, FlowModel) else sample * (1 + s**2).sqrt()
 
 
+def _is_flow_config(cfg: dict) -> bool:
+    """A FlowMatch* scheduler config: named so (saved configs), or flow keys without a VP beta schedule."""
+    if str(cfg.get("_class_name", "")).startswith("FlowMatch"):
+        return True
+    return "prediction_type" not in cfg and "beta_schedule" not in cfg and ("shift" in cfg or "use_dynamic_shifting" in cfg)
+
+
 def _flow_sigma(t: torch.Tensor) -> torch.Tensor:
     t = t.clamp(max=FLOW_T_MAX)
     return t / (1 - t)
@@ -186,7 +193,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         get ``prediction_type="flow_prediction"``)."""
         predictor = kwargs.pop("predictor", None)
         cfg = dict(config) if isinstance(config, dict) else {}
-        if str(cfg.get("_class_name", "")).startswith("FlowMatch") and "prediction_type" not in cfg:
+        if _is_flow_config(cfg):
             kwargs.setdefault("prediction_type", "flow_prediction")
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         sched = out[0] if return_unused_kwargs else out
@@ -413,8 +420,7 @@ class DiffusersDenoiser(torch.nn.Module):
         cfg = dict(scheduler_config or {})
         cfg.setdefault("num_train_timesteps", 1000)
         if prediction_type is None:
-            flow = str(cfg.get("_class_name", "")).startswith("FlowMatch")
-            prediction_type = "flow_prediction" if flow else cfg.get("prediction_type", "epsilon")
+            prediction_type = "flow_prediction" if _is_flow_config(cfg) else cfg.get("prediction_type", "epsilon")
         if encoder_hidden_states is None and negative_encoder_hidden_states is not None:
             raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states")
         if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
