@@ -272,3 +272,47 @@ def test_cli_export_of_an_amed_table(gmm, tmp_path, capsys):
     assert [s["r"] for s in doc["steps"]] == [t["r"] for t in table]
     s0 = doc["steps"][0]
     assert s0["s"] == pytest.approx(s0["t_next"] ** s0["r"] * s0["t_cur"] ** (1 - s0["r"]), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------- data-parallel training (issue 6)
+
+
+def test_torchrun_training_on_two_gloo_processes_equals_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m fewstep train`: each rank takes half of every global batch and the gradients
+    are summed, so the predictor and the learned schedule equal a single process's up to rounding."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent / "src")]))
+    args = ["train", "--model", "factory_model:make", "--shape", "12", "--student", "ipndm", "--nfe", "5",
+            "--total-samples", "96", "--batch", "24", "--learn-schedule", "--threads", "1"]
+    run = lambda cmd: subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    multi = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fewstep",
+                 *args, "--out", str(tmp_path / "multi.safetensors")])
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert "on 2 process(es)" in multi.stdout and multi.stdout.count("Trained in") == 1
+    single = run([sys.executable, "-m", "fewstep", *args, "--out", str(tmp_path / "single.safetensors")])
+    assert single.returncode == 0, single.stderr[-2000:]
+    a, b = (amed.load(tmp_path / f"{n}.safetensors") for n in ("multi", "single"))
+    torch.testing.assert_close(torch.tensor(a.config["sigmas"]), torch.tensor(b.config["sigmas"]), rtol=1e-5, atol=0)  # float32 model
+    wa, wb = load_file(tmp_path / "multi.safetensors"), load_file(tmp_path / "single.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+    assert wa["fc2.weight"].abs().max() > 0  # it did train (zero-initialised output layer)
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """Regression: the sniffer refused valid checkpoints whose header length's low byte is 0x80."""
+    from fewstep.amed.checkpoint import _sniff
+
+    p = tmp_path / "x.safetensors"
+    p.write_bytes((0x180).to_bytes(8, "little") + b'{"__metadata__": {}}' + b" " * 0x16C)
+    _sniff(p)  # no error
+    p.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="pickle"):
+        _sniff(p)

@@ -47,8 +47,12 @@ def save(predictor: AMEDPredictor, path: str | os.PathLike) -> Path:
 
 
 def _sniff(path: Path) -> None:
+    """Refuse pickles / torch.save zips with a clear message. A safetensors file is an 8-byte little-endian header
+    length followed by a JSON header, so byte 8 is "{" (its first byte may well be 0x80, like a pickle's)."""
     with open(path, "rb") as f:
         head = f.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(
             f"{path} looks like a pickle / torch.save file; fewstep only loads safetensors checkpoints "
@@ -84,7 +88,39 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: config lacks {', '.join(sorted(missing))}")
     if cfg["version"] != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {cfg['version']!r}, this fewstep reads version {VERSION}")
+    _check_values(path, cfg)
     return cfg
+
+
+def _check_values(path: Path, cfg: dict[str, Any]) -> None:
+    """The config's values have the types and ranges sampling relies on (a file may be edited or forged)."""
+    from ..schedules import validate_sigmas
+    from ..solvers import SOLVERS
+
+    def bad(key: str, want: str, got: Any) -> CheckpointError:
+        return CheckpointError(f"{path}: config {key} must be {want}, got {got!r}")
+
+    try:
+        validate_sigmas(cfg["sigmas"], "sigmas")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config {e}") from None
+    if not isinstance(cfg["afs"], bool):
+        raise bad("afs", "true or false", cfg["afs"])
+    st = cfg["student"]
+    if not isinstance(st, dict) or st.get("solver") not in ("amed", "amed_plugin"):
+        raise bad("student", "an object with solver 'amed' or 'amed_plugin'", st)
+    if st["solver"] == "amed_plugin" and st.get("base") not in SOLVERS:
+        raise bad("student.base", f"one of {', '.join(SOLVERS)}", st.get("base"))
+    if not isinstance(st.get("options", {}), dict):
+        raise bad("student.options", "a JSON object", st.get("options"))
+    feats = cfg["features"]
+    if not isinstance(feats, dict) or feats.get("source") not in ("none", "adapter", "hook"):
+        raise bad("features", "an object with source 'none', 'adapter' or 'hook'", feats)
+    arch = cfg["architecture"]
+    for k in ("hidden", "emb_dim", "feat_proj"):
+        v = arch.get(k) if isinstance(arch, dict) else None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(f"architecture.{k}", "a positive int", v)
 
 
 def load(path: str | os.PathLike, *, model_id: str | None = None, solver: str | None = None) -> AMEDPredictor:
