@@ -335,7 +335,7 @@ def report(which: str, result: dict[str, Any], bed: Bed, nfes: Sequence[int], co
         f"{bed.ref_error:.1e}).  ",
         f"AMED: predictor-free table (features none, r/c/a per step), trained per NFE by `fewstep.amed.train` with "
         f"final-point loss, batch 64, {settings['total_samples']} training samples, teacher "
-        + ("and M as in each row (default M={M})" if which == "table4" else
+        + ("as in each row with M={M} steps per interval unless the row names another M" if which == "table4" else
            "DEIS-4 logrho with M={M} steps per interval").format(M=settings["M"]) + ", AFS on, "
         f"scale_dir 0.01.  ",
         "Cells: RMSE to the reference at sigma_min = 0.002 (lower is better; best per NFE in bold; — = NFE not "
