@@ -168,6 +168,16 @@ def _features(denoiser: object, choice: str) -> tuple[str, object]:
     return "none", None
 
 
+def _json_object(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON object like '{{\"max_order\": 3}}', got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object like '{{\"max_order\": 3}}', got {text!r}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an AMED predictor; under ``torchrun`` the batches are split over the processes (gradients summed),
     and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same predictor."""
@@ -189,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_steps = len(schedule)
     else:
         num_steps = args.num_steps or amed.steps_for_nfe(args.student, args.nfe, args.afs)
-    teacher_options = json.loads(args.teacher_options) if args.teacher_options else None
+    teacher_options = _json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     state = out.with_name(out.name + ".train-state")
     info = distributed.init_distributed("cpu")
     ok = False
@@ -273,8 +283,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             seeds, images = distributed.sample_seeds(sample_batch, args.seeds, batch=args.batch, info=info,
                                                      progress=True)
             if info.is_main:
-                with atomic_path(out, suffix=".npz") as tmp:
-                    np.savez(tmp, images=images.float().clamp(-1, 1).numpy(), seeds=np.array(seeds))
+                try:
+                    with atomic_path(out, suffix=".npz") as tmp:
+                        np.savez(tmp, images=images.float().clamp(-1, 1).numpy(), seeds=np.array(seeds))
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot write {out}: {e.strerror}") from None
                 print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each) to {out}")
         else:
             settings = {"model": model_id, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),

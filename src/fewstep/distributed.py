@@ -82,8 +82,17 @@ def init_distributed(device: str | torch.device | None = None, env: dict[str, st
     ``device=None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
     """
     env = dict(os.environ if env is None else env)
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {str(device)!r} ({e})") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {str(device)!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available in this PyTorch/machine")
     if not launched_by_torchrun(env):
-        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return DistInfo(device=dev)
     rank, world, local = (_env_int(env, k) for k in _ENV)
     if rank >= world:
@@ -91,9 +100,7 @@ def init_distributed(device: str | torch.device | None = None, env: dict[str, st
     if device is None:
         dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local)
+        dev = device if device.type != "cuda" or device.index is not None else torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not torch.distributed.is_initialized():

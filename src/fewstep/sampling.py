@@ -67,6 +67,8 @@ class _Evaluator:
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"denoiser must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
+            if not out.is_floating_point():
+                raise TypeError(f"denoiser must return a floating-point tensor, got dtype {out.dtype}")
             if self.check_finite and not _all_finite(out):
                 raise NonFiniteError(
                     f"denoiser returned NaN/inf at step {self.step} (sigma={float(sigma):.6g}, evaluation {self.nfe})"
@@ -186,6 +188,8 @@ def noise_for_seeds(
     """Standard normal noise of shape (len(seeds), *shape), one CPU generator per seed (EDM's
     ``StackedRandomGenerator``): each item depends only on its seed, never on the batch it is in.
     Drawn in float32 and cast, so a seed gives the same values in every dtype."""
+    if isinstance(seeds, (str, bytes)) or isinstance(shape, int):
+        raise TypeError(f"seeds must be a sequence of ints and shape a tuple of ints, got {seeds!r} and {shape!r}")
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
