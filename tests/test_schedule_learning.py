@@ -85,7 +85,7 @@ def test_cost_matrix_is_the_euler_error_on_the_teacher_trajectory(gmm, noise):
         cost_matrix(gmm, noise, grid, teacher="heun")
 
 
-@pytest.mark.parametrize("solver,nfe,afs", [("ipndm", 5, False), ("ipndm", 5, True), ("dpm2", 4, False)])
+@pytest.mark.parametrize("solver,nfe,afs", [("ipndm", 5, False), ("ipndm", 5, True), ("dpm2", 4, False), ("amed", 5, True)])
 def test_search_gives_a_schedule_for_the_nfe(gmm, solver, nfe, afs):
     info: dict = {}
     sig = search_schedule(gmm, SHAPE, nfe=nfe, solver=solver, afs=afs, grid=25, warmup=32, info=info)
@@ -316,3 +316,20 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickl
     p.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
     with pytest.raises(CheckpointError, match="pickle"):
         _sniff(p)
+
+
+def test_schedule_benchmark_runs_on_a_tiny_size(tmp_path):
+    """benchmarks/schedules.py (the issue 8 table) at a tiny size, so it cannot rot."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "schedules.py"
+    spec = importlib.util.spec_from_file_location("schedules_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "s.md"
+    assert mod.main(["--quick", "--nfe", "5", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| AMED-Plugin iPNDM |" in text and "Best at NFE 5" in text
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert set(doc["rows"]["iPNDM"]["5"]) == {"polynomial", "searched", "learned"}

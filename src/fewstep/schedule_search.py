@@ -16,6 +16,7 @@ import torch
 
 from .sampling import noise_for_seeds, sample, steps_for_nfe
 from .schedules import get_schedule, validate_sigmas
+from .solvers import get_solver
 
 __all__ = ["cost_matrix", "dp_schedule", "search_schedule", "TEACHERS"]
 
@@ -101,8 +102,9 @@ def search_schedule(
     """GITS schedule for ``solver`` at ``nfe`` evaluations: ``warmup`` teacher trajectories on a fine ``grid``
     (a number of points of ``grid_kind``, or a tensor), the Euler cost matrix, and dynamic programming.
 
-    With ``afs`` the solver gets one more interval for the same NFE; as in GITS, the programme then places the
-    other points and the extra one is chosen inside the first interval by the final error on the warm-up batch.
+    With ``afs`` a solver of one evaluation per step gets one more interval for the same NFE; as in GITS, the
+    programme then places the other points and the extra one is chosen inside the first interval by the final error
+    on the warm-up batch. (For two-evaluation solvers AFS only saves the first call; the programme places all points.)
     Warm-up seeds are ``seed * 10**9 + 500_000_000 + k``, apart from AMED's training seeds and from 0, 1, ...
     (evaluation). ``info``, if given, receives the cost matrix, grid indices and grid. Returns the sigmas."""
     options = dict(solver_options or {})
@@ -112,8 +114,10 @@ def search_schedule(
         raise ValueError(f"warmup must be a positive int, got {warmup!r}")
     noise = noise_for_seeds(range(seed * 10**9 + 500_000_000, seed * 10**9 + 500_000_000 + warmup), shape, dtype=dtype)
     cost = cost_matrix(denoiser, noise, g, teacher, teacher_options, progress)
-    idx = dp_schedule(cost, num_steps - 1 - int(afs), coeff)
-    if afs:
+    solv = get_solver(solver, **options)
+    extra = afs and solv.nfe(3) - solv.nfe(2) == 1  # AFS buys a whole interval
+    idx = dp_schedule(cost, num_steps - 1 - int(extra), coeff)
+    if extra:
         if idx[1] < 2:
             raise ValueError("the grid is too coarse to place the AFS point; use a finer grid")
         ref = sample(denoiser, noise, g, teacher, **(teacher_options or ({"max_order": 4, "deis_mode": "logrho"}

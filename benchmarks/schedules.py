@@ -1,0 +1,153 @@
+"""Issue 8: polynomial vs searched (GITS) vs learned schedules, with iPNDM, DPM-Solver++(3M), AMED-Solver and
+AMED-Plugin(iPNDM), at NFE 3/5/7, on the analytic natural-patch bed and on the shipped U-Net.
+
+    .venv/bin/python benchmarks/schedules.py [--model gmm|unet] [--quick] [--out docs/schedules_gmm.md]
+
+Every row uses AFS. Columns:
+  * polynomial: EDM's rho=7 schedule;
+  * searched: the GITS schedule for that solver and NFE (61-point polynomial grid, 256 warm-up trajectories,
+    coeff 1.15; ``fewstep.schedule_search``); AMED is then trained on it;
+  * learned: the schedule learned by distillation from the polynomial one: alone for the plain solvers
+    (``fewstep.amed.learn_schedule``), jointly with the AMED predictor for AMED (``train(learn_schedule=True)``).
+RMSE to the exact ODE solution (bed) or to a DEIS-4 teacher with 128 steps (U-Net) on held-out seeds 10^8...,
+disjoint from the training seeds and the search's warm-up seeds. The last column is the best plain baseline at
+NFE 9 (polynomial schedule), the issue's goal for NFE 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fewstep
+from fewstep import amed, data, evaluation
+from fewstep.io import write_text_atomic
+from fewstep.schedule_search import search_schedule
+
+EVAL_SEED0 = 10**8
+ROWS = (  # label, solver for sampling/search, options, AMED student (None: plain solver)
+    ("iPNDM", "ipndm", {}, None),
+    ("DPM-Solver++(3M)", "dpmpp", {"max_order": 3}, None),
+    ("AMED-Solver", "amed", {}, "amed"),
+    ("AMED-Plugin iPNDM", "amed_plugin", {"base": "ipndm"}, "ipndm"),
+)
+BASELINES_9 = (("iPNDM", "ipndm", {}), ("iPNDM +AFS", "ipndm", {}), ("DPM-Solver++(3M)", "dpmpp", {"max_order": 3}),
+               ("UniPC(2M)", "unipc", {"max_order": 2}), ("DEIS tAB3", "deis", {"max_order": 3}))
+
+
+def load(model: str, quick: bool):
+    if model == "gmm":
+        bed = data.gmm_bed(count=2000 if quick else 20000)
+        den = fewstep.denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
+        return den, (3, 8, 8), torch.float64, "exact ODE solution", "the analytic natural-patch bed (GMM, 10 components)"
+    net = fewstep.denoisers.default_unet()
+    res = net.config.img_resolution
+    return net, (net.config.channels, res, res), torch.float32, "DEIS-4 teacher (128 steps)", f"the shipped U-Net ({net.model_id})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gmm", choices=("gmm", "unet"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for the test that keeps this script alive")
+    p.add_argument("--out", default=None, help="default: docs/schedules_<model>.md")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: 1000 bed, 256 U-Net)")
+    p.add_argument("--nfe", default="3,5,7")
+    p.add_argument("--total-samples", type=int, default=None, help="training samples (default 8192 bed, 4096 U-Net)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    quick = args.quick
+    den, shape, dtype, ref_name, model_name = load(args.model, quick)
+    nfes = [int(v) for v in args.nfe.split(",")]
+    n_seeds = 8 if quick else args.seeds or (1000 if args.model == "gmm" else 256)
+    samples = 64 if quick else args.total_samples or (8192 if args.model == "gmm" else 4096)
+    train_kw = {"total_samples": samples, "batch": 32 if quick else 64, "M": 2 if quick else 8, "progress": False,
+                "dtype": dtype}
+    search_kw = {"grid": 13 if quick else 61, "warmup": 8 if quick else 256, "coeff": 1.15, "dtype": dtype}
+    noise = fewstep.noise_for_seeds(range(EVAL_SEED0, EVAL_SEED0 + n_seeds), shape, dtype=dtype)
+    if args.model == "gmm":
+        ref, ref_err = evaluation.reference_solution(den, noise, steps=16 if quick else 256)
+    else:
+        ref, ref_err = evaluation.reference_solution(den, noise, steps=16 if quick else 128)
+
+    def err(x: torch.Tensor) -> float:
+        return evaluation.rmse(x.to(torch.float64), ref.to(torch.float64))
+
+    results: dict = {"rows": {}, "schedules": {}, "seconds": {}}
+    for label, solver, opts, student in ROWS:
+        for nfe in nfes:
+            n = fewstep.steps_for_nfe(solver, nfe, True, **opts)
+            poly = fewstep.get_schedule("polynomial", n)
+            t0 = time.perf_counter()
+            searched = search_schedule(den, shape, nfe=nfe, solver=solver, solver_options=opts, afs=True, **search_kw)
+            cells, scheds = {}, {"polynomial": poly, "searched": searched}
+            if student is None:
+                cells["polynomial"] = err(fewstep.sample(den, noise, poly, solver, afs=True, **opts))
+                cells["searched"] = err(fewstep.sample(den, noise, searched, solver, afs=True, **opts))
+                learned = amed.learn_schedule(den, shape=shape, solver=solver, solver_options=opts, num_steps=n,
+                                              afs=True, **train_kw)
+                cells["learned"] = err(fewstep.sample(den, noise, learned, solver, afs=True, **opts))
+                scheds["learned"] = learned
+            else:
+                for col, sched, learn in (("polynomial", "polynomial", False), ("searched", searched, False),
+                                          ("learned", "polynomial", True)):
+                    pred = amed.train(den, shape=shape, student=student, num_steps=n, schedule=sched, afs=True,
+                                      learn_schedule=learn, **train_kw)
+                    cells[col] = err(fewstep.sample(den, noise, predictor=pred))
+                    scheds[col] = torch.tensor(pred.config["sigmas"])
+            results["rows"].setdefault(label, {})[nfe] = cells
+            results["schedules"][f"{label} NFE {nfe}"] = {k: [round(float(v), 5) for v in s] for k, s in scheds.items()}
+            results["seconds"][f"{label} NFE {nfe}"] = round(time.perf_counter() - t0, 1)
+            print(f"{label:20s} NFE {nfe}: " + "  ".join(f"{k} {v:.4f}" for k, v in cells.items()), flush=True)
+    base9 = {}
+    for label, solver, opts in BASELINES_9:
+        afs = label.endswith("+AFS")
+        n = fewstep.steps_for_nfe(solver, 9, afs, **opts)
+        base9[label] = err(fewstep.sample(den, noise, fewstep.get_schedule("polynomial", n), solver, afs=afs, **opts))
+    best9 = min(base9.items(), key=lambda kv: kv[1])
+    results["baselines_nfe9"] = base9
+
+    cols = ("polynomial", "searched", "learned")
+    lines = [f"# Schedules on {model_name}", "",
+             f"RMSE to the {ref_name} (its relative error vs half the steps: {ref_err:.1e}), {n_seeds} held-out seeds, "
+             f"AFS everywhere. AMED: predictor-free table, scale_dir 0.01, {samples} training samples, "
+             "teacher DEIS-4 with M=8. Searched = GITS (61-point grid, 256 warm-up trajectories, coeff 1.15); "
+             "learned = distilled from the polynomial schedule (jointly with the AMED table for AMED rows).", "",
+             "| solver | " + " | ".join(f"NFE {n} {c}" for n in nfes for c in cols) + " |",
+             "|---|" + "---:|" * (len(nfes) * len(cols))]
+    for label, by_nfe in results["rows"].items():
+        cells = []
+        for nfe in nfes:
+            best = min(by_nfe[nfe].values())
+            cells += [f"**{by_nfe[nfe][c]:.4f}**" if by_nfe[nfe][c] == best else f"{by_nfe[nfe][c]:.4f}" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Plain baselines at NFE 9 (polynomial schedule): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in base9.items()) + f"; best: {best9[0]} {best9[1]:.4f}."]
+    if 5 in nfes:
+        best5 = min(((f"{label} {c}", v) for label, by in results["rows"].items() for c, v in by[5].items()),
+                    key=lambda kv: kv[1])
+        verdict = "reaches" if best5[1] <= best9[1] else "does not reach"
+        lines += ["", f"Best at NFE 5: {best5[0]} {best5[1]:.4f}, which {verdict} the best plain baseline at NFE 9 "
+                      f"({best9[1]:.4f}; ratio {best5[1] / best9[1]:.2f})."]
+    lines += ["", "Schedules used (sigmas):", "", "```"]
+    for k, v in results["schedules"].items():
+        lines.append(f"{k}: " + "; ".join(f"{c} {s}" for c, s in v.items()))
+    lines += ["```", "", f"Made by `.venv/bin/python benchmarks/schedules.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
+              f"in {time.perf_counter() - t_start:.0f} s ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__})."]
+    out = Path(args.out or f"docs/schedules_{args.model}.md")
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
