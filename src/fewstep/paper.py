@@ -24,7 +24,7 @@ from .solvers import AMEDPlugin, AMEDSolver, get_solver
 
 __all__ = [
     "Bed", "make_bed", "amed_row", "table2", "table4", "table5", "alignment", "PAPER_TABLE2_CIFAR10",
-    "TABLE2_BASELINES", "TEACHERS", "SCHEDULES", "format_rows",
+    "TABLE2_BASELINES", "TEACHERS", "SCHEDULES", "format_rows", "report", "run_table", "json_safe",
 ]
 
 NFES = (3, 5, 7, 9)
@@ -247,8 +247,8 @@ def _form(name: str) -> tuple[str, Callable[[Any], Any]]:
     """(label, predictor -> solver) for ``amed`` (AMED-Solver form: DPM-Solver-2 with r free) or a plugin base."""
     if name == "amed":
         return "AMED-Solver / DPM-Solver-2", lambda p: AMEDSolver(predictor=p)
-    opts = {"max_order": 4} if name in ("ipndm", "ipndm_v", "deis") else {"max_order": 3} if name in ("dpmpp", "unipc") else {}
-    base = get_solver(name, **opts)
+    orders = {"ipndm": 4, "ipndm_v": 4, "deis": 4, "dpmpp": 3, "unipc": 3}  # iPNDM(4), DPM-Solver++(3M), UniPC(3M)
+    base = get_solver(name, **({"max_order": orders[name]} if name in orders else {}))
     return f"AMED-Plugin on {name}", lambda p: AMEDPlugin(base=base, predictor=p)
 
 
@@ -265,6 +265,8 @@ def alignment(
     the step's increment and the teacher's (``cos_opt`` / ``cos_half``: how well the direction aligns), and the
     mean and std of the per-sample optimal r (how much a per-sample predictor could gain). Teacher: DEIS-4
     logrho with ``M`` steps per interval."""
+    if not solvers:
+        raise ValueError("solvers must name at least one form: 'amed' or a plugin base solver such as 'ipndm'")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
         raise ValueError(f"grid must be a positive int, got {grid!r}")
     rs = torch.cat([torch.linspace(0, 1, grid + 2, dtype=torch.float64)[1:-1], torch.tensor([0.5], dtype=torch.float64)])
@@ -337,7 +339,7 @@ def report(which: str, result: dict[str, Any], bed: Bed, nfes: Sequence[int], co
         f"final-point loss, batch 64, {settings['total_samples']} training samples, teacher "
         + ("as in each row with M={M} steps per interval unless the row names another M" if which == "table4" else
            "DEIS-4 logrho with M={M} steps per interval").format(M=settings["M"]) + ", AFS on, "
-        f"scale_dir 0.01.  ",
+        "scale_dir 0.01.  ",
         "Cells: RMSE to the reference at sigma_min = 0.002 (lower is better; best per NFE in bold; — = NFE not "
         "reachable by the solver).", "",
         format_rows(rows, nfes),
