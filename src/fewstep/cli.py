@@ -91,14 +91,23 @@ def _seeds(text: str) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
-                out.extend(range(lo, hi + 1))
             elif part:
-                out.append(int(part))
+                lo = hi = int(part)
+            else:
+                continue
+            if lo < 0 or hi >= 2**63:
+                raise argparse.ArgumentTypeError(f"seeds must be in 0..2**63-1, got {text!r}")
+            if len(out) + hi - lo + 1 > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"at most {MAX_SEEDS} seeds per run, got {text!r}")
+            out.extend(range(lo, hi + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds like 0-99 or 1,5,9, got {text!r}") from None
-    if not out or min(out) < 0:
+    if not out:
         raise argparse.ArgumentTypeError(f"expected a non-empty set of non-negative seeds, got {text!r}")
     return out
+
+
+MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
 
 
 MODELS = ("gmm", "unet")

@@ -58,6 +58,8 @@ def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas"
     A valid schedule has at least 2 entries, all finite and positive, strictly decreasing.
     """
     if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_complex():
+            raise TypeError(f"{name} must be real, got a {sigmas.dtype} tensor")
         s = sigmas.detach().to(device="cpu", dtype=torch.float64)
     else:
         try:
