@@ -146,7 +146,7 @@ def diffusers_table(denoiser: Callable, noise: torch.Tensor, ref: torch.Tensor, 
                 row[nfe] = None
                 continue
             sig = fewstep.get_schedule("polynomial", n + 1)
-            counted = _Counted(denoiser)
+            counted = Meter(denoiser, timing=False)
             with torch.inference_mode():
                 x = run(counted, noise.double() * sig[0], sig)
             if counted.calls != nfe:
@@ -155,15 +155,6 @@ def diffusers_table(denoiser: Callable, noise: torch.Tensor, ref: torch.Tensor, 
             on_sample(row, nfe, x)
         rows.append(row)
     return rows
-
-
-class _Counted:
-    def __init__(self, f: Callable) -> None:
-        self.f, self.calls = f, 0
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.f(x, sigma)
 
 
 def quality(title: str, denoiser: Callable, noise: torch.Tensor, ref_steps: int, fd: Callable,
@@ -214,11 +205,12 @@ class Job:
 
 
 class Meter:
-    """The denoiser, timing its calls while a sample runs (the model time inside the sample's own wall time).
-    Only on the CPU: on a GPU it would have to synchronise at every call, changing what is measured."""
+    """The denoiser, counting its calls and, with ``timing``, the time spent in them while a sample runs (the
+    model time inside the sample's own wall time). Timing is for the CPU: on a GPU it would have to synchronise
+    at every call, changing what is measured."""
 
-    def __init__(self, model: Callable, device: torch.device) -> None:
-        self.model, self.timing = model, device.type == "cpu"
+    def __init__(self, model: Callable, timing: bool = True) -> None:
+        self.model, self.timing = model, timing
         self.total, self.calls = 0.0, 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -320,7 +312,7 @@ def speed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, batc
     noise = fewstep.noise_for_seeds(range(batch), shape, device=device)
     sig_call = torch.ones(batch, device=device)  # what the sampler passes: sigma in the state's dtype, shape (B,)
     x_call = noise * 10.0
-    meter = Meter(model, device)
+    meter = Meter(model, timing=device.type == "cpu")
     jobs = speed_jobs(meter, model, noise)
     time_jobs(jobs, lambda: model(x_call, sig_call), meter, device, repeats, warmup, progress)
     all_calls = [t for j in jobs for t in j.calls]
