@@ -190,8 +190,26 @@ def test_torchrun_single_npz_file_equals_single_process(tmp_path):
     assert p.stdout.count("Wrote 7 samples") == 1
 
 
+def _descendants(pid: int) -> list[int]:
+    """All processes below pid (torchrun starts its workers in sessions of their own, so killing torchrun's
+    process group would leave them running)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        me = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == me]
+        out += kids
+        todo += kids
+    return out
+
+
 def _kill_when(cmd: list[str], out: Path, min_files: int, env: dict[str, str], total: int) -> int:
-    """Start cmd in its own process group, SIGKILL the group once min_files images exist; return how many did."""
+    """Start cmd, SIGKILL it and every process it started once min_files images exist; return how many exist."""
     proc = subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -200,12 +218,28 @@ def _kill_when(cmd: list[str], out: Path, min_files: int, env: dict[str, str], t
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no output appeared"
             time.sleep(0.01)
+        victims = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in victims:  # wait until they are gone, so no orphan writes on
+            while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
+                time.sleep(0.01)
     finally:
         proc.wait(timeout=30)
     n = len(list(out.glob("0*/0*.png")))
     assert proc.returncode != 0 and n < total, "the run was not interrupted"
     return n
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_files(tmp_path):
@@ -227,7 +261,9 @@ def test_two_process_run_killed_and_resumed_by_one_process(tmp_path):
     args = MODEL + ["--seeds", "0-39", "--batch", "2"]
     assert main(["sample", *args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "run"
-    _kill_when(_torchrun(2) + args + ["--out", str(out)], out, 4, _env(FEWSTEP_TEST_SLEEP="0.04"), 40)
+    killed_at = _kill_when(_torchrun(2) + args + ["--out", str(out)], out, 4, _env(FEWSTEP_TEST_SLEEP="0.04"), 40)
+    time.sleep(0.5)
+    assert len(list(out.glob("0*/0*.png"))) == killed_at  # really stopped: no orphaned worker writes on
     assert main(["sample", *args, "--out", str(out)]) == 0
     _assert_same_files(tmp_path / "ref", out)
 
