@@ -452,6 +452,44 @@ def _nan_md(nn: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _summary(res: dict[str, Any]) -> list[str]:
+    """Headline numbers, computed from the sections below."""
+    lines = []
+    if res.get("speed"):
+        rows = res["speed"]["rows"]
+        key = "ratio_in_sample" if rows[0]["ratio_in_sample"] is not None else "ratio_paired"
+        ours = [r for r in rows if r["kind"] == "fewstep"]
+        worst = max(ours, key=lambda r: r[key])
+        theirs = [r[key] for r in rows if r["kind"] == "diffusers"]
+        vs = [r["vs_diffusers_in_sample" if key == "ratio_in_sample" else "vs_diffusers"] for r in ours
+              if "vs_diffusers" in r]
+        lines.append(f"Speed (NFE {res['speed']['nfe']}, batch {res['speed']['batch']}, {res['speed']['device']}): "
+                     f"sample time / (NFE × model call) {min(r[key] for r in ours):.3f}–{worst[key]:.3f} for the "
+                     f"{len(ours)} fewstep samplers (highest: {worst['label']}), {min(theirs):.3f}–{max(theirs):.3f} "
+                     f"for diffusers; fewstep / diffusers {min(vs):.3f}–{max(vs):.3f}"
+                     f" ({'in-sample' if key == 'ratio_in_sample' else 'paired'} estimate).")
+    for q in res.get("quality", []):
+        nfe = 5 if 5 in q["nfes"] else q["nfes"][0]
+        ranked = sorted((r for r in q["rows"] if r.get(nfe) is not None), key=lambda r: r[nfe])
+        by = {r["label"]: r for r in q["rows"]}
+        diffs = [abs(by[d.ours.label][n] - by[f"diffusers {d.label}"][n]) / by[d.ours.label][n]
+                 for d in DIFFUSERS if d.name in ("dpmpp", "unipc", "euler") for n in q["nfes"]]
+        lines.append(f"Quality, {q['title'].split(' (')[0]}, NFE {nfe}: lowest RMSE {ranked[0]['label']} "
+                     f"({ranked[0][nfe]:.4f}), then {ranked[1]['label']} ({ranked[1][nfe]:.4f}). Where the algorithms "
+                     f"coincide (DPM-Solver++ 2M/3M, UniPC 2M/3M, Euler) fewstep's and diffusers' RMSE differ by at "
+                     f"most {max(diffs):.1e} relative.")
+    for r in res.get("train", []):
+        lines.append(f"Training {r['label']} (NFE {r['nfe']}): {r['seconds_per_iteration']:.2f} s per iteration of "
+                     f"{r['batch']} samples on CPU, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+                     f"{r['teacher_evals_per_sample_computed']} teacher evaluations per training sample "
+                     f"(counted: {r['teacher_evals_per_sample_counted']:g}).")
+    if res.get("nan"):
+        nn = res["nan"]
+        lines.append(f"No NaN/inf: {nn['runs'] - len(nn['non_finite'])} of {nn['runs']} runs finite "
+                     f"({nn['dtype']}, {nn['device']}).")
+    return lines
+
+
 def report(res: dict[str, Any]) -> str:
     m, a = res["machine"], res["args"]
     out = [
@@ -471,6 +509,9 @@ def report(res: dict[str, Any]) -> str:
         f"- Load average (1/5/15 min, `os.getloadavg()`): at start {res['load_start']}, at end {res['load_end']} "
         "— the machine is shared with other jobs, so timings carry their noise; ratios are taken within one run.",
     ]
+    summary = _summary(res)
+    if summary:
+        out += ["", "## Summary", ""] + [f"- {line}" for line in summary]
     if res.get("train"):
         out += ["", "## 3. AMED training cost (CPU, shipped U-Net)", "",
                 "Each predictor is trained in a fresh process (`benchmarks/train_cost.py`): `fewstep.amed.train` with "
