@@ -275,6 +275,8 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     assert main(["sample", *args, "--nfe", "5", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "holds samples made with other settings (sigmas:" in err
+    assert main(["sample", *args, "--batch", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "(batch: 64 there, 3 now)" in capsys.readouterr().err
     assert _files(tmp_path / "o") == before
     # same settings, more seeds: only the new ones are computed
     assert main(["sample", *MODEL, "--seeds", "0-5", "--out", str(tmp_path / "o")]) == 0

@@ -299,8 +299,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     raise OSError(e.errno, f"cannot write {out}: {e.strerror}") from None
                 print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each) to {out}")
         else:
+            # --batch is part of it: batched float kernels are not bitwise batch-invariant (README "Many GPUs").
             settings = {"model": model_id, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
-                        "denoise_to_zero": args.denoise_to_zero, "format": fmt, **run}
+                        "denoise_to_zero": args.denoise_to_zero, "format": fmt, "batch": args.batch, **run}
             counts = distributed.sample_seeds_to_dir(sample_batch, args.seeds, out, batch=args.batch, fmt=fmt,
                                                      settings=settings, info=info, progress=True)
             if info.is_main:
