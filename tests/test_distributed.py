@@ -256,7 +256,6 @@ def test_sigkill_then_resume_gives_the_uninterrupted_files(tmp_path):
     _assert_same_files(tmp_path / "ref", out)
 
 
-@pytest.mark.slow
 def test_two_process_run_killed_and_resumed_by_one_process(tmp_path):
     args = MODEL + ["--seeds", "0-39", "--batch", "2"]
     assert main(["sample", *args, "--out", str(tmp_path / "ref")]) == 0
