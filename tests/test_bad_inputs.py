@@ -248,9 +248,9 @@ API = [
      r"shape must be a non-empty sequence of positive ints .*got \(0, 3\)"),
 ]
 
-# Bad inputs to amed.train whose error is unclear or missing today (amed/train.py is the lead's).
-TRAIN_XFAIL = [
-    ("train-seed-negative", {"seed": -1}, ValueError, "seed must be a non-negative int, got -1"),
+# Bad inputs to amed.train (their errors were unclear or missing before; fixed in amed/train.py).
+TRAIN_BAD = [
+    ("train-seed-negative", {"seed": -1}, ValueError, "seed must be a non-negative int below 2\\*\\*30, got -1"),
     ("train-afs-string", {"afs": "yes"}, TypeError, "afs must be True or False"),
     ("train-hidden-zero", {"hidden": 0}, ValueError, "hidden must be a positive int"),
 ]
@@ -270,9 +270,8 @@ def test_api_bad_input(f, call, exc, match):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    pytest.param(k, e, m, id=i, marks=pytest.mark.xfail(strict=True, reason="lead fixes in amed/train.py"))
-    for i, k, e, m in TRAIN_XFAIL])
-def test_amed_train_bad_input_unclear_today(kwargs, exc, match):
+    pytest.param(k, e, m, id=i) for i, k, e, m in TRAIN_BAD])
+def test_amed_train_bad_input(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         amed.train(GAUSS, shape=(3, 2, 2), num_steps=3, M=1, batch=8, total_samples=8, progress=False, **kwargs)
 

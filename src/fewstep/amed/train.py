@@ -165,6 +165,8 @@ def train(
     if student != "amed" and (student not in SOLVERS or student in ("heun", "amed_plugin")):
         allowed = ", ".join(n for n in SOLVERS if n not in ("heun", "amed_plugin"))
         raise ValueError(f"student must be one of {allowed}, got {student!r}")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden must be a positive int, got {hidden!r}")
     student_options = dict(student_options or {})
     sig, sched_cfg, tr = _training_setup(
         student if student != "amed" else "amed", student_options, afs, teacher, teacher_options, num_steps, M,
@@ -273,6 +275,10 @@ def _training_setup(student: str, student_options: dict, afs: bool, teacher: str
             raise ValueError(f"{name} must be an int >= {2 if name == 'num_steps' else 1}, got {v!r}")
     if not isinstance(learn, bool):
         raise TypeError(f"learn_schedule must be True or False, got {learn!r}")
+    if not isinstance(afs, bool):
+        raise TypeError(f"afs must be True or False, got {afs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**30:
+        raise ValueError(f"seed must be a non-negative int below 2**30, got {seed!r}")
     if learn and loss != "final":
         raise ValueError("learn_schedule needs loss='final' (per-step targets move with the schedule)")
     if learn and not (isinstance(schedule_lr, (int, float)) and schedule_lr > 0):
