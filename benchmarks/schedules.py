@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,65 @@ def load(model: str, quick: bool):
     return net, (net.config.channels, res, res), torch.float32, "DEIS-4 teacher (128 steps)", f"the shipped U-Net ({net.model_id})"
 
 
+def render(results: dict) -> list[str]:
+    """Markdown for a results dict (one run, or several merged with --merge)."""
+    m = results["meta"]
+    nfes, base9 = m["nfes"], results["baselines_nfe9"]
+    best9 = min(base9.items(), key=lambda kv: kv[1])
+    cols = ("polynomial", "searched", "learned")
+    lines = [f"# Schedules on {m['model_name']}", "",
+             f"RMSE to the {m['ref_name']} (its relative error vs half the steps: {m['ref_err']:.1e}), {m['seeds']} "
+             f"held-out seeds, AFS everywhere. AMED: predictor-free table, scale_dir 0.01, {m['samples']} training "
+             f"samples (batch {m['batch']}), teacher DEIS-4 with M=8. Searched = GITS (61-point grid, 256 warm-up "
+             "trajectories, coeff 1.15); learned = distilled from the polynomial schedule (jointly with the AMED table "
+             "for AMED rows).", "",
+             "| solver | " + " | ".join(f"NFE {n} {c}" for n in nfes for c in cols) + " |",
+             "|---|" + "---:|" * (len(nfes) * len(cols))]
+    for label, by_nfe in results["rows"].items():
+        cells = []
+        for nfe in nfes:
+            by = by_nfe[str(nfe)] if str(nfe) in by_nfe else by_nfe[nfe]
+            best = min(by.values())
+            cells += [f"**{by[c]:.4f}**" if by[c] == best else f"{by[c]:.4f}" for c in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Plain baselines at NFE 9 (polynomial schedule): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in base9.items()) + f"; best: {best9[0]} {best9[1]:.4f}."]
+    if 5 in nfes:
+        best5 = min(((f"{label} {c}", v) for label, by in results["rows"].items()
+                     for c, v in (by["5"] if "5" in by else by[5]).items()), key=lambda kv: kv[1])
+        verdict = "reaches" if best5[1] <= best9[1] else "does not reach"
+        lines += ["", f"Best at NFE 5: {best5[0]} {best5[1]:.4f}, which {verdict} the best plain baseline at NFE 9 "
+                      f"({best9[1]:.4f}; ratio {best5[1] / best9[1]:.2f})."]
+    lines += ["", "Schedules used (sigmas):", "", "```"]
+    for k, v in results["schedules"].items():
+        lines.append(f"{k}: " + "; ".join(f"{c} {s}" for c, s in v.items()))
+    cmds = m["command"] if isinstance(m["command"], list) else [m["command"]]
+    lines += ["```", "", "Made by " + " and ".join(f"`.venv/bin/python {c}`" for c in cmds)
+              + f" in {m['seconds']} s ({m['threads']} thread(s) each, torch {torch.__version__})."]
+    return lines
+
+
+def merge(paths: list[str], out: str) -> int:
+    """Combine the JSON of runs over different --rows into one table (rows in the order of ROWS)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {"rows": {}, "schedules": {}, "seconds": {}, "baselines_nfe9": parts[0]["baselines_nfe9"],
+              "meta": dict(parts[0]["meta"])}
+    for label, *_ in ROWS:
+        for part in parts:
+            if label in part["rows"]:
+                merged["rows"][label] = part["rows"][label]
+    for part in parts:
+        merged["schedules"].update(part["schedules"])
+        merged["seconds"].update(part["seconds"])
+    merged["meta"]["command"] = [p["meta"]["command"] for p in parts]
+    merged["meta"]["seconds"] = max(p["meta"]["seconds"] for p in parts)
+    lines = render(merged)
+    write_text_atomic(Path(out), "\n".join(lines) + "\n")
+    write_text_atomic(Path(out).with_suffix(".json"), json.dumps(merged, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gmm", choices=("gmm", "unet"))
@@ -59,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default: 1000 bed, 256 U-Net)")
     p.add_argument("--nfe", default="3,5,7")
     p.add_argument("--total-samples", type=int, default=None, help="training samples (default 8192 bed, 4096 U-Net)")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default 64; 32 with --quick)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rows", default=None, help="comma-separated row numbers (0-3) to run (default: all)")
+    p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of runs over different --rows into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out or f"docs/schedules_{args.model}.md")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     quick = args.quick
@@ -68,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     nfes = [int(v) for v in args.nfe.split(",")]
     n_seeds = 8 if quick else args.seeds or (1000 if args.model == "gmm" else 256)
     samples = 64 if quick else args.total_samples or (8192 if args.model == "gmm" else 4096)
-    train_kw = {"total_samples": samples, "batch": 32 if quick else 64, "M": 2 if quick else 8, "progress": False,
+    train_kw = {"total_samples": samples, "batch": 32 if quick else args.batch or 64, "M": 2 if quick else 8, "progress": False,
                 "dtype": dtype}
     search_kw = {"grid": 13 if quick else 61, "warmup": 8 if quick else 256, "coeff": 1.15, "dtype": dtype}
     noise = fewstep.noise_for_seeds(range(EVAL_SEED0, EVAL_SEED0 + n_seeds), shape, dtype=dtype)
@@ -81,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return evaluation.rmse(x.to(torch.float64), ref.to(torch.float64))
 
     results: dict = {"rows": {}, "schedules": {}, "seconds": {}}
-    for label, solver, opts, student in ROWS:
+    rows = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ROWS
+    for label, solver, opts, student in rows:
         for nfe in nfes:
             n = fewstep.steps_for_nfe(solver, nfe, True, **opts)
             poly = fewstep.get_schedule("polynomial", n)
@@ -111,38 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         afs = label.endswith("+AFS")
         n = fewstep.steps_for_nfe(solver, 9, afs, **opts)
         base9[label] = err(fewstep.sample(den, noise, fewstep.get_schedule("polynomial", n), solver, afs=afs, **opts))
-    best9 = min(base9.items(), key=lambda kv: kv[1])
     results["baselines_nfe9"] = base9
 
-    cols = ("polynomial", "searched", "learned")
-    lines = [f"# Schedules on {model_name}", "",
-             f"RMSE to the {ref_name} (its relative error vs half the steps: {ref_err:.1e}), {n_seeds} held-out seeds, "
-             f"AFS everywhere. AMED: predictor-free table, scale_dir 0.01, {samples} training samples, "
-             "teacher DEIS-4 with M=8. Searched = GITS (61-point grid, 256 warm-up trajectories, coeff 1.15); "
-             "learned = distilled from the polynomial schedule (jointly with the AMED table for AMED rows).", "",
-             "| solver | " + " | ".join(f"NFE {n} {c}" for n in nfes for c in cols) + " |",
-             "|---|" + "---:|" * (len(nfes) * len(cols))]
-    for label, by_nfe in results["rows"].items():
-        cells = []
-        for nfe in nfes:
-            best = min(by_nfe[nfe].values())
-            cells += [f"**{by_nfe[nfe][c]:.4f}**" if by_nfe[nfe][c] == best else f"{by_nfe[nfe][c]:.4f}" for c in cols]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Plain baselines at NFE 9 (polynomial schedule): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in base9.items()) + f"; best: {best9[0]} {best9[1]:.4f}."]
-    if 5 in nfes:
-        best5 = min(((f"{label} {c}", v) for label, by in results["rows"].items() for c, v in by[5].items()),
-                    key=lambda kv: kv[1])
-        verdict = "reaches" if best5[1] <= best9[1] else "does not reach"
-        lines += ["", f"Best at NFE 5: {best5[0]} {best5[1]:.4f}, which {verdict} the best plain baseline at NFE 9 "
-                      f"({best9[1]:.4f}; ratio {best5[1] / best9[1]:.2f})."]
-    lines += ["", "Schedules used (sigmas):", "", "```"]
-    for k, v in results["schedules"].items():
-        lines.append(f"{k}: " + "; ".join(f"{c} {s}" for c, s in v.items()))
-    lines += ["```", "", f"Made by `.venv/bin/python benchmarks/schedules.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
-              f"in {time.perf_counter() - t_start:.0f} s ({args.threads} thread(s), {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__})."]
+    results["meta"] = {"model_name": model_name, "ref_name": ref_name, "ref_err": ref_err, "seeds": n_seeds,
+                       "samples": samples, "batch": train_kw["batch"], "nfes": nfes, "threads": args.threads,
+                       "command": "benchmarks/schedules.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "seconds": round(time.perf_counter() - t_start)}
     out = Path(args.out or f"docs/schedules_{args.model}.md")
+    lines = render(results)
     write_text_atomic(out, "\n".join(lines) + "\n")
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
     print("\n".join(lines))
