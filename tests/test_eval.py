@@ -80,3 +80,21 @@ def test_kid_detects_difference():
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, (400, 8)), rng.normal(0.5, 1, (400, 8))
     assert metrics.kid(a, b, subset_size=200) > 10 * abs(metrics.kid(a, a[::-1], subset_size=200))
+
+
+def test_load_images_reads_greyscale_and_rgba_pngs(tmp_path):
+    from PIL import Image
+
+    from fewstep.metrics import load_images
+
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    Image.fromarray(grey, mode="L").save(tmp_path / "a.png")
+    Image.fromarray(grey[::-1].copy(), mode="L").save(tmp_path / "b.png")
+    arr = load_images(tmp_path)
+    assert arr.shape == (2, 1, 4, 4)
+    np.testing.assert_allclose(arr[0, 0], grey / 127.5 - 1, atol=1e-6)
+    np.testing.assert_allclose(arr[1, 0], grey[::-1] / 127.5 - 1, atol=1e-6)
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    Image.fromarray(np.full((4, 4, 4), 200, dtype=np.uint8), mode="RGBA").save(rgba / "c.png")
+    assert load_images(rgba).shape == (1, 3, 4, 4)

@@ -76,7 +76,12 @@ def load_images(path: str | Path) -> np.ndarray:
         files = sorted(p for p in path.rglob("*.png") if not p.name.startswith("."))
         if not files:
             raise ValueError(f"{path} has no .png files")
-        arr = np.stack([mpimg.imread(f)[..., :3] for f in files]).astype(np.float32)  # floats in [0, 1]
+        def read(f: Path) -> np.ndarray:  # (H, W, C) floats in [0, 1]; greyscale gives one channel
+            a = mpimg.imread(f)
+            a = a[..., None] if a.ndim == 2 else a
+            return a[..., :3] if a.shape[-1] >= 3 else a[..., :1]
+
+        arr = np.stack([read(f) for f in files]).astype(np.float32)
         return np.ascontiguousarray(arr.transpose(0, 3, 1, 2) * 2 - 1)
     if path.suffix != ".npz" or not path.is_file():
         raise ValueError(f"{path} must be a folder of PNG files or an .npz file")
