@@ -25,6 +25,7 @@ import torch
 from fewstep import amed, count_nfe, get_solver
 from fewstep.amed.train import refine_schedule
 from fewstep.denoisers.unet import default_unet
+from fewstep.evaluation import teacher_options
 from fewstep.schedules import get_schedule
 
 LABELS = {"amed": "AMED-Solver", "ipndm": "AMED-Plugin iPNDM"}
@@ -58,7 +59,8 @@ def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: 
     shape = (model.config.channels, model.config.img_resolution, model.config.img_resolution)
     with torch.inference_mode():  # warm-up at the training batch size, so the growth below is training's own
         model(torch.zeros(batch, *shape), torch.ones(batch))
-    teacher, teacher_opts = "deis", {"max_order": 4, "deis_mode": "logrho"}  # fewstep.amed.train's default
+    teacher = "deis"  # fewstep.amed.train's default, with its default options
+    teacher_opts = teacher_options(teacher, None)
     label = LABELS.get(student, f"AMED-Plugin {student}")
     n = amed.steps_for_nfe(student, nfe)
     teacher_sigmas = refine_schedule(get_schedule("polynomial", n), M)

@@ -193,7 +193,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from . import amed, distributed
-    from .schedules import load_schedule
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -203,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     denoiser, shape, model_id, dtype = load_model(args.model, args.shape)
     features, network = _features(denoiser, args.features)
-    schedule = load_schedule(args.schedule) if args.schedule.endswith(".json") else args.schedule
+    schedule = _kind_or_file(args.schedule)
     if not isinstance(schedule, str):
         num_steps = len(schedule)
     else:
@@ -227,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             pred.save(out)
             print(f"Trained in {log[0].seconds:.1f} s on {info.world_size} process(es); final loss "
                   f"{log[0].losses[-1]:.4f}; wrote {out}")
-            if isinstance(schedule, str) and args.learn_schedule or not isinstance(schedule, str):
+            if args.learn_schedule or not isinstance(schedule, str):
                 print("  sigmas: " + ", ".join(f"{v:.4g}" for v in pred.config["sigmas"]))
             if not pred.uses_features:
                 for i, row in enumerate(pred.table_values()):
@@ -265,10 +264,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         kwargs: dict = {"predictor": pred}
         run = {"predictor": tensor_digest(pred.state_dict()), "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
     else:
-        if args.schedule.endswith(".json"):  # a searched / learned schedule fixes the number of steps
-            sigmas = get_schedule("file", path=args.schedule)
-        else:
-            sigmas = get_schedule(args.schedule, steps_for_nfe(args.solver, args.nfe, args.afs))
+        sigmas = _kind_or_file(args.schedule)  # a searched / learned schedule fixes the number of steps
+        if isinstance(sigmas, str):
+            sigmas = get_schedule(sigmas, steps_for_nfe(args.solver, args.nfe, args.afs))
         kwargs = {"sigmas": sigmas, "solver": args.solver, "afs": args.afs}
         run = {"solver": args.solver, "sigmas": sigmas.tolist(), "afs": args.afs}
     info = distributed.init_distributed(args.device)
@@ -459,7 +457,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     import torch
 
     from . import amed
-    from .schedules import load_schedule, save_schedule
+    from .schedules import save_schedule
 
     torch.set_num_threads(max(1, args.threads))
     if args.action == "export":
@@ -486,7 +484,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                               teacher=args.teacher, dtype=dtype, progress=True)
         info.update(grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff, teacher=args.teacher)
     else:
-        init = load_schedule(args.init) if args.init.endswith(".json") else args.init
+        init = _kind_or_file(args.init)
         sig = amed.learn_schedule(denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe,
                                   afs=args.afs, schedule=init, total_samples=args.total_samples, lr=args.lr,
                                   seed=args.seed, dtype=dtype, progress=True)
@@ -500,6 +498,7 @@ def _export(source: Path, fmt: str, out: str | None) -> int:
     """A schedule file or an AMED checkpoint as plain numbers for other tools."""
     from . import amed
     from .schedules import load_schedule
+    from .solvers.base import geometric_time
 
     if source.suffix == ".safetensors":
         pred = amed.load(source)
@@ -508,7 +507,7 @@ def _export(source: Path, fmt: str, out: str | None) -> int:
         if not pred.uses_features:
             steps = []
             for i, v in enumerate(pred.table_values()):
-                s_n = sig[i + 1] ** v["r"] * sig[i] ** (1 - v["r"])  # AMED eq. 10
+                s_n = geometric_time(sig[i], sig[i + 1], v["r"])  # AMED eq. 10
                 steps.append({"t_cur": sig[i], "t_next": sig[i + 1], "r": v["r"], "s": s_n, "eval_sigma": v["a"] * s_n,
                               "c": v["c"]})
             doc["steps"] = steps
@@ -598,6 +597,13 @@ def _analyze_align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     return rows
+
+
+def _kind_or_file(text: str):  # noqa: ANN202 (str or a float64 tensor)
+    """A ``--schedule`` / ``--init`` value: a schedule kind as is, or the sigmas of a .json schedule file."""
+    from .schedules import load_schedule
+
+    return load_schedule(text) if text.endswith(".json") else text
 
 
 def _schedule_arg(text: str) -> str:

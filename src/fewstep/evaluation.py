@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .sampling import sample, steps_for_nfe
 from .schedules import get_schedule
 
-__all__ = ["SolverSpec", "BASELINES", "reference_solution", "rmse", "solver_table", "format_table", "trajectory_error"]
+__all__ = ["SolverSpec", "BASELINES", "REFERENCE_SOLVER", "teacher_options", "reference_solution", "rmse", "solver_table", "format_table", "trajectory_error"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,16 @@ BASELINES: tuple[SolverSpec, ...] = (
 )
 
 
+REFERENCE_SOLVER = ("deis", {"max_order": 4, "deis_mode": "logrho"})  # reference and default AMED/GITS teacher
+
+
+def teacher_options(teacher: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The teacher's solver options: ``options`` as given, or the reference DEIS-logrho order 4 for ``"deis"``."""
+    if options is None and teacher == REFERENCE_SOLVER[0]:
+        return dict(REFERENCE_SOLVER[1])
+    return dict(options or {})
+
+
 def reference_solution(
     denoiser: Callable, noise: torch.Tensor, sigma_max: float = 80.0, sigma_min: float = 0.002, steps: int = 1000,
     check: bool = True,
@@ -49,7 +59,7 @@ def reference_solution(
     estimated relative error (difference to a run with half the steps, if ``check``)."""
     def run(n: int) -> torch.Tensor:
         sig = get_schedule("polynomial", n, sigma_min, sigma_max)
-        return sample(denoiser, noise, sig, "deis", max_order=4, deis_mode="logrho")
+        return sample(denoiser, noise, sig, REFERENCE_SOLVER[0], **REFERENCE_SOLVER[1])
 
     ref = run(steps + 1)
     err = float((run(steps // 2 + 1) - ref).norm() / ref.norm()) if check else math.nan

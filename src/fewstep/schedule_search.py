@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .evaluation import teacher_options as teacher_options_for
 from .sampling import noise_for_seeds, sample, steps_for_nfe
 from .schedules import get_schedule, validate_sigmas
 from .solvers import get_solver
@@ -25,27 +26,35 @@ __all__ = ["cost_matrix", "dp_schedule", "search_schedule", "TEACHERS"]
 TEACHERS = ("deis", "ipndm", "ipndm_v", "dpmpp", "euler")
 
 
-def cost_matrix(denoiser: Callable, noise: torch.Tensor, grid: torch.Tensor, teacher: str = "deis",
-                teacher_options: dict[str, Any] | None = None, progress: bool = False) -> torch.Tensor:
-    """(G, G) matrix: ``C[i, j]`` (i < j) = mean over samples of ||x_i + (sigma_j - sigma_i) d_i - x_j||, the
-    one-step Euler error between grid points on the teacher trajectory; ``inf`` for j <= i."""
-    grid = validate_sigmas(grid, "grid")
+def _teacher(denoiser: Callable, noise: torch.Tensor, grid: torch.Tensor, teacher: str,
+             teacher_options: dict[str, Any] | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher trajectory on ``grid`` (G, B, ...) and the denoised output at each grid point but the last."""
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
-    if teacher == "deis" and teacher_options is None:
-        teacher_options = {"max_order": 4, "deis_mode": "logrho"}
     denoised: list[torch.Tensor] = []
     res = sample(denoiser, noise, grid, teacher, return_trajectory=True, progress=progress,
-                 callback=lambda info: denoised.append(info["denoised"]), **(teacher_options or {}))
-    traj = res.trajectory.to(torch.float64).flatten(2)  # (G, B, D)
+                 callback=lambda info: denoised.append(info["denoised"]), **teacher_options_for(teacher, teacher_options))
+    return res.trajectory, torch.stack(denoised)
+
+
+def _cost(traj: torch.Tensor, denoised: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    traj = traj.to(torch.float64).flatten(2)  # (G, B, D)
     g = grid.to(torch.float64)
-    d = (traj[:-1] - torch.stack(denoised).to(torch.float64).flatten(2)) / g[:-1, None, None]  # dx/dsigma at x_i
+    d = (traj[:-1] - denoised.to(torch.float64).flatten(2)) / g[:-1, None, None]  # dx/dsigma at x_i
     G = len(g)
     cost = torch.full((G, G), float("inf"), dtype=torch.float64)
     for i in range(G - 1):
         step = traj[i] + (g[i + 1:, None, None] - g[i]) * d[i]  # (G-i-1, B, D)
         cost[i, i + 1:] = (step - traj[i + 1:]).norm(dim=-1).mean(-1)
     return cost
+
+
+def cost_matrix(denoiser: Callable, noise: torch.Tensor, grid: torch.Tensor, teacher: str = "deis",
+                teacher_options: dict[str, Any] | None = None, progress: bool = False) -> torch.Tensor:
+    """(G, G) matrix: ``C[i, j]`` (i < j) = mean over samples of ||x_i + (sigma_j - sigma_i) d_i - x_j||, the
+    one-step Euler error between grid points on the teacher trajectory; ``inf`` for j <= i."""
+    grid = validate_sigmas(grid, "grid")
+    return _cost(*_teacher(denoiser, noise, grid, teacher, teacher_options, progress), grid)
 
 
 def dp_schedule(cost: torch.Tensor, intervals: int, coeff: float = 1.15) -> list[int]:
@@ -113,15 +122,15 @@ def search_schedule(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
         raise ValueError(f"warmup must be a positive int, got {warmup!r}")
     noise = noise_for_seeds(range(seed * 10**9 + 500_000_000, seed * 10**9 + 500_000_000 + warmup), shape, dtype=dtype)
-    cost = cost_matrix(denoiser, noise, g, teacher, teacher_options, progress)
+    traj, denoised = _teacher(denoiser, noise, g, teacher, teacher_options, progress)
+    cost = _cost(traj, denoised, g)
     solv = get_solver(solver, **options)
     extra = afs and solv.nfe(3) - solv.nfe(2) == 1  # AFS buys a whole interval
     idx = dp_schedule(cost, num_steps - 1 - int(extra), coeff)
     if extra:
         if idx[1] < 2:
             raise ValueError("the grid is too coarse to place the AFS point; use a finer grid")
-        ref = sample(denoiser, noise, g, teacher, **(teacher_options or ({"max_order": 4, "deis_mode": "logrho"}
-                                                                             if teacher == "deis" else {})))
+        ref = traj[-1]  # the teacher's solution
         best = None
         for k in range(1, idx[1]):
             cand = [0, k] + idx[1:]

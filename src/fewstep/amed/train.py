@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..evaluation import teacher_options as default_teacher_options
 from ..io import atomic_path
 from ..sampling import _Evaluator, count_nfe, noise_for_seeds, sample
 from ..sampling import steps_for_nfe as _steps_for_nfe
@@ -169,7 +171,7 @@ def train(
         raise ValueError(f"hidden must be a positive int, got {hidden!r}")
     student_options = dict(student_options or {})
     sig, sched_cfg, tr = _training_setup(
-        student if student != "amed" else "amed", student_options, afs, teacher, teacher_options, num_steps, M,
+        student, student_options, afs, teacher, teacher_options, num_steps, M,
         schedule, sigma_min, sigma_max, rho, batch, total_samples, lr, loss, distance, lr_decay, learn_schedule,
         schedule_lr, seed, shape)
     model, feat_cfg = _resolve_features(denoiser, features, network)
@@ -198,13 +200,9 @@ def train(
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)
     sched = LearnedSchedule(sig) if learn_schedule else None
     recorder = _Recorder(pred)
-    frozen = _freeze(denoiser, network)
-    try:
+    with _frozen(denoiser, network):
         _fit(model, student_solver(config, recorder), sig, tr, afs, pred, sched, recorder, dtype,
              f"AMED {student}", progress, log, state_path, checkpoint_every, resume)
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     if sched is not None:
         with torch.no_grad():
             pred.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]
@@ -251,12 +249,8 @@ def learn_schedule(
                                  sigma_max, rho, batch, total_samples, lr, "final", distance, lr_decay, True, lr,
                                  seed, shape)
     sched = LearnedSchedule(sig)
-    frozen = _freeze(denoiser)
-    try:
+    with _frozen(denoiser):
         _fit(denoiser, solv, sig, tr, afs, None, sched, None, dtype, f"schedule {solver}", progress, log, None, 0, False)
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     with torch.no_grad():
         return validate_sigmas(sched(), "learned schedule")
 
@@ -285,8 +279,7 @@ def _training_setup(student: str, student_options: dict, afs: bool, teacher: str
         raise ValueError(f"schedule_lr must be a positive number, got {schedule_lr!r}")
     if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
         raise ValueError(f"lr must be a positive number or None, got {lr!r}")
-    teacher_options = dict({"max_order": 4, "deis_mode": "logrho"} if teacher_options is None and teacher == "deis"
-                           else teacher_options or {})
+    teacher_options = default_teacher_options(teacher, teacher_options)
     get_solver(teacher, **teacher_options)  # validate early
     if student != "amed":
         get_solver(student, **student_options)
@@ -312,15 +305,20 @@ def _training_setup(student: str, student_options: dict, afs: bool, teacher: str
     return sig, sched_cfg, tr
 
 
-def _freeze(*modules: Any) -> list[tuple[torch.nn.Parameter, bool]]:
-    """Turn off gradients of the model's own parameters while the predictor trains (restored afterwards)."""
+@contextlib.contextmanager
+def _frozen(*modules: Any) -> Iterator[None]:
+    """Gradients of the model's own parameters off while the predictor trains, restored afterwards."""
     seen: list[tuple[torch.nn.Parameter, bool]] = []
     for m in modules:
         if isinstance(m, torch.nn.Module):
             for p in m.parameters():
                 seen.append((p, p.requires_grad))
                 p.requires_grad_(False)
-    return seen
+    try:
+        yield
+    finally:
+        for p, flag in seen:
+            p.requires_grad_(flag)
 
 
 class _TrainState:
@@ -329,15 +327,17 @@ class _TrainState:
 
     FORMAT = "fewstep-train-state"
 
-    def __init__(self, path: Any, fingerprint: dict[str, Any], modules: list[torch.nn.Module],
+    def __init__(self, path: Any, checkpoint_every: int, fingerprint: dict[str, Any], modules: list[torch.nn.Module],
                  opt: torch.optim.Optimizer, lr_sched: Any) -> None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative int, got {checkpoint_every!r}")
+        if checkpoint_every and path is None:
+            raise ValueError("checkpoint_every needs state_path")
         self.path = None if path is None else Path(path)
         self.fingerprint = json.dumps(fingerprint, sort_keys=True)
         self.modules, self.opt, self.lr_sched = modules, opt, lr_sched
 
     def save(self, iteration: int, losses: list[float]) -> None:
-        if self.path is None:
-            raise ValueError("checkpoint_every needs state_path")
         tensors = {f"module{k}.{n}": v.detach().cpu().contiguous()
                    for k, m in enumerate(self.modules) for n, v in m.state_dict().items()}
         osd = self.opt.state_dict()
@@ -419,7 +419,7 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
     stride = tr["M"] + 1
     teacher_sig = refine_schedule(sig0, tr["M"])
     num_steps = len(sig0)
-    ckpt = _TrainState(state_path, pred.config if pred is not None else tr, [m for m in (pred, sched) if m is not None],
+    ckpt = _TrainState(state_path, checkpoint_every, pred.config if pred is not None else tr, [m for m in (pred, sched) if m is not None],
                        opt, lr_sched)
     losses: list[float] = []
     start = ckpt.load(losses) if resume else 0
@@ -435,7 +435,7 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
         teach = sample(model, noise, teacher_sig, tr["teacher"], return_trajectory=per_step, return_result=True,
                        **tr["teacher_options"])
         teacher_nfe = teach.nfe
-        targets = teach.trajectory[::stride] if per_step else [None] * (num_steps - 1) + [teach.x]
+        targets = teach.trajectory[::stride] if per_step else None  # per step, or only the teacher's solution
         ev = _Evaluator(model, afs, want_features=want_features)
         total = torch.zeros((), dtype=torch.float64)
         if recorder is not None:
@@ -448,7 +448,7 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
                 ev.step = i
                 x_next, state = solver.step(ev, x, i, sig, state)
                 if per_step or i == num_steps - 2:
-                    diff = (x_next - targets[i + 1]).flatten(1)
+                    diff = (x_next - (targets[i + 1] if per_step else teach.x)).flatten(1)
                     # Sums over this rank's samples, divided by the global batch: the ranks' gradients add up to
                     # the single-process gradient.
                     if tr["distance"] == "l2":

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .base import Model, Solver, to_d
+from .base import Model, Solver, geometric_time, to_d
 
 __all__ = ["AMEDSolver", "AMEDPlugin", "StepPredictor", "PluginState"]
 
@@ -43,11 +43,6 @@ def _step_params(predictor: StepPredictor | None, model: Model, i: int, t_cur: t
     return tuple(v.to(torch.float64).reshape(shape) for v in (r, c, a))  # type: ignore[return-value]
 
 
-def _geometric(t_cur: torch.Tensor, t_next: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """s = t_next^r t_cur^(1 - r) (AMED, eq. 10)."""
-    return t_next**r * t_cur ** (1 - r)
-
-
 @dataclass(frozen=True, eq=False)
 class AMEDSolver(Solver):
     """AMED-Solver: one evaluation at t_{n+1}, an Euler step to s_n, a second evaluation at (x_s, a_n s_n), and
@@ -61,7 +56,7 @@ class AMEDSolver(Solver):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         d = to_d(model, x, t_cur)
         r, c, a = _step_params(self.predictor, model, i, t_cur, t_next, x)
-        s = _geometric(t_cur, t_next, r)
+        s = geometric_time(t_cur, t_next, r)
         x_s = x + (s - t_cur) * d
         d_s = (x_s - model(x_s, a * s)) / s
         return x + c * (t_next - t_cur) * d_s, state
@@ -124,7 +119,7 @@ class AMEDPlugin(Solver):
     def init(self, x: torch.Tensor, sigmas: Any) -> PluginState:
         refined: list[torch.Tensor] = []
         for i in range(len(sigmas) - 1):
-            refined += [sigmas[i], _geometric(sigmas[i], sigmas[i + 1], _HALF)]
+            refined += [sigmas[i], geometric_time(sigmas[i], sigmas[i + 1], _HALF)]
         refined.append(sigmas[len(sigmas) - 1])
         return PluginState(self.base.init(x, sigmas), tuple(refined))
 
@@ -133,7 +128,7 @@ class AMEDPlugin(Solver):
         x0 = model(x, t_cur)
         r, c, a = _step_params(self.predictor, model, i, t_cur, t_next, x)
         refined = list(state.refined)
-        refined[2 * i + 1] = _geometric(t_cur, t_next, r)
+        refined[2 * i + 1] = geometric_time(t_cur, t_next, r)
         x_s, bs = self.base.step(_Reuse(model, x0), x, 2 * i, refined, state.base_state)
         x_b, bs = self.base.step(_TimeScaled(model, a), x_s, 2 * i + 1, refined, bs)
         # x_s + c (x_b - x_s), written so that c = 1 gives x_b bitwise.

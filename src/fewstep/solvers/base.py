@@ -27,9 +27,16 @@ __all__ = [
     "taylor_terms",
     "step_order",
     "to_d",
+    "geometric_time",
 ]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def geometric_time(t_cur: Any, t_next: Any, r: Any) -> Any:
+    """The intermediate time t_next^r t_cur^(1-r) of DPM-Solver-2 (Lu et al., 2022) and AMED (Zhou et al., 2024,
+    eq. 10): a fraction r of the way from t_cur to t_next in log sigma. Tensors or floats."""
+    return t_next**r * t_cur ** (1 - r)
 
 
 def to_d(model: Model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import Model, Solver, to_d
+from .base import Model, Solver, geometric_time, to_d
 
 __all__ = ["Euler", "Heun", "DPM2"]
 
@@ -40,7 +40,7 @@ class DPM2(Solver):
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         s, t = sigmas[i], sigmas[i + 1]
         d = to_d(model, x, s)
-        mid = s ** (1 - self.r) * t**self.r
+        mid = geometric_time(s, t, self.r)
         d_mid = to_d(model, x + (mid - s) * d, mid)
         w = 1 / (2 * self.r)
         return x + (t - s) * ((1 - w) * d + w * d_mid), state
