@@ -200,18 +200,19 @@ def test_interrupted_training_resumes_to_the_same_predictor(gmm, tmp_path, monke
     full = _train(gmm, tmp_path / "a", checkpoint_every=2)
     assert not (tmp_path / "a" / "state.safetensors").exists()  # removed when training completes
 
-    train_mod = __import__("sys").modules["fewstep.amed.train"]
-    real_save = train_mod._TrainState.save
+    from fewstep.amed.trainstate import TrainState
+
+    real_save = TrainState.save
 
     def save_then_die(self, iteration, losses):
         real_save(self, iteration, losses)
         if iteration == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod._TrainState, "save", save_then_die)
+    monkeypatch.setattr(TrainState, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(gmm, tmp_path / "b", checkpoint_every=2)
-    monkeypatch.setattr(train_mod._TrainState, "save", real_save)
+    monkeypatch.setattr(TrainState, "save", real_save)
     assert (tmp_path / "b" / "state.safetensors").exists()
     log: list = []
     resumed = _train(gmm, tmp_path / "b", checkpoint_every=2, resume=True, log=log)
@@ -222,17 +223,18 @@ def test_interrupted_training_resumes_to_the_same_predictor(gmm, tmp_path, monke
 
 
 def test_resume_refuses_a_state_from_other_settings(gmm, tmp_path, monkeypatch):
-    train_mod = __import__("sys").modules["fewstep.amed.train"]
-    real_save = train_mod._TrainState.save
+    from fewstep.amed.trainstate import TrainState
+
+    real_save = TrainState.save
 
     def save_then_die(self, iteration, losses):
         real_save(self, iteration, losses)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod._TrainState, "save", save_then_die)
+    monkeypatch.setattr(TrainState, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(gmm, tmp_path, checkpoint_every=2)
-    monkeypatch.setattr(train_mod._TrainState, "save", real_save)
+    monkeypatch.setattr(TrainState, "save", real_save)
     with pytest.raises(CheckpointError, match="other settings"):
         _train(gmm, tmp_path, checkpoint_every=2, resume=True, seed=1)
     (tmp_path / "state.safetensors").write_bytes(b"\x80\x04garbage-pickle")
@@ -307,15 +309,24 @@ def test_torchrun_training_on_two_gloo_processes_equals_one_process(tmp_path):
 
 
 def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
-    """Regression: the sniffer refused valid checkpoints whose header length's low byte is 0x80."""
-    from fewstep.amed.checkpoint import _sniff
+    """Regression: the sniffer refused valid checkpoints whose header length's low byte is 0x80. One reader
+    (fewstep.io) serves checkpoints, U-Nets and training states, so all three accept such files."""
+    from fewstep.io import SafetensorsFileError, read_safetensors_header
 
     p = tmp_path / "x.safetensors"
     p.write_bytes((0x180).to_bytes(8, "little") + b'{"__metadata__": {}}' + b" " * 0x16C)
-    _sniff(p)  # no error
+    assert read_safetensors_header(p) == ({}, {})  # no error
+    with pytest.raises(ValueError, match="not a fewstep SmallUNet file"):  # the U-Net loader reads it, then refuses
+        fewstep.denoisers.load_unet(p)
+    with pytest.raises(CheckpointError, match="not a fewstep AMED checkpoint"):
+        amed.load(p)
     p.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    with pytest.raises(SafetensorsFileError, match="pickle"):
+        read_safetensors_header(p)
     with pytest.raises(CheckpointError, match="pickle"):
-        _sniff(p)
+        amed.load(p)
+    with pytest.raises(ValueError, match="pickle"):
+        fewstep.denoisers.load_unet(p)
 
 
 def test_schedule_benchmark_runs_on_a_tiny_size(tmp_path):

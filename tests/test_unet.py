@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.amed.features import HookFeatures
+from fewstep.denoisers import HookFeatures
 from fewstep.io import tensor_digest
 from fewstep.denoisers.unet import (
     DEFAULT_ASSET, SmallUNet, UNetConfig, default_unet, load_unet, read_unet_metadata, save_unet,

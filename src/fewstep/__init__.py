@@ -1,23 +1,45 @@
 """fewstep: few-step ODE sampling of diffusion models (AMED, Zhou et al., CVPR 2024, and its baselines)."""
 
 from . import denoisers, schedules, solvers
-from .sampling import NonFiniteError, SampleResult, count_nfe, noise_for_seeds, sample, steps_for_nfe
+from .sampling import (
+    ModelCall,
+    NonFiniteError,
+    SampleResult,
+    Step,
+    count_nfe,
+    iterate,
+    noise_for_seeds,
+    sample,
+    steps_for_nfe,
+)
 from .schedules import SCHEDULES, get_schedule, validate_sigmas
 from .solvers import SOLVERS, get_solver
 
 __version__ = "0.1.0"
 
+# Subpackages and modules that load on first use (``fewstep.amed`` works after a plain ``import fewstep``): the
+# diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.
+_LAZY = ("amed", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed", "paper",
+         "demo", "bed", "schedule_search", "analysis", "cli")
+
 
 def __getattr__(name: str):
-    # fewstep.k and fewstep.integrations load on first use (the diffusers integration imports diffusers, which is slow).
-    if name in ("k", "integrations"):
+    if name in _LAZY:
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "sample",
+    "iterate",
+    "ModelCall",
+    "Step",
     "SampleResult",
     "NonFiniteError",
     "noise_for_seeds",

@@ -114,7 +114,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     predictors: dict[str, amed.AMEDPredictor] = {}
     train_secs: dict[str, float] = {}
     for student in ("amed", "ipndm"):
-        n = amed.steps_for_nfe(student, cfg.amed_nfe)
+        n = amed.student_steps_for_nfe(student, cfg.amed_nfe)
         say(f"Training AMED {'Solver' if student == 'amed' else 'Plugin on iPNDM'} for NFE {cfg.amed_nfe} ...",
             flush=True)
         log: list = []

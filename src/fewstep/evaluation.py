@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .sampling import sample, steps_for_nfe
 from .schedules import get_schedule
+from .teacher import REFERENCE_SOLVER, run_teacher, teacher_options
 
 __all__ = ["SolverSpec", "BASELINES", "REFERENCE_SOLVER", "teacher_options", "reference_solution", "rmse", "solver_table", "format_table", "trajectory_error"]
 
@@ -39,16 +40,6 @@ BASELINES: tuple[SolverSpec, ...] = (
     SolverSpec("iPNDM-v", "ipndm_v", {"max_order": 4}, afs=True),
     SolverSpec("DEIS tAB3", "deis", {"max_order": 3}),
 )
-
-
-REFERENCE_SOLVER = ("deis", {"max_order": 4, "deis_mode": "logrho"})  # reference and default AMED/GITS teacher
-
-
-def teacher_options(teacher: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """The teacher's solver options: ``options`` as given, or the reference DEIS-logrho order 4 for ``"deis"``."""
-    if options is None and teacher == REFERENCE_SOLVER[0]:
-        return dict(REFERENCE_SOLVER[1])
-    return dict(options or {})
 
 
 def reference_solution(
@@ -136,17 +127,13 @@ def trajectory_error(
     sigma of the schedule. The teacher is DEIS-logrho order 4 with ``teacher_steps`` log-uniform steps inserted
     per interval (its own accuracy is reported as ``teacher_change``: the difference to half as many steps).
     With an AMED ``predictor``, its own schedule, solver and AFS are used (give ``sigmas=None``)."""
-    from .amed.train import refine_schedule
-
     if predictor is not None:
         res = sample(denoiser, noise, sigmas, predictor=predictor, return_trajectory=True)
     else:
         res = sample(denoiser, noise, sigmas, solver, afs=afs, return_trajectory=True, **options)
 
     def teacher(m: int) -> torch.Tensor:
-        fine = refine_schedule(res.sigmas, m)
-        t = sample(denoiser, noise, fine, "deis", max_order=4, deis_mode="logrho", return_trajectory=True)
-        return t.trajectory[:: m + 1]
+        return run_teacher(denoiser, noise, res.sigmas, m, *REFERENCE_SOLVER, trajectory=True).trajectory
 
     ref, coarse = teacher(teacher_steps), teacher(teacher_steps // 2)
     out: dict[str, list[float]] = {"sigma": [float(s) for s in res.sigmas], "rmse": [], "l2": [], "teacher_change": []}

@@ -1,17 +1,23 @@
-"""File helpers: atomic writes (no half-written output on failure) and a content digest for tensors."""
+"""File helpers: atomic writes (no half-written output on failure), a content digest for tensors, and the one
+safetensors reader/writer used for predictors, U-Net weights and training states (no pickle anywhere)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
-__all__ = ["atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure"]
+__all__ = [
+    "atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure", "SafetensorsFileError",
+    "read_safetensors", "read_safetensors_header", "write_safetensors", "read_json_file", "MAX_FILE_BYTES",
+]
 
 
 @contextlib.contextmanager
@@ -66,3 +72,153 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- safetensors
+# The format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}, ...,
+# "__metadata__": {str: str}}, then the raw little-endian tensor bytes. We write it ourselves (sorted keys, so
+# identical content gives identical bytes) and check every header field before anything is allocated.
+
+MAX_FILE_BYTES = 2**32  # fewstep's own files (predictors, U-Nets, training states) are far smaller
+MAX_HEADER_BYTES = 2**24
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+
+
+class SafetensorsFileError(ValueError):
+    """A file is not a valid safetensors file (or not of the kind expected)."""
+
+
+def _regular_file(path: Path, max_bytes: int, what: str) -> int:
+    """Size of ``path`` if it is a regular file of at most ``max_bytes`` (FIFOs and devices are refused unread)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SafetensorsFileError(f"{path} is not a regular file")
+    if st.st_size > max_bytes:
+        raise SafetensorsFileError(f"{path} is {st.st_size} bytes; a {what} is at most {max_bytes}")
+    return st.st_size
+
+
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = 2**24) -> Any:
+    """Parse a JSON file that must be a regular file of bounded size; ValueError naming the file otherwise
+    (also for nesting too deep or numbers too long to parse)."""
+    path = Path(path)
+    _regular_file(path, max_bytes, what)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid {what}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES,
+                            what: str = "safetensors file") -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({name: {"dtype", "shape", "data_offsets"}}, metadata) of a safetensors file, every field checked against
+    the file's size before any tensor is read. Refuses pickles / torch.save files with a clear message."""
+    path = Path(path)
+    size = _regular_file(path, max_bytes, what)
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if len(head) >= 9 and head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
+            raise SafetensorsFileError(f"{path} looks like a pickle / torch.save file; fewstep only loads safetensors "
+                                       "files (unpickling can execute code)")
+        if len(head) < 9:
+            raise SafetensorsFileError(f"{path} is too short to be a safetensors file ({size} bytes)")
+        n = int.from_bytes(head[:8], "little")
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise SafetensorsFileError(f"{path} is not a readable safetensors file (header length {n}, file size {size})")
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise SafetensorsFileError(f"{path} is not a readable safetensors file: bad header ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsFileError(f"{path} is not a safetensors file: header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise SafetensorsFileError(f"{path}: metadata must map strings to strings")
+    data = size - 8 - n
+    for name, info in header.items():
+        ok = isinstance(info, dict) and info.get("dtype") in _FROM_NAME and isinstance(info.get("shape"), list) \
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in info["shape"]) \
+            and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"])
+        if not ok:
+            raise SafetensorsFileError(f"{path}: malformed entry for tensor {name!r}")
+        lo, hi = info["data_offsets"]
+        numel = 1
+        for d in info["shape"]:
+            numel *= d
+        itemsize = torch.empty((), dtype=_FROM_NAME[info["dtype"]]).element_size()
+        if not 0 <= lo <= hi <= data or hi - lo != numel * itemsize:
+            raise SafetensorsFileError(f"{path}: tensor {name!r} does not fit the file (corrupted or truncated)")
+    return header, meta
+
+
+def read_safetensors(path: str | os.PathLike, *, fmt: str | None = None, max_bytes: int = MAX_FILE_BYTES,
+                     check_finite: bool = False, what: str = "safetensors file",
+                     expect: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, validated by :func:`read_safetensors_header` first. ``fmt``:
+    the required metadata "format"; ``expect``: required {name: shape} (checked before reading any tensor);
+    ``check_finite``: refuse NaN/inf values, naming the tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    header, meta = read_safetensors_header(path, max_bytes=max_bytes, what=what)
+    if fmt is not None and meta.get("format") != fmt:
+        raise SafetensorsFileError(f"{path} is not a {what} (format {meta.get('format')!r}, expected {fmt!r})")
+    if expect is not None:
+        got = {k: tuple(v["shape"]) for k, v in header.items()}
+        if got != {k: tuple(v) for k, v in expect.items()}:
+            missing, extra = sorted(set(expect) - set(got)), sorted(set(got) - set(expect))
+            wrong = sorted(k for k in set(got) & set(expect) if got[k] != tuple(expect[k]))
+            raise SafetensorsFileError(f"{path}: tensors do not match the configuration (missing {missing}, "
+                                       f"unexpected {extra}, wrong shape {wrong})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SafetensorsFileError(f"{path} is not a readable safetensors file: {e}") from None
+    if check_finite:
+        for k, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise SafetensorsFileError(f"{path}: tensor {k!r} holds NaN or inf values; the file is unusable")
+    return tensors, meta
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                      metadata: Mapping[str, str]) -> Path:
+    """Write ``tensors`` and string ``metadata`` as safetensors, atomically (temporary file + rename). Keys are
+    sorted, so the same content always gives the same bytes. Write errors are ``OSError``s naming the file."""
+    path = Path(path)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("safetensors metadata must map strings to strings")
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors files here do not hold")
+        b = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    full = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}, **header}
+    text = json.dumps(full, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors does
+    try:
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(len(text).to_bytes(8, "little"))
+                f.write(text)
+                for b in blobs:
+                    f.write(b)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    return path

@@ -18,8 +18,9 @@ import torch
 
 from . import amed
 from .evaluation import SolverSpec, reference_solution, rmse, solver_table
-from .sampling import _Evaluator, noise_for_seeds, sample
-from .schedules import get_schedule
+from .sampling import ModelCall, noise_for_seeds, sample, steps_for_nfe
+from .teacher import REFERENCE_SOLVER, run_teacher
+from .schedules import get_schedule, refine_schedule
 from .solvers import AMEDPlugin, AMEDSolver, get_solver
 
 __all__ = [
@@ -132,7 +133,7 @@ def amed_row(
                            "options": opts, "afs": afs, "train_s": {}, "tables": {}}
     for nfe in nfes:
         try:
-            n = amed.steps_for_nfe(student, nfe, afs, **opts)
+            n = amed.student_steps_for_nfe(student, nfe, afs, **opts)
         except ValueError:
             row[nfe] = None
             continue
@@ -196,8 +197,8 @@ def table4(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, M: i
                              total_samples=total_samples, progress=progress))
         trow: dict[str, Any] = {"label": label}
         for nfe in nfes:
-            n = amed.steps_for_nfe("amed", nfe, True)
-            fine = amed.refine_schedule(get_schedule("polynomial", n), m)
+            n = steps_for_nfe("amed", nfe, True)
+            fine = refine_schedule(get_schedule("polynomial", n), m)
             res = sample(bed.denoiser, bed.noise, fine, name, return_result=True, **opts)
             trow[nfe] = rmse(res.x, bed.ref)
             trow.setdefault("teacher_nfe", {})[nfe] = res.nfe
@@ -275,11 +276,9 @@ def alignment(
     out: list[dict[str, Any]] = []
     for name in solvers:
         label, make = _form(name)
-        n = amed.steps_for_nfe(name, nfe, afs)
+        n = amed.student_steps_for_nfe(name, nfe, afs)
         sig = get_schedule(schedule, n)
-        fine = amed.refine_schedule(sig, M)
-        teach = sample(denoiser, noise, fine, "deis", max_order=4, deis_mode="logrho",
-                       return_trajectory=True).trajectory[:: M + 1]
+        teach = run_teacher(denoiser, noise, sig, M, *REFERENCE_SOLVER, trajectory=True).trajectory
         x = noise * sig[0]
         state = make(_FixedR(0.5)).init(x, sig)
         with torch.inference_mode():
@@ -287,8 +286,8 @@ def alignment(
                 target = teach[i + 1]
                 errs, outs = [], []
                 for r in rs:
-                    ev = _Evaluator(denoiser, afs and i == 0)
-                    ev.step = i
+                    ev = ModelCall(denoiser, afs=afs and i == 0)
+                    ev.begin_step(i)
                     x_next, st = make(_FixedR(float(r))).step(ev, x, i, sig, state)
                     errs.append((x_next - target).flatten(1).pow(2).mean(1))  # (B,)
                     outs.append((x_next, st))

@@ -1,17 +1,29 @@
-"""The one sampling loop: NFE accounting, AFS, callbacks, progress, trajectory capture, per-seed noise."""
+"""The model call and the one sampling loop.
+
+:class:`ModelCall` is the only way a solver reaches the model: it counts evaluations, performs the analytical
+first step, gives the model the dtype it wants, checks every output and keeps the features of the latest
+evaluation. :func:`iterate` advances a solver over a schedule one step at a time (diffrax-style manual stepping);
+:func:`sample` and every trainer are built on it, so there is one loop.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from .denoisers.features import provides_features
+from .denoisers.base import model_dtype as infer_model_dtype
 from .schedules import validate_sigmas
 from .solvers import Solver, get_solver
 
-__all__ = ["sample", "SampleResult", "NonFiniteError", "noise_for_seeds", "count_nfe", "steps_for_nfe"]
+__all__ = [
+    "sample", "iterate", "ModelCall", "Step", "SampleResult", "NonFiniteError", "noise_for_seeds", "count_nfe",
+    "steps_for_nfe", "detach_state", "all_finite",
+]
 
 
 class NonFiniteError(ValueError):
@@ -28,7 +40,7 @@ class SampleResult:
     trajectory: torch.Tensor | None = None  # (len(sigmas), B, ...): x at every sigma of the schedule
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def all_finite(t: torch.Tensor) -> bool:
     """``bool(torch.isfinite(t).all())`` in one min/max pass: NaN propagates through both and an inf becomes
     one of them. About 5x cheaper on CPU than materialising the mask (the check runs after every model call)."""
     if t.is_floating_point() and t.numel() > 0:
@@ -37,45 +49,152 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-class _Evaluator:
-    """Calls the denoiser: counts evaluations, applies AFS to the first call, casts dtypes, checks output."""
+def _sigma_text(sigma: torch.Tensor) -> str:
+    """A sigma for an error message: one number, or the range of a per-sample sigma."""
+    s = sigma.detach().reshape(-1).double()
+    if s.numel() == 1 or bool((s == s[0]).all()):
+        return f"{float(s[0]):.6g}"
+    return f"{float(s.min()):.6g}..{float(s.max()):.6g} (per sample)"
 
-    def __init__(self, denoiser: Callable, afs: bool, model_dtype: torch.dtype | None = None,
-                 check_finite: bool = True, want_features: bool = False) -> None:
-        self.denoiser, self.afs_pending = denoiser, afs
-        self.model_dtype, self.check_finite = model_dtype, check_finite
-        self.nfe, self.step = 0, 0
+
+def _is_dtype_mismatch(err: RuntimeError) -> bool:
+    msg = str(err)
+    return ("should be the same" in msg and "type" in msg) or "expected scalar type" in msg or \
+        ("dtype" in msg and "mismatch" in msg) or "expected both vectors to have same dtype" in msg
+
+
+class ModelCall:
+    """The denoiser as solvers see it: ``call(x, sigma) -> x0``.
+
+    * counts model evaluations in ``nfe`` (AFS costs none);
+    * ``afs``: the first call is the analytical first step d = x / sqrt(1 + sigma^2) (Zhou et al., 2024,
+      Sec. 3.3) instead of a model evaluation;
+    * gives the model ``model_dtype`` (default: the model's own, :func:`fewstep.denoisers.model_dtype`, else
+      the dtype of ``x``) and returns x0 in the dtype of ``x``, so a float64 trajectory can drive a float32 model;
+    * checks that every output is a finite floating tensor of the input's shape (``check_finite``);
+    * with ``features=True`` calls ``denoise_with_features`` and keeps the result in :attr:`features` (None
+      after the analytical first step): this is how learned samplers read the network's features.
+    :func:`iterate` tells it the step index (:meth:`begin_step`) for error messages.
+    """
+
+    def __init__(self, denoiser: Callable, *, afs: bool = False, model_dtype: torch.dtype | None = None,
+                 check_finite: bool = True, features: bool = False) -> None:
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable (x, sigma) -> x0, got {type(denoiser).__name__}")
+        if model_dtype is not None and not (isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point):
+            raise TypeError(f"model_dtype must be a floating torch.dtype or None, got {model_dtype!r}")
+        if features and not provides_features(denoiser):
+            raise ValueError("features=True needs a denoiser with denoise_with_features(x, sigma) -> (x0, features); "
+                             "wrap the model with fewstep.denoisers.HookFeatures(denoiser, network, module)")
+        self.denoiser = denoiser
+        self.model_dtype = model_dtype if model_dtype is not None else infer_model_dtype(denoiser)
+        self.check_finite, self.want_features = check_finite, features
+        self._afs_pending = bool(afs)
+        self._step = 0
+        self.nfe = 0
         self.last_denoised: torch.Tensor | None = None
-        # Solvers that learn from the network's features (AMED) read them here after each call.
-        self.want_features = want_features
-        self.features: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """Features (B, F) of the latest evaluation (None after the analytical first step or without features)."""
+        return self._features
+
+    @property
+    def step(self) -> int:
+        """Index of the current step of the schedule (set by :func:`iterate`)."""
+        return self._step
+
+    def begin_step(self, i: int) -> None:
+        """Mark the start of step ``i`` (used in error messages)."""
+        self._step = i
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if self.afs_pending:
+        if self._afs_pending:
             # Analytical first step (Zhou et al., 2024, Sec. 3.3): d = x / sqrt(1 + sigma^2), no model call.
-            self.afs_pending = False
+            self._afs_pending = False
             out = x - sigma * x / (1 + sigma**2).sqrt()
-            self.features = None
+            self._features = None
         else:
             dtype = self.model_dtype or x.dtype
             sig = sigma.to(device=x.device, dtype=dtype).reshape(-1).expand(x.shape[0])
-            if self.want_features:
-                out, self.features = self.denoiser.denoise_with_features(x.to(dtype), sig)
-            else:
-                out = self.denoiser(x.to(dtype), sig)
+            try:
+                if self.want_features:
+                    out, self._features = self.denoiser.denoise_with_features(x.to(dtype), sig)
+                else:
+                    out = self.denoiser(x.to(dtype), sig)
+            except RuntimeError as e:
+                if _is_dtype_mismatch(e):
+                    raise TypeError(
+                        f"the model rejected {dtype} input ({e}); pass model_dtype= (e.g. torch.float32) to "
+                        "fewstep.sample / amed.train, or give the denoiser a .dtype attribute") from e
+                raise
             self.nfe += 1
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"denoiser must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
             if not out.is_floating_point():
                 raise TypeError(f"denoiser must return a floating-point tensor, got dtype {out.dtype}")
-            if self.check_finite and not _all_finite(out):
-                raise NonFiniteError(
-                    f"denoiser returned NaN/inf at step {self.step} (sigma={float(sigma):.6g}, evaluation {self.nfe})"
-                )
+            if self.check_finite and not all_finite(out):
+                raise NonFiniteError(f"denoiser returned NaN/inf at step {self._step} (sigma={_sigma_text(sigma)}, "
+                                     f"evaluation {self.nfe})")
             out = out.to(x.dtype)
         self.last_denoised = out
         return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """What :func:`iterate` yields after step ``i`` (sigmas[i] -> sigmas[i + 1])."""
+
+    i: int
+    x: torch.Tensor
+    state: Any
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    denoised: torch.Tensor | None
+    nfe: int
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor in a solver state (dataclasses, tuples, lists), for one backward per step."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(state, **{f.name: detach_state(getattr(state, f.name))
+                                             for f in dataclasses.fields(state)})
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(s) for s in state)
+    return state
+
+
+def iterate(call: ModelCall | Callable, solver: Solver, x: torch.Tensor, sigmas: Any, *, state: Any = None,
+            detach: bool = False, check_state: bool = False, progress: bool = False,
+            desc: str | None = None) -> Iterator[Step]:
+    """Advance ``x`` (the state at sigmas[0]) over the schedule, yielding a :class:`Step` after every step.
+
+    The one loop of fewstep (diffrax-style manual stepping): :func:`sample` consumes it, trainers compute their
+    losses on the yielded states. ``detach``: after each yield the state is detached from the graph (one
+    backward per step, AMED's Algorithm 1). ``check_state``: raise :class:`NonFiniteError` when a step produces
+    NaN/inf from finite model outputs (a learned sampler's parameters or the schedule are to blame). Gradients are
+    whatever the caller's context says."""
+    n = len(sigmas) - 1
+    state = solver.init(x, sigmas) if state is None else state
+    with tqdm(total=n, disable=not progress, desc=desc or solver.name, leave=False) as bar:
+        for i in range(n):
+            if isinstance(call, ModelCall):
+                call.begin_step(i)
+            x, state = solver.step(call, x, i, sigmas, state)
+            if check_state and not all_finite(x):
+                raise NonFiniteError(
+                    f"solver {solver.name!r} produced NaN/inf at step {i} (sigma {_sigma_text(sigmas[i])} -> "
+                    f"{_sigma_text(sigmas[i + 1])}) although the model's outputs were finite: its learned parameters "
+                    "or the schedule are not usable")
+            yield Step(i, x, state, sigmas[i], sigmas[i + 1], getattr(call, "last_denoised", None),
+                       getattr(call, "nfe", 0))
+            if detach:
+                x, state = x.detach(), detach_state(state)
+            bar.update(1)
 
 
 def _check_noise(noise: Any) -> torch.Tensor:
@@ -85,7 +204,7 @@ def _check_noise(noise: Any) -> torch.Tensor:
         raise TypeError(f"noise must be a floating-point tensor, got dtype {noise.dtype}")
     if noise.ndim < 2 or noise.shape[0] == 0:
         raise ValueError(f"noise must have shape (B, ...) with B >= 1 and at least 2 dims, got {tuple(noise.shape)}")
-    if not _all_finite(noise):
+    if not all_finite(noise):
         raise ValueError("noise contains NaN or inf")
     return noise
 
@@ -96,15 +215,24 @@ def count_nfe(solver: Solver, num_sigmas: int, afs: bool = False, denoise_to_zer
 
 
 def steps_for_nfe(solver: str | Solver, nfe: int, afs: bool = False, **options: Any) -> int:
-    """Number of sigmas that makes ``solver`` use exactly ``nfe`` evaluations, or ValueError."""
+    """Number of sigmas (the ``num_steps`` of :func:`fewstep.get_schedule`) that makes ``solver`` use exactly
+    ``nfe`` model evaluations, or ValueError naming the reachable ones. For the AMED-Plugin pass
+    ``"amed_plugin"`` with ``base=...``."""
     s = get_solver(solver, **options)
-    for n in range(2, nfe + 3):
-        if count_nfe(s, n, afs) == nfe:
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    reachable = []
+    for n in range(2, nfe + 4):
+        k = count_nfe(s, n, afs)
+        if k == nfe:
             return n
+        if k > 0:
+            reachable.append(k)
+    costs = sorted(set(reachable))[:6]
     raise ValueError(
-        f"solver {s.name!r} cannot use exactly nfe={nfe} evaluations with afs={afs} "
-        f"(it costs {s.evals_per_step} per step{', minus 1 with AFS' if afs else ''})"
-    )
+        f"solver {s.name!r} cannot use exactly nfe={nfe} evaluations with afs={afs}; it can use "
+        f"{', '.join(map(str, costs))}, ... (it costs {s.nfe(3) - s.nfe(2)} per step"
+        f"{', minus 1 with AFS' if afs else ''})")
 
 
 def sample(
@@ -133,12 +261,19 @@ def sample(
     (inference mode) unless ``enable_grad``. Returns the final tensor, or a :class:`SampleResult` with
     ``.x``, ``.nfe`` and ``.trajectory`` when ``return_trajectory`` or ``return_result`` is set.
     ``callback`` gets a dict with i, x, sigma, sigma_next, denoised and nfe after every step.
+    ``model_dtype``: the dtype the model is called in (default: its parameters', see :class:`ModelCall`).
 
-    With an AMED ``predictor`` (``fewstep.amed.train`` / ``fewstep.amed.load``) the schedule, solver and AFS
-    come from its config; passing different ones is an error.
+    With a learned-sampler ``predictor`` (``fewstep.amed.train`` / ``fewstep.amed.load``) the schedule, solver
+    and AFS come from its config (its ``sampling_setup``); passing different ones is an error.
     """
     if predictor is not None:
-        denoiser, sigmas, solver, afs = _predictor_settings(predictor, denoiser, sigmas, solver, afs, options)
+        setup = getattr(predictor, "sampling_setup", None)
+        if not callable(setup):
+            raise TypeError("predictor must be a learned sampler from fewstep.amed.train or fewstep.amed.load, "
+                            f"got {type(predictor).__name__}")
+        if options:
+            raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
+        denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs)
     if sigmas is None:
         raise TypeError("sample() needs sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
     solver = "euler" if solver is None else solver
@@ -152,30 +287,27 @@ def sample(
     noise = _check_noise(noise)
     sig = validate_sigmas(sigmas)
     solv = get_solver(solver, **options)
-
-    ev = _Evaluator(denoiser, afs, model_dtype, check_finite,
-                    want_features=bool(getattr(getattr(solv, "predictor", None), "uses_features", False)))
+    learned = getattr(solv, "predictor", None)
+    if learned is not None and callable(getattr(learned, "check_solver", None)):
+        learned.check_solver(solv, sig, afs)
+    call = ModelCall(denoiser, afs=afs, model_dtype=model_dtype, check_finite=check_finite,
+                     features=bool(getattr(learned, "uses_features", False)))
     grad_ctx = torch.enable_grad() if enable_grad else torch.inference_mode()
     with grad_ctx:
         x = noise * sig[0]
         traj = [x] if return_trajectory else None
-        state = solv.init(x, sig)
-        n_steps = sig.numel() - 1
-        with tqdm(total=n_steps, disable=not progress, desc=f"{solv.name}", leave=False) as bar:
-            for i in range(n_steps):
-                ev.step = i
-                x, state = solv.step(ev, x, i, sig, state)
-                if traj is not None:
-                    traj.append(x)
-                if callback is not None:
-                    callback({"i": i, "x": x, "sigma": sig[i], "sigma_next": sig[i + 1],
-                              "denoised": ev.last_denoised, "nfe": ev.nfe})
-                bar.update(1)
+        for st in iterate(call, solv, x, sig, check_state=check_finite, progress=progress, desc=solv.name):
+            x = st.x
+            if traj is not None:
+                traj.append(x)
+            if callback is not None:
+                callback({"i": st.i, "x": x, "sigma": st.sigma, "sigma_next": st.sigma_next,
+                          "denoised": st.denoised, "nfe": st.nfe})
         if denoise_to_zero:
-            ev.step = n_steps
-            x = ev(x, sig[-1])
+            call.begin_step(sig.numel() - 1)
+            x = call(x, sig[-1])
     if return_trajectory or return_result:
-        return SampleResult(x=x, nfe=ev.nfe, sigmas=sig, trajectory=torch.stack(traj) if traj is not None else None)
+        return SampleResult(x=x, nfe=call.nfe, sigmas=sig, trajectory=torch.stack(traj) if traj is not None else None)
     return x
 
 
@@ -186,8 +318,8 @@ def noise_for_seeds(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Standard normal noise of shape (len(seeds), *shape), one CPU generator per seed (EDM's
-    ``StackedRandomGenerator``): each item depends only on its seed, never on the batch it is in.
-    Drawn in float32 and cast, so a seed gives the same values in every dtype."""
+    ``StackedRandomGenerator``): each item depends only on its seed, never on the batch it is in nor on torch's
+    global default dtype. Drawn in float32 and cast, so a seed gives the same values in every dtype."""
     if isinstance(seeds, (str, bytes)) or isinstance(shape, int):
         raise TypeError(f"seeds must be a sequence of ints and shape a tuple of ints, got {seeds!r} and {shape!r}")
     seeds = list(seeds)
@@ -199,41 +331,6 @@ def noise_for_seeds(
     shape = tuple(shape)
     if not shape or any((not isinstance(d, int)) or d <= 0 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    out = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    out = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
+                       for s in seeds])
     return out.to(dtype=dtype, device=device)
-
-
-def _predictor_settings(predictor: Any, denoiser: Callable, sigmas: Any, solver: Any, afs: Any,
-                        options: dict[str, Any]) -> tuple[Callable, torch.Tensor, Solver, bool]:
-    """Denoiser (with features if needed), schedule, solver and AFS that ``predictor`` was trained for."""
-    from .amed import HookFeatures, provides_features, student_solver
-
-    cfg = getattr(predictor, "config", None)
-    if not isinstance(cfg, dict) or "student" not in cfg:
-        raise TypeError("predictor must be an AMED predictor from fewstep.amed.train or fewstep.amed.load")
-    if options:
-        raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
-    trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
-    if sigmas is not None:
-        given = validate_sigmas(sigmas)
-        if given.shape != trained.shape or not torch.allclose(given, trained, rtol=1e-12, atol=0):
-            raise ValueError(f"predictor was trained for sigmas {[round(v, 6) for v in cfg['sigmas']]}; "
-                             "pass sigmas=None to use them")
-    st = cfg["student"]
-    if solver is not None and solver not in (st["solver"], st.get("base")):
-        raise ValueError(f"predictor was trained for solver {st.get('base') or st['solver']!r}, got {solver!r}")
-    if afs is not None and afs != cfg["afs"]:
-        raise ValueError(f"predictor was trained with afs={cfg['afs']}, got afs={afs}")
-    want_id, have_id = cfg.get("model_id"), getattr(denoiser, "model_id", None)
-    if want_id is not None and have_id is not None and want_id != have_id:
-        raise ValueError(f"predictor was trained for model {want_id!r}, but the denoiser is {have_id!r}")
-    feats = cfg["features"]
-    if feats["source"] != "none" and not provides_features(denoiser):
-        if feats["source"] == "hook" and isinstance(denoiser, torch.nn.Module):
-            denoiser = HookFeatures(denoiser, denoiser, feats["module"])
-        else:
-            raise ValueError(
-                f"predictor needs {feats['source']} features ({feats.get('module') or 'denoise_with_features'}); "
-                "wrap the model with fewstep.amed.HookFeatures(denoiser, network, module)"
-            )
-    return denoiser, trained, student_solver(cfg, predictor), bool(cfg["afs"])

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .evaluation import teacher_options as teacher_options_for
+from .teacher import teacher_options as teacher_options_for
 from .sampling import noise_for_seeds, sample, steps_for_nfe
 from .schedules import get_schedule, validate_sigmas
 from .solvers import get_solver

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
+    "refine_schedule",
     "SCHEDULES",
     "get_schedule",
     "validate_sigmas",
@@ -174,6 +175,18 @@ def get_schedule(
     if kind != "discrete":
         s[0], s[-1] = sigma_max, sigma_min  # exact endpoints, free of rounding in the formulas above
     return validate_sigmas(s, f"{kind} schedule")
+
+
+def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
+    """Insert ``M`` points, uniform in log sigma, into every interval (a teacher's schedule around a student's)."""
+    if isinstance(M, bool) or not isinstance(M, int) or M < 0:
+        raise ValueError(f"M must be a non-negative int, got {M!r}")
+    logs = sigmas.log()
+    parts = [torch.lerp(logs[i], logs[i + 1], torch.arange(M + 1, dtype=logs.dtype) / (M + 1))
+             for i in range(len(sigmas) - 1)]
+    out = torch.cat(parts + [logs[-1:]]).exp()
+    out[:: M + 1] = sigmas  # the student's sigmas exactly, free of exp/log rounding
+    return out
 
 
 def save_schedule(path: str | os.PathLike, sigmas: torch.Tensor | Sequence[float], **info: Any) -> Path:

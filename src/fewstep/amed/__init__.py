@@ -4,12 +4,13 @@
 checkpoint; ``fewstep.sample(denoiser, noise, predictor=pred)`` samples with the settings it was trained for.
 """
 
-from .checkpoint import CheckpointError, load, read_config, save
-from .features import HookFeatures, find_bottleneck, provides_features
-from .predictor import AMEDPredictor, LearnedSchedule
-from .train import TrainLog, detach_state, learn_schedule, refine_schedule, steps_for_nfe, student_solver, train
-
-AMEDPredictor.save = save  # predictor.save(path)
+from ..denoisers.features import HookFeatures, find_bottleneck, provides_features
+from ..sampling import detach_state
+from ..schedules import refine_schedule
+from .checkpoint import load, read_config, save
+from .predictor import AMEDPredictor, CheckpointError, LearnedSchedule, student_solver
+from .train import TrainLog, learn_schedule, steps_for_nfe, student_steps_for_nfe, train
+from .trainstate import TrainState
 
 __all__ = [
     "train",
@@ -20,11 +21,13 @@ __all__ = [
     "read_config",
     "CheckpointError",
     "AMEDPredictor",
+    "TrainState",
     "HookFeatures",
     "find_bottleneck",
     "provides_features",
     "refine_schedule",
     "student_solver",
+    "student_steps_for_nfe",
     "steps_for_nfe",
     "detach_state",
     "TrainLog",

@@ -1,7 +1,8 @@
 """Safe AMED checkpoints: one safetensors file whose metadata holds the JSON config and a SHA-256 of the weights.
 
-Loading never executes code: no pickle, a strict config schema, and refusal of files that do not match the model
-or solver they are used with.
+Loading never executes code: no pickle, a strict config schema, tensor shapes checked against the config before
+anything is allocated, finite values only, and refusal of files that do not match the model or solver they are
+used with. Writing is :meth:`AMEDPredictor.save`.
 """
 
 from __future__ import annotations
@@ -11,55 +12,30 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+import torch
 
-from ..io import atomic_path, tensor_digest
-from .predictor import AMEDPredictor
+from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest
+from ..schedules import validate_sigmas
+from ..solvers import SOLVERS
+from .predictor import CONFIG_KEYS, FORMAT, VERSION, AMEDPredictor, CheckpointError
 
 __all__ = ["save", "load", "read_config", "FORMAT", "VERSION", "CONFIG_KEYS", "CheckpointError"]
 
-FORMAT = "fewstep-amed-predictor"
-VERSION = 1
-CONFIG_KEYS = frozenset({
-    "version", "student", "sigmas", "schedule", "afs", "scale_dir", "scale_time", "features", "architecture",
-    "model_id", "training",
-})
 REQUIRED_KEYS = frozenset({"version", "student", "sigmas", "afs", "scale_dir", "scale_time", "features", "architecture"})
-
-
-class CheckpointError(ValueError):
-    """A file is not a valid fewstep AMED checkpoint, or does not match what it is used with."""
+MAX_BYTES = 2**28  # a predictor is a few kB to a few MB
+MAX_WIDTH = 2**16  # hidden, feature and embedding sizes beyond this are not ours
 
 
 def save(predictor: AMEDPredictor, path: str | os.PathLike) -> Path:
-    """Write ``predictor`` to ``path`` (safetensors, written to a temporary file and renamed)."""
-    path = Path(path)
-    cfg = dict(predictor.config)
-    unknown = set(cfg) - CONFIG_KEYS
-    if unknown:
-        raise CheckpointError(f"predictor config has unknown keys: {', '.join(sorted(unknown))}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in predictor.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(cfg, sort_keys=True), "sha256": tensor_digest(tensors)}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    """``predictor.save(path)`` as a function."""
+    return predictor.save(path)
 
 
-def _sniff(path: Path) -> None:
-    """Refuse pickles / torch.save zips with a clear message. A safetensors file is an 8-byte little-endian header
-    length followed by a JSON header, so byte 8 is "{" (its first byte may well be 0x80, like a pickle's)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) >= 9 and head[8:9] == b"{":
-        return
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise CheckpointError(
-            f"{path} looks like a pickle / torch.save file; fewstep only loads safetensors checkpoints "
-            "(pickle can execute code when loaded)"
-        )
-    if len(head) < 8:
-        raise CheckpointError(f"{path} is too short to be a safetensors file ({len(head)} bytes)")
+def _header(path: Path) -> dict[str, str]:
+    try:
+        return read_safetensors_header(path, max_bytes=MAX_BYTES, what="fewstep AMED checkpoint")[1]
+    except SafetensorsFileError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -67,18 +43,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    _sniff(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    meta = _header(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fewstep AMED checkpoint (format {meta.get('format')!r})")
     try:
-        cfg = json.loads(meta["config"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} has no valid JSON config: {e}") from None
+        cfg = json.loads(meta["config"], parse_constant=_no_constant)
+    except (KeyError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} has no valid JSON config: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: config must be a JSON object")
     unknown, missing = set(cfg) - CONFIG_KEYS, REQUIRED_KEYS - set(cfg)
@@ -92,20 +63,28 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid number in a checkpoint config")
+
+
 def _check_values(path: Path, cfg: dict[str, Any]) -> None:
     """The config's values have the types and ranges sampling relies on (a file may be edited or forged)."""
-    from ..schedules import validate_sigmas
-    from ..solvers import SOLVERS
 
     def bad(key: str, want: str, got: Any) -> CheckpointError:
-        return CheckpointError(f"{path}: config {key} must be {want}, got {got!r}")
+        return CheckpointError(f"{path}: config {key} must be {want}, got {str(got)[:100]!r}")
 
+    if not isinstance(cfg["sigmas"], list) or len(cfg["sigmas"]) > 10_000:
+        raise bad("sigmas", "a list of at most 10000 numbers", cfg["sigmas"])
     try:
         validate_sigmas(cfg["sigmas"], "sigmas")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{path}: config {e}") from None
     if not isinstance(cfg["afs"], bool):
         raise bad("afs", "true or false", cfg["afs"])
+    for k in ("scale_dir", "scale_time"):
+        v = cfg[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise bad(k, "a number in [0, 1)", v)
     st = cfg["student"]
     if not isinstance(st, dict) or st.get("solver") not in ("amed", "amed_plugin"):
         raise bad("student", "an object with solver 'amed' or 'amed_plugin'", st)
@@ -116,15 +95,28 @@ def _check_values(path: Path, cfg: dict[str, Any]) -> None:
     feats = cfg["features"]
     if not isinstance(feats, dict) or feats.get("source") not in ("none", "adapter", "hook"):
         raise bad("features", "an object with source 'none', 'adapter' or 'hook'", feats)
+    dim = feats.get("dim")
+    if feats["source"] != "none" and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_WIDTH):
+        raise bad("features.dim", f"an int in 1..{MAX_WIDTH}", dim)
     arch = cfg["architecture"]
     for k in ("hidden", "emb_dim", "feat_proj"):
         v = arch.get(k) if isinstance(arch, dict) else None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise bad(f"architecture.{k}", "a positive int", v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WIDTH:
+            raise bad(f"architecture.{k}", f"an int in 1..{MAX_WIDTH}", v)
+
+
+def _build(cfg: dict[str, Any]) -> AMEDPredictor:
+    arch, feats = cfg["architecture"], cfg["features"]
+    return AMEDPredictor(
+        num_intervals=len(cfg["sigmas"]) - 1, feature_dim=feats.get("dim") if feats["source"] != "none" else None,
+        scale_dir=cfg["scale_dir"], scale_time=cfg["scale_time"], hidden=arch["hidden"], emb_dim=arch["emb_dim"],
+        feat_proj=arch["feat_proj"], config=cfg,
+    )
 
 
 def load(path: str | os.PathLike, *, model_id: str | None = None, solver: str | None = None) -> AMEDPredictor:
-    """Load a predictor; refuse corrupted files, and files made for another model or student solver."""
+    """Load a predictor; refuse corrupted files, non-finite weights, and files made for another model or student
+    solver."""
     path = Path(path)
     cfg = read_config(path)
     if model_id is not None and cfg.get("model_id") not in (None, model_id):
@@ -133,20 +125,23 @@ def load(path: str | os.PathLike, *, model_id: str | None = None, solver: str | 
     if solver is not None and solver not in (student.get("solver"), student.get("base")):
         raise CheckpointError(f"{path} was trained for solver {student.get('base') or student.get('solver')!r}, "
                               f"not {solver!r}")
+    with torch.device("meta"):  # the shapes the config implies, before any allocation
+        expect = {k: tuple(v.shape) for k, v in _build(cfg).state_dict().items()}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            meta = f.metadata()
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is corrupted: {e}") from None
+        tensors, meta = read_safetensors(path, fmt=FORMAT, max_bytes=MAX_BYTES, what="fewstep AMED checkpoint",
+                                         expect=expect)
+    except SafetensorsFileError as e:
+        raise CheckpointError(f"{e}") from None
     if tensor_digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{path} is corrupted: weights do not match their SHA-256")
-    arch, feats = cfg["architecture"], cfg["features"]
-    pred = AMEDPredictor(
-        num_steps=len(cfg["sigmas"]) - 1, feature_dim=feats.get("dim"), scale_dir=cfg["scale_dir"],
-        scale_time=cfg["scale_time"], hidden=arch["hidden"], emb_dim=arch["emb_dim"], feat_proj=arch["feat_proj"],
-        config=cfg,
-    )
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: predictor weight {k!r} holds NaN/inf; this predictor cannot be used "
+                                  "(retrain it, e.g. with a smaller learning rate)")
+    dtypes = {v.dtype for v in tensors.values()}
+    if len(dtypes) > 1 or (dtypes and not next(iter(dtypes)).is_floating_point):
+        raise CheckpointError(f"{path}: weights must share one floating dtype, got {sorted(map(str, dtypes))}")
+    pred = _build(cfg)
     if tensors:
         pred.to(next(iter(tensors.values())).dtype)
     try:

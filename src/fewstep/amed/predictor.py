@@ -10,21 +10,59 @@ predictor is r = 0.5, c = a = 1.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-__all__ = ["AMEDPredictor", "LearnedSchedule"]
+from ..denoisers.features import HookFeatures, provides_features
+from ..io import tensor_digest, write_safetensors
+from ..schedules import validate_sigmas
+from ..solvers import AMEDPlugin, AMEDSolver, Solver, get_solver
+
+__all__ = ["AMEDPredictor", "LearnedSchedule", "student_solver", "FORMAT", "VERSION", "CONFIG_KEYS",
+           "CheckpointError"]
+
+FORMAT = "fewstep-amed-predictor"
+VERSION = 1
+CONFIG_KEYS = frozenset({
+    "version", "student", "sigmas", "schedule", "afs", "scale_dir", "scale_time", "features", "architecture",
+    "model_id", "training",
+})
+
+
+class CheckpointError(ValueError):
+    """A file is not a valid fewstep AMED checkpoint, or does not match what it is used with."""
+
+
+def student_solver(config: dict[str, Any], predictor: Any) -> Solver:
+    """The solver a predictor was trained for: AMED-Solver, or AMED-Plugin over its base solver."""
+    st = config["student"]
+    if st["solver"] == "amed":
+        return AMEDSolver(predictor=predictor)
+    return AMEDPlugin(base=get_solver(st["base"], **st.get("options", {})), predictor=predictor)
+
+
+def _same_sigmas(given: torch.Tensor, trained: torch.Tensor) -> bool:
+    """Equal to 1e-12, or equal after rounding both to float32 (a host's float32 copy of the trained sigmas)."""
+    if given.shape != trained.shape:
+        return False
+    return bool(torch.allclose(given, trained, rtol=1e-12, atol=0)) or \
+        bool((given.float() == trained.float()).all())
 
 
 class AMEDPredictor(nn.Module):
-    """Per-step r_n, c_n, a_n for ``num_steps`` intervals; ``config`` holds everything needed to sample."""
+    """Per-step r_n, c_n, a_n for ``num_intervals`` intervals (a schedule of ``num_intervals + 1`` sigmas);
+    ``config`` holds everything needed to sample. ``save(path)`` writes a safe checkpoint
+    (:func:`fewstep.amed.load` reads it); ``fewstep.sample(denoiser, noise, predictor=p)`` samples with it."""
 
     def __init__(
         self,
-        num_steps: int,
+        num_intervals: int | None = None,
         feature_dim: int | None = None,
         scale_dir: float = 0.0,
         scale_time: float = 0.0,
@@ -32,10 +70,18 @@ class AMEDPredictor(nn.Module):
         emb_dim: int = 8,
         feat_proj: int = 16,
         config: dict[str, Any] | None = None,
+        *,
+        num_steps: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        if num_steps is not None:  # the old name of num_intervals (it counted intervals, not sigmas)
+            import warnings
+
+            warnings.warn("AMEDPredictor(num_steps=) is now num_intervals=", DeprecationWarning, stacklevel=2)
+            num_intervals = num_steps
+        num_steps = num_intervals
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_intervals must be a positive int, got {num_steps!r}")
         for name, v in (("scale_dir", scale_dir), ("scale_time", scale_time)):
             if not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
@@ -98,6 +144,79 @@ class AMEDPredictor(nn.Module):
                 r, c, a = self(i, torch.ones(()), torch.ones(()), None, 1)
                 out.append({"r": float(r[0]), "c": float(c[0]), "a": float(a[0])})
         return out
+
+
+    # ------------------------------------------------------------------ sampling with the predictor
+    @property
+    def num_intervals(self) -> int:
+        return self.num_steps
+
+    def solver(self) -> Solver:
+        """The solver this predictor drives (AMED-Solver, or AMED-Plugin on the trained base solver)."""
+        return student_solver(self.config, self)
+
+    def sampling_setup(self, denoiser: Callable, *, sigmas: Any = None, solver: Any = None,
+                       afs: bool | None = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
+        """(denoiser, sigmas, solver, afs) to sample with: the trained settings. A given ``sigmas`` must equal the
+        trained ones (a float32 copy is accepted), a given ``solver`` / ``afs`` the trained ones; the denoiser must be
+        the trained model (``model_id``) and is wrapped with its feature hook where the predictor reads features."""
+        cfg = self.config
+        trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
+        if sigmas is not None:
+            given = validate_sigmas(sigmas)
+            if not _same_sigmas(given, trained):
+                raise ValueError(f"predictor was trained for sigmas {[float(f'{v:.6g}') for v in cfg['sigmas']]} "
+                                 f"({trained.numel()}); the given {given.numel()} sigmas differ beyond float32 "
+                                 "rounding. Pass sigmas=None to use the trained ones")
+        st = cfg["student"]
+        if solver is not None and solver not in (st["solver"], st.get("base")):
+            raise ValueError(f"predictor was trained for solver {st.get('base') or st['solver']!r}, got {solver!r}")
+        if afs is not None and afs != cfg["afs"]:
+            raise ValueError(f"predictor was trained with afs={cfg['afs']}, got afs={afs}")
+        want_id, have_id = cfg.get("model_id"), getattr(denoiser, "model_id", None)
+        if want_id is not None and have_id is not None and want_id != have_id:
+            raise ValueError(f"predictor was trained for model {want_id!r}, but the denoiser is {have_id!r}")
+        feats = cfg["features"]
+        if feats["source"] != "none" and not provides_features(denoiser):
+            if feats["source"] == "hook" and isinstance(denoiser, torch.nn.Module):
+                denoiser = HookFeatures(denoiser, denoiser, feats["module"])
+            else:
+                raise ValueError(
+                    f"predictor needs {feats['source']} features ({feats.get('module') or 'denoise_with_features'}); "
+                    "wrap the model with fewstep.denoisers.HookFeatures(denoiser, network, module)")
+        return denoiser, trained, self.solver(), bool(cfg["afs"])
+
+    def check_solver(self, solver: Solver, sigmas: torch.Tensor, afs: bool) -> None:
+        """Refuse a solver instance that holds this predictor but differs from what it was trained for (the checks
+        of :meth:`sampling_setup` for ``AMEDSolver(predictor=p)`` built by hand)."""
+        if not self.config:
+            return  # a bare predictor made in code, with no training record
+        want = self.solver()
+        if type(solver) is not type(want) or getattr(solver, "base", None) != getattr(want, "base", None):
+            raise ValueError(f"this predictor was trained for {want.name}"
+                             f"{'' if getattr(want, 'base', None) is None else ' on ' + want.base.name}; "
+                             f"it is inside {solver.name}"
+                             f"{'' if getattr(solver, 'base', None) is None else ' on ' + solver.base.name}")
+        if not _same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
+            raise ValueError("this predictor was trained for other sigmas; use fewstep.sample(..., predictor=p)")
+        if afs != self.config["afs"]:
+            raise ValueError(f"this predictor was trained with afs={self.config['afs']}, got afs={afs}")
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the predictor to ``path``: one safetensors file, the JSON config and a SHA-256 of the weights in
+        its metadata (written atomically; byte-identical for identical predictors)."""
+        cfg = dict(self.config)
+        unknown = set(cfg) - CONFIG_KEYS
+        if unknown:
+            raise CheckpointError(f"predictor config has unknown keys: {', '.join(sorted(unknown))}")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        for k, v in tensors.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise CheckpointError(f"predictor weight {k!r} holds NaN/inf (training diverged?); not saving it")
+        meta = {"format": FORMAT, "config": json.dumps(cfg, sort_keys=True, allow_nan=False),
+                "sha256": tensor_digest(tensors)}
+        return write_safetensors(path, tensors, meta)
 
 
 class LearnedSchedule(nn.Module):

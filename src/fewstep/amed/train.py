@@ -12,63 +12,41 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..evaluation import teacher_options as default_teacher_options
-from ..io import atomic_path
-from ..sampling import _Evaluator, count_nfe, noise_for_seeds, sample
+from ..denoisers.features import HookFeatures, provides_features
+from ..sampling import ModelCall, NonFiniteError, count_nfe, detach_state, iterate, noise_for_seeds
 from ..sampling import steps_for_nfe as _steps_for_nfe
-from ..schedules import get_schedule, validate_sigmas
-from ..solvers import SOLVERS, AMEDPlugin, AMEDSolver, Solver, get_solver
-from .features import HookFeatures, provides_features
-from .predictor import AMEDPredictor, LearnedSchedule
+from ..schedules import get_schedule, refine_schedule, validate_sigmas
+from ..solvers import SOLVERS, Solver, get_solver
+from ..teacher import run_teacher
+from ..teacher import teacher_options as default_teacher_options
+from .predictor import AMEDPredictor, LearnedSchedule, student_solver
+from .trainstate import TrainState, world
 
-__all__ = ["train", "learn_schedule", "refine_schedule", "student_solver", "steps_for_nfe", "detach_state", "TrainLog", "LOSSES"]
+__all__ = ["train", "learn_schedule", "steps_for_nfe", "TrainLog", "LOSSES", "DISTANCES",
+           "refine_schedule", "student_solver", "detach_state"]
 
 LOSSES = ("per_step", "final")
 DISTANCES = ("l2", "mse")
 
 
-def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
-    """Insert ``M`` points, uniform in log sigma, into every interval (the teacher's schedule)."""
-    if not isinstance(M, int) or M < 0:
-        raise ValueError(f"M must be a non-negative int, got {M!r}")
-    logs = sigmas.log()
-    parts = [torch.lerp(logs[i], logs[i + 1], torch.arange(M + 1, dtype=logs.dtype) / (M + 1))
-             for i in range(len(sigmas) - 1)]
-    out = torch.cat(parts + [logs[-1:]]).exp()
-    out[:: M + 1] = sigmas  # the student's sigmas exactly, free of exp/log rounding
-    return out
-
-
 def steps_for_nfe(student: str, nfe: int, afs: bool = True, **student_options: Any) -> int:
-    """``num_steps`` for :func:`train` that gives ``nfe`` evaluations: AMED-Solver (``student="amed"``) or
-    AMED-Plugin on the base solver ``student``."""
+    """Deprecated: use ``fewstep.steps_for_nfe("amed", nfe, afs)`` for the AMED-Solver and
+    ``fewstep.steps_for_nfe("amed_plugin", nfe, afs, base=student)`` for the AMED-Plugin. Returns the number of
+    sigmas (``num_steps`` of :func:`train`) for ``student`` ("amed" or a plugin base solver)."""
+    import warnings
+
+    warnings.warn("fewstep.amed.steps_for_nfe is deprecated; use fewstep.steps_for_nfe('amed' | 'amed_plugin', nfe, "
+                  "afs, base=...)", DeprecationWarning, stacklevel=2)
+    return student_steps_for_nfe(student, nfe, afs, **student_options)
+
+
+def student_steps_for_nfe(student: str, nfe: int, afs: bool = True, **student_options: Any) -> int:
+    """Number of sigmas for ``student`` ("amed" = AMED-Solver, else the AMED-Plugin's base solver) at ``nfe``."""
     if student == "amed":
         return _steps_for_nfe("amed", nfe, afs)
     return _steps_for_nfe("amed_plugin", nfe, afs, base=student, **student_options)
-
-
-def student_solver(config: dict[str, Any], predictor: Any) -> Solver:
-    """The solver a predictor was trained for: AMED-Solver, or AMED-Plugin over its base solver."""
-    st = config["student"]
-    if st["solver"] == "amed":
-        return AMEDSolver(predictor=predictor)
-    return AMEDPlugin(base=get_solver(st["base"], **st.get("options", {})), predictor=predictor)
-
-
-def detach_state(state: Any) -> Any:
-    """Detach every tensor in a solver state (dataclasses, tuples, lists), for one backward per step."""
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(state, **{f.name: detach_state(getattr(state, f.name))
-                                             for f in dataclasses.fields(state)})
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    return state
 
 
 class _Recorder:
@@ -146,6 +124,8 @@ def train(
     state_path: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    out: str | os.PathLike | None = None,
+    model_dtype: torch.dtype | None = None,
 ) -> AMEDPredictor:
     """Train an AMED predictor for ``student`` ("amed" = AMED-Solver, or a base solver name for AMED-Plugin)
     on a schedule of ``num_steps`` sigmas, by distillation from ``teacher`` run with ``M`` extra steps per
@@ -163,7 +143,10 @@ def train(
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank takes its share of each global batch and the
     gradients are summed across ranks, so the result matches a single process up to rounding. With
     ``state_path`` and ``checkpoint_every`` the full training state is saved every that many iterations
-    (atomically); ``resume=True`` continues from it to the same final predictor. Returns the predictor."""
+    (atomically); ``resume=True`` continues from it to the same final predictor. With ``out`` the predictor is saved
+    there (by rank 0) *before* the training state is removed, so no failure loses finished work. ``dtype`` is the
+    dtype of the trajectories, ``model_dtype`` the one the model is called in (default: the model's own).
+    Returns the predictor."""
     if student != "amed" and (student not in SOLVERS or student in ("heun", "amed_plugin")):
         allowed = ", ".join(n for n in SOLVERS if n not in ("heun", "amed_plugin"))
         raise ValueError(f"student must be one of {allowed}, got {student!r}")
@@ -177,9 +160,10 @@ def train(
     model, feat_cfg = _resolve_features(denoiser, features, network)
     torch.manual_seed(seed)
     if feat_cfg["source"] != "none":
+        probe = ModelCall(model, features=True, model_dtype=model_dtype)
         with torch.no_grad():
-            _, f = model.denoise_with_features(noise_for_seeds([seed], tr["shape"], dtype=dtype) * sig[0],
-                                               sig[:1].to(dtype))
+            probe(noise_for_seeds([seed], tr["shape"], dtype=dtype) * sig[0], sig[0])
+        f = probe.features
         feat_cfg["dim"] = int(f.reshape(1, -1).shape[1])
     if tr["lr"] is None:  # measured on the natural-patch bed: the 3-number-per-step table wants a large step
         tr["lr"] = 1e-1 if feat_cfg["source"] == "none" else 2e-2
@@ -202,7 +186,7 @@ def train(
     recorder = _Recorder(pred)
     with _frozen(denoiser, network):
         _fit(model, student_solver(config, recorder), sig, tr, afs, pred, sched, recorder, dtype,
-             f"AMED {student}", progress, log, state_path, checkpoint_every, resume)
+             f"AMED {student}", progress, log, state_path, checkpoint_every, resume, out, model_dtype)
     if sched is not None:
         with torch.no_grad():
             pred.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]
@@ -234,6 +218,7 @@ def learn_schedule(
     dtype: torch.dtype = torch.float64,
     progress: bool = True,
     log: list | None = None,
+    model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Learn the interior sigmas of a schedule for a plain ``solver`` by the same distillation as :func:`train`
     (final-point loss against ``teacher``, Adam on the log-sigma increments, end points fixed), starting from
@@ -250,7 +235,8 @@ def learn_schedule(
                                  seed, shape)
     sched = LearnedSchedule(sig)
     with _frozen(denoiser):
-        _fit(denoiser, solv, sig, tr, afs, None, sched, None, dtype, f"schedule {solver}", progress, log, None, 0, False)
+        _fit(denoiser, solv, sig, tr, afs, None, sched, None, dtype, f"schedule {solver}", progress, log, None, 0, False,
+             None, model_dtype)
     with torch.no_grad():
         return validate_sigmas(sched(), "learned schedule")
 
@@ -275,10 +261,11 @@ def _training_setup(student: str, student_options: dict, afs: bool, teacher: str
         raise ValueError(f"seed must be a non-negative int below 2**30, got {seed!r}")
     if learn and loss != "final":
         raise ValueError("learn_schedule needs loss='final' (per-step targets move with the schedule)")
-    if learn and not (isinstance(schedule_lr, (int, float)) and schedule_lr > 0):
-        raise ValueError(f"schedule_lr must be a positive number, got {schedule_lr!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
-        raise ValueError(f"lr must be a positive number or None, got {lr!r}")
+    if learn and not (isinstance(schedule_lr, (int, float)) and not isinstance(schedule_lr, bool)
+                      and 0 < schedule_lr < math.inf):
+        raise ValueError(f"schedule_lr must be a positive finite number, got {schedule_lr!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < math.inf):
+        raise ValueError(f"lr must be a positive finite number or None, got {lr!r}")
     teacher_options = default_teacher_options(teacher, teacher_options)
     get_solver(teacher, **teacher_options)  # validate early
     if student != "amed":
@@ -321,90 +308,14 @@ def _frozen(*modules: Any) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-class _TrainState:
-    """The whole training state (module weights, Adam moments, learning-rate schedule, iteration, losses) in one
-    safetensors file with JSON metadata, written atomically; a resumed run continues bitwise where it stopped."""
-
-    FORMAT = "fewstep-train-state"
-
-    def __init__(self, path: Any, checkpoint_every: int, fingerprint: dict[str, Any], modules: list[torch.nn.Module],
-                 opt: torch.optim.Optimizer, lr_sched: Any) -> None:
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be a non-negative int, got {checkpoint_every!r}")
-        if checkpoint_every and path is None:
-            raise ValueError("checkpoint_every needs state_path")
-        self.path = None if path is None else Path(path)
-        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
-        self.modules, self.opt, self.lr_sched = modules, opt, lr_sched
-
-    def save(self, iteration: int, losses: list[float]) -> None:
-        tensors = {f"module{k}.{n}": v.detach().cpu().contiguous()
-                   for k, m in enumerate(self.modules) for n, v in m.state_dict().items()}
-        osd = self.opt.state_dict()
-        for pid, st in osd["state"].items():
-            for n, v in st.items():
-                tensors[f"adam.{pid}.{n}"] = torch.as_tensor(v).detach().cpu().contiguous()
-        meta = {"format": self.FORMAT, "fingerprint": self.fingerprint, "iteration": str(iteration),
-                "losses": json.dumps(losses), "param_groups": json.dumps(osd["param_groups"]),
-                "lr_sched": json.dumps(self.lr_sched.state_dict() if self.lr_sched is not None else None)}
-        with atomic_path(self.path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
-    def load(self, losses: list[float]) -> int:
-        """Restore the state if the file exists (returns the iteration to continue from), else 0."""
-        if self.path is None:
-            raise ValueError("resume needs state_path")
-        if not self.path.exists():
-            return 0
-        from .checkpoint import CheckpointError, _sniff
-
-        _sniff(self.path)
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path} is not a readable training state: {e}") from None
-        if meta.get("format") != self.FORMAT:
-            raise CheckpointError(f"{self.path} is not a fewstep training state")
-        if meta.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(f"{self.path} was saved by a run with other settings; remove it or use the same "
-                                  "command to resume")
-        try:
-            for k, m in enumerate(self.modules):
-                pre = f"module{k}."
-                m.load_state_dict({n[len(pre):]: v for n, v in tensors.items() if n.startswith(pre)}, strict=True)
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for n, v in tensors.items():
-                if n.startswith("adam."):
-                    _, pid, key = n.split(".", 2)
-                    state.setdefault(int(pid), {})[key] = v
-            self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-            if self.lr_sched is not None:
-                self.lr_sched.load_state_dict(json.loads(meta["lr_sched"]))
-            losses.extend(json.loads(meta["losses"]))
-            return int(meta["iteration"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{self.path}: training state does not fit this run: {e}") from None
-
-    def remove(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any], afs: bool,
          pred: AMEDPredictor | None, sched: LearnedSchedule | None, recorder: _Recorder | None, dtype: torch.dtype,
-         desc: str, progress: bool, log: list | None, state_path: Any, checkpoint_every: int, resume: bool) -> None:
-    """The distillation loop shared by :func:`train` and :func:`learn_schedule`; settings come from ``tr``."""
-    rank, world = _world()
+         desc: str, progress: bool, log: list | None, state_path: Any, checkpoint_every: int, resume: bool,
+         out: Any = None, model_dtype: torch.dtype | None = None) -> None:
+    """Distillation shared by :func:`train` and :func:`learn_schedule` (settings in ``tr``): per batch the teacher
+    runs once, the student runs through :func:`fewstep.sampling.iterate` (the loop that samples) with gradients,
+    and Adam updates the predictor and/or the schedule."""
+    rank, world_size = world()
     groups = []
     if pred is not None:
         groups.append({"params": list(pred.parameters()), "lr": tr["lr"]})
@@ -416,11 +327,9 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
     iters = math.ceil(tr["total_samples"] / batch)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if tr["lr_decay"] else None
     per_step = tr["loss"] == "per_step"
-    stride = tr["M"] + 1
-    teacher_sig = refine_schedule(sig0, tr["M"])
     num_steps = len(sig0)
-    ckpt = _TrainState(state_path, checkpoint_every, pred.config if pred is not None else tr, [m for m in (pred, sched) if m is not None],
-                       opt, lr_sched)
+    ckpt = TrainState(state_path, checkpoint_every, pred.config if pred is not None else tr,
+                      [m for m in (pred, sched) if m is not None], opt, lr_sched)
     losses: list[float] = []
     start = ckpt.load(losses) if resume else 0
     t0 = time.perf_counter()
@@ -431,24 +340,20 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
     for it in bar:
         first = seed * 10**9 + 1 + it * batch
         seeds = list(range(first, first + batch))
-        noise = noise_for_seeds(seeds[rank::world], tr["shape"], dtype=dtype)
-        teach = sample(model, noise, teacher_sig, tr["teacher"], return_trajectory=per_step, return_result=True,
-                       **tr["teacher_options"])
+        noise = noise_for_seeds(seeds[rank::world_size], tr["shape"], dtype=dtype)
+        teach = run_teacher(model, noise, sig0, tr["M"], tr["teacher"], tr["teacher_options"], trajectory=per_step,
+                            model_dtype=model_dtype)
         teacher_nfe = teach.nfe
-        targets = teach.trajectory[::stride] if per_step else None  # per step, or only the teacher's solution
-        ev = _Evaluator(model, afs, want_features=want_features)
+        targets = teach.trajectory if per_step else None  # per step, or only the teacher's solution
+        call = ModelCall(model, afs=afs, features=want_features, model_dtype=model_dtype)
         total = torch.zeros((), dtype=torch.float64)
         if recorder is not None:
             recorder.clear()
         with torch.enable_grad():
             sig = sched() if sched is not None else sig0
-            x = noise * sig[0]
-            state = solver.init(x, sig)
-            for i in range(num_steps - 1):
-                ev.step = i
-                x_next, state = solver.step(ev, x, i, sig, state)
-                if per_step or i == num_steps - 2:
-                    diff = (x_next - (targets[i + 1] if per_step else teach.x)).flatten(1)
+            for st in iterate(call, solver, noise * sig[0], sig, detach=per_step):
+                if per_step or st.i == num_steps - 2:
+                    diff = (st.x - (targets[st.i + 1] if per_step else teach.x)).flatten(1)
                     # Sums over this rank's samples, divided by the global batch: the ranks' gradients add up to
                     # the single-process gradient.
                     if tr["distance"] == "l2":
@@ -457,19 +362,24 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
                         step_loss = diff.square().sum() / (len(seeds) * diff.shape[1])
                     step_loss.backward()
                     total += step_loss.detach()
-                if per_step:
-                    x_next, state = x_next.detach(), detach_state(state)
-                x = x_next
-        if world > 1:
+        if world_size > 1:
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
             torch.distributed.all_reduce(total)
+        if not math.isfinite(float(total)):
+            raise NonFiniteError(
+                f"{desc}: the training loss became {float(total)} at iteration {it + 1} of {iters}; lower the "
+                "learning rate (lr / schedule_lr) or train in float64 (dtype=torch.float64)")
         opt.step()
         opt.zero_grad(set_to_none=True)
         if lr_sched is not None:
             lr_sched.step()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise NonFiniteError(
+                f"{desc}: the learned parameters became NaN/inf at iteration {it + 1} of {iters}; lower the learning "
+                "rate or train in float64 (dtype=torch.float64)")
         losses.append(float(total))
         post = {"loss": f"{float(total):.4f}"}
         if recorder is not None and recorder.r:
@@ -481,7 +391,12 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
         bar.set_postfix(post)
         if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < iters and rank == 0:
             ckpt.save(it + 1, losses)
-    if state_path is not None and rank == 0:
-        ckpt.remove()
     if log is not None:
         log.append(TrainLog(losses, time.perf_counter() - t0, teacher_nfe))
+    if out is not None and rank == 0 and pred is not None:
+        if sched is not None:
+            with torch.no_grad():
+                pred.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]
+        pred.eval().save(out)  # the predictor is on disk before the training state goes
+    if state_path is not None and rank == 0:
+        ckpt.remove()

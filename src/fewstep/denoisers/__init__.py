@@ -1,13 +1,19 @@
-"""Denoisers: the protocol, adapters for other parameterisations, and closed-form test models."""
+"""Denoisers: the protocol, feature interface, adapters for other parameterisations, and closed-form test models."""
 
 from .adapters import PREDICTIONS, FlowModel, VPModel
 from .analytic import EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture
-from .base import Denoiser, sigma_like
+from .base import Denoiser, model_dtype, sigma_like
+from .features import BOTTLENECK_NAMES, HookFeatures, find_bottleneck, provides_features
 from .unet import SmallUNet, UNetConfig, default_unet, load_unet, save_unet
 
 __all__ = [
     "Denoiser",
     "sigma_like",
+    "model_dtype",
+    "HookFeatures",
+    "find_bottleneck",
+    "provides_features",
+    "BOTTLENECK_NAMES",
     "VPModel",
     "FlowModel",
     "PREDICTIONS",

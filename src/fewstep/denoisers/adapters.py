@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..schedules import VP_BETA_D, VP_BETA_MIN, vp_sigma_inv
-from .base import sigma_like
+from .base import model_dtype, sigma_like
 
 __all__ = ["VPModel", "FlowModel", "PREDICTIONS"]
 
@@ -20,12 +20,34 @@ PREDICTIONS = ("eps", "v", "x0")
 ModelFn = Callable[..., torch.Tensor]
 
 
+class _Adapter:
+    """Shared by the adapters: the wrapped network gets its inputs in its own dtype (found by
+    :func:`~fewstep.denoisers.model_dtype`, e.g. a float32 network inside a lambda), while the conversions to and
+    from EDM run in the dtype of the state."""
+
+    accepts_any_dtype = True
+    model: ModelFn
+
+    def network(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's raw output at its own input ``x_in`` and time ``t``."""
+        key = id(self.model)
+        if getattr(self, "_dtype_key", None) != key:
+            self._dtype_key, self._net_dtype = key, model_dtype(self.model)
+        dt = self._net_dtype
+        if dt is not None:
+            x_in, t = x_in.to(dt), t.to(dt)
+        return self.model(x_in, t)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return self.denoised(x, sigma, self.network(*self.model_input(x, sigma)))
+
+
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-class VPModel:
+class VPModel(_Adapter):
     """Wrap a VP model ``model(x_vp, t) -> eps | v | x0`` as an EDM denoiser.
 
     Time conditioning: with ``alphas_cumprod`` (discrete model, e.g. DDPM/LDM) ``t`` is the timestep index
@@ -85,11 +107,9 @@ class VPModel:
             return alpha * (alpha * x) - s * alpha * out
         return out
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        return self.denoised(x, sigma, self.model(*self.model_input(x, sigma)))
 
 
-class FlowModel:
+class FlowModel(_Adapter):
     """Wrap a rectified-flow model ``model(x_t, t) -> velocity (n - x0) | x0 | eps`` as an EDM denoiser.
 
     x_t = (1 - t) x0 + t n, so sigma = t / (1 - t) and x_edm = x_t / (1 - t) (Lipman et al., 2023;
@@ -116,5 +136,3 @@ class FlowModel:
             return x - s * out
         return out
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        return self.denoised(x, sigma, self.model(*self.model_input(x, sigma)))

@@ -36,6 +36,8 @@ class GaussianMixture:
     stable in float64 from sigma = 1e-3 to 1e3. Inputs of shape (B, ...) are flattened to (B, D).
     """
 
+    accepts_any_dtype = True  # computes in its own float64 and returns the input's dtype
+
     def __init__(
         self,
         means: torch.Tensor,
@@ -166,6 +168,8 @@ class EmpiricalDenoiser:
     (Karras et al., 2022, eq. 57.) Its ODE carries every sample onto a training point: a memorising model.
     """
 
+    accepts_any_dtype = True  # computes in its own float64 and returns the input's dtype
+
     def __init__(self, data: torch.Tensor) -> None:
         data = _as64(data, "data")
         if data.ndim < 2 or data.shape[0] < 1:
@@ -192,6 +196,8 @@ class FlowVelocity:
     E[x0 | x_t] = D(x_t / (1 - t), t / (1 - t)). ``model(x_t, t)`` with t of shape (B,) or scalar, in (0, 1]
     (at t = 1, pure noise, E[x0 | x_1] is the data mean: evaluated at t = 1 - 1e-9, sigma = 1e9).
     """
+
+    accepts_any_dtype = True  # computes in its own float64 and returns the input's dtype
 
     def __init__(self, denoiser) -> None:
         self.denoiser = denoiser

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Denoiser", "sigma_like"]
+__all__ = ["Denoiser", "sigma_like", "model_dtype"]
 
 
 @runtime_checkable
@@ -28,3 +29,61 @@ def sigma_like(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     if s.shape != (x.shape[0],):
         raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
     return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+_HOLDERS = ("model", "denoiser", "inner", "net", "network", "unet", "module", "adapter")
+_ANY = object()  # "takes any float dtype and converts itself": stop looking
+
+
+def model_dtype(denoiser: object) -> torch.dtype | None:
+    """The floating dtype a model wants its inputs in, or None if it takes any (or cannot be told).
+
+    Looked up, in this order: ``accepts_any_dtype = True`` on the object (fewstep's adapters, analytic models and
+    U-Net convert inputs themselves: None); a ``dtype`` attribute that is a floating ``torch.dtype``; the first
+    floating parameter or buffer of an ``nn.Module``; then, recursively, what the object wraps: the usual
+    attributes of wrappers (``model``, ``denoiser``, ``unet``, ...), a bound method's object, and the modules a
+    function or lambda closes over or names as globals (``lambda x, t: unet(x, t).sample`` finds ``unet``)."""
+    found = _lookup(denoiser, 0, set())
+    return None if found is _ANY else found
+
+
+def _lookup(obj: object, depth: int, seen: set[int]) -> object:
+    if obj is None or id(obj) in seen or depth > 4 or isinstance(obj, (int, float, str, bytes, bool, type)):
+        return None
+    seen.add(id(obj))
+    if getattr(obj, "accepts_any_dtype", False) is True:
+        return _ANY
+    dt = getattr(obj, "dtype", None)
+    if isinstance(dt, torch.dtype) and dt.is_floating_point:
+        return dt
+    if isinstance(obj, torch.nn.Module):
+        for t in (*obj.parameters(), *obj.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+    inner: list[object] = []
+    if isinstance(obj, functools.partial):
+        inner += [obj.func, *obj.args, *obj.keywords.values()]
+    if hasattr(obj, "__self__"):
+        inner.append(obj.__self__)
+    fn = getattr(obj, "__func__", obj)
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        inner += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+        glb = getattr(fn, "__globals__", {})
+        inner += [glb[n] for n in code.co_names if isinstance(glb.get(n), torch.nn.Module)]
+    else:
+        inner += [getattr(obj, n, None) for n in _HOLDERS]
+    for o in inner:
+        found = _lookup(o, depth + 1, seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # type: ignore[attr-defined]
+    except ValueError:
+        return False
+    return True

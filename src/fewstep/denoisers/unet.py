@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..io import atomic_path, tensor_digest
+from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest, write_safetensors
 from .base import sigma_like
 
 __all__ = ["UNetConfig", "SmallUNet", "save_unet", "load_unet", "read_unet_metadata", "default_unet",
@@ -213,6 +213,8 @@ class SmallUNet(nn.Module):
     dtype and the result back to the input's dtype.
     """
 
+    accepts_any_dtype = True  # casts inputs to its parameters' dtype and the output back
+
     def __init__(self, config: UNetConfig | None = None, weights_name: str = "init") -> None:
         super().__init__()
         cfg = config if config is not None else UNetConfig()
@@ -323,8 +325,6 @@ def save_unet(model: SmallUNet, path: str | os.PathLike, recipe: dict[str, Any],
     ``name`` (default: the file's stem) becomes part of the loaded model's ``model_id``. The file is written to a
     temporary file next to ``path`` and renamed, so a reader never sees a partial file.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, SmallUNet):
         raise TypeError(f"model must be a SmallUNet, got {type(model).__name__}")
     if not isinstance(recipe, dict):
@@ -342,30 +342,17 @@ def save_unet(model: SmallUNet, path: str | os.PathLike, recipe: dict[str, Any],
         "recipe": json.dumps(recipe, sort_keys=True),
         "sha256": tensor_digest(tensors),
     }
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return write_safetensors(path, tensors, meta)
 
 
 def _read(path: Path, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no U-Net weights file at {path}")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise ValueError(f"{path} looks like a pickle / torch.save file; fewstep only loads safetensors weights "
-                         "(unpickling can execute code)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fewstep SmallUNet file (format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+    if tensors:
+        out, meta = read_safetensors(path, fmt=FORMAT, what="fewstep SmallUNet file", check_finite=True)
+    else:
+        out, (_, meta) = {}, read_safetensors_header(path, what="fewstep SmallUNet file")
+        if meta.get("format") != FORMAT:
+            raise SafetensorsFileError(f"{path} is not a fewstep SmallUNet file (format {meta.get('format')!r}, "
+                                       f"expected {FORMAT!r})")
     if meta.get("version") != str(VERSION):
         raise ValueError(f"{path}: file version {meta.get('version')!r}, this fewstep reads version {VERSION}")
     for key in ("name", "config", "recipe", "sha256"):
@@ -399,8 +386,10 @@ def load_unet(path: str | os.PathLike) -> SmallUNet:
     """Load a :func:`save_unet` file (no pickle). Returns the model in eval mode with frozen parameters
     (``.requires_grad_(True).train()`` to fine-tune); ValueError on a file that is corrupted or not ours."""
     path = Path(path)
-    meta, tensors = _read(path, tensors=True)
-    info = _parse(path, meta)
+    info = _parse(path, _read(path, tensors=False)[0])
+    with torch.device("meta"):  # the shapes the config implies, without allocating (a forged config may be huge)
+        expect = {k: tuple(v.shape) for k, v in SmallUNet(info["config"]).state_dict().items()}
+    tensors, _ = read_safetensors(path, fmt=FORMAT, what="fewstep SmallUNet file", check_finite=True, expect=expect)
     digest = tensor_digest(tensors)
     if digest != info["sha256"]:
         raise ValueError(f"{path} is corrupted: weights do not match their SHA-256")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..sampling import _Evaluator
+from ..sampling import ModelCall
 from ..schedules import validate_sigmas
 from ..solvers import Solver, get_solver
 
@@ -113,8 +113,8 @@ class Stepper:
     def _advance(self) -> Request | torch.Tensor:
         with torch.no_grad():
             while self.i < self.num_steps:
-                ev = _Evaluator(_Replay(self.outputs), afs=self.afs and self.i == 0, check_finite=False)
-                ev.step = self.i
+                ev = ModelCall(_Replay(self.outputs), afs=self.afs and self.i == 0, check_finite=False)
+                ev.begin_step(self.i)
                 try:
                     x_next, state = self.solver.step(ev, self.x, self.i, self.solver_sigmas, self.state)
                 except _NeedEval as need:

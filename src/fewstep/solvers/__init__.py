@@ -27,7 +27,13 @@ def get_solver(name: str | Solver, **options: object) -> Solver:
         return name
     if not isinstance(name, str) or name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
-    return SOLVERS[name].create(**options)
+    cls = SOLVERS[name]
+    if getattr(cls, "takes_base_solver", False):
+        # A wrapper (AMED-Plugin): its own options stay, the rest configure the base solver named by ``base``.
+        own = {k: options.pop(k) for k in list(options) if k in cls.options() and k != "base"}
+        base = options.pop("base", "ipndm")
+        return cls.create(base=get_solver(base, **options), **own)
+    return cls.create(**options)
 
 
 __all__ = [

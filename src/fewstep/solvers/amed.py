@@ -9,7 +9,7 @@ Without a predictor r = 0.5, c = a = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -37,6 +37,7 @@ def _step_params(predictor: StepPredictor | None, model: Model, i: int, t_cur: t
     """(r, c, a) shaped to broadcast against x: (B, 1, ..., 1), or 0-dim constants without a predictor."""
     if predictor is None:
         return _HALF, _ONE, _ONE
+    # The model call (fewstep.sampling.ModelCall) keeps the features of its latest evaluation in .features.
     feats = getattr(model, "features", None) if predictor.uses_features else None
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     r, c, a = predictor(i, t_cur, t_next, feats, x.shape[0])
@@ -102,12 +103,7 @@ class AMEDPlugin(Solver):
     base: Solver | None = None
     predictor: StepPredictor | None = None
 
-    @classmethod
-    def create(cls, base: str | Solver = "ipndm", predictor: StepPredictor | None = None, **base_options: Any) -> "AMEDPlugin":
-        """``get_solver("amed_plugin", base="ipndm", max_order=4)``: base solver by name with its options."""
-        from . import get_solver
-
-        return cls(base=get_solver(base, **base_options), predictor=predictor)
+    takes_base_solver: ClassVar[bool] = True  # get_solver("amed_plugin", base="ipndm", max_order=4)
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, Solver) or isinstance(self.base, (AMEDPlugin, AMEDSolver)):

@@ -1,4 +1,4 @@
-"""Where the AMED predictor's input features come from: an explicit interface, never a hard-coded module name.
+"""Where a learned sampler's input features come from: an explicit interface, never a hard-coded module name.
 
 A denoiser that provides features implements ``denoise_with_features(x, sigma) -> (x0, features (B, F))``.
 :class:`HookFeatures` adds this to any denoiser by a forward hook on a module the user names (or the middle

@@ -1,0 +1,87 @@
+"""The whole state of a distillation run in one safetensors file, so a killed run resumes bitwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import SafetensorsFileError, read_safetensors, write_safetensors
+from .predictor import CheckpointError
+
+__all__ = ["TrainState", "world"]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class TrainState:
+    """Module weights, Adam moments, learning-rate schedule, iteration and losses in one safetensors file with
+    JSON metadata, written atomically; ``fingerprint`` (the run's settings) must match to resume."""
+
+    FORMAT = "fewstep-train-state"
+
+    def __init__(self, path: Any, checkpoint_every: int, fingerprint: dict[str, Any], modules: list[torch.nn.Module],
+                 opt: torch.optim.Optimizer, lr_sched: Any) -> None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be a non-negative int, got {checkpoint_every!r}")
+        if checkpoint_every and path is None:
+            raise ValueError("checkpoint_every needs state_path")
+        self.path = None if path is None else Path(path)
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
+        self.modules, self.opt, self.lr_sched = modules, opt, lr_sched
+
+    def save(self, iteration: int, losses: list[float]) -> None:
+        tensors = {f"module{k}.{n}": v.detach().cpu().contiguous()
+                   for k, m in enumerate(self.modules) for n, v in m.state_dict().items()}
+        osd = self.opt.state_dict()
+        for pid, st in osd["state"].items():
+            for n, v in st.items():
+                tensors[f"adam.{pid}.{n}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        meta = {"format": self.FORMAT, "fingerprint": self.fingerprint, "iteration": str(iteration),
+                "losses": json.dumps(losses), "param_groups": json.dumps(osd["param_groups"], sort_keys=True),
+                "lr_sched": json.dumps(self.lr_sched.state_dict() if self.lr_sched is not None else None,
+                                       sort_keys=True)}
+        write_safetensors(self.path, tensors, meta)
+
+    def load(self, losses: list[float]) -> int:
+        """Restore the state if the file exists (returns the iteration to continue from), else 0."""
+        if self.path is None:
+            raise ValueError("resume needs state_path")
+        if not self.path.exists():
+            return 0
+        try:
+            tensors, meta = read_safetensors(self.path, fmt=self.FORMAT, what="fewstep training state",
+                                             check_finite=True)
+        except SafetensorsFileError as e:
+            raise CheckpointError(str(e)) from None
+        if meta.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{self.path} was saved by a run with other settings; remove it or use the same "
+                                  "command to resume")
+        try:
+            for k, m in enumerate(self.modules):
+                pre = f"module{k}."
+                m.load_state_dict({n[len(pre):]: v for n, v in tensors.items() if n.startswith(pre)}, strict=True)
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for n, v in tensors.items():
+                if n.startswith("adam."):
+                    _, pid, key = n.split(".", 2)
+                    state.setdefault(int(pid), {})[key] = v
+            self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+            if self.lr_sched is not None:
+                self.lr_sched.load_state_dict(json.loads(meta["lr_sched"]))
+            losses.extend(json.loads(meta["losses"]))
+            return int(meta["iteration"])
+        except (KeyError, ValueError, RuntimeError, TypeError, RecursionError) as e:
+            raise CheckpointError(f"{self.path}: training state does not fit this run: {e}") from None
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
