@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from fewstep import amed
-from fewstep.cli import _seeds, main
+from fewstep.cli import main
+from fewstep.cli.args import parse_seeds
 
 
 def test_seed_ranges():
-    assert _seeds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     for bad in ("", "5-2", "a", "-3"):
         with pytest.raises(Exception):
-            _seeds(bad)
+            parse_seeds(bad)
 
 
 def test_train_then_sample(tmp_path, capsys):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fewstep
-from fewstep.cli import MAX_SEEDS, _nfes, _positive, _seeds, _shape
+from fewstep.cli.args import MAX_SEEDS, parse_nfes, parse_seeds, parse_shape, positive_int
 from fewstep.schedules import SCHEDULES
 from fewstep.solvers import SOLVERS, Solver, get_solver
 
@@ -125,7 +125,7 @@ seed_text = st.one_of(st.text(alphabet="0123456789-, ", max_size=9), st.text(max
 @FUZZ
 @given(text=seed_text)
 def test_cli_seed_parser(text):
-    seeds = _parse(_seeds, text)
+    seeds = _parse(parse_seeds, text)
     if seeds is None:
         return
     assert seeds and all(isinstance(s, int) and 0 <= s < 2**63 for s in seeds)
@@ -136,13 +136,13 @@ def test_cli_seed_parser(text):
 @FUZZ
 @given(text=st.one_of(st.text(alphabet="0123456789,- x.", max_size=10), st.text(max_size=6)))
 def test_cli_shape_and_number_parsers(text):
-    shape = _parse(_shape, text)
+    shape = _parse(parse_shape, text)
     if shape is not None:
         assert shape and all(isinstance(d, int) and d >= 1 for d in shape)
-    nfes = _parse(_nfes, text)
+    nfes = _parse(parse_nfes, text)
     if nfes is not None:
         assert nfes and all(isinstance(n, int) and n >= 1 for n in nfes)
-    n = _parse(_positive, text)
+    n = _parse(positive_int, text)
     if n is not None:
         assert isinstance(n, int) and n >= 1
 

@@ -245,7 +245,7 @@ def test_denoiser_features_and_cfg(cfg_denoiser, unet):
     x, s = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 3.0])
     x0, f = den.denoise_with_features(x, s)
     assert torch.equal(x0, den(x, s)) and f.shape == (2, 32)  # mid block: 16 channels for each CFG half
-    plain = DiffusersDenoiser(unet)
+    plain = DiffusersDenoiser(unet, prediction_type="epsilon", beta_schedule="linear")  # no silent default
     assert plain.denoise_with_features(torch.randn(3, 3, 8, 8), torch.ones(3))[1].shape == (3, 16)
     assert plain.sample_shape == (3, 8, 8)
     g1 = DiffusersDenoiser(den.unet, cfg, encoder_hidden_states=den.cond, negative_encoder_hidden_states=den.uncond,

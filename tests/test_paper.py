@@ -20,10 +20,10 @@ TINY = ["--seeds", "8", "--ref-steps", "32", "--nfe", "3", "--train-samples", "1
 
 @pytest.fixture
 def small_model(monkeypatch):
-    """cli.load_model -> a 4-D Gaussian mixture (the natural-patch bed takes ~20 s to fit)."""
+    """fewstep.cli.args.load_model -> a 4-D Gaussian mixture (the natural-patch bed takes ~20 s to fit)."""
     gmm = make_gmm()
     gmm.model_id = "test-gmm"
-    monkeypatch.setattr(cli, "load_model", lambda name, shape=None: (gmm, (4,), "test-gmm", torch.float64))
+    monkeypatch.setattr(cli.args, "load_model", lambda name, shape=None: (gmm, (4,), "test-gmm", torch.float64))
     return gmm
 
 

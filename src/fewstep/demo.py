@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import amed, data, evaluation, metrics
+from . import amed, evaluation, metrics
+from .bed import Bed
 from .io import atomic_path, pyplot, save_figure, write_text_atomic
-from .sampling import noise_for_seeds, sample
+from .sampling import sample
 from .schedules import get_schedule
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -95,17 +96,10 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     say = print if cfg.progress else (lambda *a, **k: None)
     say(f"Model: {model.model_id} ({sum(p.numel() for p in model.parameters()):,} parameters)", flush=True)
 
-    noise = noise_for_seeds(range(cfg.seeds), shape)
     say(f"Teacher: DEIS-logrho order 4, {cfg.ref_steps} steps, {cfg.seeds} seeds ...", flush=True)
-    ref, ref_err = evaluation.reference_solution(model, noise, steps=cfg.ref_steps)
+    bed = Bed.unet(model, seeds=cfg.seeds, ref_steps=cfg.ref_steps, fd_patches=cfg.fd_patches)
+    noise, ref, ref_err, fd = bed.noise, bed.ref, bed.ref_error, bed.fd
     say(f"  teacher relative error vs. half the steps: {ref_err:.1e}", flush=True)
-
-    patches = data.image_patches(size=res, count=cfg.fd_patches, seed=12345)
-    feats = metrics.RandomFeatures(3 * res * res)
-    ref_stats = metrics.gaussian_stats(feats(patches))
-
-    def fd(x: torch.Tensor) -> float:
-        return metrics.frechet_distance(*metrics.gaussian_stats(feats(x.clamp(-1, 1))), *ref_stats)
 
     # Geometry: how close the sampling trajectories stay to a 2-D plane (paper, Fig. 4).
     traj = sample(model, noise[:64], get_schedule("polynomial", 33), "heun", return_trajectory=True).trajectory
@@ -130,16 +124,15 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     grids = out / "grids"
     _save_png(grids / "teacher.png", _grid(ref))
 
-    def fd_and_grid(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
-        row.setdefault("fd", {})[nfe] = fd(x)
+    def grid(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
         _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
 
-    rows = evaluation.solver_table(model, noise, ref, cfg.nfes, cfg.specs, on_sample=fd_and_grid)
+    rows = bed.solver_table(cfg.nfes, cfg.specs, on_sample=grid)
     for row in rows:
         row.setdefault("fd", {})
     for student, label in (("amed", "AMED-Solver +AFS"), ("ipndm", "AMED-Plugin iPNDM +AFS")):
         res_ = sample(model, noise, predictor=predictors[student], return_result=True)
-        row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: evaluation.rmse(res_.x, ref)}
+        row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: bed.rmse(res_.x)}
         rows.append(row)
         _save_png(grids / f"{_slug(label)}_nfe{res_.nfe}.png", _grid(res_.x))
 

@@ -10,8 +10,8 @@ import scipy.linalg
 import torch
 
 __all__ = [
-    "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "load_images", "FeatureExtractor",
-    "feature_stats", "kid", "load_stats", "knn_radii", "precision_recall",
+    "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "trajectory_pca_table",
+    "load_images", "FeatureExtractor", "feature_stats", "kid", "load_stats", "knn_radii", "precision_recall",
 ]
 
 
@@ -60,6 +60,29 @@ def trajectory_pca_error(trajectory: torch.Tensor, k: int = 2) -> torch.Tensor:
     basis = vh[:, :k]  # (B, k, D)
     proj = mean + ((x - mean) @ basis.transpose(1, 2)) @ basis
     return ((x - proj).norm(dim=-1) / x.norm(dim=-1)).transpose(0, 1)
+
+
+def trajectory_pca_table(trajectory: torch.Tensor, max_k: int = 5) -> list[dict[str, float]]:
+    """How flat sampling trajectories are (Zhou et al., 2024, Fig. 4): for k = 1 .. ``max_k`` principal components,
+    the mean and max over points of :func:`trajectory_pca_error` and the cumulative explained variance (mean over
+    trajectories). ``trajectory``: (T, B, ...); ``max_k`` is at most min(T, D), the number of components of T points
+    in D dimensions. Returns rows ``{"k", "mean_rel_error", "max_rel_error", "explained_variance"}``."""
+    if trajectory.ndim < 2:
+        raise ValueError(f"trajectory must have shape (T, B, ...), got {tuple(trajectory.shape)}")
+    T, B = trajectory.shape[:2]
+    x = trajectory.reshape(T, B, -1).to(torch.float64).transpose(0, 1)  # (B, T, D)
+    n = min(T, x.shape[-1])
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= n:
+        raise ValueError(f"max_k must be an int in 1..{n} (trajectories of {T} points in {x.shape[-1]} dimensions "
+                         f"have {n} principal components), got {max_k!r}")
+    sv = torch.linalg.svdvals(x - x.mean(1, keepdim=True))  # (B, min(T, D))
+    cum = (sv**2).cumsum(-1) / (sv**2).sum(-1, keepdim=True)
+    rows = []
+    for k in range(1, max_k + 1):
+        e = trajectory_pca_error(trajectory, k)  # (T, B)
+        rows.append({"k": k, "mean_rel_error": float(e.mean()), "max_rel_error": float(e.max()),
+                     "explained_variance": float(cum[:, k - 1].mean())})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ evaluation

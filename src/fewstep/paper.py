@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import torch
 
 from . import amed
-from .evaluation import SolverSpec, reference_solution, rmse, solver_table
-from .sampling import ModelCall, noise_for_seeds, sample, steps_for_nfe
+from .bed import Bed
+from .evaluation import SolverSpec, rmse, solver_table
+from .sampling import ModelCall, sample, steps_for_nfe
 from .teacher import REFERENCE_SOLVER, run_teacher
 from .schedules import get_schedule, refine_schedule
 from .solvers import AMEDPlugin, AMEDSolver, get_solver
@@ -73,50 +74,12 @@ SCHEDULES: tuple[tuple[str, str, float], ...] = (
 )
 
 
-@dataclass
-class Bed:
-    """A model with held-out noise, its high-accuracy ODE solution and optional extra metrics."""
-
-    denoiser: Callable
-    noise: torch.Tensor
-    ref: torch.Tensor
-    ref_error: float
-    shape: tuple[int, ...]
-    model_id: str | None
-    dtype: torch.dtype
-    description: str
-    fd: Callable[[torch.Tensor], float] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def on_sample(self, row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
-        """Add the secondary metric (FD) of a sample set to ``row["fd"][nfe]``."""
-        if self.fd is not None:
-            row.setdefault("fd", {})[nfe] = self.fd(x)
-
-
 def make_bed(denoiser: Callable, shape: Sequence[int], *, seeds: int = 1000, ref_steps: int = 256,
              model_id: str | None = None, dtype: torch.dtype = torch.float64, description: str = "",
              fd_reference: torch.Tensor | None = None) -> Bed:
-    """Held-out noise for seeds 0..seeds-1 and the reference solution (DEIS-4, ``ref_steps`` polynomial steps).
-    With ``fd_reference`` (real images), ``bed.fd(x)`` is the Fréchet distance in a fixed 64-D random feature
-    space (:class:`fewstep.metrics.RandomFeatures`)."""
-    from . import metrics
-
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
-        raise ValueError(f"seeds must be an int >= 2, got {seeds!r}")
-    noise = noise_for_seeds(range(seeds), tuple(shape), dtype=dtype)
-    ref, err = reference_solution(denoiser, noise, steps=ref_steps)
-    fd = None
-    if fd_reference is not None:
-        feats = metrics.RandomFeatures(int(math.prod(shape)))
-        mu_r, s_r = metrics.gaussian_stats(feats(fd_reference))
-
-        def fd(x: torch.Tensor) -> float:
-            mu, s = metrics.gaussian_stats(feats(x.clamp(-1, 1)))
-            return metrics.frechet_distance(mu, s, mu_r, s_r)
-
-    return Bed(denoiser, noise, ref, err, tuple(shape), model_id, dtype, description, fd,
-               {"seeds": seeds, "ref_steps": ref_steps})
+    """:meth:`fewstep.bed.Bed.build` (kept for existing callers)."""
+    return Bed.build(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
+                     description=description, fd_reference=fd_reference)
 
 
 def amed_row(

@@ -306,8 +306,11 @@ def sample(
         if denoise_to_zero:
             call.begin_step(sig.numel() - 1)
             x = call(x, sig[-1])
+    # Learned per-sample parameters (float64) may promote the state; the result has the noise's dtype.
+    x = x.to(noise.dtype)
     if return_trajectory or return_result:
-        return SampleResult(x=x, nfe=call.nfe, sigmas=sig, trajectory=torch.stack(traj) if traj is not None else None)
+        trajectory = torch.stack([t.to(noise.dtype) for t in traj]) if traj is not None else None
+        return SampleResult(x=x, nfe=call.nfe, sigmas=sig, trajectory=trajectory)
     return x
 
 

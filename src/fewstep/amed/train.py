@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -178,7 +176,7 @@ def train(
         "scale_time": scale_time,
         "features": feat_cfg,
         "architecture": {"hidden": hidden, "emb_dim": 8, "feat_proj": 16},
-        "model_id": model_id,
+        "model_id": model_id if model_id is not None else getattr(denoiser, "model_id", None),
         "training": tr,
     }
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)

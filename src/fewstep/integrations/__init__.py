@@ -8,9 +8,11 @@ from typing import Any
 
 from .stepper import Request, Stepper, evaluation_sigmas
 
-__all__ = ["Stepper", "Request", "evaluation_sigmas", "FewstepScheduler", "DiffusersDenoiser", "load_denoiser"]
+__all__ = ["Stepper", "Request", "evaluation_sigmas", "FewstepScheduler", "DiffusersDenoiser", "load_denoiser",
+           "run_pipeline_loop", "unet_model_id", "resolve_noise_config"]
 
-_DIFFUSERS = ("FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser")
+_DIFFUSERS = ("FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser", "run_pipeline_loop",
+              "unet_model_id", "resolve_noise_config")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,6 @@
 """diffusers integration: a scheduler that runs any fewstep solver (AMED included) inside a diffusers pipeline,
 and a wrapper that turns a diffusers UNet into a fewstep denoiser (with mid-block features for AMED training).
+Needs the optional ``diffusers`` package (``pip install 'fewstep[diffusers]'``).
 
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="ipndm")
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor=fewstep.amed.load("p.safetensors"))
@@ -28,35 +29,81 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     Conversions of eps / v / x0 / velocity outputs are those of :mod:`fewstep.denoisers.adapters`.
   * At the first model call of every interval the solver takes the pipeline's ``sample`` as its state, so
     pipelines that edit latents between steps keep working as with diffusers' own schedulers.
-  * AFS (analytical first step) needs a pipeline that calls ``scale_model_input`` (Stable Diffusion-style
-    pipelines do, DDPMPipeline does not): the first model call is made after the analytical step.
   * A feature-based AMED predictor picks evaluation times per sample during sampling and cannot be scheduled in
     advance: use a predictor-free table (``features="none"``) with the scheduler, or :func:`fewstep.sample`
     with :class:`DiffusersDenoiser` for feature predictors. Starting mid-schedule (img2img) is not supported.
+
+What a pipeline must call so that it makes exactly ``len(scheduler.timesteps)`` model calls (= the NFE, = the
+trained NFE of an AMED predictor, AFS included)::
+
+    scheduler.set_timesteps(nfe)
+    sample = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:                              # one model call per entry, no more
+        model_input = scheduler.scale_model_input(sample, t)   # may differ from sample (AFS, see below)
+        out = model(model_input, t)                            # the only model call of the iteration
+        sample = scheduler.step(out, t, sample).prev_sample    # the sample the pipeline keeps is `sample`
+
+AFS (analytical first step, ``afs=True`` or a predictor trained with it) replaces the first model call by the
+closed-form denoiser, so it saves one call: ``timesteps`` holds NFE entries and none of them is spent on the
+analytical step. The scheduler makes that step itself inside ``scale_model_input`` at the first entry (from
+the initial ``sample``), and the first model call is made at the point after it. Stable Diffusion-style
+pipelines follow this loop. ``DDPMPipeline`` (and loops like it) never calls ``scale_model_input``, so it feeds
+the initial noise to the model at the first entry: without AFS that is right; with AFS ``step`` raises a
+RuntimeError rather than return a wrong sample. Run such models with :func:`run_pipeline_loop` (the loop above,
+with classifier-free guidance for conditional UNets), which makes exactly ``len(scheduler.timesteps)`` calls.
+
+Loading your own model (:func:`load_denoiser`) makes no silent assumption about how it was trained: the
+prediction type and the noise schedule come from the folder's scheduler config, else from keyword arguments,
+else a ValueError names what is missing; ``den.noise_config`` records which (``den.describe()`` in one line),
+``den.model_id`` is a digest of the UNet's weights and ``den.sigma_min`` / ``den.sigma_max`` its training range.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
-from diffusers.utils import BaseOutput
+
+INSTALL_HINT = "the diffusers integration needs the 'diffusers' package: pip install 'fewstep[diffusers]'"
+
+
+class DiffusersNotInstalledError(ModuleNotFoundError, ValueError):
+    """``diffusers`` is not installed (or fails to import). A ModuleNotFoundError, so ``except ImportError`` works;
+    also a ValueError, the class fewstep's CLI reports as a one-line error. (It cannot also be an OSError:
+    Python refuses a class deriving from both ImportError and OSError.)"""
+
+
+try:
+    import diffusers
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+    from diffusers.utils import BaseOutput
+except ImportError as _e:
+    if _e.name == "diffusers":  # not installed (or blocked with sys.modules["diffusers"] = None)
+        raise DiffusersNotInstalledError(INSTALL_HINT, name="diffusers") from None
+    raise DiffusersNotInstalledError(
+        f"the diffusers integration could not import the installed 'diffusers' package ({_e}); reinstall it: "
+        "pip install --upgrade 'fewstep[diffusers]'", name="diffusers") from _e
 
 from ..denoisers.adapters import FlowModel, VPModel
-from ..sampling import _predictor_settings, steps_for_nfe
+from ..io import tensor_digest
+from ..sampling import steps_for_nfe
 from ..schedules import get_schedule
 from .stepper import Request, Stepper, evaluation_sigmas
 
 __all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser", "alphas_cumprod",
-           "PREDICTION_TYPES", "FLOW_T_MAX"]
+           "PREDICTION_TYPES", "FLOW_T_MAX", "resolve_noise_config", "model_sigma_range", "unet_model_id",
+           "run_pipeline_loop", "DiffusersNotInstalledError", "INSTALL_HINT"]
 
 # diffusers prediction_type -> fewstep adapter prediction
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "velocity"}
@@ -110,6 +157,154 @@ def _is_flow_config(cfg: dict) -> bool:
 def _flow_sigma(t: torch.Tensor) -> torch.Tensor:
     t = t.clamp(max=FLOW_T_MAX)
     return t / (1 - t)
+
+
+def model_sigma_range(adapter: VPModel | FlowModel, num_train_timesteps: int) -> tuple[float, float]:
+    """(sigma_min, sigma_max) in EDM sigma that a model was trained on: for a VP model the sigmas of its first
+    and last training timestep (from alphas_cumprod); for a flow model those of t = 1/T and t = 1 (clamped to
+    ``FLOW_T_MAX``). Used by :class:`FewstepScheduler` and :class:`DiffusersDenoiser` alike."""
+    if isinstance(adapter, FlowModel):
+        T = num_train_timesteps
+        return float(_flow_sigma(torch.tensor(1.0 / T, dtype=torch.float64))), float(_flow_sigma(torch.tensor(1.0)))
+    ls = adapter.log_sigmas
+    return float(ls[0].exp()), float(ls[-1].exp())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model's noise settings: from its scheduler config, or from arguments, never assumed
+# ---------------------------------------------------------------------------------------------------------------
+
+# Keys of a diffusers scheduler config that define how a UNet was trained (what its output and time mean).
+NOISE_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
+# The range of a beta schedule given by name, when not given: diffusers' DDPMScheduler defaults (recorded in
+# noise_config["defaults"] and shown by describe()). prediction_type and the schedule itself are never defaulted.
+_RANGE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
+
+
+def _class_defaults(cfg: dict) -> tuple[str | None, dict]:
+    """Defaults of the scheduler class a config names (``_class_name``), as diffusers applies them on loading."""
+    name = cfg.get("_class_name")
+    cls = FewstepScheduler if name == "FewstepScheduler" else getattr(diffusers, str(name), None) if name else None
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        return None, {}
+    params = inspect.signature(cls.__init__).parameters
+    empty = inspect.Parameter.empty
+    return name, {k: p.default for k, p in params.items() if k in NOISE_KEYS and p.default is not empty}
+
+
+def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLike | None = None,
+                         context: str | None = None, **items: Any) -> dict[str, Any]:
+    """The noise settings of a diffusers model: what its output means and its training noise schedule.
+
+    ``scheduler_config``: a scheduler config (dict, ``scheduler.config``), read from ``file`` if given (then its
+    entries count as "file", else as "argument"). A config that names its scheduler class (``_class_name``, as
+    saved configs do) gets the class's defaults for keys it lacks, as diffusers loads it. ``items``: keyword
+    settings (``prediction_type``, ``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``,
+    ``trained_betas``; None = not given), which override the config. A FlowMatch* config or
+    ``prediction_type="flow_prediction"`` is a rectified-flow model. A VP model needs ``prediction_type`` and
+    ``beta_schedule`` (or ``trained_betas``); if either is missing a ValueError names it and how to pass it
+    (``context``: where the settings were looked for, for that message).
+
+    Returns a dict: ``prediction_type``, ``num_train_timesteps``, the beta keys (VP), ``source`` ("file",
+    "argument" or "file+argument"), ``file`` (path or None), ``class_defaults`` / ``defaults`` (keys taken from
+    the named scheduler class / from diffusers' DDPMScheduler range defaults)."""
+    unknown = set(items) - set(NOISE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown noise setting(s) {', '.join(sorted(unknown))}; known: {', '.join(NOISE_KEYS)}")
+    if scheduler_config is not None and not hasattr(scheduler_config, "items"):
+        raise TypeError(f"scheduler_config must be a dict (e.g. scheduler.config), got "
+                        f"{type(scheduler_config).__name__}")
+    cfg = {k: v for k, v in dict(scheduler_config or {}).items() if v is not None}
+    given = {k: v for k, v in items.items() if v is not None}
+    cfg_origin = "file" if file is not None else "argument"
+    origin = {k: cfg_origin for k in NOISE_KEYS if k in cfg}
+    origin.update({k: "argument" for k in given})
+    cls_name, cls_defaults = _class_defaults(cfg)
+    flow = given.get("prediction_type", "flow_prediction" if _is_flow_config(cfg) else cfg.get(
+        "prediction_type", cls_defaults.get("prediction_type"))) == "flow_prediction"
+    merged = {**{k: v for k, v in cls_defaults.items() if v is not None}, **cfg, **given}
+    from_class = sorted(k for k in cls_defaults if k not in origin and cls_defaults[k] is not None
+                        and (not flow or k in ("prediction_type", "num_train_timesteps")))
+    if flow:
+        if "prediction_type" not in merged or merged["prediction_type"] != "flow_prediction":
+            merged["prediction_type"] = "flow_prediction"
+            origin.setdefault("prediction_type", cfg_origin)  # a FlowMatch config: its class says flow
+        keys = ("prediction_type", "num_train_timesteps")
+        missing = []
+    else:
+        keys = NOISE_KEYS
+        missing = [k for k in ("prediction_type",) if k not in merged]
+        if "beta_schedule" not in merged and "trained_betas" not in merged:
+            missing.append("beta_schedule (or trained_betas)")
+    if missing:
+        it = "it" if len(missing) == 1 else "them"
+        if context is None:
+            context = f"{file} does not give {it}" if file is not None else "no scheduler config was given"
+        raise ValueError(
+            f"the model's {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} unknown ({context}), and "
+            f"fewstep does not guess {it}. Pass keywords, e.g. "
+            "prediction_type='epsilon', beta_schedule='linear' (plus beta_start=, beta_end=, num_train_timesteps= "
+            "unless 0.0001, 0.02, 1000), or scheduler_config= the training scheduler's config (e.g. "
+            "DDPMScheduler(...).config; FlowMatchEulerDiscreteScheduler().config for a flow model), or save that "
+            "scheduler into the model folder (scheduler.save_pretrained(folder))")
+    defaults = []
+    if not flow and merged.get("trained_betas") is not None:
+        merged.setdefault("num_train_timesteps", len(merged["trained_betas"]))
+        origin.setdefault("num_train_timesteps", origin["trained_betas"])
+    # beta_start / beta_end mean nothing for trained betas or the cosine schedule: filled, but not reported
+    named_range = merged.get("trained_betas") is None and merged.get("beta_schedule") != "squaredcos_cap_v2"
+    unused = () if flow or named_range else ("beta_start", "beta_end")
+    for k, v in _RANGE_DEFAULTS.items():
+        if k in keys and k not in merged:
+            merged[k] = v
+            if k not in unused:
+                defaults.append(k)
+    out: dict[str, Any] = {k: merged.get(k) for k in keys}
+    if not flow:
+        out["trained_betas"] = list(map(float, out["trained_betas"])) if out["trained_betas"] is not None else None
+    T = out["num_train_timesteps"]
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
+    if not flow and out["trained_betas"] is not None and len(out["trained_betas"]) != T:
+        raise ValueError(f"trained_betas has {len(out['trained_betas'])} entries but num_train_timesteps is {T}")
+    if out["prediction_type"] not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                         f"got {out['prediction_type']!r}")
+    if not flow:
+        ac = alphas_cumprod(T, out["beta_start"], out["beta_end"], out["beta_schedule"], out["trained_betas"])
+        if not (bool(torch.isfinite(ac).all()) and 0 < float(ac.min()) and float(ac.max()) < 1):
+            raise ValueError(f"the beta settings {({k: out[k] for k in NOISE_KEYS[2:5]})} give alphas_cumprod "
+                             "outside (0, 1); check beta_start / beta_end")
+    used = {origin.get(k) for k in keys} - {None}
+    out["source"] = "+".join(s for s in ("file", "argument") if s in used) or cfg_origin
+    out["file"] = str(file) if file is not None and "file" in used else None
+    out["scheduler_class"] = cls_name
+    out["class_defaults"] = [k for k in from_class if k in keys]
+    out["defaults"] = defaults
+    return out
+
+
+def _describe_noise(nc: dict, sigma_min: float, sigma_max: float) -> str:
+    T = nc["num_train_timesteps"]
+    if nc["prediction_type"] == "flow_prediction":
+        kind = f"rectified flow, velocity prediction, {T} training steps"
+    else:
+        if nc.get("trained_betas") is not None:
+            betas = "trained betas"
+        elif nc["beta_schedule"] == "squaredcos_cap_v2":
+            betas = "squaredcos_cap_v2 betas"
+        else:
+            betas = f"{nc['beta_schedule']} betas {nc['beta_start']:g}..{nc['beta_end']:g}"
+        kind = f"{PREDICTION_TYPES[nc['prediction_type']]} prediction, VP {betas}, {T} training steps"
+    src = {"file": f"from {nc['file']}", "argument": "from arguments",
+           "file+argument": f"from {nc['file']} and arguments"}[nc["source"]]
+    notes = []
+    if nc.get("class_defaults"):
+        notes.append(f"{nc['scheduler_class']} defaults for {', '.join(nc['class_defaults'])}")
+    if nc.get("defaults"):
+        notes.append(f"diffusers defaults for {', '.join(nc['defaults'])}")
+    extra = f"; {'; '.join(notes)}" if notes else ""
+    return f"{kind}, sigma {sigma_min:.4g}..{sigma_max:.4g} (noise settings {src}{extra})"
 
 
 @dataclass
@@ -215,7 +410,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 "during sampling, so a scheduler cannot list its timesteps in advance; train a predictor-free table "
                 "(fewstep.amed.train(..., features='none')) for pipelines, or use fewstep.sample with "
                 "DiffusersDenoiser for this one")
-        _, sig, solver, afs = _predictor_settings(predictor, lambda x, s: x, None, None, None, {})
+        _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor
 
@@ -230,11 +425,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ schedule
     def _model_range(self) -> tuple[float, float]:
         """(sigma_min, sigma_max) in EDM sigma that the model was trained on."""
-        if self.is_flow:
-            T = self.config.num_train_timesteps
-            return float(_flow_sigma(torch.tensor(1.0 / T, dtype=torch.float64))), float(_flow_sigma(torch.tensor(1.0)))
-        ls = self.adapter.log_sigmas
-        return float(ls[0].exp()), float(ls[-1].exp())
+        return model_sigma_range(self.adapter, self.config.num_train_timesteps)
 
     def _spaced(self, n: int, mu: float | None) -> torch.Tensor:
         """``n`` descending EDM sigmas of the pipeline's own spacing (diffusers' set_timesteps formulas)."""
@@ -268,7 +459,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if self.predictor is not None:
             if sigmas is not None:
                 raise ValueError("an AMED predictor brings its own schedule; do not pass sigmas")
-            _, sig, solver, afs = _predictor_settings(self.predictor, lambda x, s: x, None, None, None, {})
+            _, sig, solver, afs = self.predictor.sampling_setup(lambda x, s: x)
             dtz = bool(cfg.denoise_to_zero)
             return sig, solver, afs, dtz, {}
         solver, afs, opts = cfg.solver, bool(cfg.afs), dict(cfg.solver_options or {})
@@ -373,8 +564,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             if st.afs and not self._afs_input:
                 raise RuntimeError(
                     "afs=True: the first model call must be made after the analytical first step, but this pipeline "
-                    "did not call scheduler.scale_model_input (e.g. DDPMPipeline); use afs=False or a predictor "
-                    "trained without AFS, or a pipeline that calls scale_model_input")
+                    "did not call scheduler.scale_model_input (e.g. DDPMPipeline); run the loop with "
+                    "fewstep.integrations.diffusers.run_pipeline_loop(unet, scheduler, noise, nfe), use a pipeline "
+                    "that calls scale_model_input, or use afs=False / a predictor trained without AFS")
         req = self._request
         x = req.x
         if k > 0 and st.at_interval_start:
@@ -401,36 +593,159 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def unet_model_id(unet: torch.nn.Module) -> str:
+    """``"diffusers:"`` + the first 16 hex digits of the SHA-256 over the UNet's state_dict (names, dtypes, shapes
+    and bytes, sorted by name; :func:`fewstep.io.tensor_digest`): the same weights give the same id wherever the
+    folder lies, other weights another id (about 0.1 s per 100 MB)."""
+    return "diffusers:" + tensor_digest(unet.state_dict())[:16]
+
+
+def _unet_output(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                 uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+    """The UNet's raw output (eps / v / x0 / velocity) at network input ``x`` and time ``t`` (0-dim or (B,)), with
+    classifier-free guidance out = u + guidance_scale (c - u) when ``uncond`` is given; in ``x``'s dtype."""
+    dtype = getattr(unet, "dtype", x.dtype)
+    B = x.shape[0]
+    xin, tin = x.to(dtype), t.to(device=x.device, dtype=torch.float32).reshape(-1).expand(B)
+    if cond is None:
+        return unet(xin, tin).sample.to(x.dtype)
+    cond = _expand(cond.to(dtype), B)
+    if uncond is None or guidance_scale == 1.0:
+        return unet(xin, tin, encoder_hidden_states=cond).sample.to(x.dtype)
+    both = torch.cat([_expand(uncond.to(dtype), B), cond])
+    u, c = unet(torch.cat([xin, xin]), torch.cat([tin, tin]), encoder_hidden_states=both).sample.chunk(2)
+    return (u + guidance_scale * (c - u)).to(x.dtype)
+
+
+def _expand(h: torch.Tensor, batch: int) -> torch.Tensor:
+    if h.shape[0] == batch:
+        return h
+    if h.shape[0] == 1:
+        return h.expand(batch, *h.shape[1:])
+    raise ValueError(f"encoder_hidden_states has batch {h.shape[0]}; expected 1 or {batch}")
+
+
+def _check_guidance(encoder_hidden_states: Any, negative_encoder_hidden_states: Any, guidance_scale: Any) -> None:
+    if encoder_hidden_states is None and negative_encoder_hidden_states is not None:
+        raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states")
+    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
+        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+
+
+def run_pipeline_loop(unet: torch.nn.Module, scheduler: Any, latents: torch.Tensor,
+                      num_inference_steps: int | None = None, *, encoder_hidden_states: torch.Tensor | None = None,
+                      negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                      callback: Any = None) -> torch.Tensor:
+    """The denoising loop of a Stable Diffusion-style pipeline (see the module docstring), for models whose own
+    pipeline does not call ``scale_model_input`` (DDPMPipeline), e.g. to run an AFS-trained AMED table at its
+    trained NFE. Makes exactly ``len(scheduler.timesteps)`` UNet calls (CFG: one call on the doubled batch).
+
+    ``latents``: the initial noise, N(0, I) of the pipeline's latent shape (multiplied by
+    ``scheduler.init_noise_sigma`` here); ``num_inference_steps``: calls ``set_timesteps`` (None: the scheduler's
+    current timesteps); conditioning and guidance as in :class:`DiffusersDenoiser`; ``callback(i, t, latents)``
+    after every step. Works with any diffusers scheduler. Returns the final latents (pipeline space, before any
+    VAE decoding or the [-1, 1] -> [0, 1] mapping)."""
+    _check_guidance(encoder_hidden_states, negative_encoder_hidden_states, guidance_scale)
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    elif getattr(scheduler, "timesteps", None) is None:
+        raise ValueError("pass num_inference_steps, or call scheduler.set_timesteps first")
+    sample = latents * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(sample, t)
+            out = _unet_output(unet, model_input, torch.as_tensor(t), encoder_hidden_states,
+                               negative_encoder_hidden_states, guidance_scale)
+            sample = scheduler.step(out, t, sample, return_dict=False)[0]
+            if callback is not None:
+                callback(i, t, sample)
+    return sample
+
+
+class _DropAccelerateNotice(logging.Filter):
+    """Drops diffusers' "Cannot initialize model with low cpu memory usage because `accelerate` was not found"
+    notice (printed on every load without accelerate); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("accelerate" in msg and "low cpu memory" in msg)
+
+
+@contextlib.contextmanager
+def _no_accelerate_notice(cls: type) -> Iterator[None]:
+    """While loading with ``cls.from_pretrained``: a filter on the diffusers logger of the module that defines it
+    (diffusers' own ``utils.logging.get_logger``), removed afterwards. Only that notice is dropped, so warnings
+    about missing or unexpected weights still show; no global verbosity changes."""
+    logger = diffusers.utils.logging.get_logger(getattr(cls.from_pretrained, "__module__", None) or "diffusers")
+    f = _DropAccelerateNotice()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 class DiffusersDenoiser(torch.nn.Module):
     """EDM denoiser D(x, sigma) -> x0 from a diffusers UNet (UNet2DModel, or UNet2DConditionModel with
     ``encoder_hidden_states`` and classifier-free guidance: out = u + guidance_scale (c - u) with
-    ``negative_encoder_hidden_states`` for u). ``scheduler_config`` (the pipeline's ``scheduler.config``) gives
-    the training noise schedule and ``prediction_type``; conversions are fewstep's VP / flow adapters.
+    ``negative_encoder_hidden_states`` for u). Conversions are fewstep's VP / flow adapters.
     ``denoise_with_features`` returns the pooled output of the UNet's ``mid_block`` (both CFG halves
     concatenated), so AMED predictors can be trained with ``features="adapter"``.
+
+    How the UNet was trained is never assumed: ``scheduler_config`` (the pipeline's ``scheduler.config``) and/or
+    the keywords ``prediction_type``, ``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``,
+    ``trained_betas`` (which override it) must give the prediction type and the noise schedule, else a
+    ValueError names what is missing (:func:`resolve_noise_config`). ``scheduler_config_file``: the file
+    ``scheduler_config`` was read from, recorded as the source.
+
+    Attributes: ``noise_config`` (the settings used and their ``source``, "file" / "argument" /
+    "file+argument"; :meth:`describe` in one line), ``sigma_min`` / ``sigma_max`` (EDM sigmas of the model's
+    training range, :func:`model_sigma_range`), ``model_id`` (``model_id=`` or, computed on first use, a digest of
+    the UNet's weights, :func:`unet_model_id`).
     """
 
+    accepts_any_dtype = True  # casts to the UNet's dtype itself; the VP/flow conversions run in the state's dtype
+
     def __init__(self, unet: torch.nn.Module, scheduler_config: Any = None, *, prediction_type: str | None = None,
+                 beta_schedule: str | None = None, beta_start: float | None = None, beta_end: float | None = None,
+                 num_train_timesteps: int | None = None, trained_betas: Any = None,
                  encoder_hidden_states: torch.Tensor | None = None,
                  negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float = 1.0,
-                 timestep_type: str = "interp", feature_module: str | None = None, model_id: str | None = None) -> None:
+                 timestep_type: str = "interp", feature_module: str | None = None, model_id: str | None = None,
+                 scheduler_config_file: str | os.PathLike | None = None) -> None:
         super().__init__()
-        from ..amed import HookFeatures
+        from ..denoisers.features import HookFeatures
 
-        cfg = dict(scheduler_config or {})
-        cfg.setdefault("num_train_timesteps", 1000)
-        if prediction_type is None:
-            prediction_type = "flow_prediction" if _is_flow_config(cfg) else cfg.get("prediction_type", "epsilon")
-        if encoder_hidden_states is None and negative_encoder_hidden_states is not None:
-            raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states")
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
-            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        nc = resolve_noise_config(scheduler_config, file=scheduler_config_file, prediction_type=prediction_type,
+                                  beta_schedule=beta_schedule, beta_start=beta_start, beta_end=beta_end,
+                                  num_train_timesteps=num_train_timesteps, trained_betas=trained_betas)
+        _check_guidance(encoder_hidden_states, negative_encoder_hidden_states, guidance_scale)
+        if model_id is not None and not isinstance(model_id, str):
+            raise TypeError(f"model_id must be a str, got {type(model_id).__name__}")
         self.unet = unet
-        self.adapter = _adapter(prediction_type, cfg, timestep_type)
+        self.noise_config = nc
+        self.adapter = _adapter(nc["prediction_type"], nc, timestep_type)
         self.adapter.model = self._network
-        self.cond, self.uncond, self.guidance_scale = encoder_hidden_states, negative_encoder_hidden_states, guidance_scale
+        self.sigma_min, self.sigma_max = model_sigma_range(self.adapter, nc["num_train_timesteps"])
+        self.cond, self.uncond = encoder_hidden_states, negative_encoder_hidden_states
+        self.guidance_scale = guidance_scale
         self.model_id = model_id
         self._features = HookFeatures(self.adapter, unet, feature_module)
+
+    @property
+    def model_id(self) -> str:
+        """``model_id=`` if given, else :func:`unet_model_id` of the UNet (computed once, on first use)."""
+        if self._model_id is None:
+            self._model_id = unet_model_id(self.unet)
+        return self._model_id
+
+    @model_id.setter
+    def model_id(self, value: str | None) -> None:
+        self._model_id = value
+
+    def describe(self) -> str:
+        """One line: model id, prediction type, noise schedule, sigma range and where the settings came from."""
+        return f"{self.model_id}: {_describe_noise(self.noise_config, self.sigma_min, self.sigma_max)}"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -438,26 +753,9 @@ class DiffusersDenoiser(torch.nn.Module):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (self.unet.config.in_channels, *size)
 
-    def _expand(self, h: torch.Tensor, batch: int) -> torch.Tensor:
-        if h.shape[0] == batch:
-            return h
-        if h.shape[0] == 1:
-            return h.expand(batch, *h.shape[1:])
-        raise ValueError(f"encoder_hidden_states has batch {h.shape[0]}; expected 1 or {batch}")
-
     def _network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet's raw output (eps / v / x0 / velocity) at network input x and time t, with CFG."""
-        dtype = self.unet.dtype
-        xin, tin = x.to(dtype), t.to(torch.float32)
-        if self.cond is None:
-            return self.unet(xin, tin).sample.to(x.dtype)
-        B = x.shape[0]
-        cond = self._expand(self.cond.to(dtype), B)
-        if self.uncond is None or self.guidance_scale == 1.0:
-            return self.unet(xin, tin, encoder_hidden_states=cond).sample.to(x.dtype)
-        both = torch.cat([self._expand(self.uncond.to(dtype), B), cond])
-        u, c = self.unet(torch.cat([xin, xin]), torch.cat([tin, tin]), encoder_hidden_states=both).sample.chunk(2)
-        return (u + self.guidance_scale * (c - u)).to(x.dtype)
+        return _unet_output(self.unet, x, t, self.cond, self.uncond, self.guidance_scale)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.adapter(x, sigma)
@@ -469,12 +767,17 @@ class DiffusersDenoiser(torch.nn.Module):
         return x0, f.to(x.dtype)
 
 
-def load_denoiser(path: str | os.PathLike, **kwargs: Any) -> DiffusersDenoiser:
+def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kwargs: Any) -> DiffusersDenoiser:
     """A :class:`DiffusersDenoiser` from a local directory saved with ``save_pretrained``: a pipeline folder
     (model_index.json, unet/, scheduler/) or a UNet folder (config.json, optional scheduler_config.json).
-    Offline and safetensors only (no pickled weights)."""
-    import diffusers
+    Offline and safetensors only (no pickled weights).
 
+    The prediction type and noise schedule come from the folder's scheduler config; without one (a bare UNet
+    folder) pass them: ``prediction_type=``, ``beta_schedule=`` (``beta_start=``, ``beta_end=``,
+    ``num_train_timesteps=``, ``trained_betas=``) or ``scheduler_config=`` (a dict, used instead of the file);
+    keywords override the file. Otherwise a ValueError says what is missing. ``model_id`` defaults to a digest of
+    the UNet's weights (a copied folder keeps it, other weights in a same-named folder get another one). Other
+    keywords go to :class:`DiffusersDenoiser`. ``den.describe()`` says which settings were used."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no diffusers model folder at {root}")
@@ -490,7 +793,18 @@ def load_denoiser(path: str | os.PathLike, **kwargs: Any) -> DiffusersDenoiser:
     if cls_name == "UNet2DConditionModel" and "encoder_hidden_states" not in kwargs:
         raise ValueError(f"{unet_dir} is a conditional UNet: pass encoder_hidden_states (prompt embeddings) in "
                          "Python with fewstep.integrations.diffusers.DiffusersDenoiser")
-    unet = getattr(diffusers, cls_name).from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
-    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
-    kwargs.setdefault("model_id", f"diffusers:{root.resolve().name}")
-    return DiffusersDenoiser(unet.eval(), sched, **kwargs)
+    if scheduler_config is None and sched_file.is_file():
+        try:
+            scheduler_config = json.loads(sched_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{sched_file} is not valid JSON: {e}") from None
+        kwargs["scheduler_config_file"] = sched_file
+    # Check the noise settings before the (slower) weight loading, so that a missing one fails at once.
+    context = None if scheduler_config is not None else \
+        f"{root} has no scheduler config ({sched_file.relative_to(root)}) and none was passed"
+    resolve_noise_config(scheduler_config, file=kwargs.get("scheduler_config_file"), context=context,
+                         **{k: kwargs[k] for k in NOISE_KEYS if k in kwargs})
+    unet_cls = getattr(diffusers, cls_name)
+    with _no_accelerate_notice(unet_cls):
+        unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+    return DiffusersDenoiser(unet.eval(), scheduler_config, **kwargs)

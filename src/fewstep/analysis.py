@@ -1,0 +1,83 @@
+"""Analyses behind ``fewstep analyze``: PCA of sampling trajectories (Zhou et al., 2024, Fig. 4), the per-step
+error of solvers (and of an AMED predictor) to a teacher, and grid-searched intermediate times (Fig. 5).
+
+Each takes a denoiser and a batch of noise (e.g. ``fewstep.noise_for_seeds(seeds, shape)``) and returns plain rows;
+plotting and writing them is left to the caller."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = ["trajectory_pca", "per_step_error", "predictor_label", "step_alignment"]
+
+
+def trajectory_pca(
+    denoiser: Callable, noise: torch.Tensor, solver: str = "heun", steps: int = 32, max_k: int = 5, *,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Sample one trajectory per noise with ``solver`` on the polynomial schedule of ``steps`` steps and return
+    :func:`fewstep.metrics.trajectory_pca_table` of them: per k = 1 .. ``max_k`` the relative projection error
+    onto the top-k principal components and their explained variance. ``max_k`` is checked before sampling."""
+    from .metrics import trajectory_pca_table
+    from .sampling import sample
+    from .schedules import get_schedule
+
+    if isinstance(noise, torch.Tensor) and noise.ndim >= 1 and isinstance(steps, int):
+        T, D = steps + 1, noise[0].numel()  # the trajectory holds x at every sigma
+        n = min(T, D)
+        if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= n:
+            raise ValueError(f"max_k must be an int in 1..{n} (trajectories of {T} points in {D} dimensions "
+                             f"have {n} principal components), got {max_k!r}")
+    sig = get_schedule("polynomial", steps + 1)
+    traj = sample(denoiser, noise, sig, solver, return_trajectory=True, progress=progress).trajectory
+    return trajectory_pca_table(traj, max_k)
+
+
+def predictor_label(predictor: Any) -> str:
+    """'AMED-Solver' or 'AMED-Plugin on BASE' for an AMED predictor, from its student config."""
+    st = predictor.config["student"]
+    return "AMED-Solver" if st["solver"] == "amed" else f"AMED-Plugin on {st['base']}"
+
+
+def per_step_error(
+    denoiser: Callable, noise: torch.Tensor, solvers: Sequence[str] = ("ipndm",), nfe: int = 5, *,
+    afs: bool = False, schedule: str = "polynomial", teacher_steps: int = 16, predictor: Any = None,
+) -> list[dict[str, Any]]:
+    """Per-step RMSE / L2 to a DEIS-4 teacher (:func:`fewstep.evaluation.trajectory_error`) of each solver at
+    ``nfe`` on the ``schedule`` of the matching number of steps, then, with an AMED ``predictor``, of the predictor
+    on its own schedule. One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, ``"AMED-Solver"``,
+    ``"AMED-Plugin on BASE"``) and trajectory_error's per-sigma lists ``sigma``, ``rmse``, ``l2``,
+    ``teacher_change`` and ``nfe``."""
+    from .evaluation import trajectory_error
+    from .sampling import steps_for_nfe
+    from .schedules import get_schedule
+
+    if isinstance(solvers, str):
+        solvers = [solvers]
+    runs: list[dict[str, Any]] = []
+    for name in solvers:
+        sig = get_schedule(schedule, steps_for_nfe(name, nfe, afs))
+        label = name + (" +AFS" if afs else "")
+        runs.append({"label": label, **trajectory_error(denoiser, noise, sig, name, afs=afs,
+                                                        teacher_steps=teacher_steps)})
+    if predictor is not None:
+        label = predictor_label(predictor)
+        runs.append({"label": label, **trajectory_error(denoiser, noise, None, predictor=predictor,
+                                                        teacher_steps=teacher_steps)})
+    return runs
+
+
+def step_alignment(
+    denoiser: Callable, noise: torch.Tensor, solvers: Sequence[str] = ("amed", "ipndm", "dpmpp"), nfe: int = 5, *,
+    grid: int = 49, schedule: str = "polynomial", teacher_steps: int = 8,
+) -> list[dict[str, Any]]:
+    """Grid-searched intermediate time r_n against r = 0.5 per step of each two-evaluation form, with the analytical
+    first step (the paper's Fig. 5): :func:`fewstep.paper.alignment` with ``M=teacher_steps``. One dict per step."""
+    from .paper import alignment
+
+    if isinstance(solvers, str):
+        solvers = [solvers]
+    return alignment(denoiser, noise, nfe=nfe, solvers=list(solvers), grid=grid, afs=True, schedule=schedule,
+                     M=teacher_steps)

@@ -1,0 +1,41 @@
+"""Command-line interface: ``fewstep demo | train | sample | eval | analyze | bench | schedule``.
+
+One module per command, each with ``add_parser(sub)`` (its options) and ``run(args)``; the shared argument types
+and ``load_model`` are in :mod:`fewstep.cli.args`. The library does the work: a command only parses, calls,
+prints and writes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import analyze, bench, demo, sample, schedule, train
+from . import eval as eval_
+from .args import load_model
+
+__all__ = ["main", "load_model", "build_parser", "COMMANDS"]
+
+COMMANDS = (demo, train, sample, eval_, analyze, bench, schedule)  # in the order of ``fewstep --help``
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fewstep`` parser: one subparser per command module."""
+    p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``fewstep ARGV``; bad input (ValueError, TypeError, OSError) is one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, OSError) as e:
+        print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fewstep {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,176 @@
+"""``fewstep analyze pca | predictor | error | align``: the paper's figures as a .png plot and a .csv table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..io import save_figure, write_text_atomic
+from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
+from .args import add_model_args, parse_seeds, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``analyze`` subcommand."""
+    a = sub.add_parser("analyze", help="trajectory PCA (paper Fig. 4), grid-searched intermediate steps (Fig. 5), "
+                                       "a predictor's learned r, c (Fig. 7), per-step error to a teacher")
+    a.add_argument("what", choices=("pca", "predictor", "error", "align"))
+    add_model_args(a)
+    a.add_argument("--predictor", default=None, help="AMED checkpoint (for 'predictor'; for 'error' an extra row)")
+    a.add_argument("--solver", default=None,
+                   help="pca: trajectory solver (default heun); error: comma-separated solvers (default ipndm); "
+                        "align: comma-separated forms, amed (AMED-Solver / DPM-Solver-2) or a plugin base solver "
+                        "(default amed,ipndm,dpmpp)")
+    a.add_argument("--nfe", type=positive_int, default=5, help="error / align: NFE (default: %(default)s)")
+    a.add_argument("--afs", action="store_true", help="error: use AFS (align always does)")
+    a.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"),
+                   help="error / align: time schedule (default: %(default)s)")
+    a.add_argument("--teacher-steps", type=positive_int, default=None,
+                   help="error / align: teacher steps inserted per interval (default: 16 / 8)")
+    a.add_argument("--grid", type=positive_int, default=49, help="align: grid points for r in (0, 1) (plus r = 0.5)")
+    a.add_argument("--steps", type=positive_int, default=32, help="trajectory steps (default: %(default)s)")
+    a.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"))
+    a.add_argument("--max-k", type=positive_int, default=5)
+    a.add_argument("--out", required=True, help="output path stem; writes .png and .csv")
+    a.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a.set_defaults(func=run)
+    return a
+
+
+def run(args: argparse.Namespace) -> int:
+    """Paper figures: PCA of sampling trajectories (Fig. 4) and the learned r_n, c_n of a predictor (Fig. 7)."""
+    import torch
+
+    from ..io import pyplot
+
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    args.solver = args.solver or {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what)
+    if args.what == "align":
+        fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
+    else:
+        fig, ax = pyplot().subplots(figsize=(6, 4))
+    if args.what == "pca":
+        rows = _pca(args, ax)
+    elif args.what in ("error", "align"):
+        rows = _error(args, ax) if args.what == "error" else _align(args, ax, ax2)
+    else:
+        rows = _predictor(args, ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out.with_suffix(".png"))
+    write_text_atomic(out.with_suffix(".csv"), "\n".join(rows) + "\n")
+    print("\n".join(rows))
+    print(f"Wrote {out.with_suffix('.png')} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def _solvers(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _pca(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
+    """Relative projection error and explained variance of trajectories against the number of components."""
+    from ..analysis import trajectory_pca
+    from ..sampling import noise_for_seeds
+
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    table = trajectory_pca(denoiser, noise, args.solver, args.steps, args.max_k, progress=True)
+    rows = ["k,mean_rel_error,max_rel_error,explained_variance"]
+    for r in table:
+        rows.append(f"{r['k']},{r['mean_rel_error']:.6g},{r['max_rel_error']:.6g},{r['explained_variance']:.6g}")
+    ks = [r["k"] for r in table]
+    ax.plot(ks, [r["mean_rel_error"] for r in table], "o-", label="relative projection error (mean)")
+    ax.plot(ks, [r["explained_variance"] for r in table], "s--", label="cumulative explained variance")
+    ax.set_xlabel("principal components k")
+    ax.set_title(f"{model_id}: {args.solver}, {args.steps} steps, {len(args.seeds)} trajectories", fontsize=8)
+    return rows
+
+
+def _predictor(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
+    """The learned r_n, c_n (and a_n) of a predictor-free AMED table (Fig. 7)."""
+    from .. import amed
+
+    if not args.predictor:
+        raise ValueError("analyze predictor needs --predictor PATH")
+    pred = amed.load(args.predictor)
+    if pred.uses_features:
+        raise ValueError("analyze predictor plots predictor-free tables; this predictor reads features")
+    table = pred.table_values()
+    rows = ["step,sigma_cur,sigma_next,r,c,a"]
+    sig = pred.config["sigmas"]
+    for i, v in enumerate(table):
+        rows.append(f"{i},{sig[i]:.6g},{sig[i + 1]:.6g},{v['r']:.6g},{v['c']:.6g},{v['a']:.6g}")
+    steps = list(range(len(table)))
+    ax.plot(steps, [v["r"] for v in table], "o-", label="r_n")
+    ax.plot(steps, [v["c"] for v in table], "s-", label="c_n")
+    ax.set_xlabel("step n (largest sigma first)")
+    return rows
+
+
+def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
+    """Per-step RMSE / L2 of solvers (and an AMED predictor) to a DEIS-4 teacher on the same sigmas."""
+    from .. import amed
+    from ..analysis import per_step_error
+    from ..sampling import noise_for_seeds
+
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    m = args.teacher_steps or 16
+    pred = amed.load(args.predictor, model_id=model_id) if args.predictor else None
+    runs = per_step_error(denoiser, noise, _solvers(args.solver), args.nfe, afs=args.afs, schedule=args.schedule,
+                          teacher_steps=m, predictor=pred)
+    rows = ["solver,nfe,step,sigma,rmse,l2,teacher_change"]
+    for e in runs:
+        label = e["label"]
+        for i, (sg, r, l2, tc) in enumerate(zip(e["sigma"], e["rmse"], e["l2"], e["teacher_change"])):
+            rows.append(f"{label},{e['nfe'][0]},{i},{sg:.6g},{r:.6g},{l2:.6g},{tc:.3g}")
+        ax.plot(e["sigma"][1:], e["rmse"][1:], "o-", label=f"{label} (NFE {e['nfe'][0]})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("sigma (sampling runs right)")
+    ax.set_ylabel("RMSE to the teacher")
+    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule;\n"
+                 f"teacher DEIS-4 with {m} steps inserted per interval", fontsize=8)
+    return rows
+
+
+def _align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
+    """Grid-searched intermediate times vs r = 0.5 per step and solver (paper Fig. 5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from ..analysis import step_alignment
+    from ..sampling import noise_for_seeds
+
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    res = step_alignment(denoiser, noise, _solvers(args.solver), args.nfe, grid=args.grid, schedule=args.schedule,
+                         teacher_steps=args.teacher_steps or 8)
+    keys = list(res[0])
+    rows = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                               for r in res]
+    for label in dict.fromkeys(r["solver"] for r in res):
+        sel = [r for r in res if r["solver"] == label]
+        steps = [r["step"] for r in sel]
+        line, = ax.plot(steps, [r["r_opt"] for r in sel], "o-", label=label)
+        ax.errorbar(steps, [r["r_sample_mean"] for r in sel], [r["r_sample_std"] for r in sel], fmt="none",
+                    ecolor=line.get_color(), alpha=0.5, capsize=3)
+        ax2.plot(steps, [r["ratio"] for r in sel], "o-", color=line.get_color(), label=label)
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="r = 0.5 (DPM-Solver-2 / plugin default)")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step n (largest sigma first)")
+    ax.set_ylabel("grid-searched r_n (bars: per-sample mean ± std)")
+    ax.set_title(f"{model_id}: s_n = t_n^r t_(n+1)^(1-r), NFE {args.nfe}, {len(args.seeds)} seeds", fontsize=8)
+    ax2.set_yscale("log")
+    ax2.axhline(1.0, color="k", lw=1)
+    ax2.set_xlabel("step n")
+    ax2.set_ylabel("RMSE at r = 0.5 / RMSE at grid-searched r")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    return rows

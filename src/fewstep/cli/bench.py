@@ -1,0 +1,71 @@
+"""``fewstep bench paper-table2 | paper-table4 | paper-table5``: the AMED paper's tables regenerated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..io import write_text_atomic
+from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
+from .args import add_model_args, parse_nfes, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``bench`` subcommand."""
+    b = sub.add_parser("bench", help="the AMED paper's Tables 2, 4, 5 regenerated on the analytic bed (or a model)")
+    b.add_argument("which", choices=("paper-table2", "paper-table4", "paper-table5"),
+                   help="table2: solvers x NFE; table4: teacher solvers; table5: time schedules +- AMED-Plugin")
+    add_model_args(b)
+    b.add_argument("--seeds", type=positive_int, default=None,
+                   help="held-out seeds (default: 1000 gmm, 200 otherwise)")
+    b.add_argument("--ref-steps", type=positive_int, default=None,
+                   help="reference steps (default: 256 gmm, 64 otherwise)")
+    b.add_argument("--nfe", type=parse_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
+    b.add_argument("--train-samples", type=positive_int, default=4096, help="AMED training samples per predictor")
+    b.add_argument("--M", type=positive_int, default=8, help="teacher steps inserted per interval (default: 8)")
+    b.add_argument("--plugin-base", default="auto", help="table2: base solver of AMED-Plugin (auto: the best)")
+    b.add_argument("--fd-count", type=positive_int, default=10000,
+                   help="reference patches for the FD of image models")
+    b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    b.set_defaults(func=run)
+    return b
+
+
+def run(args: argparse.Namespace) -> int:
+    """The AMED paper's Tables 2, 4, 5 regenerated on the analytic bed (or a model): Markdown + JSON."""
+    import torch
+
+    from .. import data, paper
+
+    torch.set_num_threads(max(1, args.threads))
+    which = args.which.replace("paper-", "")
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    seeds = args.seeds or (1000 if args.model == "gmm" else 200)
+    ref_steps = args.ref_steps or (256 if args.model == "gmm" else 64)
+    if args.model == "gmm":
+        desc, fd_ref = "Gaussian mixture fitted to 8x8x3 natural-image patches (10 components; exact denoiser)", None
+    else:
+        desc = f"model {model_id} (RMSE to a high-accuracy teacher solution, not to an exact one)"
+        fd_ref = data.image_patches(size=shape[-1], count=args.fd_count, seed=12345).to(dtype) \
+            if len(shape) == 3 and shape[0] == 3 else None
+    out = Path(args.out or f"fewstep-out/paper/{which}.md")
+    command = (f"fewstep bench {args.which} --model {args.model} --seeds {seeds} --ref-steps {ref_steps} "
+               f"--nfe {','.join(map(str, args.nfe))} --train-samples {args.train_samples} --M {args.M}"
+               + (f" --plugin-base {args.plugin_base}" if which == "table2" else "")
+               + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
+               + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
+    print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)
+    bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
+                         description=desc, fd_reference=fd_ref)
+    result, seconds = paper.run_table(which, bed, args.nfe, args.train_samples, args.M, args.plugin_base,
+                                      progress=True)
+    text = paper.report(which, result, bed, args.nfe, command,
+                        {"total_samples": args.train_samples, "M": args.M}, seconds)
+    write_text_atomic(out, text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(paper.json_safe(
+        {"command": command, "seconds": seconds, "reference_error": bed.ref_error, **result}), indent=1) + "\n")
+    print(text)
+    print(f"Wrote {out} and {out.with_suffix('.json')} in {seconds:.0f} s")
+    return 0

@@ -1,0 +1,76 @@
+"""``fewstep eval``: Fréchet distance (and KID, precision / recall) of generated images to a reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..io import atomic_path, write_text_atomic
+from .args import positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``eval`` subcommand."""
+    e = sub.add_parser("eval", help="Fréchet distance (and KID) of generated images to reference statistics")
+    e.add_argument("images", help="generated images: .npz (images in [-1, 1] or uint8) or a folder of PNGs")
+    e.add_argument("--ref", required=True,
+                   help="reference: statistics .npz (mu, sigma; EDM layout), images (.npz / folder), or patches:SIZE")
+    e.add_argument("--ref-count", type=positive_int, default=10000, help="patches for --ref patches:SIZE")
+    e.add_argument("--features", default="random", choices=("random", "pixels", "inception"))
+    e.add_argument("--inception", default=None, help="TorchScript Inception-v3 file for --features inception")
+    e.add_argument("--save-ref-stats", default=None, help="cache the reference statistics to this .npz")
+    e.add_argument("--kid", action="store_true", help="also compute KID (needs reference images)")
+    e.add_argument("--pr", action="store_true",
+                   help="also compute improved precision/recall (Kynkäänniemi et al., 2019; needs reference images)")
+    e.add_argument("--pr-k", type=positive_int, default=3, help="k of the k-NN balls for --pr (default: 3)")
+    e.add_argument("--batch", type=positive_int, default=256)
+    e.add_argument("--out", default=None, help="write the result as JSON here")
+    e.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    e.set_defaults(func=run)
+    return e
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare the images' feature statistics with the reference's; print (and write) the result as JSON."""
+    import numpy as np
+    import torch
+
+    from .. import data, metrics
+
+    torch.set_num_threads(max(1, args.threads))
+    images = metrics.load_images(args.images)
+    ext = metrics.FeatureExtractor(args.features, int(np.prod(images.shape[1:])), args.inception)
+    mu, sigma, feats = metrics.feature_stats(images, ext, args.batch, progress=True)
+    ref_feats = None
+    ref = args.ref
+    if ref.startswith("patches:"):
+        size = int(ref.split(":", 1)[1])
+        ref_images = data.image_patches(size=size, count=args.ref_count, seed=12345).numpy()
+    elif (stats := metrics.load_stats(ref, args.features)) is not None:
+        (mu_r, sigma_r), ref_images = stats, None
+    else:
+        ref_images = metrics.load_images(ref)
+    if ref_images is not None:
+        if ref_images.shape[1:] != images.shape[1:]:
+            raise ValueError(f"reference images have shape {ref_images.shape[1:]}, samples {images.shape[1:]}")
+        mu_r, sigma_r, ref_feats = metrics.feature_stats(ref_images, ext, args.batch, progress=True)
+        if args.save_ref_stats:
+            with atomic_path(args.save_ref_stats, suffix=".npz") as tmp:
+                np.savez(tmp, mu=mu_r, sigma=sigma_r, features=np.array(args.features))
+    if mu_r.shape != mu.shape:
+        raise ValueError(f"reference statistics have {mu_r.shape[0]} features, the extractor gives {mu.shape[0]}")
+    result = {"images": len(images), "features": args.features, "fd": metrics.frechet_distance(mu, sigma, mu_r, sigma_r)}
+    if args.kid:
+        if ref_feats is None:
+            raise ValueError("--kid needs reference images, not only statistics")
+        result["kid"] = metrics.kid(feats, ref_feats)
+    if args.pr:
+        if ref_feats is None:
+            raise ValueError("--pr needs reference images, not only statistics")
+        result["precision"], result["recall"] = metrics.precision_recall(ref_feats, feats, k=args.pr_k)
+    print(json.dumps(result))
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps(result, indent=1) + "\n")
+    return 0

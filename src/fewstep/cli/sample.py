@@ -1,0 +1,115 @@
+"""``fewstep sample``: sample seeds with a solver or a trained AMED predictor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..io import atomic_path
+from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
+from .args import add_model_args, kind_or_file, parse_seeds, positive_int, schedule_arg
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``sample`` subcommand."""
+    s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
+    add_model_args(s)
+    s.add_argument("--predictor", default=None, help="AMED checkpoint; its schedule, solver and AFS are used")
+    s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
+    s.add_argument("--nfe", type=positive_int, default=5)
+    s.add_argument("--afs", action="store_true")
+    s.add_argument("--schedule", default="polynomial", type=schedule_arg,
+                   help="polynomial | logsnr | time_uniform | FILE.json (fewstep schedule search/learn; fixes the NFE)")
+    s.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
+    s.add_argument("--batch", type=positive_int, default=64,
+                   help="seeds per model call (default: %(default)s); outputs are bitwise reproducible for a fixed "
+                        "--batch whatever the number of processes")
+    s.add_argument("--denoise-to-zero", action="store_true")
+    s.add_argument("--out", required=True,
+                   help="FILE.npz (images in [-1, 1], seeds) or a folder: one file per seed, OUT/000000/000123.png, "
+                        "1000 per sub-folder; rerun the same command to resume")
+    s.add_argument("--format", default="png", choices=("png", "npy"),
+                   help="per-seed files in a folder: png (uint8 RGB/grey) or npy (float32 in [-1, 1]) "
+                        "(default: %(default)s)")
+    s.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)")
+    s.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads (default: the CPU count, divided among torchrun's local processes)")
+    s.set_defaults(func=run)
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample seeds: one .npz (``--out FILE.npz``) or one file per seed under a folder, resumable; under
+    ``torchrun`` the seeds are sharded over the processes (fewstep.distributed)."""
+    import numpy as np
+    import torch
+
+    from .. import amed, distributed
+    from ..io import tensor_digest
+    from ..sampling import noise_for_seeds, sample, steps_for_nfe
+    from ..schedules import get_schedule
+
+    out = Path(args.out)
+    single_file = out.suffix == ".npz"
+    fmt = "npz" if single_file else args.format
+    if single_file and args.format != "png":
+        raise ValueError("--format applies to an output folder; --out FILE.npz already writes one .npz")
+    if out.is_dir() if single_file else (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {out} exists and is not {'a file' if single_file else 'a directory'}")
+    # Everything that can fail on bad input is checked before the process group starts and before any output.
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    if not single_file:
+        distributed.check_image_shape(shape, fmt)
+    if args.predictor:
+        pred = amed.load(args.predictor, model_id=model_id)
+        kwargs: dict = {"predictor": pred}
+        run_settings = {"predictor": tensor_digest(pred.state_dict()), "sigmas": pred.config["sigmas"],
+                        "afs": pred.config["afs"]}
+    else:
+        sigmas = kind_or_file(args.schedule)  # a searched / learned schedule fixes the number of steps
+        if isinstance(sigmas, str):
+            sigmas = get_schedule(sigmas, steps_for_nfe(args.solver, args.nfe, args.afs))
+        kwargs = {"sigmas": sigmas, "solver": args.solver, "afs": args.afs}
+        run_settings = {"solver": args.solver, "sigmas": sigmas.tolist(), "afs": args.afs}
+    info = distributed.init_distributed(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    if info.device.type != "cpu":
+        for m in (denoiser, kwargs.get("predictor")):
+            if m is not None and callable(getattr(m, "to", None)):
+                m.to(info.device)
+    nfe = [0]
+
+    def sample_batch(seeds: list[int]) -> torch.Tensor:
+        res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device), return_result=True,
+                     denoise_to_zero=args.denoise_to_zero, **kwargs)
+        nfe[0] = res.nfe
+        return res.x
+
+    ok = False
+    try:
+        if single_file:
+            seeds, images = distributed.sample_seeds(sample_batch, args.seeds, batch=args.batch, info=info,
+                                                     progress=True)
+            if info.is_main:
+                try:
+                    with atomic_path(out, suffix=".npz") as tmp:
+                        np.savez(tmp, images=images.float().clamp(-1, 1).numpy(), seeds=np.array(seeds))
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot write {out}: {e.strerror}") from None
+                print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each) to {out}")
+        else:
+            # --batch is part of it: batched float kernels are not bitwise batch-invariant (README "Many GPUs").
+            settings = {"model": model_id, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+                        "denoise_to_zero": args.denoise_to_zero, "format": fmt, "batch": args.batch,
+                        **run_settings}
+            counts = distributed.sample_seeds_to_dir(sample_batch, args.seeds, out, batch=args.batch, fmt=fmt,
+                                                     settings=settings, info=info, progress=True)
+            if info.is_main:
+                print(f"Wrote {counts['written']} of {counts['seeds']} seeds to {out} ({counts['skipped']} were "
+                      f"already there; {info.world_size} process{'es' if info.world_size > 1 else ''})")
+        ok = True
+    finally:
+        distributed.finish(info, barrier=ok)
+    return 0

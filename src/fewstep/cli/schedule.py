@@ -1,0 +1,120 @@
+"""``fewstep schedule search | learn | export``: GITS schedule search, schedule learning by distillation, and export
+of schedules / AMED tables as plain numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from ..io import write_text_atomic
+from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
+from .args import add_model_args, kind_or_file, positive_int
+
+DESCRIPTION = """\
+search: GITS (Chen et al., 2024): dynamic programming over a fine grid of sigmas for the schedule of --nfe that
+        best follows teacher trajectories with --solver; writes --out FILE.json.
+learn:  learn the sigmas of --solver at --nfe by distillation from --init; writes --out FILE.json.
+export: print SOURCE (a schedule .json or an AMED checkpoint .safetensors) as numbers for other tools
+        (and write them to --out if given).
+
+Use the .json of search / learn with --schedule of fewstep sample / train."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``schedule`` subcommand; its options are grouped by the actions they apply to."""
+    sc = sub.add_parser("schedule", help="search (GITS), learn or export time schedules", description=DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("action", choices=("search", "learn", "export"))
+    sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json or an AMED checkpoint")
+    sc.add_argument("--out", default=None,
+                    help="search / learn: output schedule .json (required); export: also write the exported text here")
+    sc.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    both = sc.add_argument_group("search and learn")
+    add_model_args(both)
+    both.add_argument("--solver", default="ipndm", help="solver the schedule is for (default: %(default)s)")
+    both.add_argument("--solver-options", default=None, help='JSON, e.g. \'{"max_order": 3}\'')
+    both.add_argument("--nfe", type=positive_int, default=5, help="NFE of the schedule (default: %(default)s)")
+    both.add_argument("--afs", action="store_true", help="the solver uses the analytical first step")
+    both.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    search = sc.add_argument_group("search only")
+    search.add_argument("--grid", type=positive_int, default=61, help="fine grid points (default: %(default)s)")
+    search.add_argument("--grid-kind", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"),
+                        help="schedule kind of the fine grid (default: %(default)s)")
+    search.add_argument("--warmup", type=positive_int, default=256, help="teacher trajectories (default: %(default)s)")
+    search.add_argument("--coeff", type=float, default=1.15, help="GITS cost-to-go weight (default: %(default)s)")
+    search.add_argument("--teacher", default="deis",
+                        help="teacher solver (default: %(default)s; learn always distils from deis)")
+    learn = sc.add_argument_group("learn only")
+    learn.add_argument("--init", default="polynomial",
+                       help="initial schedule kind or .json file (default: %(default)s)")
+    learn.add_argument("--total-samples", type=positive_int, default=8192,
+                       help="training samples (default: %(default)s)")
+    learn.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
+    learn.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    export = sc.add_argument_group("export only")
+    export.add_argument("--format", default="json", choices=("json", "list", "k"),
+                        help="json (everything), list (plain sigmas), k (k-diffusion / diffusers sigmas=, ending in 0)")
+    sc.set_defaults(func=run)
+    return sc
+
+
+def run(args: argparse.Namespace) -> int:
+    """GITS schedule search, schedule learning by distillation, and export of schedules / AMED tables."""
+    import torch
+
+    from .. import amed
+    from ..schedules import save_schedule
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.action == "export":
+        if args.source is None:
+            raise ValueError("schedule export needs SOURCE: a schedule .json or an AMED checkpoint .safetensors")
+        return _export(Path(args.source), args.format, args.out)
+    if args.source is not None:
+        raise ValueError(f"schedule {args.action} takes no SOURCE argument (got {args.source!r})")
+    if not args.out:
+        raise ValueError(f"schedule {args.action} needs --out FILE.json")
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    options = json.loads(args.solver_options) if args.solver_options else {}
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    info = {"method": args.action, "model_id": model_id, "solver": args.solver, "solver_options": options,
+            "nfe": args.nfe, "afs": args.afs}
+    if args.action == "search":
+        from ..schedule_search import search_schedule
+
+        sig = search_schedule(denoiser, shape, nfe=args.nfe, solver=args.solver, solver_options=options, afs=args.afs,
+                              grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff,
+                              teacher=args.teacher, dtype=dtype, progress=True)
+        info.update(grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff, teacher=args.teacher)
+    else:
+        init = kind_or_file(args.init)
+        sig = amed.learn_schedule(denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe,
+                                  afs=args.afs, schedule=init, total_samples=args.total_samples, lr=args.lr,
+                                  seed=args.seed, dtype=dtype, progress=True)
+        info.update(init=args.init, total_samples=args.total_samples, lr=args.lr, seed=args.seed)
+    save_schedule(out, sig, **info)
+    print(f"{args.action}: {', '.join(f'{v:.4g}' for v in sig.tolist())} ({time.perf_counter() - t0:.1f} s); wrote {out}")
+    return 0
+
+
+def _export(source: Path, fmt: str, out: str | None) -> int:
+    """Print (and with ``out`` write) :func:`fewstep.amed.export.export_schedule` as JSON or a plain list."""
+    from ..amed.export import export_schedule
+
+    value = export_schedule(source, fmt)
+    if fmt == "list":
+        text = ", ".join(repr(v) for v in value)
+    elif fmt == "k":
+        text = json.dumps(value)
+    else:
+        text = json.dumps(value, indent=1)
+    if out:
+        write_text_atomic(Path(out), text + "\n")
+    print(text)
+    return 0
