@@ -54,9 +54,9 @@ def test_user_model_factory(tmp_path, capsys):
     assert main(["sample", "--model", "factory_model:make", "--shape", "3,2,2", "--solver", "ipndm", "--nfe", "4",
                  "--seeds", "0-2", "--out", str(out), "--threads", "1"]) == 0
     assert np.load(out)["images"].shape == (3, 3, 2, 2)
-    assert main(["sample", "--model", "factory_model:make", "--out", str(out)]) == 2
+    assert main(["sample", "--model", "factory_model:make", "--out", str(out), "--overwrite"]) == 2
     assert "--shape is required" in capsys.readouterr().err
-    assert main(["sample", "--model", "no_such_module:make", "--shape", "3", "--out", str(out)]) == 2
+    assert main(["sample", "--model", "no_such_module:make", "--shape", "3", "--out", str(out), "--overwrite"]) == 2
     assert "cannot load model factory" in capsys.readouterr().err
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -105,48 +108,136 @@ def json_object(text: str, name: str) -> dict:
 
 
 def add_model_args(p: Any) -> None:
-    """Add --model, --shape and --diffusers to a parser or argument group."""
+    """Add --model, --shape, --diffusers (with the noise settings of a diffusers model) to a parser or group."""
     p.add_argument("--model", default="gmm", help=MODEL_HELP + " (default: %(default)s)")
     p.add_argument("--shape", type=parse_shape, default=None, help="sample shape C,H,W for a model factory")
     p.add_argument("--diffusers", dest="model", type=lambda path: "diffusers:" + path, metavar="PATH_OR_DIR",
                    help="instead of --model: a diffusers UNet2DModel pipeline or UNet folder saved with save_pretrained")
+    p.add_argument("--prediction-type", default=None, choices=("epsilon", "v_prediction", "sample", "flow_prediction"),
+                   help="--diffusers: the model's prediction type, when the folder has no scheduler config")
+    p.add_argument("--beta-schedule", default=None, choices=("linear", "scaled_linear", "squaredcos_cap_v2"),
+                   help="--diffusers: the training beta schedule, when the folder has no scheduler config")
+    p.add_argument("--beta-start", type=float, default=None, help="--diffusers: training beta_start")
+    p.add_argument("--beta-end", type=float, default=None, help="--diffusers: training beta_end")
+    p.add_argument("--num-train-timesteps", type=positive_int, default=None, help="--diffusers: training timesteps")
 
 
-def load_model(name: str, shape: tuple[int, ...] | None = None):
-    """(denoiser, sample shape, model id, dtype) for ``--model``: see MODEL_HELP."""
+def add_sigma_args(p: Any) -> None:
+    """Add --sigma-min / --sigma-max (default: the model's own noise range)."""
+    p.add_argument("--sigma-min", type=float, default=None,
+                   help="end of the schedule (default: the model's own smallest sigma, else 0.002)")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="start of the schedule (default: the model's own largest sigma, else 80)")
+
+
+def sigma_range(args: argparse.Namespace, denoiser: object) -> tuple[float, float]:
+    """(sigma_min, sigma_max): the options if given, else the model's own training range (``sigma_min`` /
+    ``sigma_max`` attributes, e.g. a diffusers model's), else EDM's 0.002 and 80. An unbounded range (flow models
+    reach sigma = inf at t = 1) starts at 80."""
+    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
+    lo = float(lo) if isinstance(lo, (int, float)) and lo > 0 else 0.002
+    hi = float(hi) if isinstance(hi, (int, float)) and hi < 1e3 else 80.0
+    lo = args.sigma_min if getattr(args, "sigma_min", None) is not None else lo
+    hi = args.sigma_max if getattr(args, "sigma_max", None) is not None else hi
+    for name, v in (("--sigma-min", lo), ("--sigma-max", hi)):
+        if not (isinstance(v, float) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    if not lo < hi:
+        raise ValueError(f"--sigma-min ({lo:g}) must be below --sigma-max ({hi:g})")
+    return lo, hi
+
+
+SMALL_MODEL = 20_000_000  # parameters; below this one thread is fastest on CPU (see README "Speed")
+
+
+def default_threads(denoiser: object) -> int:
+    """Torch threads on CPU when --threads is not given: 1 for the analytic bed and small networks (their per-call
+    work is too small to pay for thread synchronisation, which on a busy 2-core machine made 2 threads 4-10x slower
+    than 1), else the cores not already busy (1-minute load average), shared among torchrun's local processes."""
+    import torch
+
+    params = sum(p.numel() for p in denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else 0
+    if params < SMALL_MODEL:
+        return 1
+    cores = os.cpu_count() or 1
+    try:
+        idle = cores - os.getloadavg()[0]
+    except OSError:
+        idle = cores
+    return max(1, int(idle) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def set_threads(args: argparse.Namespace, denoiser: object) -> int:
+    """Apply --threads (or :func:`default_threads`) and return the count."""
+    import torch
+
+    n = args.threads if getattr(args, "threads", None) else default_threads(denoiser)
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.Namespace | None = None):
+    """(denoiser, sample shape, model id, dtype) for ``--model``: see MODEL_HELP. ``args`` gives the diffusers
+    noise settings (--prediction-type, ...)."""
     import importlib
 
     import torch
 
-    from .. import data, denoisers
+    from .. import denoisers
+    from ..bed import gmm_denoiser
 
-    if name == "gmm":
-        bed = data.gmm_bed()
-        gmm = denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
-        gmm.model_id = "gmm-bed:8x8x3:k10:seed0"
-        return gmm, (3, 8, 8), gmm.model_id, torch.float64
-    if name == "unet" or name.endswith(".safetensors"):
-        net = denoisers.default_unet() if name == "unet" else denoisers.load_unet(name)
-        res = net.config.img_resolution
-        return net, (net.config.channels, res, res), net.model_id, torch.float32
-    if name.startswith("diffusers:"):  # --diffusers PATH_OR_DIR: a local save_pretrained folder (offline, safetensors)
-        from ..integrations.diffusers import load_denoiser
+    if name in ("gmm", "unet") or name.endswith(".safetensors") or name.startswith("diffusers:"):
+        if name == "gmm":
+            den, shp, dtype = gmm_denoiser(), (3, 8, 8), torch.float64
+        elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
+            from ..integrations.diffusers import load_denoiser
 
-        den = load_denoiser(name.split(":", 1)[1])
-        return den, den.sample_shape, den.model_id, torch.float32
+            keys = ("prediction_type", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
+            opts = {k: getattr(args, k) for k in keys if args is not None and getattr(args, k, None) is not None}
+            den = load_denoiser(name.split(":", 1)[1], **opts)
+            print(f"model: {den.describe()}", file=sys.stderr, flush=True)
+            shp, dtype = den.sample_shape, torch.float32
+        else:
+            den = denoisers.default_unet() if name == "unet" else denoisers.load_unet(name)
+            res = den.config.img_resolution
+            shp, dtype = (den.config.channels, res, res), torch.float32
+        if shape is not None and tuple(shape) != tuple(shp):
+            raise ValueError(f"--shape {','.join(map(str, shape))} does not apply: model {name} makes samples of "
+                             f"shape {','.join(map(str, shp))} (--shape is for model factories)")
+        return den, tuple(shp), den.model_id, dtype
+    if args is not None and any(getattr(args, k, None) is not None for k in ("prediction_type", "beta_schedule")):
+        raise ValueError("--prediction-type / --beta-schedule apply to --diffusers models only")
     if ":" in name:
         mod_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot load model factory {name!r}: {e}") from None
+            hint = " (is its folder on PYTHONPATH? e.g. PYTHONPATH=. fewstep ...)" if isinstance(e, ImportError) else ""
+            raise ValueError(f"cannot load model factory {name!r}: {e}{hint}") from None
         den = factory()
         if not callable(den):
             raise ValueError(f"{name} returned {type(den).__name__}, not a denoiser")
         if shape is None:
             raise ValueError("--shape is required with a model factory (e.g. --shape 3,32,32)")
-        return den, shape, getattr(den, "model_id", name), torch.float32
+        _probe(den, name, tuple(shape))
+        return den, tuple(shape), getattr(den, "model_id", name), torch.float32
     raise ValueError(f"unknown model {name!r}; use {MODEL_HELP}")
+
+
+def _probe(den: Any, name: str, shape: tuple[int, ...]) -> None:
+    """One evaluation on a zero sample of ``shape``, so a wrong --shape is a clear error, not a torch traceback."""
+    import torch
+
+    from ..sampling import ModelCall
+
+    try:
+        with torch.inference_mode():
+            ModelCall(den, check_finite=False)(torch.zeros((1, *shape)), torch.tensor(1.0, dtype=torch.float64))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"model {name} fails on a sample of --shape {','.join(map(str, shape))}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 
 
 def resolve_features(denoiser: object, choice: str) -> tuple[str, object]:

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..io import atomic_path
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
-from .args import add_model_args, kind_or_file, parse_seeds, positive_int, schedule_arg
+from .args import add_model_args, add_sigma_args, kind_or_file, parse_seeds, positive_int, schedule_arg, set_threads, sigma_range
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``sample`` subcommand."""
     s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
     add_model_args(s)
-    s.add_argument("--predictor", default=None, help="AMED checkpoint; its schedule, solver and AFS are used")
-    s.add_argument("--solver", default="ipndm", help="solver when no predictor is given")
-    s.add_argument("--nfe", type=positive_int, default=5)
-    s.add_argument("--afs", action="store_true")
-    s.add_argument("--schedule", default="polynomial", type=schedule_arg,
-                   help="polynomial | logsnr | time_uniform | FILE.json (fewstep schedule search/learn; fixes the NFE)")
+    s.add_argument("--predictor", default=None,
+                   help="AMED checkpoint; its schedule, solver and AFS are used (do not combine with --solver, --nfe, "
+                        "--afs, --schedule, --sigma-min/--sigma-max)")
+    s.add_argument("--solver", default=None, help="solver when no predictor is given (default: ipndm)")
+    s.add_argument("--nfe", type=positive_int, default=None,
+                   help="model evaluations per sample (default: 5, or what --schedule FILE implies)")
+    s.add_argument("--afs", action="store_true", default=None)
+    s.add_argument("--schedule", default=None, type=schedule_arg,
+                   help="polynomial (default) | logsnr | time_uniform | FILE.json (fewstep schedule search/learn; "
+                        "fixes the NFE)")
+    add_sigma_args(s)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out FILE.npz")
     s.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
     s.add_argument("--batch", type=positive_int, default=64,
                    help="seeds per model call (default: %(default)s); outputs are bitwise reproducible for a fixed "
@@ -34,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     s.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)")
     s.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (default: the CPU count, divided among torchrun's local processes)")
+                   help="torch threads (default: 1 for the bed and small networks, else the idle cores shared among "
+                        "torchrun's local processes)")
     s.set_defaults(func=run)
     return s
 
@@ -47,34 +53,52 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import amed, distributed
     from ..io import tensor_digest
-    from ..sampling import noise_for_seeds, sample, steps_for_nfe
+    from ..sampling import count_nfe, noise_for_seeds, sample, steps_for_nfe
     from ..schedules import get_schedule
+    from ..solvers import get_solver
 
     out = Path(args.out)
-    single_file = out.suffix == ".npz"
+    single_file = out.suffix.lower() == ".npz"
     fmt = "npz" if single_file else args.format
     if single_file and args.format != "png":
         raise ValueError("--format applies to an output folder; --out FILE.npz already writes one .npz")
     if out.is_dir() if single_file else (out.exists() and not out.is_dir()):
         raise ValueError(f"--out {out} exists and is not {'a file' if single_file else 'a directory'}")
+    if single_file and out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it (a folder --out resumes instead)")
     # Everything that can fail on bad input is checked before the process group starts and before any output.
-    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     if not single_file:
         distributed.check_image_shape(shape, fmt)
     if args.predictor:
+        given = [f"--{k.replace('_', '-')}" for k in ("solver", "nfe", "afs", "schedule", "sigma_min", "sigma_max")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with --predictor: the predictor fixes its "
+                             "solver, schedule and AFS")
         pred = amed.load(args.predictor, model_id=model_id)
         kwargs: dict = {"predictor": pred}
-        run_settings = {"predictor": tensor_digest(pred.state_dict()), "sigmas": pred.config["sigmas"],
-                        "afs": pred.config["afs"]}
+        run_settings = {"predictor": tensor_digest(pred.state_dict()), "predictor_config": pred.config,
+                        "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
     else:
-        sigmas = kind_or_file(args.schedule)  # a searched / learned schedule fixes the number of steps
+        solver = args.solver or "ipndm"
+        afs = bool(args.afs)
+        sigmas = kind_or_file(args.schedule or "polynomial")  # a searched / learned schedule fixes the steps
         if isinstance(sigmas, str):
-            sigmas = get_schedule(sigmas, steps_for_nfe(args.solver, args.nfe, args.afs))
-        kwargs = {"sigmas": sigmas, "solver": args.solver, "afs": args.afs}
-        run_settings = {"solver": args.solver, "sigmas": sigmas.tolist(), "afs": args.afs}
+            lo, hi = sigma_range(args, denoiser)
+            sigmas = get_schedule(sigmas, steps_for_nfe(solver, args.nfe or 5, afs), sigma_min=lo, sigma_max=hi)
+        else:
+            if args.sigma_min is not None or args.sigma_max is not None:
+                raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
+            cost = count_nfe(get_solver(solver), len(sigmas), afs)
+            if args.nfe is not None and args.nfe != cost:
+                raise ValueError(f"--schedule {args.schedule} has {len(sigmas)} sigmas: {cost} model evaluations "
+                                 f"with {solver} (afs={afs}), not --nfe {args.nfe}")
+        kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs}
+        run_settings = {"solver": solver, "sigmas": sigmas.tolist(), "afs": afs}
     info = distributed.init_distributed(args.device)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(threads)
+    if info.device.type == "cpu" or args.threads:
+        set_threads(args, denoiser)
     if info.device.type != "cpu":
         for m in (denoiser, kwargs.get("predictor")):
             if m is not None and callable(getattr(m, "to", None)):

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
+import math
 from pathlib import Path
 
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
-from .args import add_model_args, json_object, kind_or_file, positive_int, resolve_features, schedule_arg
+from .args import (
+    add_model_args,
+    add_sigma_args,
+    json_object,
+    kind_or_file,
+    positive_int,
+    resolve_features,
+    schedule_arg,
+    set_threads,
+    sigma_range,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -16,8 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     t.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
-    t.add_argument("--nfe", type=positive_int, default=5, help="target NFE (default: %(default)s)")
-    t.add_argument("--num-steps", type=positive_int, default=None, help="number of sigmas (overrides --nfe)")
+    t.add_argument("--nfe", type=positive_int, default=None,
+                   help="model evaluations per sample (default: 5, or what --schedule FILE / --num-steps implies)")
+    t.add_argument("--num-steps", type=positive_int, default=None,
+                   help="number of sigmas of the schedule (instead of --nfe)")
     t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
     t.add_argument("--schedule", default="polynomial", type=schedule_arg,
                    help="polynomial | logsnr | time_uniform | FILE.json (e.g. from fewstep schedule search)")
@@ -38,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="default: 0.1 (table), 0.02 (features)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_sigma_args(t)
+    t.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads (default: 1 for the bed and small networks, else the idle cores)")
     t.set_defaults(func=run)
     return t
 
@@ -46,48 +60,90 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Train an AMED predictor; under ``torchrun`` the batches are split over the processes (gradients summed),
     and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same predictor."""
-    import torch
 
     from .. import amed, distributed
+    from ..sampling import count_nfe
 
-    torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     if args.checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
-    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    if not (math.isfinite(args.lr) and args.lr > 0) if args.lr is not None else False:
+        raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
+    threads = set_threads(args, denoiser)
     features, network = resolve_features(denoiser, args.features)
     schedule = kind_or_file(args.schedule)
-    if not isinstance(schedule, str):
-        num_steps = len(schedule)
-    else:
-        num_steps = args.num_steps or amed.student_steps_for_nfe(args.student, args.nfe, args.afs)
+    num_steps = _num_steps(args, schedule)
+    sigma_min, sigma_max = sigma_range(args, denoiser)
+    if not isinstance(schedule, str) and (args.sigma_min is not None or args.sigma_max is not None):
+        raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     state = out.with_name(out.name + ".train-state")
     info = distributed.init_distributed("cpu")
+    if args.batch < info.world_size:
+        distributed.finish(info, barrier=False)
+        raise ValueError(f"--batch {args.batch} is smaller than the {info.world_size} processes; every process "
+                         "needs at least one sample of each batch")
     ok = False
     try:
         log: list = []
         pred = amed.train(
             denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
-            num_steps=num_steps, M=args.M, schedule=schedule, afs=args.afs, scale_dir=args.scale_dir,
+            num_steps=num_steps, M=args.M, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
+            afs=args.afs, scale_dir=args.scale_dir,
             scale_time=args.scale_time, features=features, network=network, batch=args.batch,
             total_samples=args.total_samples, lr=args.lr, loss=args.loss, learn_schedule=args.learn_schedule,
             schedule_lr=args.schedule_lr, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
             state_path=state if (args.checkpoint_every or args.resume) else None,
-            checkpoint_every=args.checkpoint_every, resume=args.resume,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out,
         )
         if info.is_main:
-            pred.save(out)
-            print(f"Trained in {log[0].seconds:.1f} s on {info.world_size} process(es); final loss "
-                  f"{log[0].losses[-1]:.4f}; wrote {out}")
+            nfe = count_nfe(pred.solver(), len(pred.config["sigmas"]), pred.config["afs"])
+            print(f"Trained in {log[0].seconds:.1f} s on {info.world_size} process(es) x {threads} thread(s); final "
+                  f"loss {log[0].losses[-1]:.4f}; wrote {out} ({nfe} model evaluations per sample)")
             if args.learn_schedule or not isinstance(schedule, str):
                 print("  sigmas: " + ", ".join(f"{v:.4g}" for v in pred.config["sigmas"]))
             if not pred.uses_features:
                 for i, row in enumerate(pred.table_values()):
                     print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
+                print("  a predictor-free table: runs in fewstep.sample, fewstep.k and diffusers pipelines "
+                      "(FewstepScheduler; with AFS via run_pipeline_loop or a pipeline that calls scale_model_input)")
+            else:
+                print("  reads the network's features: run it with fewstep sample / fewstep.sample; for a diffusers "
+                      "pipeline train a table with --features none")
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _num_steps(args: argparse.Namespace, schedule: object) -> int:
+    """Number of sigmas from --nfe / --num-steps / --schedule FILE; contradictions are errors."""
+    from .. import amed
+    from ..sampling import count_nfe
+    from ..solvers import get_solver
+
+    if args.student == "amed":
+        solver = get_solver("amed")
+    else:
+        solver = get_solver("amed_plugin", base=args.student)
+
+    def cost(n: int) -> int:
+        return count_nfe(solver, n, args.afs)
+
+    if not isinstance(schedule, str):
+        n = len(schedule)
+        if args.num_steps is not None and args.num_steps != n:
+            raise ValueError(f"--num-steps {args.num_steps} contradicts --schedule {args.schedule} ({n} sigmas)")
+        if args.nfe is not None and args.nfe != cost(n):
+            raise ValueError(f"--schedule {args.schedule} has {n} sigmas: {cost(n)} model evaluations for "
+                             f"{args.student} with afs={args.afs}, not --nfe {args.nfe}")
+        return n
+    if args.num_steps is not None:
+        if args.nfe is not None and args.nfe != cost(args.num_steps):
+            raise ValueError(f"--num-steps {args.num_steps} gives {cost(args.num_steps)} model evaluations, not "
+                             f"--nfe {args.nfe}; give one of them")
+        return args.num_steps
+    return amed.student_steps_for_nfe(args.student, args.nfe if args.nfe is not None else 5, args.afs)
