@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 import fewstep
-from fewstep import amed, data, evaluation
+from fewstep import amed
+from fewstep.bed import Bed
 
 EVAL_SEED0 = 10**8
 
@@ -35,23 +36,22 @@ def main() -> int:
     nfes = (5,) if quick else (3, 5, 7, 9)
     n_seeds = 16 if quick else args.seeds
     train_kw = dict(total_samples=64, batch=32, M=2) if quick else {}
-    bed = data.gmm_bed(count=2000 if quick else 20000)
-    gmm = fewstep.denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
-    noise = fewstep.noise_for_seeds(range(EVAL_SEED0, EVAL_SEED0 + n_seeds), (3, 8, 8), dtype=torch.float64)
-    ref, ref_err = evaluation.reference_solution(gmm, noise, steps=64 if quick else 256)
+    bed = Bed.gmm(seeds=range(EVAL_SEED0, EVAL_SEED0 + n_seeds), ref_steps=64 if quick else 256,
+                  count=2000 if quick else 20000)
+    gmm, noise, ref_err = bed.denoiser, bed.noise, bed.ref_error
 
     def plain(solver: str, nfe: int) -> float:
         n = fewstep.steps_for_nfe(solver, nfe, True)
-        return evaluation.rmse(fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", n), solver, afs=True), ref)
+        return bed.rmse(fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", n), solver, afs=True))
 
     def trained(student: str, nfe: int, features: str) -> tuple[float, float, amed.AMEDPredictor]:
-        n = amed.steps_for_nfe(student, nfe)
+        n = amed.student_steps_for_nfe(student, nfe)
         log: list = []
         pred = amed.train(gmm, shape=(3, 8, 8), student=student, num_steps=n, features=features,
                           progress=not quick, log=log, **train_kw)
         res = fewstep.sample(gmm, noise, predictor=pred, return_result=True)
         assert res.nfe == nfe
-        return evaluation.rmse(res.x, ref), log[0].seconds, pred
+        return bed.rmse(res.x), log[0].seconds, pred
 
     rows, times, tables = [], {}, {}
     for nfe in nfes:

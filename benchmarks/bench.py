@@ -43,6 +43,7 @@ import fewstep  # noqa: E402
 from benchmarks.diffusers_harness import diffusers_sampler  # noqa: E402
 from fewstep import amed, data, evaluation, metrics  # noqa: E402
 from fewstep.amed import AMEDPredictor, HookFeatures  # noqa: E402
+from fewstep.bed import Bed, gmm_denoiser  # noqa: E402
 from fewstep.evaluation import BASELINES, SolverSpec  # noqa: E402
 from fewstep.io import write_text_atomic  # noqa: E402
 from fewstep.solvers import AMEDPlugin, AMEDSolver  # noqa: E402
@@ -133,9 +134,28 @@ def _fd_fn(extractor: metrics.FeatureExtractor, ref_stats: tuple[np.ndarray, np.
     return fd
 
 
-def diffusers_table(denoiser: Callable, noise: torch.Tensor, ref: torch.Tensor, nfes: Sequence[int],
-                    specs: Sequence[DiffusersSpec], on_sample: Callable) -> list[dict[str, Any]]:
+def bed_on(device: torch.device, denoiser: Callable, shape: tuple[int, ...], seeds: Sequence[int], ref_steps: int,
+           model_id: str | None, description: str) -> Bed:
+    """The quality bed (float64 noise for ``seeds``, DEIS-4 reference with ``ref_steps`` steps) with its noise and
+    reference on ``device``, where ``denoiser`` already is. On the CPU this is :meth:`fewstep.bed.Bed.build`.
+    ``Bed.build`` draws its noise on the CPU and has no device argument, so elsewhere the same seeds are drawn
+    (on the CPU, as always) and moved to ``device`` first and the reference is solved there, as before the bed
+    existed: one ``Bed`` with the same fields."""
+    if device.type == "cpu":
+        return Bed.build(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=torch.float64,
+                         description=description)
+    seeds = list(seeds)
+    noise = fewstep.noise_for_seeds(seeds, shape, torch.float64, device)
+    ref, err = evaluation.reference_solution(denoiser, noise, steps=ref_steps)
+    return Bed(denoiser=denoiser, noise=noise, ref=ref, ref_error=err, shape=tuple(shape), model_id=model_id,
+               dtype=torch.float64, description=description,
+               info={"seeds": len(seeds), "first_seed": seeds[0], "ref_steps": ref_steps})
+
+
+def diffusers_table(bed: Bed, nfes: Sequence[int], specs: Sequence[DiffusersSpec],
+                    on_sample: Callable) -> list[dict[str, Any]]:
     """:func:`fewstep.evaluation.solver_table` rows for diffusers schedulers (same seeds, sigmas, reference)."""
+    denoiser, noise = bed.denoiser, bed.noise
     rows = []
     for spec in specs:
         run = diffusers_sampler(spec.name, torch.float64, **spec.options)
@@ -151,34 +171,36 @@ def diffusers_table(denoiser: Callable, noise: torch.Tensor, ref: torch.Tensor, 
                 x = run(counted, noise.double() * sig[0], sig)
             if counted.calls != nfe:
                 raise AssertionError(f"{spec.label}: {counted.calls} model calls, expected {nfe}")
-            row[nfe] = evaluation.rmse(x, ref)
+            row[nfe] = bed.rmse(x)
             on_sample(row, nfe, x)
         rows.append(row)
     return rows
 
 
-def quality(title: str, denoiser: Callable, noise: torch.Tensor, ref_steps: int, fd: Callable,
+def quality(title: str, make_bed: Callable[[], Bed], ref_steps: int, fd: Callable,
             extra: Sequence[tuple[str, Any]] = (), nfes: Sequence[int] = NFES, progress: bool = True) -> dict[str, Any]:
-    """RMSE / FD rows of fewstep's baselines, diffusers and ``extra`` (label, AMED predictor) on one model."""
+    """RMSE / FD rows of fewstep's baselines, diffusers and ``extra`` (label, AMED predictor) on the bed that
+    ``make_bed`` builds (its reference solution, with ``ref_steps`` steps, is part of the section's time)."""
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     say(f"[quality] {title}: reference ({ref_steps} steps) ...", flush=True)
-    ref, ref_err = evaluation.reference_solution(denoiser, noise, steps=ref_steps)
+    bed = make_bed()
+    denoiser, noise, ref = bed.denoiser, bed.noise, bed.ref
 
     def add_fd(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
         row.setdefault("fd", {})[nfe] = fd(x)
 
     say(f"[quality] {title}: fewstep solvers ...", flush=True)
-    rows = evaluation.solver_table(denoiser, noise, ref, nfes, BASELINES, on_sample=add_fd)
+    rows = bed.solver_table(nfes, BASELINES, on_sample=add_fd)
     for label, pred in extra:
         res = fewstep.sample(denoiser, noise, predictor=pred, return_result=True)
-        row = {"label": label, res.nfe: evaluation.rmse(res.x, ref)}
+        row = {"label": label, res.nfe: bed.rmse(res.x)}
         add_fd(row, res.nfe, res.x)
         rows.append(row)
     say(f"[quality] {title}: diffusers schedulers ...", flush=True)
-    rows += diffusers_table(denoiser, noise, ref, nfes, DIFFUSERS, add_fd)
+    rows += diffusers_table(bed, nfes, DIFFUSERS, add_fd)
     return {"title": title, "nfes": list(nfes), "seeds": noise.shape[0], "ref_steps": ref_steps,
-            "ref_rel_error": ref_err, "ref_fd": fd(ref), "rows": rows, "seconds": time.perf_counter() - t0}
+            "ref_rel_error": bed.ref_error, "ref_fd": fd(ref), "rows": rows, "seconds": time.perf_counter() - t0}
 
 
 def _fd_table(rows: list[dict[str, Any]], nfes: Sequence[int]) -> str:
@@ -247,7 +269,7 @@ def speed_jobs(model: Callable, network: torch.nn.Module, noise: torch.Tensor) -
         _, f = hooked.denoise_with_features(noise[:1], torch.ones(1, device=noise.device))
     fdim = f.reshape(1, -1).shape[1]
     for student, name in (("amed", "AMED-Solver"), ("ipndm", "AMED-Plugin iPNDM")):
-        n = amed.steps_for_nfe(student, SPEED_NFE)
+        n = amed.student_steps_for_nfe(student, SPEED_NFE)
         sig = fewstep.get_schedule("polynomial", n)
         for feats in (None, fdim):
             pred = AMEDPredictor(n - 1, feats, scale_dir=0.01).to(noise.device).eval()
@@ -532,8 +554,8 @@ def report(res: dict[str, Any]) -> str:
         out += [
             "", f"## 1. Quality: {q['title']}", "",
             q["note"],
-            f"Reference: DEIS-logrho order 4 with {q['ref_steps']} polynomial steps (`evaluation.reference_solution`; "
-            f"its change against half the steps: {q['ref_rel_error']:.1e} relative). {q['seeds']} seeds; polynomial "
+            f"Reference: DEIS-logrho order 4 with {q['ref_steps']} polynomial steps (`fewstep.bed.Bed`, i.e. "
+            f"`evaluation.reference_solution`; its change against half the steps: {q['ref_rel_error']:.1e} relative). {q['seeds']} seeds; polynomial "
             "schedule rho=7 from 80 to 0.002 for every sampler; the diffusers rows run the same sigmas, seeds and "
             "model through the scheduler's own `step` (float64 state, benchmarks/diffusers_harness.py).",
             "", "RMSE to the reference (best per NFE in bold):", "", evaluation.format_table(q["rows"], q["nfes"]), "",
@@ -632,27 +654,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "quality" in sections:
             res["quality"] = []
             components, count = (3, 500) if a.quick else (10, 20000)
-            bed = data.gmm_bed(n_components=components, count=count)
-            gmm = fewstep.denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"]).to(device)
-            noise = fewstep.noise_for_seeds(range(BED_SEED0, BED_SEED0 + a.bed_seeds), (3, 8, 8), torch.float64, device)
+            gmm = gmm_denoiser(8, components, count).to(device)
             ext = metrics.FeatureExtractor("random", 3 * 8 * 8)
             draws = gmm.sample_data(a.fd_ref, torch.Generator().manual_seed(1)).reshape(-1, 3, 8, 8)
             fd = _fd_fn(ext, metrics.feature_stats(draws.float().numpy(), ext)[:2], clamp=False)
-            q = quality("analytic bed (Gaussian mixture of natural-image patches, exact denoiser)", gmm, noise,
+            q = quality("analytic bed (Gaussian mixture of natural-image patches, exact denoiser)",
+                        lambda: bed_on(device, gmm, (3, 8, 8), range(BED_SEED0, BED_SEED0 + a.bed_seeds),
+                                       a.bed_ref_steps, gmm.model_id, "analytic natural-patch bed"),
                         a.bed_ref_steps, fd, nfes=nfes, progress=progress)
-            q["note"] = (f"`fewstep.data.gmm_bed()`: {components} full-covariance components fitted to {count} "
-                         "8×8×3 patches of the training photos; `denoisers.GaussianMixture` is its exact denoiser, so "
-                         "the reference is the exact ODE solution up to the quoted solver error.")
+            q["note"] = (f"`fewstep.bed.gmm_denoiser()`: {components} full-covariance components fitted to {count} "
+                         "8×8×3 patches of the training photos (`fewstep.data.gmm_bed`), whose exact denoiser "
+                         "(`denoisers.GaussianMixture`) makes the reference the exact ODE solution up to the quoted "
+                         "solver error.")
             q["fd_ref"] = f"{a.fd_ref} draws from the mixture"
             res["quality"].append(q)
             model = default_unet().to(device)
             res_ = model.config.img_resolution
-            noise = fewstep.noise_for_seeds(range(a.unet_seeds), (3, res_, res_), torch.float64, device)
             ext = metrics.FeatureExtractor("random", 3 * res_ * res_)
             patches = data.image_patches(size=res_, count=a.fd_ref, seed=12345)
             fd = _fd_fn(ext, metrics.feature_stats(patches.numpy(), ext)[:2], clamp=True)
-            q = quality(f"demo model (shipped U-Net {model.model_id})", model, noise, a.unet_ref_steps, fd,
-                        extra=preds, nfes=nfes, progress=progress)
+            q = quality(f"demo model (shipped U-Net {model.model_id})",
+                        lambda: bed_on(device, model, (3, res_, res_), range(a.unet_seeds), a.unet_ref_steps,
+                                       model.model_id, f"shipped U-Net {model.model_id}"),
+                        a.unet_ref_steps, fd, extra=preds, nfes=nfes, progress=progress)
             q["note"] = (f"`fewstep.denoisers.default_unet()` ({model.num_parameters():,} parameters, float32 "
                          "network, float64 state); the reference is a high-NFE teacher solution of the same model. "
                          "AMED rows: the predictors of section 3 (tiny training budget), at their own NFE.")

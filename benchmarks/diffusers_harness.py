@@ -136,13 +136,15 @@ from typing import Callable
 
 import torch
 
-__all__ = ["run_diffusers", "diffusers_sampler", "diffusers_step_orders", "gaussian_denoiser", "logsnr_sigmas"]
+__all__ = ["run_diffusers", "diffusers_sampler", "diffusers_step_orders", "gaussian_denoiser", "logsnr_sigmas",
+           "check_sigmas", "denoise_at", "Denoiser"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_sigmas(sigmas) -> torch.Tensor:
+def check_sigmas(sigmas) -> torch.Tensor:
+    """``sigmas`` as a float64 CPU copy, or ValueError unless 1-D, >= 2 entries, positive and strictly descending."""
     s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
     if s.ndim != 1 or s.numel() < 2:
         raise ValueError("sigmas must be a 1-D tensor with at least 2 entries")
@@ -153,7 +155,8 @@ def _check_sigmas(sigmas) -> torch.Tensor:
     return s.clone()
 
 
-def _denoise(denoiser: Denoiser, x: torch.Tensor, s: float) -> torch.Tensor:
+def denoise_at(denoiser: Denoiser, x: torch.Tensor, s: float) -> torch.Tensor:
+    """``denoiser(x, sigma)`` at the scalar ``s`` (passed as a float64 tensor of shape (B,)), in ``x``'s dtype."""
     sig = torch.full((x.shape[0],), s, dtype=torch.float64, device=x.device)
     out = denoiser(x, sig)
     return out.to(x.dtype)
@@ -224,7 +227,7 @@ def _run_vp_multistep(sched, denoiser, x_T, sig, prediction_type, dtype):
         for i in range(n):
             s = float(sig[i])
             x_edm = sample / alpha(s)
-            d = _denoise(denoiser, x_edm, s)
+            d = denoise_at(denoiser, x_edm, s)
             out = d if prediction_type == "sample" else (x_edm - d) / s
             sample = sched.step(out, sched.timesteps[i], sample).prev_sample
     return sample / alpha(float(sig[-1]))
@@ -248,7 +251,7 @@ def _run_edm_dpm(sched, denoiser, x_T, sig, dtype):
     with _no_float32(sched, dtype):
         for i in range(n):
             s = float(sig[i])
-            d = _denoise(denoiser, x, s)
+            d = denoise_at(denoiser, x, s)
             x = sched.step(_edm_F(sched, x, d, s), sched.timesteps[i], x).prev_sample
     return x
 
@@ -270,7 +273,7 @@ def _run_euler(sched, denoiser, x_T, sig, prediction_type, edm, dtype):
             s = float(sig[i])
             t = sched.timesteps[i]
             sched.scale_model_input(x, t)  # only sets the flag; VP input not used
-            d = _denoise(denoiser, x, s)
+            d = denoise_at(denoiser, x, s)
             if edm:
                 out = _edm_F(sched, x, d, s)
             else:
@@ -289,7 +292,7 @@ def _run_heun(sched, denoiser, x_T, sig, prediction_type, final_euler, dtype):
     with _no_float32(sched, dtype):
         for j in range(calls):
             s = float(inter[j])  # even j: state at s_k; odd j: Euler predictor at s_{k+1}
-            d = _denoise(denoiser, x, s)
+            d = denoise_at(denoiser, x, s)
             out = d if prediction_type == "sample" else (x - d) / s
             x = sched.step(out, sched.timesteps[j], x).prev_sample
     return x
@@ -414,7 +417,7 @@ def diffusers_sampler(name: str, dtype: torch.dtype = torch.float64,
         _, runner = _build(name, options)
 
     def run(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-        sig = _check_sigmas(sigmas)
+        sig = check_sigmas(sigmas)
         if x_T.ndim == 1:  # UniPC's einsum needs (B, C, ...): add a trailing axis
             return run(lambda x, s: denoiser(x[:, 0], s)[:, None], x_T[:, None], sig)[:, 0]
         with warnings.catch_warnings():

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 import fewstep
-from fewstep import amed, data, evaluation
+from fewstep import amed
+from fewstep.bed import Bed
 from fewstep.io import write_text_atomic
 from fewstep.schedule_search import search_schedule
 
@@ -40,14 +41,20 @@ BASELINES_9 = (("iPNDM", "ipndm", {}), ("iPNDM +AFS", "ipndm", {}), ("DPM-Solver
                ("UniPC(2M)", "unipc", {"max_order": 2}), ("DEIS tAB3", "deis", {"max_order": 3}))
 
 
-def load(model: str, quick: bool):
+def load(model: str, quick: bool, n_seeds: int) -> tuple[Bed, str, str]:
+    """The evaluation bed (held-out seeds 10^8 ...), the name of its reference and of the model."""
+    seeds = range(EVAL_SEED0, EVAL_SEED0 + n_seeds)
     if model == "gmm":
-        bed = data.gmm_bed(count=2000 if quick else 20000)
-        den = fewstep.denoisers.GaussianMixture(bed["means"], bed["covariances"], bed["weights"])
-        return den, (3, 8, 8), torch.float64, "exact ODE solution", "the analytic natural-patch bed (GMM, 10 components)"
+        bed = Bed.gmm(seeds=seeds, ref_steps=16 if quick else 256, count=2000 if quick else 20000)
+        return bed, "exact ODE solution", "the analytic natural-patch bed (GMM, 10 components)"
+    # Bed.build rather than Bed.unet: the same model, seeds and teacher, without Bed.unet's Fréchet-distance
+    # statistics (training patches), which this table does not report.
     net = fewstep.denoisers.default_unet()
     res = net.config.img_resolution
-    return net, (net.config.channels, res, res), torch.float32, "DEIS-4 teacher (128 steps)", f"the shipped U-Net ({net.model_id})"
+    bed = Bed.build(net, (net.config.channels, res, res), seeds=seeds, ref_steps=16 if quick else 128,
+                    model_id=net.model_id, dtype=torch.float32,
+                    description=f"model {net.model_id} (RMSE to a high-accuracy teacher solution)")
+    return bed, "DEIS-4 teacher (128 steps)", f"the shipped U-Net ({net.model_id})"
 
 
 def render(results: dict) -> list[str]:
@@ -127,21 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     quick = args.quick
-    den, shape, dtype, ref_name, model_name = load(args.model, quick)
     nfes = [int(v) for v in args.nfe.split(",")]
     n_seeds = 8 if quick else args.seeds or (1000 if args.model == "gmm" else 256)
+    bed, ref_name, model_name = load(args.model, quick, n_seeds)
+    den, shape, dtype, noise, ref_err = bed.denoiser, bed.shape, bed.dtype, bed.noise, bed.ref_error
     samples = 64 if quick else args.total_samples or (8192 if args.model == "gmm" else 4096)
     train_kw = {"total_samples": samples, "batch": 32 if quick else args.batch or 64, "M": 2 if quick else 8, "progress": False,
                 "dtype": dtype}
     search_kw = {"grid": 13 if quick else 61, "warmup": 8 if quick else 256, "coeff": 1.15, "dtype": dtype}
-    noise = fewstep.noise_for_seeds(range(EVAL_SEED0, EVAL_SEED0 + n_seeds), shape, dtype=dtype)
-    if args.model == "gmm":
-        ref, ref_err = evaluation.reference_solution(den, noise, steps=16 if quick else 256)
-    else:
-        ref, ref_err = evaluation.reference_solution(den, noise, steps=16 if quick else 128)
-
-    def err(x: torch.Tensor) -> float:
-        return evaluation.rmse(x.to(torch.float64), ref.to(torch.float64))
+    err = bed.rmse  # RMSE in float64 to the bed's reference solution
 
     results: dict = {"rows": {}, "schedules": {}, "seconds": {}}
     rows = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ROWS

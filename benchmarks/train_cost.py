@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 from fewstep import amed, count_nfe, get_solver
-from fewstep.amed.train import refine_schedule
 from fewstep.denoisers.unet import default_unet
-from fewstep.evaluation import teacher_options
-from fewstep.schedules import get_schedule
+from fewstep.schedules import get_schedule, refine_schedule
+from fewstep.teacher import teacher_options
 
 LABELS = {"amed": "AMED-Solver", "ipndm": "AMED-Plugin iPNDM"}
 
@@ -62,7 +61,7 @@ def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: 
     teacher = "deis"  # fewstep.amed.train's default, with its default options
     teacher_opts = teacher_options(teacher, None)
     label = LABELS.get(student, f"AMED-Plugin {student}")
-    n = amed.steps_for_nfe(student, nfe)
+    n = amed.student_steps_for_nfe(student, nfe)
     teacher_sigmas = refine_schedule(get_schedule("polynomial", n), M)
     computed = count_nfe(get_solver(teacher, **teacher_opts), len(teacher_sigmas))
     counter = CallCounter(model)

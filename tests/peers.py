@@ -11,17 +11,13 @@ analytic test problem (``gaussian_denoiser`` / ``gaussian_exact``).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks`
-
-from benchmarks.diffusers_harness import (  # noqa: E402
+from benchmarks.diffusers_harness import (  # the repository root is on sys.path (pytest's `pythonpath`)
     Denoiser,
-    _check_sigmas,
-    _denoise,
+    check_sigmas,
+    denoise_at,
     diffusers_step_orders,
     gaussian_denoiser,
     logsnr_sigmas,
@@ -57,14 +53,14 @@ def ref_dpmpp(denoiser: Denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, order
     Effective order at step i: min(order, i + 1) (warm-up), and if
     ``lower_order_final`` and N < 15 also min(., N - i).
     """
-    sig = _check_sigmas(sigmas)
+    sig = check_sigmas(sigmas)
     n = len(sig) - 1
     lam = [-math.log(float(v)) for v in sig]
     x = x_T.to(torch.float64)
     hist: list[torch.Tensor] = []
     for i in range(n):
         s, t = float(sig[i]), float(sig[i + 1])
-        d0 = _denoise(denoiser, x, s)
+        d0 = denoise_at(denoiser, x, s)
         hist.append(d0)
         h = lam[i + 1] - lam[i]
         e = t / s

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import fewstep
-from fewstep import amed, data, evaluation
+from fewstep import amed, evaluation
+from fewstep.bed import Bed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +25,8 @@ def test_benchmark_script_runs_quick(tmp_path):
 
 @pytest.fixture(scope="module")
 def bed():
-    b = data.gmm_bed()
-    gmm = fewstep.denoisers.GaussianMixture(b["means"], b["covariances"], b["weights"])
-    noise = fewstep.noise_for_seeds(range(10**8, 10**8 + 1000), (3, 8, 8), dtype=torch.float64)
-    ref, _ = evaluation.reference_solution(gmm, noise, steps=256, check=False)
-    return gmm, noise, ref
+    b = Bed.gmm(seeds=range(10**8, 10**8 + 1000), ref_steps=256, check=False)
+    return b.denoiser, b.noise, b.ref
 
 
 def _plain(gmm, noise, ref, solver, nfe):

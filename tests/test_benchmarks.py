@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import fewstep
-from fewstep.sampling import _all_finite
+from fewstep.sampling import all_finite
 from fewstep.solvers.base import phi
 
+# `benchmarks` (the repository root) and `conftest` (tests/) are importable through pytest's `pythonpath` setting.
+from benchmarks import bench
+from benchmarks.diffusers_harness import diffusers_sampler, run_diffusers
 from conftest import make_gmm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks`
-
-from benchmarks import bench  # noqa: E402
-from benchmarks.diffusers_harness import diffusers_sampler, run_diffusers  # noqa: E402
 
 
 def test_bench_quick_writes_every_section(tmp_path):
@@ -64,9 +60,9 @@ def test_all_finite_is_isfinite_all(dtype):
         t = torch.randn(4, 3, 5, generator=g).to(dtype)
         for _ in range(trial % 3):
             t.view(-1)[int(torch.randint(t.numel(), (), generator=g))] = (math.nan, math.inf, -math.inf)[trial % 3]
-        assert _all_finite(t) == bool(torch.isfinite(t).all())
-    assert _all_finite(torch.empty(2, 0, dtype=dtype))
-    assert _all_finite(torch.arange(6).reshape(2, 3))
+        assert all_finite(t) == bool(torch.isfinite(t).all())
+    assert all_finite(torch.empty(2, 0, dtype=dtype))
+    assert all_finite(torch.arange(6).reshape(2, 3))
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf])
