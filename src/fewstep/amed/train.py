@@ -387,8 +387,10 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
             with torch.no_grad():
                 post["sigmas"] = ",".join(f"{v:.3g}" for v in sched()[1:-1].tolist())
         bar.set_postfix(post)
-        if checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < iters and rank == 0:
-            ckpt.save(it + 1, losses)
+        last = it + 1 == iters
+        if rank == 0 and ckpt.path is not None and (
+                (checkpoint_every and (it + 1) % checkpoint_every == 0 and not last) or (last and out is not None)):
+            ckpt.save(it + 1, losses)  # the final state too, so a failed save of ``out`` loses nothing
     if log is not None:
         log.append(TrainLog(losses, time.perf_counter() - t0, teacher_nfe))
     if out is not None and rank == 0 and pred is not None:

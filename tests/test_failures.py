@@ -1,0 +1,158 @@
+"""Failure behaviour of the sampling loop, training and predictor files (issue 16): non-finite state blamed on the
+right party, error messages that cannot crash, no lost training, checks that a solver instance cannot bypass,
+float32 host sigmas, reproducible files, determinism whatever torch's global settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import amed
+from fewstep.amed import AMEDPredictor, CheckpointError
+from fewstep.solvers import AMEDPlugin, AMEDSolver, get_solver
+
+from conftest import make_gmm
+
+SHAPE = (4,)
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    g = make_gmm()
+    g.model_id = "gmm4"
+    return g
+
+
+@pytest.fixture(scope="module")
+def plugin(gmm):
+    return amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=8, total_samples=16,
+                      progress=False)
+
+
+def test_noise_does_not_depend_on_the_global_default_dtype():
+    ref = fewstep.noise_for_seeds([0, 1], (3, 6, 6))
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert torch.equal(fewstep.noise_for_seeds([0, 1], (3, 6, 6)), ref)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_nan_message_with_per_sample_sigma_does_not_crash(gmm, plugin):
+    calls = {"n": 0}
+
+    def bad(x, sigma):
+        calls["n"] += 1
+        return gmm(x, sigma) * (float("nan") if calls["n"] > 2 else 1.0)
+
+    bad.model_id = "gmm4"
+    with pytest.raises(fewstep.NonFiniteError, match="denoiser returned NaN/inf at step"):
+        fewstep.sample(bad, fewstep.noise_for_seeds(range(3), SHAPE, dtype=torch.float64), predictor=plugin)
+
+
+def test_non_finite_solver_state_blames_the_learned_parameters(gmm):
+    pred = AMEDPredictor(num_intervals=3)
+    with torch.no_grad():
+        pred.table[1, 1] = float("nan")
+    sig = fewstep.get_schedule("polynomial", 4)
+    with pytest.raises(fewstep.NonFiniteError, match="learned parameters or the schedule"):
+        fewstep.sample(gmm, fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64), sig,
+                       AMEDSolver(predictor=pred), afs=True)
+
+
+def test_infinite_learning_rate_is_refused(gmm):
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        amed.train(gmm, shape=SHAPE, num_steps=4, lr=float("inf"), progress=False)
+    with pytest.raises(ValueError, match="schedule_lr must be a positive finite number"):
+        amed.train(gmm, shape=SHAPE, num_steps=4, learn_schedule=True, schedule_lr=float("nan"), progress=False)
+
+
+def test_diverging_training_is_a_clear_error(gmm):
+    with pytest.raises(fewstep.NonFiniteError, match="lower the learning rate"):
+        amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=4, total_samples=16, lr=1e308,
+                   scale_dir=0.5, progress=False)
+
+
+def test_failed_final_save_keeps_the_training(gmm, tmp_path, monkeypatch):
+    out, state = tmp_path / "p.safetensors", tmp_path / "p.state"
+    kw = dict(shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=4, total_samples=12, progress=False,
+              state_path=state, out=out)
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AMEDPredictor, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        amed.train(gmm, **kw)
+    assert state.exists() and not out.exists()  # the finished training is kept
+    monkeypatch.undo()
+    log: list = []
+    pred = amed.train(gmm, resume=True, log=log, **kw)
+    assert out.exists() and not state.exists()
+    assert len(log[0].losses) == 3  # nothing retrained: the state held all 3 iterations
+    ref = amed.train(gmm, **{**kw, "state_path": None, "out": tmp_path / "q.safetensors"})
+    assert torch.equal(pred.table, ref.table)
+
+
+def test_a_predictor_inside_a_solver_instance_is_checked(gmm, plugin):
+    noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
+    sig = torch.tensor(plugin.config["sigmas"], dtype=torch.float64)
+    with pytest.raises(ValueError, match="trained for amed_plugin on ipndm; it is inside amed"):
+        fewstep.sample(gmm, noise, sig, AMEDSolver(predictor=plugin), afs=True)
+    with pytest.raises(ValueError, match="trained for amed_plugin on ipndm; it is inside amed_plugin on euler"):
+        fewstep.sample(gmm, noise, sig, AMEDPlugin(base=get_solver("euler"), predictor=plugin), afs=True)
+    with pytest.raises(ValueError, match="other sigmas"):
+        fewstep.sample(gmm, noise, fewstep.get_schedule("logsnr", 4), plugin.solver(), afs=True)
+    with pytest.raises(ValueError, match="afs=True"):
+        fewstep.sample(gmm, noise, sig, plugin.solver(), afs=False)
+    x = fewstep.sample(gmm, noise, sig, plugin.solver(), afs=True)
+    assert torch.equal(x, fewstep.sample(gmm, noise, predictor=plugin))
+
+
+def test_float32_copy_of_the_trained_sigmas_is_accepted(gmm, plugin):
+    noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
+    sig32 = torch.tensor(plugin.config["sigmas"]).float()
+    assert torch.equal(fewstep.sample(gmm, noise, sig32, predictor=plugin),
+                       fewstep.sample(gmm, noise, predictor=plugin))
+    x = fewstep.k.sample_amed_plugin(gmm, noise * sig32[0].double(), torch.cat([sig32, sig32.new_zeros(1)]),
+                                     predictor=plugin, disable=True)
+    assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="differ beyond float32 rounding"):
+        fewstep.sample(gmm, noise, sig32 * 1.001, predictor=plugin)
+
+
+def test_checkpoint_with_nan_weights_is_refused(plugin, tmp_path):
+    from fewstep.io import tensor_digest, write_safetensors
+    import json
+
+    bad = {k: v.clone() for k, v in plugin.state_dict().items()}
+    bad["table"][0, 0] = float("nan")
+    meta = {"format": "fewstep-amed-predictor", "config": json.dumps(plugin.config), "sha256": tensor_digest(bad)}
+    write_safetensors(tmp_path / "nan.safetensors", bad, meta)  # digest consistent: only the value is wrong
+    with pytest.raises(CheckpointError, match="holds NaN/inf"):
+        amed.load(tmp_path / "nan.safetensors")
+    p = AMEDPredictor(num_intervals=2)
+    with torch.no_grad():
+        p.table[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        p.save(tmp_path / "inf.safetensors")
+    assert not (tmp_path / "inf.safetensors").exists()
+
+
+def test_identical_predictors_give_identical_files(plugin, tmp_path):
+    a, b = plugin.save(tmp_path / "a.safetensors"), plugin.save(tmp_path / "b.safetensors")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_cli_refuses_infinite_lr_and_conflicts(tmp_path, capsys):
+    from fewstep.cli import main
+
+    assert main(["train", "--model", "gmm", "--lr", "inf", "--out", str(tmp_path / "p.safetensors")]) == 2
+    assert "--lr must be a positive finite number" in capsys.readouterr().err
+    assert main(["sample", "--model", "gmm", "--predictor", "x.safetensors", "--solver", "heun", "--out",
+                 str(tmp_path / "x.npz")]) == 2
+    assert "--solver cannot be combined with --predictor" in capsys.readouterr().err
+    assert main(["sample", "--model", "gmm", "--shape", "3,16,16", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--shape 3,16,16 does not apply" in capsys.readouterr().err
