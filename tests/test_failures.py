@@ -156,3 +156,55 @@ def test_cli_refuses_infinite_lr_and_conflicts(tmp_path, capsys):
     assert "--solver cannot be combined with --predictor" in capsys.readouterr().err
     assert main(["sample", "--model", "gmm", "--shape", "3,16,16", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--shape 3,16,16 does not apply" in capsys.readouterr().err
+
+
+def test_degenerate_schedules_are_refused(gmm):
+    noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
+    one_ulp = torch.tensor([80.0, 1.0, float(torch.tensor(1.0, dtype=torch.float64).nextafter(torch.tensor(0.0,
+                            dtype=torch.float64))), 0.002], dtype=torch.float64)
+    with pytest.raises(ValueError, match="closer than a relative"):
+        fewstep.sample(gmm, noise, one_ulp, "ipndm")
+    with pytest.raises(ValueError, match="meta tensor"):
+        fewstep.sample(gmm, noise, torch.empty(4, device="meta"), "ipndm")
+    from fewstep.cli import main
+
+    import json
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    (d / "s.json").write_text(json.dumps({"sigmas": one_ulp.tolist()}))
+    assert main(["sample", "--model", "gmm", "--schedule", str(d / "s.json"), "--out", str(d / "x.npz")]) == 2
+
+
+def test_forged_huge_config_is_refused_before_allocation(plugin, tmp_path):
+    import json
+
+    from fewstep.io import tensor_digest, write_safetensors
+
+    cfg = json.loads(json.dumps(plugin.config))
+    cfg["features"] = {"source": "adapter", "module": None, "dim": 60000}
+    cfg["architecture"] = {"hidden": 60000, "emb_dim": 8, "feat_proj": 60000}
+    t = {"table": torch.zeros(3, 3)}
+    write_safetensors(tmp_path / "big.safetensors", t,
+                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+    # The shapes implied by the config are computed on the meta device and compared with the file's header
+    # before any module is built (a real 60000 x 60000 float64 layer would need 29 GB).
+    with pytest.raises(CheckpointError, match="tensors do not match the configuration"):
+        amed.load(tmp_path / "big.safetensors")
+    cfg["architecture"]["hidden"] = 10**9
+    write_safetensors(tmp_path / "huge.safetensors", t,
+                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+    with pytest.raises(CheckpointError, match="architecture.hidden must be an int in 1..65536"):
+        amed.load(tmp_path / "huge.safetensors")
+
+
+def test_deeply_nested_or_huge_numbers_in_a_checkpoint_config(plugin, tmp_path):
+    from fewstep.io import tensor_digest, write_safetensors
+
+    t = {k: v.detach() for k, v in plugin.state_dict().items()}
+    for bad in ("[" * 100000 + "]" * 100000, '{"version": ' + "9" * 5000 + "}"):
+        write_safetensors(tmp_path / "n.safetensors", t, {"format": "fewstep-amed-predictor", "config": bad,
+                                                           "sha256": tensor_digest(t)})
+        with pytest.raises(CheckpointError, match="no valid JSON config"):
+            amed.load(tmp_path / "n.safetensors")

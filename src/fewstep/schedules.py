@@ -53,14 +53,20 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+MIN_RELATIVE_STEP = 1e-6  # consecutive sigmas must differ by at least this fraction
+
+
 def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas") -> torch.Tensor:
     """Return ``sigmas`` as a 1-D float64 tensor, or raise ValueError if it is not a valid schedule.
 
-    A valid schedule has at least 2 entries, all finite and positive, strictly decreasing.
+    A valid schedule has at least 2 entries, all finite and positive, strictly decreasing by at least a relative
+    :data:`MIN_RELATIVE_STEP` per step (closer sigmas are rounding noise, not a step).
     """
     if isinstance(sigmas, torch.Tensor):
         if sigmas.is_complex():
             raise TypeError(f"{name} must be real, got a {sigmas.dtype} tensor")
+        if sigmas.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (it holds no values); pass real sigmas")
         s = sigmas.detach().to(device="cpu", dtype=torch.float64)
     else:
         try:
@@ -86,6 +92,13 @@ def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas"
         raise ValueError(
             f"{name} must be strictly decreasing; entry {bad + 1} ({s[bad + 1].item()}) "
             f">= entry {bad} ({s[bad].item()})"
+        )
+    ratio = s[1:] / s[:-1]
+    if (ratio > 1 - MIN_RELATIVE_STEP).any():
+        bad = int((ratio > 1 - MIN_RELATIVE_STEP).nonzero()[0])
+        raise ValueError(
+            f"{name}: entries {bad} ({s[bad].item()!r}) and {bad + 1} ({s[bad + 1].item()!r}) are closer than a "
+            f"relative {MIN_RELATIVE_STEP:g}; such a step is only rounding noise and breaks multistep solvers"
         )
     return s
 
@@ -191,26 +204,66 @@ def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
 
 def save_schedule(path: str | os.PathLike, sigmas: torch.Tensor | Sequence[float], **info: Any) -> Path:
     """Write a schedule as JSON: ``{"format", "version", "sigmas", "info"}``, atomically. ``info`` holds how it was
-    made (JSON-serialisable). Read it back with ``get_schedule("file", path=...)`` or :func:`load_schedule`."""
+    made (JSON-serialisable, finite numbers only: NaN / inf would make the file invalid JSON, so they are refused).
+    Read it back with ``get_schedule("file", path=...)`` or :func:`load_schedule`."""
     from .io import write_text_atomic
 
     s = validate_sigmas(sigmas, "sigmas")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"cannot save a schedule with NaN or inf sigmas to {path}: {s.tolist()}")
     doc = {"format": SCHEDULE_FORMAT, "version": 1, "sigmas": [float(v) for v in s], "info": info}
     path = Path(path)
-    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    try:
+        text = json.dumps(doc, indent=1, allow_nan=False)
+    except ValueError:
+        bad = sorted(k for k, v in info.items() if not _finite_json(v))
+        raise ValueError(f"cannot save the schedule to {path}: info {', '.join(bad) or ''} holds NaN or inf, which "
+                         "JSON cannot represent") from None
+    except TypeError as e:
+        raise TypeError(f"cannot save the schedule to {path}: info is not JSON-serialisable ({e})") from None
+    write_text_atomic(path, text + "\n")
     return path
+
+
+def _finite_json(v: Any) -> bool:
+    try:
+        json.dumps(v, allow_nan=False)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+MAX_SCHEDULE_BYTES = 2**20  # a schedule is a few dozen numbers; 1 MiB leaves room for any info
 
 
 def load_schedule(path: str | os.PathLike) -> torch.Tensor:
     """Read a schedule file: a :func:`save_schedule` document, ``{"sigmas": [...]}`` or a plain JSON list of
-    descending sigmas (a trailing 0, as in k-diffusion, is dropped: use ``denoise_to_zero`` for that jump)."""
+    descending sigmas (a trailing 0, as in k-diffusion, is dropped: use ``denoise_to_zero`` for that jump).
+
+    Only regular files of at most 1 MiB are read (a FIFO or device is refused unread); invalid JSON, nesting too
+    deep, integers too long, NaN / Infinity and non-numbers are ValueErrors naming the file."""
+    from .io import _regular_file
+
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        _regular_file(path, MAX_SCHEDULE_BYTES, "schedule file")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"no schedule file at {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a JSON schedule file: {e}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a schedule file") from None
+    except ValueError as e:  # SafetensorsFileError from the size / file-type check
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read schedule file {path}: {e.strerror or e}") from None
+
+    def no_constant(c: str) -> Any:
+        raise ValueError(f"{c} is not a number")
+
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a JSON schedule file: {type(e).__name__}: {str(e)[:200]}") from None
     if isinstance(doc, dict):
         if doc.get("format", SCHEDULE_FORMAT) != SCHEDULE_FORMAT or doc.get("version", 1) != 1:
             raise ValueError(f"{path}: unsupported schedule format {doc.get('format')!r} version {doc.get('version')!r}")
@@ -219,6 +272,9 @@ def load_schedule(path: str | os.PathLike) -> torch.Tensor:
         doc = doc["sigmas"]
     if not isinstance(doc, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc):
         raise ValueError(f"{path}: 'sigmas' must be a list of numbers")
+    if any(isinstance(v, int) and abs(v) > 2**53 for v in doc) or \
+            not all(math.isfinite(float(v)) for v in doc):
+        raise ValueError(f"{path}: 'sigmas' must be finite numbers of moderate size")
     if len(doc) > 2 and doc[-1] == 0:
         doc = doc[:-1]
     return validate_sigmas(doc, f"schedule in {path}")

@@ -314,6 +314,9 @@ def _fit(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any]
     runs once, the student runs through :func:`fewstep.sampling.iterate` (the loop that samples) with gradients,
     and Adam updates the predictor and/or the schedule."""
     rank, world_size = world()
+    if tr["batch"] < world_size:
+        raise ValueError(f"batch {tr['batch']} is smaller than the {world_size} processes; every process needs at "
+                         "least one sample of each batch")
     groups = []
     if pred is not None:
         groups.append({"params": list(pred.parameters()), "lr": tr["lr"]})
