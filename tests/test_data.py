@@ -162,3 +162,27 @@ def test_gmm_bed_cached_and_copied() -> None:
     assert b["means"].abs().sum() > 0
     assert data._gmm_bed.cache_info().hits >= 1
     assert b["covariances"].shape == (2, 12, 12)
+
+
+def test_gmm_bed_disk_cache_is_exact_and_survives_damage(tmp_path, monkeypatch):
+    """The fitted bed is cached on disk (issue 19: the bed was refitted on every command); the cached values are
+    the fit's exact ones, and a damaged cache file is refitted."""
+    import torch
+
+    from fewstep import data
+
+    monkeypatch.setenv("FEWSTEP_CACHE", "")
+    data._gmm_bed.cache_clear()
+    fresh = data.gmm_bed(size=4, n_components=2, count=400)
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    data._gmm_bed.cache_clear()
+    first = data.gmm_bed(size=4, n_components=2, count=400)
+    (entry,) = tmp_path.glob("gmm-bed-*.safetensors")
+    data._gmm_bed.cache_clear()
+    cached = data.gmm_bed(size=4, n_components=2, count=400)
+    entry.write_bytes(entry.read_bytes()[:100])  # damaged
+    data._gmm_bed.cache_clear()
+    refit = data.gmm_bed(size=4, n_components=2, count=400)
+    for k in fresh:
+        assert torch.equal(fresh[k], first[k]) and torch.equal(fresh[k], cached[k]) and torch.equal(fresh[k], refit[k])
+    data._gmm_bed.cache_clear()

@@ -10,6 +10,8 @@ good test bed for few-step diffusion solvers.
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -234,13 +236,44 @@ def gmm_log_prob(gmm: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return model.log_prob(x)
 
 
+def cache_dir() -> Path | None:
+    """Where fitted beds are cached: ``$FEWSTEP_CACHE`` (empty: no disk cache), else
+    ``$XDG_CACHE_HOME/fewstep`` or ``~/.cache/fewstep``."""
+    env = os.environ.get("FEWSTEP_CACHE")
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fewstep"
+
+
 @functools.lru_cache(maxsize=8)
 def _gmm_bed(size: int, n_components: int, count: int, seed: int) -> dict[str, torch.Tensor]:
-    return fit_gmm(image_patches(size, count, TRAIN_PHOTOS, seed), n_components, seed)
+    import sklearn
+
+    from .io import read_safetensors, write_safetensors
+
+    folder = cache_dir()
+    key = f"gmm-bed-v1-{size}-{n_components}-{count}-{seed}-sklearn{sklearn.__version__}-numpy{np.__version__}"
+    path = None if folder is None else folder / f"{key}.safetensors"
+    if path is not None and path.is_file():
+        try:
+            tensors, meta = read_safetensors(path, fmt="fewstep-gmm-bed", check_finite=True)
+            if meta.get("key") == key and set(tensors) == {"means", "covariances", "weights"}:
+                return tensors
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is refitted and rewritten
+    fit = fit_gmm(image_patches(size, count, TRAIN_PHOTOS, seed), n_components, seed)
+    if path is not None:
+        try:
+            write_safetensors(path, fit, {"format": "fewstep-gmm-bed", "key": key})
+        except OSError:
+            pass  # no writable cache: fit again next time
+    return fit
 
 
 def gmm_bed(size: int = 8, n_components: int = 10, count: int = 20000, seed: int = 0) -> dict[str, torch.Tensor]:
-    """GMM fitted to ``count`` patches of :data:`TRAIN_PHOTOS` (cached in memory only).
+    """GMM fitted to ``count`` patches of :data:`TRAIN_PHOTOS`, cached in memory and on disk (:func:`cache_dir`,
+    keyed by the arguments and the scikit-learn and NumPy versions; the cached tensors are the fit's exact values).
 
     Same keys as :func:`fit_gmm`; returns fresh tensors so callers may modify them.
     """
