@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -155,14 +154,6 @@ def test_model_id_is_a_digest_of_the_weights(unet, tmp_path):
     assert load_denoiser(a, model_id="mine", **kw).model_id == "mine"  # an explicit id stays
 
 
-def test_model_id_digest_is_fast():
-    m = torch.nn.Module()
-    m.w = torch.nn.Parameter(torch.zeros(25_000_000))  # 100 MB of float32
-    t = time.perf_counter()
-    unet_model_id(m)
-    assert time.perf_counter() - t < 5.0  # measured: about 0.1 s
-
-
 def test_predictor_for_another_model_is_refused(unet):
     den = DiffusersDenoiser(unet, prediction_type="epsilon", beta_schedule="linear")
     pred = _table_predictor("amed", model_id="diffusers:0123456789abcdef")
@@ -226,6 +217,16 @@ def test_afs_predictor_pipeline_loop_makes_the_trained_nfe(student):
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(RuntimeError, match="run_pipeline_loop"):
         pipe(batch_size=1, num_inference_steps=res.nfe, output_type="np")
+
+
+def test_pipeline_loop_refuses_a_predictor_of_another_model():
+    unet = tiny_unet()
+    cfg = diffusers.DDPMScheduler().config
+    sched = FewstepScheduler.from_config(cfg, predictor=_table_predictor("amed", model_id="diffusers:0123456789abcdef"))
+    with pytest.raises(ValueError, match="trained for model 'diffusers:0123456789abcdef'"):
+        run_pipeline_loop(unet, sched, torch.randn(1, 3, 8, 8), 5)
+    sched = FewstepScheduler.from_config(cfg, predictor=_table_predictor("amed", model_id=unet_model_id(unet)))
+    assert run_pipeline_loop(unet, sched, torch.randn(1, 3, 8, 8), 5).shape == (1, 3, 8, 8)
 
 
 def test_pipeline_loop_with_guidance_equals_sample():

@@ -53,7 +53,8 @@ class Bed:
     @classmethod
     def build(cls, denoiser: Callable, shape: Sequence[int], *, seeds: int | Sequence[int] = 1000,
               ref_steps: int = 256, model_id: str | None = None, dtype: torch.dtype = torch.float64,
-              description: str = "", fd_reference: torch.Tensor | None = None, check: bool = True) -> "Bed":
+              description: str = "", fd_reference: torch.Tensor | None = None, check: bool = True,
+              progress: bool = False) -> "Bed":
         """Held-out noise for ``seeds`` (a count n means seeds 0..n-1) and the reference solution (DEIS-4,
         ``ref_steps`` polynomial steps; ``ref_error`` is its change against half the steps when ``check``). With
         ``fd_reference`` (real images), ``bed.fd(x)`` is the Fréchet distance in a fixed 64-D random feature space
@@ -69,7 +70,7 @@ class Bed:
         else:
             seed_list = list(seeds)
         noise = noise_for_seeds(seed_list, tuple(shape), dtype=dtype)
-        ref, err = reference_solution(denoiser, noise, steps=ref_steps, check=check)
+        ref, err = reference_solution(denoiser, noise, steps=ref_steps, check=check, progress=progress)
         fd = None
         if fd_reference is not None:
             feats = metrics.RandomFeatures(int(math.prod(shape)))
@@ -84,18 +85,19 @@ class Bed:
 
     @classmethod
     def gmm(cls, *, seeds: int | Sequence[int] = 1000, ref_steps: int = 256, size: int = 8, components: int = 10,
-            count: int = 20000, check: bool = True) -> "Bed":
+            count: int = 20000, check: bool = True, progress: bool = False) -> "Bed":
         """The analytic natural-patch bed: exact denoiser of a ``components``-component Gaussian mixture fitted to
         size x size x 3 patches of the photos that ship with scikit-image / scikit-learn (float64)."""
         gmm = gmm_denoiser(size, components, count)
         desc = (f"Gaussian mixture fitted to {size}x{size}x3 natural-image patches ({components} components; "
                 "exact denoiser)")
         return cls.build(gmm, (3, size, size), seeds=seeds, ref_steps=ref_steps, model_id=gmm.model_id,
-                         dtype=torch.float64, description=desc, check=check)
+                         dtype=torch.float64, description=desc, check=check, progress=progress)
 
     @classmethod
     def unet(cls, model: Any = None, *, seeds: int | Sequence[int] = 256, ref_steps: int = 128,
-             fd_patches: int = 10000, dtype: torch.dtype = torch.float32, check: bool = True) -> "Bed":
+             fd_patches: int = 10000, dtype: torch.dtype = torch.float32, check: bool = True,
+             progress: bool = False) -> "Bed":
         """The shipped U-Net (or ``model``, a SmallUNet): RMSE to a DEIS-4 teacher with ``ref_steps`` steps and a
         Fréchet distance to ``fd_patches`` training patches."""
         from . import data
@@ -108,7 +110,7 @@ class Bed:
         patches = data.image_patches(size=res, count=fd_patches, seed=12345) if shape[0] == 3 else None
         desc = f"model {model.model_id} (RMSE to a high-accuracy teacher solution, not to an exact one)"
         return cls.build(model, shape, seeds=seeds, ref_steps=ref_steps, model_id=model.model_id, dtype=dtype,
-                         description=desc, fd_reference=patches, check=check)
+                         description=desc, fd_reference=patches, check=check, progress=progress)
 
     # ------------------------------------------------------------------ measuring
     def rmse(self, x: torch.Tensor) -> float:

@@ -97,7 +97,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     say(f"Model: {model.model_id} ({sum(p.numel() for p in model.parameters()):,} parameters)", flush=True)
 
     say(f"Teacher: DEIS-logrho order 4, {cfg.ref_steps} steps, {cfg.seeds} seeds ...", flush=True)
-    bed = Bed.unet(model, seeds=cfg.seeds, ref_steps=cfg.ref_steps, fd_patches=cfg.fd_patches)
+    bed = Bed.unet(model, seeds=cfg.seeds, ref_steps=cfg.ref_steps, fd_patches=cfg.fd_patches, progress=cfg.progress)
     noise, ref, ref_err, fd = bed.noise, bed.ref, bed.ref_error, bed.fd
     say(f"  teacher relative error vs. half the steps: {ref_err:.1e}", flush=True)
 
@@ -127,7 +127,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     def grid(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
         _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
 
-    rows = bed.solver_table(cfg.nfes, cfg.specs, on_sample=grid)
+    rows = bed.solver_table(cfg.nfes, cfg.specs, on_sample=grid, progress=cfg.progress)
     for row in rows:
         row.setdefault("fd", {})
     for student, label in (("amed", "AMED-Solver +AFS"), ("ipndm", "AMED-Plugin iPNDM +AFS")):

@@ -44,13 +44,13 @@ BASELINES: tuple[SolverSpec, ...] = (
 
 def reference_solution(
     denoiser: Callable, noise: torch.Tensor, sigma_max: float = 80.0, sigma_min: float = 0.002, steps: int = 1000,
-    check: bool = True,
+    check: bool = True, progress: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """High-accuracy ODE solution at sigma_min (DEIS-logrho order 4, ``steps`` polynomial steps) and its
     estimated relative error (difference to a run with half the steps, if ``check``)."""
     def run(n: int) -> torch.Tensor:
         sig = get_schedule("polynomial", n, sigma_min, sigma_max)
-        return sample(denoiser, noise, sig, REFERENCE_SOLVER[0], **REFERENCE_SOLVER[1])
+        return sample(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1])
 
     ref = run(steps + 1)
     err = float((run(steps // 2 + 1) - ref).norm() / ref.norm()) if check else math.nan

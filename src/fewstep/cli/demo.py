@@ -58,7 +58,8 @@ def _bed_demo(args: argparse.Namespace) -> int:
     print(f"Gaussian mixture ({args.components} components) fitted to {args.patch}x{args.patch}x3 natural-image "
           f"patches (scikit-image / scikit-learn photos; cached after the first fit), and reference ODE solutions "
           f"for {args.seeds} seeds (DEIS-logrho order 4, {args.ref_steps} steps) ...", flush=True)
-    bed = Bed.gmm(seeds=args.seeds, ref_steps=args.ref_steps, size=args.patch, components=args.components)
+    bed = Bed.gmm(seeds=args.seeds, ref_steps=args.ref_steps, size=args.patch, components=args.components,
+                  progress=True)
     print(f"  reference relative error vs. half the steps: {bed.ref_error:.1e}", flush=True)
     rows = bed.solver_table(nfes=args.nfe, progress=True)
     table = evaluation.format_table(rows, args.nfe)

@@ -646,6 +646,11 @@ def run_pipeline_loop(unet: torch.nn.Module, scheduler: Any, latents: torch.Tens
     after every step. Works with any diffusers scheduler. Returns the final latents (pipeline space, before any
     VAE decoding or the [-1, 1] -> [0, 1] mapping)."""
     _check_guidance(encoder_hidden_states, negative_encoder_hidden_states, guidance_scale)
+    pred = getattr(scheduler, "predictor", None)
+    want = getattr(pred, "config", {}).get("model_id") if pred is not None else None
+    if want is not None and str(want).startswith("diffusers:") and want != unet_model_id(unet):
+        raise ValueError(f"the scheduler's predictor was trained for model {want!r}, but this UNet is "
+                         f"{unet_model_id(unet)!r} (a digest of its weights)")
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps, device=latents.device)
     elif getattr(scheduler, "timesteps", None) is None:
