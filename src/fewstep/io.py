@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure", "SafetensorsFileError",
     "read_safetensors", "read_safetensors_header", "write_safetensors", "read_json_file", "MAX_FILE_BYTES",
+    "regular_file_size",
 ]
 
 
@@ -92,7 +93,7 @@ class SafetensorsFileError(ValueError):
     """A file is not a valid safetensors file (or not of the kind expected)."""
 
 
-def _regular_file(path: Path, max_bytes: int, what: str) -> int:
+def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
     """Size of ``path`` if it is a regular file of at most ``max_bytes`` (FIFOs and devices are refused unread)."""
     try:
         st = os.stat(path)
@@ -109,7 +110,7 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: 
     """Parse a JSON file that must be a regular file of bounded size; ValueError naming the file otherwise
     (also for nesting too deep or numbers too long to parse)."""
     path = Path(path)
-    _regular_file(path, max_bytes, what)
+    regular_file_size(path, max_bytes, what)
     try:
         return json.loads(path.read_text())
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
@@ -121,7 +122,7 @@ def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FIL
     """({name: {"dtype", "shape", "data_offsets"}}, metadata) of a safetensors file, every field checked against
     the file's size before any tensor is read. Refuses pickles / torch.save files with a clear message."""
     path = Path(path)
-    size = _regular_file(path, max_bytes, what)
+    size = regular_file_size(path, max_bytes, what)
     with open(path, "rb") as f:
         head = f.read(9)
         if len(head) >= 9 and head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):

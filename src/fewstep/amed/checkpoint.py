@@ -17,6 +17,7 @@ import torch
 from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest
 from ..schedules import validate_sigmas
 from ..solvers import SOLVERS
+from ..solvers.amed import C_MODES
 from .predictor import CONFIG_KEYS, FORMAT, VERSION, AMEDPredictor, CheckpointError
 
 __all__ = ["save", "load", "read_config", "FORMAT", "VERSION", "CONFIG_KEYS", "CheckpointError"]
@@ -92,6 +93,17 @@ def _check_values(path: Path, cfg: dict[str, Any]) -> None:
         raise bad("student.base", f"one of {', '.join(SOLVERS)}", st.get("base"))
     if not isinstance(st.get("options", {}), dict):
         raise bad("student.options", "a JSON object", st.get("options"))
+    opts = st.get("options", {})
+    if {"base", "predictor"} & set(opts):
+        raise bad("student.options", "the base solver's and the plugin's options (no 'base' or 'predictor')", opts)
+    if "c_mode" in opts:  # AMED-Plugin's placement of c_n (fewstep.solvers.AMEDPlugin)
+        if st["solver"] != "amed_plugin":
+            raise bad("student.options", "without c_mode for the AMED-Solver (c_mode is an AMED-Plugin option)", opts)
+        if opts["c_mode"] not in C_MODES:
+            raise bad("student.options.c_mode", f"one of {', '.join(C_MODES)}", opts["c_mode"])
+        if opts["c_mode"] == "data" and st["base"] != "dpmpp":
+            raise bad("student.options.c_mode", f"'increment' for base {st['base']!r} ('data' needs dpmpp)",
+                      opts["c_mode"])
     feats = cfg["features"]
     if not isinstance(feats, dict) or feats.get("source") not in ("none", "adapter", "hook"):
         raise bad("features", "an object with source 'none', 'adapter' or 'hook'", feats)

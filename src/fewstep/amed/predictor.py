@@ -22,7 +22,7 @@ from torch import nn
 from ..denoisers.features import HookFeatures, provides_features
 from ..io import tensor_digest, write_safetensors
 from ..schedules import validate_sigmas
-from ..solvers import AMEDPlugin, AMEDSolver, Solver, get_solver
+from ..solvers import AMEDSolver, Solver, get_solver
 
 __all__ = ["AMEDPredictor", "LearnedSchedule", "student_solver", "FORMAT", "VERSION", "CONFIG_KEYS",
            "CheckpointError"]
@@ -44,7 +44,16 @@ def student_solver(config: dict[str, Any], predictor: Any) -> Solver:
     st = config["student"]
     if st["solver"] == "amed":
         return AMEDSolver(predictor=predictor)
-    return AMEDPlugin(base=get_solver(st["base"], **st.get("options", {})), predictor=predictor)
+    # The options hold the base solver's and the plugin's own (c_mode); get_solver routes each to its owner.
+    return get_solver("amed_plugin", base=st["base"], predictor=predictor, **st.get("options", {}))
+
+
+def _describe(solver: Solver) -> str:
+    """'amed', 'amed_plugin on ipndm', or with a non-default c_mode 'amed_plugin on dpmpp (c_mode='data')'."""
+    base = getattr(solver, "base", None)
+    mode = getattr(solver, "c_mode", "increment")
+    return solver.name + ("" if base is None else f" on {base.name}") + \
+        ("" if mode == "increment" else f" (c_mode={mode!r})")
 
 
 def _same_sigmas(given: torch.Tensor, trained: torch.Tensor) -> bool:
@@ -192,11 +201,9 @@ class AMEDPredictor(nn.Module):
         if not self.config:
             return  # a bare predictor made in code, with no training record
         want = self.solver()
-        if type(solver) is not type(want) or getattr(solver, "base", None) != getattr(want, "base", None):
-            raise ValueError(f"this predictor was trained for {want.name}"
-                             f"{'' if getattr(want, 'base', None) is None else ' on ' + want.base.name}; "
-                             f"it is inside {solver.name}"
-                             f"{'' if getattr(solver, 'base', None) is None else ' on ' + solver.base.name}")
+        if type(solver) is not type(want) or getattr(solver, "base", None) != getattr(want, "base", None) or \
+                getattr(solver, "c_mode", None) != getattr(want, "c_mode", None):
+            raise ValueError(f"this predictor was trained for {_describe(want)}; it is inside {_describe(solver)}")
         if not _same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
             raise ValueError("this predictor was trained for other sigmas; use fewstep.sample(..., predictor=p)")
         if afs != self.config["afs"]:
