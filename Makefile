@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	# k-diffusion (a test peer): its sampling module only; its own dependencies would replace numpy/torch(vision)
+	$(PY) -m pip install --quiet --no-deps "k-diffusion==0.0.16"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,7 @@ from fewstep import amed
 from fewstep.amed import CheckpointError
 from conftest import CountingDenoiser, make_gmm
 
-BASES = [("euler", {}), ("dpm2", {}), ("dpmpp", {"max_order": 3}), ("ipndm", {}), ("ipndm_v", {}),
+BASES = [("euler", {}), ("dpmpp", {"max_order": 3}), ("ipndm", {}), ("ipndm_v", {}),
          ("unipc", {"max_order": 3}), ("unipc", {"max_order": 2, "variant": "bh1"}), ("deis", {})]
 
 

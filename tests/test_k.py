@@ -13,8 +13,8 @@ CASES = [
     (k.sample_euler, "euler", {}),
     (k.sample_heun, "heun", {}),
     (k.sample_dpm_2, "dpm2", {}),
-    (k.sample_dpmpp_2m, "dpmpp", {"max_order": 2}),
-    (k.sample_dpmpp_3m, "dpmpp", {"max_order": 3}),
+    (k.sample_dpmpp_2m, "dpmpp", {"max_order": 2, "lower_order_final": False}),  # k-diffusion's default
+    (k.sample_dpmpp_3m, "dpmpp", {"max_order": 3, "lower_order_final": False}),
     (k.sample_unipc, "unipc", {}),
     (k.sample_ipndm, "ipndm", {}),
     (k.sample_ipndm_v, "ipndm_v", {}),
@@ -67,7 +67,7 @@ def test_callback_dict(bed):
     x0 = noise * sig[0]
     k.sample_heun(lambda x, s: gmm(x, s), x0, torch.cat([sig, torch.zeros(1, dtype=torch.float64)]),
                   callback=seen.append, disable=True)
-    assert [d["i"] for d in seen] == [0, 1, 2]
+    assert [d["i"] for d in seen] == [0, 1, 2, 3]  # as k-diffusion: the last call is the step to sigma 0
     assert all(set(d) == {"x", "i", "sigma", "sigma_hat", "denoised"} for d in seen)
     assert torch.equal(seen[0]["x"], x0) and seen[0]["sigma"] == sig[0]
     assert torch.allclose(seen[0]["denoised"], gmm(x0, sig[0]))  # k-diffusion: D at the step's start

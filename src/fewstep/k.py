@@ -9,6 +9,14 @@ to 0). Every function is a thin wrapper over :func:`fewstep.sample` (the one sam
 are keywords, named as in fewstep. ``callback`` gets k-diffusion's dict {x, i, sigma, sigma_hat, denoised}
 once per step: x and sigma at the start of step i and the first model output of that step (or, with AFS,
 the analytical one).
+
+Functions named as in k-diffusion (``sample_euler``, ``sample_heun``, ``sample_dpm_2``, ``sample_dpmpp_2m``) do by
+default what k-diffusion's do (tests/test_kdiffusion.py runs both on the same model and sigmas): in particular
+the multistep ones keep their full order up to the last positive sigma (``lower_order_final=False``); pass
+``lower_order_final=True`` for fewstep's default (the last steps lowered, more stable at very few steps).
+k-diffusion's ``s_churn`` / ``s_tmin`` / ``s_tmax`` / ``s_noise`` are accepted at their deterministic defaults;
+stochastic churn (``s_churn > 0``) is refused. ``sigmas`` may start below the model's sigma_max (image-to-image:
+the host passes ``x = image + noise * sigmas[0]``), which needs nothing special here.
 """
 
 from __future__ import annotations
@@ -62,34 +70,54 @@ def _run(solver: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: di
         raise ValueError("sigmas must hold at least two positive, descending values (optionally ending with 0)")
     kmodel = _KModel(model, dict(extra_args or {}))
     start = {"x": x}
+    # The callback's sigma is the host's own value (its dtype and device), as in k-diffusion.
+    host_sig = sigmas if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 else sig
 
     def on_step(info: dict[str, Any]) -> None:
         if callback is not None:
             den = kmodel.first if kmodel.first is not None else info["denoised"]
-            callback({"x": start["x"], "i": info["i"], "sigma": info["sigma"], "sigma_hat": info["sigma"],
-                      "denoised": den})
+            s = host_sig[info["i"]]
+            callback({"x": start["x"], "i": info["i"], "sigma": s, "sigma_hat": s, "denoised": den})
         start["x"], kmodel.first = info["x"], None
 
     # fewstep.sample starts at noise * sigmas[0]: pass noise = x / sigmas[0].
-    return sample(kmodel, x / sig[0].to(x.dtype), sig, solver, denoise_to_zero=denoise_to_zero, callback=on_step,
-                  progress=not disable, **options)
+    out = sample(kmodel, x / sig[0].to(x.dtype), sig, solver, denoise_to_zero=denoise_to_zero, callback=on_step,
+                 progress=not disable, **options)
+    if callback is not None and denoise_to_zero:  # k-diffusion reports its last step (to 0) too
+        i = sig.numel() - 1
+        callback({"x": start["x"], "i": i, "sigma": host_sig[i], "sigma_hat": host_sig[i], "denoised": out})
+    return out
+
+
+def _no_churn(fn: str, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> None:
+    """k-diffusion's churn arguments: accepted at their defaults (a deterministic ODE step), else refused."""
+    if s_churn != 0:
+        raise ValueError(f"fewstep.k.{fn} is deterministic: s_churn={s_churn!r} (stochastic churn, Karras et al. "
+                         "Alg. 2) is not supported; use s_churn=0 or k-diffusion's own sampler")
 
 
 def sample_euler(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                 callback: Callable | None = None, disable: bool | None = None) -> torch.Tensor:
-    """Euler (DDIM) in sigma (Karras et al., 2022, Alg. 1 without the second-order correction)."""
+                 callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Euler (DDIM) in sigma (Karras et al., 2022, Alg. 2 without churn); equals k-diffusion's."""
+    _no_churn("sample_euler", s_churn, s_tmin, s_tmax, s_noise)
     return _run("euler", model, x, sigmas, extra_args, callback, disable)
 
 
 def sample_heun(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                callback: Callable | None = None, disable: bool | None = None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al., 2022, Alg. 1, deterministic)."""
+                callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+    """Heun's second-order method (Karras et al., 2022, Alg. 1); equals k-diffusion's (a trailing 0 is one
+    Euler step to 0, i.e. x0 of the last evaluation, in both)."""
+    _no_churn("sample_heun", s_churn, s_tmin, s_tmax, s_noise)
     return _run("heun", model, x, sigmas, extra_args, callback, disable)
 
 
 def sample_dpm_2(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                 callback: Callable | None = None, disable: bool | None = None, r: float = 0.5) -> torch.Tensor:
-    """DPM-Solver-2 (Lu et al., 2022), midpoint in log sigma (``r=0.5``)."""
+                 callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0, r: float = 0.5) -> torch.Tensor:
+    """DPM-Solver-2 (Lu et al., 2022), midpoint in log sigma (``r=0.5``); equals k-diffusion's."""
+    _no_churn("sample_dpm_2", s_churn, s_tmin, s_tmax, s_noise)
     return _run("dpm2", model, x, sigmas, extra_args, callback, disable, r=r)
 
 
@@ -101,14 +129,19 @@ def sample_dpmpp(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | 
 
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                     callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al., 2023, Alg. 2)."""
-    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable, **{"max_order": 2, **options})
+    """DPM-Solver++(2M) (Lu et al., 2023, Alg. 2); equals k-diffusion's: second order up to the last positive
+    sigma (``lower_order_final=False`` by default; True gives fewstep's lowered final step)."""
+    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable,
+                        **{"max_order": 2, "lower_order_final": False, **options})
 
 
 def sample_dpmpp_3m(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                     callback: Callable | None = None, disable: bool | None = None, **options: Any) -> torch.Tensor:
-    """DPM-Solver++(3M) (Lu et al., 2023), deterministic."""
-    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable, **{"max_order": 3, **options})
+    """DPM-Solver++(3M) (Lu et al., 2023), deterministic, full order up to the last positive sigma
+    (``lower_order_final=False`` by default, as k-diffusion's ``sample_dpmpp_3m_sde`` with ``eta=0``). It differs
+    from that one only in its warm-up step of order 2: midpoint form here, the Taylor (phi_2) form there."""
+    return sample_dpmpp(model, x, sigmas, extra_args, callback, disable,
+                        **{"max_order": 3, "lower_order_final": False, **options})
 
 
 def sample_unipc(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,

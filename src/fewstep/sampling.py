@@ -22,7 +22,7 @@ from .solvers import Solver, get_solver
 
 __all__ = [
     "sample", "iterate", "ModelCall", "Step", "SampleResult", "NonFiniteError", "noise_for_seeds", "count_nfe",
-    "steps_for_nfe", "detach_state", "all_finite",
+    "steps_for_nfe", "detach_state", "all_finite", "img2img_sigmas",
 ]
 
 
@@ -235,12 +235,44 @@ def steps_for_nfe(solver: str | Solver, nfe: int, afs: bool = False, **options: 
         f"{', minus 1 with AFS' if afs else ''})")
 
 
+def img2img_sigmas(sigmas: Any, strength: float) -> torch.Tensor:
+    """The tail of a schedule that image-to-image with ``strength`` runs (diffusers' convention): of the N - 1
+    steps of ``sigmas`` the last ``int(strength * (N - 1))`` are kept, so strength 1 is the whole schedule and
+    strength 0.5 starts about half-way down. A ValueError if that keeps no step. To keep the number of steps
+    instead, make a schedule that starts lower: ``get_schedule(kind, n, sigma_min, sigma_max=s)`` and
+    ``sample(..., x_init=images)``."""
+    sig = validate_sigmas(sigmas)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    steps = sig.numel() - 1
+    keep = min(int(strength * steps + 1e-9), steps)
+    if keep < 1:
+        raise ValueError(f"strength {strength} keeps no step of this {sig.numel()}-sigma schedule (it keeps "
+                         f"int(strength * {steps}) steps); raise strength to at least {1 / steps:.3g} or use more steps")
+    return sig[steps - keep:]
+
+
+def _check_x_init(x_init: Any, noise: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point():
+        raise TypeError(f"x_init must be a floating-point torch.Tensor of images, got "
+                        f"{getattr(x_init, 'dtype', type(x_init).__name__)}")
+    if x_init.shape != noise.shape and not (x_init.ndim == noise.ndim and x_init.shape[0] == 1
+                                            and x_init.shape[1:] == noise.shape[1:]):
+        raise ValueError(f"x_init must have the noise's shape {tuple(noise.shape)} (or batch 1), got "
+                         f"{tuple(x_init.shape)}")
+    if not all_finite(x_init):
+        raise ValueError("x_init contains NaN or inf")
+    return x_init.to(device=noise.device, dtype=noise.dtype)
+
+
 def sample(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
     sigmas: torch.Tensor | Iterable[float] | None = None,
     solver: str | Solver | None = None,
     *,
+    x_init: torch.Tensor | None = None,
+    strength: float | None = None,
     afs: bool | None = None,
     predictor: Any = None,
     denoise_to_zero: bool = False,
@@ -265,7 +297,21 @@ def sample(
 
     With a learned-sampler ``predictor`` (``fewstep.amed.train`` / ``fewstep.amed.load``) the schedule, solver
     and AFS come from its config (its ``sampling_setup``); passing different ones is an error.
+
+    Image-to-image (partial denoising, every solver): with ``x_init`` (images in the model's space, shape of
+    ``noise`` or batch 1) the ODE starts at x = x_init + noise * sigmas[0], i.e. the images noised to sigmas[0],
+    which is then below the model's sigma_max. ``strength`` (needs ``x_init``) first cuts ``sigmas`` to the tail
+    :func:`img2img_sigmas` keeps; strength 1 keeps the whole schedule and starts from noise * sigmas[0] exactly as
+    plain sampling (at sigma_max the images are ignored). NFE is that of the schedule actually run. A predictor
+    was trained from pure noise on one schedule and is refused here. AFS (d = x / sqrt(1 + sigma^2)) assumes pure
+    noise at a large sigma and is a poor first step from a noised image.
     """
+    if (x_init is not None or strength is not None) and predictor is not None:
+        raise ValueError("image-to-image (x_init / strength) cannot use a learned sampler: a predictor is trained "
+                         "from pure noise on its one schedule. Use a plain solver, or train a predictor for the partial "
+                         "schedule (fewstep.amed.train(..., sigma_max=<the start sigma>)) and sample it from noise")
+    if strength is not None and x_init is None:
+        raise TypeError("strength needs x_init (the images to start from)")
     if predictor is not None:
         setup = getattr(predictor, "sampling_setup", None)
         if not callable(setup):
@@ -286,6 +332,13 @@ def sample(
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     noise = _check_noise(noise)
     sig = validate_sigmas(sigmas)
+    if x_init is not None:
+        x_init = _check_x_init(x_init, noise)
+        if strength is not None:
+            full = sig.numel()
+            sig = img2img_sigmas(sig, strength)
+            if sig.numel() == full:  # strength 1: plain sampling from noise * sigma_max
+                x_init = None
     solv = get_solver(solver, **options)
     learned = getattr(solv, "predictor", None)
     if learned is not None and callable(getattr(learned, "check_solver", None)):
@@ -294,7 +347,7 @@ def sample(
                      features=bool(getattr(learned, "uses_features", False)))
     grad_ctx = torch.enable_grad() if enable_grad else torch.inference_mode()
     with grad_ctx:
-        x = noise * sig[0]
+        x = noise * sig[0] if x_init is None else x_init + noise * sig[0]
         traj = [x] if return_trajectory else None
         for st in iterate(call, solv, x, sig, check_state=check_finite, progress=progress, desc=solv.name):
             x = st.x

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
+    "vp_fit",
     "refine_schedule",
     "SCHEDULES",
     "get_schedule",
@@ -45,6 +46,29 @@ def vp_sigma_inv(sigma: torch.Tensor | float, beta_min: float = VP_BETA_MIN, bet
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     L = torch.log1p(sigma**2)
     return 2 * L / ((beta_min**2 + 2 * beta_d * L).sqrt() + beta_min)  # no cancellation at small sigma
+
+
+def vp_fit(sigma_min: float = 0.002, sigma_max: float = 80.0, eps: float = 1e-3) -> tuple[float, float]:
+    """(beta_min, beta_d) of the VP schedule sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) with
+    sigma(eps) = sigma_min and sigma(1) = sigma_max: the VP time in which the DEIS reference code (``edm2t`` of
+    zju-pi/diff-sampler, defaults sigma_min 0.002, sigma_max 80) runs tAB, as opposed to the standard VP
+    (0.1, 19.9) that :class:`DEIS` uses by default: ``b0, bd = vp_fit(0.002, 80)``, then
+    ``get_solver("deis", vp_beta_min=b0, vp_beta_d=bd)``; ``get_schedule("time_uniform", ..., beta_min=b0,
+    beta_d=bd)`` is then the reference code's time-uniform schedule. For (0.002, 80) beta_min is slightly
+    negative (-0.0048), which the VP time map allows (sigma(t) increases on the schedule's range)."""
+    for name, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"vp_fit: {name} must be a positive finite number, got {v!r}")
+    if not sigma_min < sigma_max or not eps < 1:
+        raise ValueError(f"vp_fit needs sigma_min < sigma_max and eps < 1, got {sigma_min!r}, {sigma_max!r}, {eps!r}")
+    # log(1 + sigma^2) = beta_d t^2 / 2 + beta_min t at t = eps and t = 1, solved for (beta_min, beta_d).
+    l_min, l_max = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
+    beta_d = 2 * (l_min / eps - l_max) / (eps - 1)
+    beta_min = l_max - 0.5 * beta_d
+    if not beta_d > 0 or not beta_d + beta_min > 0 or not beta_d * eps + beta_min > 0:
+        raise ValueError(f"vp_fit: no increasing VP schedule passes through sigma({eps}) = {sigma_min} and "
+                         f"sigma(1) = {sigma_max} (beta_min {beta_min}, beta_d {beta_d})")
+    return beta_min, beta_d
 
 
 def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -242,11 +266,11 @@ def load_schedule(path: str | os.PathLike) -> torch.Tensor:
 
     Only regular files of at most 1 MiB are read (a FIFO or device is refused unread); invalid JSON, nesting too
     deep, integers too long, NaN / Infinity and non-numbers are ValueErrors naming the file."""
-    from .io import _regular_file
+    from .io import regular_file_size
 
     path = Path(path)
     try:
-        _regular_file(path, MAX_SCHEDULE_BYTES, "schedule file")
+        regular_file_size(path, MAX_SCHEDULE_BYTES, "schedule file")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"no schedule file at {path}") from None

@@ -31,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="seeds per model call (default: %(default)s); outputs are bitwise reproducible for a fixed "
                         "--batch whatever the number of processes")
     s.add_argument("--denoise-to-zero", action="store_true")
+    s.add_argument("--init-images", default=None, metavar="DIR_OR_NPZ",
+                   help="image-to-image: start from these images (a folder of PNGs or an .npz, read with "
+                        "fewstep.metrics.load_images and mapped to [-1, 1]) noised to the sigma where --strength "
+                        "starts; image j goes with the j-th seed of --seeds (repeated cyclically if fewer)")
+    s.add_argument("--strength", type=float, default=None,
+                   help="with --init-images, in (0, 1]: run the last int(strength * steps) steps of the schedule "
+                        "(diffusers' convention: --nfe is that of the whole schedule); 1 is plain sampling")
     s.add_argument("--out", required=True,
                    help="FILE.npz (images in [-1, 1], seeds) or a folder: one file per seed, OUT/000000/000123.png, "
                         "1000 per sub-folder; rerun the same command to resume")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     if not single_file:
         distributed.check_image_shape(shape, fmt)
+    init = _init_images(args, shape, dtype)
     if args.predictor:
         given = [f"--{k.replace('_', '-')}" for k in ("solver", "nfe", "afs", "schedule", "sigma_min", "sigma_max")
                  if getattr(args, k) is not None]
@@ -96,6 +104,17 @@ def run(args: argparse.Namespace) -> int:
                                  f"with {solver} (afs={afs}), not --nfe {args.nfe}")
         kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs}
         run_settings = {"solver": solver, "sigmas": sigmas.tolist(), "afs": afs}
+    if init is not None:
+        if args.predictor:
+            raise ValueError("--init-images cannot be used with --predictor: a predictor is trained from pure noise on "
+                             "its one schedule; use --solver, or train a predictor for the partial schedule "
+                             "(fewstep train --sigma-max <start sigma>) and sample it from noise")
+        from ..sampling import img2img_sigmas
+
+        run_sigmas = img2img_sigmas(kwargs["sigmas"], args.strength)  # checks --strength against the schedule now
+        run_settings.update({"init_images": tensor_digest({"images": init}), "strength": args.strength})
+        print(f"image-to-image: strength {args.strength} runs {run_sigmas.numel() - 1} of "
+              f"{kwargs['sigmas'].numel() - 1} steps, from sigma {float(run_sigmas[0]):.4g}")
     info = distributed.init_distributed(args.device)
     if info.device.type == "cpu" or args.threads:
         set_threads(args, denoiser)
@@ -105,9 +124,15 @@ def run(args: argparse.Namespace) -> int:
                 m.to(info.device)
     nfe = [0]
 
+    position = {s: j for j, s in enumerate(args.seeds)}
+
     def sample_batch(seeds: list[int]) -> torch.Tensor:
+        extra = {}
+        if init is not None:  # image j with the j-th seed of --seeds, whatever the batch or process
+            idx = torch.tensor([position[s] % init.shape[0] for s in seeds])
+            extra = {"x_init": init[idx].to(info.device), "strength": args.strength}
         res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device), return_result=True,
-                     denoise_to_zero=args.denoise_to_zero, **kwargs)
+                     denoise_to_zero=args.denoise_to_zero, **kwargs, **extra)
         nfe[0] = res.nfe
         return res.x
 
@@ -137,3 +162,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _init_images(args: argparse.Namespace, shape: tuple[int, ...], dtype):
+    """--init-images as a (N, *shape) tensor in [-1, 1] of the model's dtype, or None; checks --strength."""
+    import torch
+
+    from ..metrics import load_images
+
+    if args.init_images is None:
+        if args.strength is not None:
+            raise ValueError("--strength needs --init-images (the images to start from)")
+        return None
+    if args.strength is None:
+        raise ValueError("--init-images needs --strength in (0, 1] (e.g. 0.5; 1 ignores the images)")
+    if not 0 < args.strength <= 1:
+        raise ValueError(f"--strength must be in (0, 1], got {args.strength}")
+    images = torch.from_numpy(load_images(args.init_images))
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(f"--init-images {args.init_images} holds images of shape {tuple(images.shape[1:])}; the "
+                         f"model makes samples of shape {tuple(shape)}")
+    return images.to(dtype)

@@ -2,6 +2,7 @@
 
 from .amed import AMEDPlugin, AMEDSolver
 from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
+from ..schedules import vp_fit
 from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
 from .singlestep import DPM2, Euler, Heun
 
@@ -56,4 +57,5 @@ __all__ = [
     "lagrange_integrals",
     "step_order",
     "to_d",
+    "vp_fit",
 ]

@@ -5,13 +5,14 @@ History (past model outputs) lives in the typed state; every step costs one mode
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..schedules import vp_sigma_inv
+from ..schedules import VP_BETA_D, VP_BETA_MIN, vp_sigma_inv
 from .base import History, Model, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 
 __all__ = ["DPMSolverPP", "UniPC", "IPNDM", "IPNDMV", "DEIS", "UniPCState"]
@@ -218,16 +219,38 @@ _DEIS_VARIABLES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class DEIS(IPNDM):
     """DEIS (Zhang & Chen, 2023): exponential integrator whose noise prediction is extrapolated by a
     Lagrange polynomial in VP time (``deis_mode="tab"``), in rho = sigma (``"rhoab"``) or in log rho
-    (``"logrho"``), with weights recomputed for every step and order."""
+    (``"logrho"``), with weights recomputed for every step and order.
+
+    tAB's VP time is that of sigma(t) = sqrt(exp(vp_beta_d t^2 / 2 + vp_beta_min t) - 1): by default the
+    standard VP (0.1, 19.9); the DEIS reference code (as used by AMED / GITS) fits the VP to sigma_min and
+    sigma_max instead (:func:`vp_fit`). The VP options belong to tAB only (another mode refuses values other
+    than the defaults)."""
 
     name = "deis"
     max_supported_order = 4
     max_order: int = 3
     deis_mode: str = "tab"
+    vp_beta_min: float = VP_BETA_MIN
+    vp_beta_d: float = VP_BETA_D
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice(self.name, "deis_mode", self.deis_mode, tuple(_DEIS_VARIABLES))
+        for n in ("vp_beta_min", "vp_beta_d"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{self.name}: {n} must be a finite number, got {v!r}")
+        if (self.vp_beta_min, self.vp_beta_d) != (VP_BETA_MIN, VP_BETA_D):
+            if self.deis_mode != "tab":
+                raise ValueError(f"{self.name}: vp_beta_min / vp_beta_d set the VP time of deis_mode='tab'; "
+                                 f"deis_mode={self.deis_mode!r} does not use them")
+            # sigma(t) must increase on t > 0 (beta_d t + beta_min > 0), which the time map's inverse assumes.
+            if self.vp_beta_d < 0 or (self.vp_beta_d == 0 and self.vp_beta_min <= 0):
+                raise ValueError(f"{self.name}: the VP schedule needs vp_beta_d >= 0 and vp_beta_d > 0 or "
+                                 f"vp_beta_min > 0, got vp_beta_min={self.vp_beta_min!r}, vp_beta_d={self.vp_beta_d!r}")
 
     def weights(self, hist: History, order: int, s: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
-        return lagrange_integrals(hist.sigmas[:order], s, t, _DEIS_VARIABLES[self.deis_mode])
+        u = _DEIS_VARIABLES[self.deis_mode]
+        if self.deis_mode == "tab" and (self.vp_beta_min, self.vp_beta_d) != (VP_BETA_MIN, VP_BETA_D):
+            u = functools.partial(vp_sigma_inv, beta_min=self.vp_beta_min, beta_d=self.vp_beta_d)
+        return lagrange_integrals(hist.sigmas[:order], s, t, u)
