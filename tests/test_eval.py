@@ -39,7 +39,7 @@ def test_cached_reference_statistics(images, tmp_path, capsys):
     pa, pb = images
     stats = tmp_path / "ref_stats.npz"
     first = _run(["eval", str(pa), "--ref", str(pb), "--save-ref-stats", str(stats)], capsys)
-    assert first["fd"] > 0.1 and set(np.load(stats).files) == {"mu", "sigma", "features"}
+    assert first["fd"] > 0.1 and set(np.load(stats).files) == {"mu", "sigma", "features", "record"}
     again = _run(["eval", str(pa), "--ref", str(stats)], capsys)
     assert again["fd"] == pytest.approx(first["fd"], rel=1e-12)
     assert main(["eval", str(pa), "--ref", str(stats), "--features", "pixels"]) == 2

@@ -73,7 +73,7 @@ def test_eval_pr_cli(tmp_path, capsys):
     rng = np.random.default_rng(0)
     a = np.clip(rng.normal(0, 0.5, (120, 3, 4, 4)), -1, 1).astype(np.float32)
     np.savez(tmp_path / "a.npz", images=a)
-    np.savez(tmp_path / "b.npz", images=np.clip(a + 1.5, -1, 1))
+    np.savez(tmp_path / "b.npz", images=np.clip(a + 0.9, -1, 1))  # shifted (keeps some negative values: [-1, 1])
     assert cli.main(["eval", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "a.npz"), "--pr", "--threads", "1"]) == 0
     same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert same["precision"] == 1.0 and same["recall"] == 1.0

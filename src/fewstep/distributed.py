@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -32,7 +34,7 @@ __all__ = [
     "DistInfo", "launched_by_torchrun", "init_distributed", "finish", "barrier", "all_sum",
     "global_batches", "rank_batches", "seed_path", "to_uint8", "write_seed_file", "check_manifest",
     "check_image_shape", "remove_stale_temporaries", "sample_seeds", "sample_seeds_to_dir", "SEEDS_PER_FOLDER",
-    "MANIFEST", "FORMATS",
+    "MANIFEST", "FORMATS", "remove_stale_temporaries_of", "save_samples_npz",
 ]
 
 SEEDS_PER_FOLDER = 1000
@@ -184,8 +186,58 @@ def write_seed_file(path: Path, image: torch.Tensor, fmt: str = "png") -> None:
             np.save(tmp, image.float().clamp(-1, 1).cpu().numpy())
 
 
+_TMP_PART = re.compile(r"[a-z0-9_]+")  # the random part of tempfile.mkstemp names (no dots)
+
+
+def _is_temporary_of(entry_name: str, name: str, suffix: str) -> bool:
+    """Whether ``entry_name`` is a temporary of ``fewstep.io.atomic_path`` for target ``name``:
+    ``.{name}.{random}{suffix}``."""
+    head, tail = f".{name}.", suffix
+    if not (entry_name.startswith(head) and entry_name.endswith(tail) and len(entry_name) > len(head) + len(tail)):
+        return False
+    return bool(_TMP_PART.fullmatch(entry_name[len(head):len(entry_name) - len(tail)]))
+
+
+def remove_stale_temporaries_of(path: str | os.PathLike, suffix: str, older_than: float | None = None) -> int:
+    """Delete the temporaries ``.{name}.XXXX{suffix}`` that ``fewstep.io.atomic_path(path, suffix)`` left beside
+    ``path`` in a killed run (only those; with ``older_than``, only those last modified before that time stamp, so
+    a concurrent writer's temporary survives). Returns how many were removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    removed = 0
+    for entry in os.scandir(path.parent):
+        if _is_temporary_of(entry.name, path.name, suffix) and entry.is_file(follow_symlinks=False):
+            try:
+                if older_than is not None and entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def save_samples_npz(out: str | os.PathLike, seeds: Sequence[int], images: torch.Tensor) -> Path:
+    """``fewstep sample --out FILE.npz``: ``images`` (clipped to [-1, 1], float32) and ``seeds`` written atomically;
+    after the write, temporaries of ``out`` left by an earlier killed run are removed. Write errors are OSErrors
+    naming the file."""
+    import time
+
+    out = Path(out)
+    t0 = time.time()
+    try:
+        with atomic_path(out, suffix=".npz") as tmp:
+            np.savez(tmp, images=images.float().clamp(-1, 1).cpu().numpy(), seeds=np.array(list(seeds)))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {out}: {e.strerror or e}") from None
+    remove_stale_temporaries_of(out, ".npz", older_than=t0)
+    return out
+
+
 def remove_stale_temporaries(out: Path, seeds: Iterable[int], fmt: str) -> int:
-    """Delete temporary files (``.000123.png.XXXX.png`` from atomic_path) of ``seeds`` left by a killed run."""
+    """Delete temporary files (``.000123.png.XXXX.png`` from atomic_path) of ``seeds`` left by a killed run; other
+    files (another format's, other seeds', anything not named like an atomic_path temporary) are left alone."""
     mine: dict[Path, set[str]] = {}
     for s in seeds:
         p = seed_path(out, s, fmt)
@@ -197,23 +249,43 @@ def remove_stale_temporaries(out: Path, seeds: Iterable[int], fmt: str) -> int:
         for entry in os.scandir(folder):
             parts = entry.name.split(".")
             # '.000123.png.abc123.png' -> ['', '000123', 'png', 'abc123', 'png']
-            if len(parts) >= 4 and parts[0] == "" and f"{parts[1]}.{parts[2]}" in names:
+            if len(parts) == 5 and f"{parts[1]}.{parts[2]}" in names and \
+                    _is_temporary_of(entry.name, f"{parts[1]}.{parts[2]}", f".{fmt}") and \
+                    entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
+def _holds_other_files(out: Path) -> list[str]:
+    """Names in ``out`` other than the manifest and its temporaries (what a run without a manifest cannot trust)."""
+    if not out.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(out)
+                  if e.name != MANIFEST and not _is_temporary_of(e.name, MANIFEST, ".tmp"))
+
+
 def check_manifest(out: Path, settings: dict[str, Any]) -> bool:
-    """Compare ``settings`` with ``OUT/fewstep-sample.json``; ValueError if they differ. True if it exists."""
+    """Compare ``settings`` with ``OUT/fewstep-sample.json``; ValueError if they differ. True if it exists.
+
+    Without a manifest, ``out`` must be empty (or not exist): files there cannot be checked as an earlier run of
+    the same settings, so they are never taken as finished seeds."""
+    from .io import read_json_file
+
     path = out / MANIFEST
-    if not path.is_file():
+    if not path.exists():
+        other = _holds_other_files(out)
+        if other:
+            raise ValueError(f"--out {out} already holds files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})"
+                             f" but no {MANIFEST}, so they cannot be checked as an earlier run of these settings; "
+                             "choose an empty folder (or a new one)")
         return False
     try:
-        doc = json.loads(path.read_text())
+        doc = read_json_file(path, "fewstep sample manifest", 2**24)
         old = doc["settings"]
         if doc.get("format") != MANIFEST_FORMAT or not isinstance(old, dict):
             raise ValueError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise ValueError(f"{path} is not a fewstep sample manifest; choose another --out") from None
     new = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -284,7 +356,7 @@ def sample_seeds_to_dir(
     """Write one file per seed under ``out`` (see the module docstring), sharded over the ranks of ``info``.
 
     ``sample_batch(seeds)`` returns the images (len(seeds), C, H, W) in [-1, 1] for a list of seeds. Batches whose
-    files all exist are skipped. ``settings`` (JSON-serialisable) go to ``OUT/fewstep-sample.json``; a restart with
+    files all exist are skipped. ``settings`` (JSON-serialisable; None: {}) go to ``OUT/fewstep-sample.json``; a restart with
     other settings is refused. Returns counts summed over all ranks: ``seeds``, ``written`` (new files),
     ``skipped`` (files that already existed). Only rank 0 shows progress; all ranks meet at a barrier at the end.
     A single-process run that fails before writing any image removes the folder it created.
@@ -298,15 +370,19 @@ def sample_seeds_to_dir(
     batches = global_batches(seeds, batch)
     created = not out.exists()
     written = 0
+    t0 = time.time()
     try:
         # Every rank checks the manifest before anyone writes, so a mismatch stops all ranks alike.
-        if settings is not None and not check_manifest(out, settings) and info.is_main:
+        settings = {} if settings is None else settings
+        if not check_manifest(out, settings) and info.is_main:
             doc = {"format": MANIFEST_FORMAT, "version": 1, "layout": f"{{seed // {SEEDS_PER_FOLDER} * "
                    f"{SEEDS_PER_FOLDER}:06d}}/{{seed:06d}}.{fmt}", "settings": settings}
             try:
                 write_text_atomic(out / MANIFEST, json.dumps(doc, indent=1) + "\n")
             except OSError as e:
                 raise OSError(e.errno, f"cannot write to the output folder {out}: {e.strerror}") from None
+        if info.is_main:
+            remove_stale_temporaries_of(out / MANIFEST, ".tmp", older_than=t0)
         barrier(info)
         mine = rank_batches(batches, info.rank, info.world_size)
         remove_stale_temporaries(out, (s for b in mine for s in b), fmt)

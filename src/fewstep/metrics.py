@@ -5,14 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import os
+import stat
+import warnings
+import zipfile
+
 import numpy as np
-import scipy.linalg
 import torch
 
 __all__ = [
     "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "trajectory_pca_table",
     "load_images", "FeatureExtractor", "feature_stats", "kid", "load_stats", "knn_radii", "precision_recall",
+    "check_images", "FewSamplesWarning", "save_stats", "STATS_FORMAT",
 ]
+
+STATS_FORMAT = "fewstep-ref-stats"
 
 
 def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -23,19 +31,45 @@ def gaussian_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def _psd(s: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues clipped at 0, eigenvectors) of the symmetrised ``s``; ValueError if ``s`` is clearly not a
+    covariance (not symmetric, or an eigenvalue clearly below 0 rather than rounding noise)."""
+    scale = float(np.abs(s).max()) if s.size else 0.0
+    if not np.allclose(s, s.T, rtol=1e-6, atol=1e-9 * max(scale, 1e-300)):
+        raise ValueError(f"{name} is not symmetric, so it is not a covariance matrix")
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    top = float(np.abs(w).max()) if w.size else 0.0
+    if w.size and w.min() < -1e-6 * top - 1e-12:
+        raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {w.min():.3g}, largest "
+                         f"{w.max():.3g}), so it is not a covariance matrix")
+    return np.clip(w, 0, None), v
+
+
 def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau, 1982; FID, Heusel et al., 2017),
-    in float64; a small ridge is added if the product is singular."""
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    s1, s2 = np.atleast_2d(s1).astype(np.float64), np.atleast_2d(s2).astype(np.float64)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError("statistics have mismatched shapes")
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(s1.shape[0])
-        covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau, 1982; FID, Heusel et al., 2017), in float64.
+
+    The covariances are symmetrised and must be finite and positive semi-definite (eigenvalues below 0 only by
+    rounding; clearly negative ones are a ValueError). tr((S1 S2)^(1/2)) is computed as the sum of the square roots
+    of the eigenvalues of the symmetric PSD matrix S1^(1/2) S2 S1^(1/2) (same eigenvalues as S1 S2), so singular
+    covariances need no ridge; the distance of a PSD pair is >= 0, and rounding below 0 is clamped to 0."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(s1, dtype=np.float64)), np.atleast_2d(np.asarray(s2, dtype=np.float64))
+    if mu1.ndim != 1 or mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"statistics have mismatched shapes: mu {mu1.shape} and {mu2.shape}, sigma {s1.shape} and "
+                         f"{s2.shape} (expected (F,) and (F, F))")
+    for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} holds NaN or inf values; the statistics are unusable")
+    w1, v1 = _psd(s1, "sigma1")
+    _psd(s2, "sigma2")
+    root1 = (v1 * np.sqrt(w1)) @ v1.T
+    m = root1 @ s2 @ root1
+    tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+    fd = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    return max(fd, 0.0)
+
+
+RANDOM_DIM, RANDOM_SEED = 64, 0  # the ``random`` extractor of FeatureExtractor
 
 
 class RandomFeatures:
@@ -88,52 +122,188 @@ def trajectory_pca_table(trajectory: torch.Tensor, max_k: int = 5) -> list[dict[
 # ------------------------------------------------------------------------------------------ evaluation
 
 
+IMAGE_RULE = "uint8 in [0, 255], or floats in [-1, 1] (floats in [0, 1] are ambiguous: give x * 2 - 1 or uint8)"
+
+
+def check_images(arr: np.ndarray, source: str = "images") -> np.ndarray:
+    """Images (N, C, H, W) as float32 in [-1, 1], from exactly two accepted inputs: uint8 in [0, 255] (scaled by
+    x / 127.5 - 1) or floating point values that lie in [-1, 1] and are not all >= 0 (float images in [0, 1] or
+    [0, 255] would silently give a wrong distance). Everything else (other integer types, bool, NaN / inf, values
+    outside [-1, 1]) is a ValueError naming ``source``, the dtype and the range found."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 127.5 - 1
+    if not np.issubdtype(arr.dtype, np.floating):
+        lo_hi = f", values {arr.min()}..{arr.max()}" if arr.size and arr.dtype.kind in "biu" else ""
+        raise ValueError(f"{source}: images of dtype {arr.dtype}{lo_hi} are not accepted; images must be "
+                         f"{IMAGE_RULE}")
+    if arr.size == 0:
+        raise ValueError(f"{source}: no images (shape {arr.shape})")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise ValueError(f"{source}: {arr.dtype} images with {int((~finite).sum())} NaN or inf pixel values; images "
+                         f"must be finite, {IMAGE_RULE}")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1 - 1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"{source}: {arr.dtype} images with values in [{lo:.4g}, {hi:.4g}] are outside [-1, 1]; "
+                         f"images must be {IMAGE_RULE}")
+    if lo >= 0 and hi > 0:
+        raise ValueError(f"{source}: {arr.dtype} images with values in [{lo:.4g}, {hi:.4g}] have no negative value, "
+                         f"so they look like images in [0, 1], not [-1, 1]; images must be {IMAGE_RULE}")
+    return np.clip(arr, -1, 1).astype(np.float32)
+
+
+def _read_png(f: Path) -> np.ndarray:
+    """(H, W, C) uint8 of a PNG file (greyscale -> 1 channel, alpha dropped); ValueError naming a bad file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "L", "LA"):
+                a = np.asarray(im.convert("L"))[..., None]
+            elif mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
+                a = np.asarray(im.convert("RGB"))
+            else:
+                raise ValueError(f"{f}: PNG mode {mode!r} (e.g. 16-bit) is not supported; give 8-bit grey or RGB PNGs")
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"{f} is not a readable PNG image: {e}") from None
+    return a
+
+
+def _regular_file(path: Path, what: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file (a {what} must be one)")
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file (no pickles); ValueError naming the file if it is not a readable one."""
+    _regular_file(path, what)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, MemoryError) as e:
+        raise ValueError(f"{path} is not a readable .npz {what}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
 def load_images(path: str | Path) -> np.ndarray:
-    """Images as float32 (N, C, H, W) in [-1, 1] from an .npz (key ``images``, or the only array; uint8 or float
-    in [-1, 1]) or a folder of PNG files (sorted by name)."""
+    """Images as float32 (N, C, H, W) in [-1, 1] from an .npz (key ``images``, or the only array) or a folder of
+    8-bit PNG files (sorted by name). Accepted values: see :func:`check_images` (uint8, or floats in [-1, 1])."""
     path = Path(path)
     if path.is_dir():
-        import matplotlib.image as mpimg
-
         # also fewstep sample's OUT/000000/000123.png layout; skips hidden temporaries of unfinished writes
         files = sorted(p for p in path.rglob("*.png") if not p.name.startswith("."))
         if not files:
             raise ValueError(f"{path} has no .png files")
-        def read(f: Path) -> np.ndarray:  # (H, W, C) floats in [0, 1]; greyscale gives one channel
-            a = mpimg.imread(f)
-            a = a[..., None] if a.ndim == 2 else a
-            return a[..., :3] if a.shape[-1] >= 3 else a[..., :1]
-
-        arr = np.stack([read(f) for f in files]).astype(np.float32)
-        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2) * 2 - 1)
+        arrs = []
+        for f in files:
+            a = _read_png(f)
+            if arrs and a.shape != arrs[0].shape:
+                raise ValueError(f"{f} has shape {a.shape} (H, W, C), but {files[0]} has {arrs[0].shape}; all images "
+                                 "must have the same size and channels")
+            arrs.append(a)
+        return check_images(np.stack(arrs).transpose(0, 3, 1, 2), str(path))
     if path.suffix != ".npz" or not path.is_file():
         raise ValueError(f"{path} must be a folder of PNG files or an .npz file")
-    with np.load(path, allow_pickle=False) as z:
-        key = "images" if "images" in z.files else (z.files[0] if len(z.files) == 1 else None)
-        if key is None:
-            raise ValueError(f"{path} has no 'images' array (arrays: {', '.join(z.files)})")
-        arr = z[key]
+    z = _read_npz(path, "image file")
+    key = "images" if "images" in z else (next(iter(z)) if len(z) == 1 else None)
+    if key is None:
+        raise ValueError(f"{path} has no 'images' array (arrays: {', '.join(z) or 'none'})")
+    arr = z[key]
     if arr.ndim != 4:
         raise ValueError(f"{path}: images must have 4 dimensions (N, C, H, W) or (N, H, W, C), got {arr.shape}")
     if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.transpose(0, 3, 1, 2)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 127.5 - 1
-    return arr.astype(np.float32)
+    return np.ascontiguousarray(check_images(arr, str(path)))
 
 
-def load_stats(path: str | Path, features: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mu, sigma) from a reference-statistics .npz (EDM / diff-sampler layout), or None if ``path`` is not one.
-    A file that records its feature space must match ``features``."""
+def _describe(record: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in record.items())
+
+
+def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, extractor: "FeatureExtractor",
+               image_shape: tuple[int, ...], count: int) -> Path:
+    """Cache reference statistics as .npz (``mu``, ``sigma``, ``features`` and a JSON ``record`` of the image shape
+    (C, H, W), image count and feature extractor), atomically; :func:`load_stats` refuses a mismatch."""
+    from .io import atomic_path
+
+    record = {"format": STATS_FORMAT, "version": 1, "image_shape": [int(v) for v in image_shape], "count": int(count),
+              "extractor": extractor.record(), "feature_dim": int(np.asarray(mu).size)}
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, features=np.array(extractor.kind), record=np.array(json.dumps(record)))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def load_stats(path: str | Path, features: str | "FeatureExtractor",
+               image_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mu, sigma) from a reference-statistics .npz (fewstep's, or the EDM / diff-sampler layout), or None if
+    ``path`` is not one (not an .npz with ``mu``).
+
+    ``features``: the extractor (or just its kind) the statistics will be compared in; ``image_shape``: the (C, H, W)
+    of the images. A file written by :func:`save_stats` records both and must match them. A file without that record
+    is accepted only where its feature count checks it: ``pixels`` (count = C*H*W) and ``inception`` (2048 features
+    whatever the image size); ``random`` statistics without a record are refused (64 features for any image size)."""
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        if "mu" not in z.files:
-            return None
-        if "features" in z.files and str(z["features"]) != features:
-            raise ValueError(f"{path} holds {z['features']} statistics, not {features}")
-        return z["mu"], z["sigma"]
+    z = _read_npz(path, "reference statistics file")
+    if "mu" not in z:
+        return None
+    kind = features if isinstance(features, str) else features.kind
+    if "sigma" not in z:
+        raise ValueError(f"{path} has 'mu' but no 'sigma' array; it is not a complete reference statistics file")
+    mu, sigma = z["mu"], z["sigma"]
+    if not (np.issubdtype(mu.dtype, np.floating) and np.issubdtype(sigma.dtype, np.floating)) or mu.ndim != 1 \
+            or sigma.shape != (mu.size, mu.size):
+        raise ValueError(f"{path}: mu must be floats of shape (F,) and sigma (F, F), got {mu.dtype} {mu.shape} and "
+                         f"{sigma.dtype} {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path}: mu or sigma holds NaN or inf values; the statistics are unusable")
+    if "features" in z and str(z["features"]) != kind:
+        raise ValueError(f"{path} holds {z['features']} statistics, not {kind}")
+    redo = "recompute them with --ref IMAGES --save-ref-stats FILE"
+    if "record" in z:
+        try:
+            record = json.loads(str(z["record"]))
+            if not isinstance(record, dict) or record.get("format") != STATS_FORMAT:
+                raise ValueError
+        except (ValueError, RecursionError):
+            raise ValueError(f"{path}: unreadable record of what the statistics were made from; {redo}") from None
+        want: dict = {}
+        if image_shape is not None:
+            want["image_shape"] = [int(v) for v in image_shape]
+        if not isinstance(features, str):
+            want["extractor"] = features.record()
+        diff = {k: (record.get(k), v) for k, v in want.items() if record.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k} {a} there, {b} here" for k, (a, b) in diff.items())
+            raise ValueError(f"{path} holds statistics of other images or another feature extractor ({detail}); "
+                             f"{redo}")
+        if record.get("feature_dim") != mu.size:
+            raise ValueError(f"{path}: the record says {record.get('feature_dim')} features, mu has {mu.size}")
+    elif kind == "random":
+        raise ValueError(f"{path} does not record the image shape and feature extractor it was made from, and random "
+                         "features have 64 dimensions for any image size, so it cannot be checked against these "
+                         f"images; {redo}")
+    elif kind == "pixels" and image_shape is not None and mu.size != int(np.prod(image_shape)):
+        raise ValueError(f"{path} holds {mu.size} pixel features, but images of shape {tuple(image_shape)} have "
+                         f"{int(np.prod(image_shape))}; {redo}")
+    return mu.astype(np.float64), sigma.astype(np.float64)
+
+
+class FewSamplesWarning(UserWarning):
+    """Fréchet distance from fewer than about twice as many images as features: heavily biased."""
 
 
 class FeatureExtractor:
@@ -142,18 +312,26 @@ class FeatureExtractor:
 
     def __init__(self, kind: str, in_dim: int, path: str | None = None) -> None:
         self.kind = kind
+        self.in_dim = int(in_dim)
+        self.path = path
+        self._digest: str | None = None
         if kind == "pixels":
             self.fn = lambda x: x.reshape(x.shape[0], -1).to(torch.float64)
         elif kind == "random":
-            self.fn = RandomFeatures(in_dim)
+            self.fn = RandomFeatures(in_dim, RANDOM_DIM, RANDOM_SEED)
         elif kind == "inception":
             if not path or not Path(path).is_file():
                 raise ValueError(
                     "the inception extractor needs --inception PATH: a TorchScript Inception-v3 FID network "
                     "(e.g. the pt_inception-2015-12-05 TorchScript file used by EDM/StyleGAN; fewstep never "
-                    "downloads it)"
+                    "downloads it)" + (f"; {path} is not a file" if path else "")
                 )
-            net = torch.jit.load(str(path), map_location="cpu").eval()
+            try:
+                net = torch.jit.load(str(path), map_location="cpu").eval()
+            except (RuntimeError, ValueError, OSError, EOFError) as e:
+                raise ValueError(f"{path} is not a TorchScript Inception network (torch.jit.load failed: "
+                                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})"
+                                 ) from None
 
             def fn(x: torch.Tensor) -> torch.Tensor:
                 img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -164,8 +342,36 @@ class FeatureExtractor:
         else:
             raise ValueError(f"feature extractor must be one of pixels, random, inception; got {kind!r}")
 
+    def record(self) -> dict:
+        """What determines the features (stored with cached statistics): kind, input dimension, and the random
+        projection's size and seed or the Inception file's SHA-256."""
+        if self.kind == "random":
+            return {"kind": "random", "in_dim": self.in_dim, "dim": RANDOM_DIM, "seed": RANDOM_SEED}
+        if self.kind == "inception":
+            if self._digest is None:
+                import hashlib
+
+                h = hashlib.sha256()
+                with open(self.path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self._digest = h.hexdigest()
+            return {"kind": "inception", "sha256": self._digest}
+        return {"kind": self.kind, "in_dim": self.in_dim}
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
+        try:
+            f = self.fn(x)
+        except RuntimeError as e:
+            what = f"the Inception network {self.path}" if self.kind == "inception" else f"{self.kind} features"
+            raise ValueError(f"{what} failed on images of shape {tuple(x.shape)}: "
+                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
+        if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[0] != x.shape[0]:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"{self.kind} features must have shape ({x.shape[0]}, F), got {got}")
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"{self.kind} features hold NaN or inf values")
+        return f
 
 
 def feature_stats(images: np.ndarray, extractor: FeatureExtractor, batch: int = 256,
@@ -176,7 +382,15 @@ def feature_stats(images: np.ndarray, extractor: FeatureExtractor, batch: int = 
     feats = []
     for i in tqdm(range(0, len(images), batch), desc="features", disable=not progress, leave=False):
         feats.append(extractor(torch.from_numpy(images[i:i + batch])).numpy())
+    if not feats:
+        raise ValueError("no images to compute features of")
     f = np.concatenate(feats)
+    if len(f) < 2:
+        raise ValueError(f"a Fréchet distance needs at least 2 images, got {len(f)}")
+    if len(f) < 2 * f.shape[1]:
+        warnings.warn(f"only {len(f)} images for {f.shape[1]} features: the Fréchet distance is heavily biased with "
+                      f"fewer than about {2 * f.shape[1]} (2x the features); use more images", FewSamplesWarning,
+                      stacklevel=2)
     mu, sigma = gaussian_stats(f)
     return mu, sigma, f
 

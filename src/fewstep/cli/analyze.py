@@ -46,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
+    if args.solver is not None and not args.solver.strip():
+        raise ValueError("--solver must not be empty")
     args.solver = args.solver or {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what)
+    if args.what in ("error", "align"):
+        _solvers(args.solver)  # checked before the model is loaded or any output is made
+    elif args.what == "pca" and "," in args.solver:
+        raise ValueError(f"analyze pca takes one --solver, got {args.solver!r}")
     if args.what == "align":
         fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
     else:
@@ -68,7 +74,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _solvers(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    """The names of a comma-separated --solver list; ValueError for an empty list or an empty or repeated entry."""
+    names = [v.strip() for v in text.split(",")]
+    if not any(names):
+        raise ValueError(f"--solver must name at least one solver (comma-separated), got {text!r}")
+    if not all(names):
+        raise ValueError(f"--solver has an empty entry in {text!r}; give comma-separated names such as ipndm,dpmpp")
+    dup = sorted({v for v in names if names.count(v) > 1})
+    if dup:
+        raise ValueError(f"--solver names {', '.join(dup)} more than once")
+    return names
 
 
 def _pca(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -77,8 +78,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"schedule {args.action} takes no SOURCE argument (got {args.source!r})")
     if not args.out:
         raise ValueError(f"schedule {args.action} needs --out FILE.json")
+    options = parse_solver_options(args.solver_options)
+    for name in ("coeff", "lr"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{name} must be a positive finite number, got {v!r}")
+    if not args.solver.strip():
+        raise ValueError("--solver must not be empty")
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
-    options = json.loads(args.solver_options) if args.solver_options else {}
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
@@ -101,6 +108,20 @@ def run(args: argparse.Namespace) -> int:
     save_schedule(out, sig, **info)
     print(f"{args.action}: {', '.join(f'{v:.4g}' for v in sig.tolist())} ({time.perf_counter() - t0:.1f} s); wrote {out}")
     return 0
+
+
+def parse_solver_options(text: str | None) -> dict:
+    """--solver-options: a JSON object of keyword arguments for the solver (None or empty: none)."""
+    if text is None or not text.strip():
+        return {}
+    hint = '--solver-options must be a JSON object of solver keyword arguments, e.g. \'{"max_order": 3}\''
+    try:
+        options = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not allowed")))
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{hint}; {text[:80]!r} is not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{hint}; got a JSON {type(options).__name__}: {text[:80]!r}")
+    return options
 
 
 def _export(source: Path, fmt: str, out: str | None) -> int:
