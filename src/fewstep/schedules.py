@@ -77,7 +77,7 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-MIN_RELATIVE_STEP = 1e-6  # consecutive sigmas must differ by at least this fraction
+MIN_RELATIVE_STEP = 1e-9  # consecutive sigmas must differ by at least this fraction (1 ulp is 2e-16)
 
 
 def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas") -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..teacher import teacher_options as default_teacher_options
 from .predictor import LearnedSchedule
 from .trainstate import TrainState, world
 
-__all__ = ["distill", "training_setup", "frozen", "TrainLog", "LOSSES", "DISTANCES"]
+__all__ = ["distill", "soft_start_delta", "training_setup", "frozen", "TrainLog", "LOSSES", "DISTANCES"]
 
 LOSSES = ("per_step", "final")
 DISTANCES = ("l2", "mse")
@@ -101,6 +101,40 @@ def frozen(*modules: Any) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _final_distance(x: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:
+    """Per-sample distance of the final point (l2 norm or mean square), shape (B,)."""
+    diff = (x - target).flatten(1)
+    return diff.norm(dim=1) if distance == "l2" else diff.square().mean(1)
+
+
+def soft_start_delta(model: Callable, solver: Solver, afs: bool, x_start: torch.Tensor, sig: torch.Tensor,
+                     target: torch.Tensor, radius: float, steps: int, distance: str,
+                     model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LD3's relaxation (Tong et al., 2025): the start offset delta, ||delta_b|| <= radius * sigma_max * sqrt(D) per
+    sample, that lowers the student's final distance to the teacher, found inside the batch by ``steps`` normalised
+    gradient steps from 0 (each of length radius * sigma_max * sqrt(D) / steps, projected onto the ball), with the
+    student's parameters fixed (gradients w.r.t. delta only). Returned detached: the parameter update then uses
+    the student run from x_T + delta (a min over the ball, approximated)."""
+    flat = x_start[0].numel()
+    bound = radius * float(sig[0]) * flat ** 0.5
+    delta = torch.zeros_like(x_start)
+    shape = (-1,) + (1,) * (x_start.ndim - 1)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        call = ModelCall(model, afs=afs, model_dtype=model_dtype)
+        x = None
+        for st in iterate(call, solver, x_start.detach() + delta, sig):
+            x = st.x
+        loss = _final_distance(x, target, distance).sum()
+        (g,) = torch.autograd.grad(loss, [delta])
+        with torch.no_grad():
+            gn = g.flatten(1).norm(dim=1).clamp_min(1e-300).reshape(shape)
+            delta = delta.detach() - (bound / steps) * g / gn
+            dn = delta.flatten(1).norm(dim=1).reshape(shape)
+            delta = delta * torch.clamp(bound / dn.clamp_min(1e-300), max=1.0)
+    return delta.detach()
+
+
 def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any], afs: bool,
          pred: torch.nn.Module | None, sched: LearnedSchedule | None, recorder: Any, dtype: torch.dtype,
          desc: str, progress: bool, log: list | None, state_path: Any, checkpoint_every: int, resume: bool,
@@ -111,7 +145,8 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, A
     with parameters whose ``config`` fingerprints the run, e.g. a learned sampler's parameter table) and/or the
     learned schedule ``sched``. Settings in ``tr`` (as built by :func:`training_setup`): teacher, teacher_options,
     M, batch, total_samples, lr, schedule_lr, lr_decay, loss ("final" | "per_step"), distance ("l2" | "mse"), seed,
-    shape. ``recorder`` (optional) collects r/c for the progress bar. Data-parallel under torch.distributed;
+    shape; optional ``soft_start`` (LD3's relaxation radius r, final loss only; 0 or absent: off) and
+    ``soft_start_steps`` (:func:`soft_start_delta`). ``recorder`` (optional) collects r/c for the progress bar. Data-parallel under torch.distributed;
     ``state_path`` / ``checkpoint_every`` / ``resume`` make it resumable; with ``out`` the predictor is saved before
     the training state is removed."""
     rank, world_size = world()
@@ -139,6 +174,9 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, A
     bar = tqdm(range(start, iters), desc=f"{desc} NFE {count_nfe(solver, num_steps, afs)}",
                disable=not progress or rank != 0)
     teacher_nfe = 0
+    soft_start = float(tr.get("soft_start", 0.0))  # LD3's relaxation; absent (AMED) is 0: the loop is unchanged
+    if soft_start and per_step:
+        raise ValueError("soft_start needs loss='final' (the student starts away from the teacher's x_T)")
     for it in bar:
         first = seed * 10**9 + 1 + it * batch
         seeds = list(range(first, first + batch))
@@ -153,7 +191,11 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, A
             recorder.clear()
         with torch.enable_grad():
             sig = sched() if sched is not None else sig0
-            for st in iterate(call, solver, noise * sig[0], sig, detach=per_step):
+            x_start = noise * sig[0]
+            if soft_start:
+                x_start = x_start + soft_start_delta(model, solver, afs, x_start, sig.detach(), teach.x, soft_start,
+                                                     tr.get("soft_start_steps", 1), tr["distance"], model_dtype)
+            for st in iterate(call, solver, x_start, sig, detach=per_step):
                 if per_step or st.i == num_steps - 2:
                     diff = (st.x - (targets[st.i + 1] if per_step else teach.x)).flatten(1)
                     # Sums over this rank's samples, divided by the global batch: the ranks' gradients add up to

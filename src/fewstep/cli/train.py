@@ -1,4 +1,4 @@
-"""``fewstep train``: train an AMED predictor by distillation."""
+"""``fewstep train``: train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD) by distillation."""
 
 from __future__ import annotations
 
@@ -22,10 +22,23 @@ from .args import (
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``train`` subcommand."""
-    t = sub.add_parser("train", help="train an AMED predictor by distillation")
+    t = sub.add_parser("train", help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    t.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
+    t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd"),
+                   help="amed (AMED-Solver), plugin (AMED-Plugin on --base), dyweight (learned multistep), epd "
+                        "(parallel directions); default: what --student says")
+    t.add_argument("--base", default=None, help="base solver of --method plugin (default: ipndm)")
+    t.add_argument("--method-options", default=None,
+                   help='JSON options of dyweight / epd, e.g. \'{"window": 3}\' or \'{"K": 2}\'')
+    t.add_argument("--time-shift", action="store_true",
+                   help="also learn per-step model-input time shifts xi (dyweight, epd)")
+    t.add_argument("--soft-start", type=float, default=0.0, metavar="R",
+                   help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T (dyweight, epd)")
+    t.add_argument("--soft-start-steps", type=positive_int, default=1,
+                   help="gradient steps on the start offset per batch (default: %(default)s)")
+    t.add_argument("--student", default="amed",
+                   help="amed (AMED-Solver) or a base solver for AMED-Plugin (the older spelling of --method)")
     t.add_argument("--nfe", type=positive_int, default=None,
                    help="model evaluations per sample (default: 5, or what --schedule FILE / --num-steps implies)")
     t.add_argument("--num-steps", type=positive_int, default=None,
@@ -71,15 +84,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if not (math.isfinite(args.lr) and args.lr > 0) if args.lr is not None else False:
         raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
+    _method(args)  # contradictions before loading the model
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
     features, network = resolve_features(denoiser, args.features)
     schedule = kind_or_file(args.schedule)
-    num_steps = _num_steps(args, schedule)
+    method = _method(args)
+    num_steps = _num_steps(args, schedule) if method in ("amed", "plugin") else None
     sigma_min, sigma_max = sigma_range(args, denoiser)
     if not isinstance(schedule, str) and (args.sigma_min is not None or args.sigma_max is not None):
         raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
+    if method in ("dyweight", "epd"):
+        return _run_learned(args, method, out, denoiser, shape, model_id, dtype, threads, schedule, sigma_min,
+                            sigma_max, teacher_options)
     state = out.with_name(out.name + ".train-state")
     info = distributed.init_distributed("cpu")
     if args.batch < info.world_size:
@@ -119,13 +137,70 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num_steps(args: argparse.Namespace, schedule: object) -> int:
+def _method(args: argparse.Namespace) -> str:
+    """--method, or the one --student implies; with --method plugin, --student is set to the base solver (the
+    AMED trainer's name for it). New-method options on AMED are errors."""
+    if getattr(args, "resolved_method", None):
+        return args.resolved_method
+    method = args.method
+    if method is None:
+        if args.base is not None:
+            raise ValueError("--base needs --method plugin")
+        method = "amed" if args.student == "amed" else "plugin"
+    elif args.student != "amed":
+        raise ValueError("give --method (with --base for the plugin) or the older --student, not both")
+    if method == "plugin":
+        if args.method is not None:
+            args.student = args.base or "ipndm"
+    elif args.base is not None:
+        raise ValueError(f"--base applies to --method plugin, not {method}")
+    if method in ("amed", "plugin"):
+        given = [n for n, v in (("--time-shift", args.time_shift), ("--soft-start", args.soft_start),
+                                ("--method-options", args.method_options)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --method dyweight / epd, not {method}")
+    if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
+        raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
+    args.resolved_method = method
+    return method
+
+
+def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, shape, model_id, dtype, threads: int,
+                 schedule, sigma_min, sigma_max, teacher_options) -> int:
+    """Train dyweight / epd (fewstep.learned.train); one process (no torchrun split or resume for these yet)."""
+    from .. import learned
+
+    if args.loss != "final":
+        raise ValueError(f"--method {method} trains with the final-point loss only")
+    options = json_object(args.method_options, "--method-options") if args.method_options else None
+    num_steps = _num_steps(args, schedule, method, options)
+    log: list = []
+    sampler = learned.train(
+        method, denoiser, shape=shape, num_steps=num_steps, afs=args.afs, options=options, schedule=schedule,
+        sigma_min=sigma_min, sigma_max=sigma_max, teacher=args.teacher, teacher_options=teacher_options, M=args.M,
+        batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed, soft_start=args.soft_start,
+        soft_start_steps=args.soft_start_steps, time_shift=args.time_shift, learn_schedule=args.learn_schedule,
+        schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype, progress=True, log=log,
+        state_path=out.with_name(out.name + ".train-state") if (args.checkpoint_every or args.resume) else None,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, out=out)
+    print(f"Trained {method} in {log[0].seconds:.1f} s x {threads} thread(s); final loss {log[0].losses[-1]:.4f}; "
+          f"wrote {out} ({sampler.nfe()} model evaluations per sample in {sampler.rounds()} sequential rounds)")
+    if args.learn_schedule or not isinstance(schedule, str):
+        print("  sigmas: " + ", ".join(f"{v:.4g}" for v in sampler.config["sigmas"]))
+    return 0
+
+
+def _num_steps(args: argparse.Namespace, schedule: object, method: str | None = None,
+               options: dict | None = None) -> int:
     """Number of sigmas from --nfe / --num-steps / --schedule FILE; contradictions are errors."""
-    from .. import amed
+    from .. import amed, learned
     from ..sampling import count_nfe
     from ..solvers import get_solver
 
-    if args.student == "amed":
+    if method in learned.METHODS:
+        cls = learned.METHODS[method]
+        solver = cls(cls.make_config([80.0, 0.002], afs=args.afs, options=options)).make_solver()
+    elif args.student == "amed":
         solver = get_solver("amed")
     else:
         solver = get_solver("amed_plugin", base=args.student)
@@ -146,4 +221,6 @@ def _num_steps(args: argparse.Namespace, schedule: object) -> int:
             raise ValueError(f"--num-steps {args.num_steps} gives {cost(args.num_steps)} model evaluations, not "
                              f"--nfe {args.nfe}; give one of them")
         return args.num_steps
+    if method in learned.METHODS:
+        return learned.steps_for_nfe(method, args.nfe if args.nfe is not None else 5, args.afs, options)
     return amed.student_steps_for_nfe(args.student, args.nfe if args.nfe is not None else 5, args.afs)

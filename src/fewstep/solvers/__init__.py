@@ -1,6 +1,7 @@
 """Solvers of the probability-flow ODE in the EDM parameterisation, by name."""
 
 from .amed import AMEDPlugin, AMEDSolver
+from .learned import EPD, LearnedMultistep, TimeShift
 from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 from ..schedules import vp_fit
 from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
@@ -17,6 +18,14 @@ SOLVERS: dict[str, type[Solver]] = {
     "deis": DEIS,
     "amed": AMEDSolver,
     "amed_plugin": AMEDPlugin,
+}
+
+# Learned solvers beyond AMED (fewstep.learned); their parameters come from a trained module. Kept apart from SOLVERS,
+# whose plain solvers the CLI offers by name and the order tests enumerate.
+LEARNED_SOLVERS: dict[str, type[Solver]] = {
+    "dyweight": LearnedMultistep,
+    "epd": EPD,
+    "time_shift": TimeShift,
 }
 
 
@@ -39,6 +48,7 @@ def get_solver(name: str | Solver, **options: object) -> Solver:
 
 __all__ = [
     "SOLVERS",
+    "LEARNED_SOLVERS",
     "get_solver",
     "Solver",
     "History",
@@ -52,6 +62,9 @@ __all__ = [
     "DEIS",
     "AMEDSolver",
     "AMEDPlugin",
+    "LearnedMultistep",
+    "EPD",
+    "TimeShift",
     "phi",
     "taylor_terms",
     "lagrange_integrals",

@@ -1,0 +1,187 @@
+"""Learned solvers beyond AMED, whose per-step parameters come from a parameter module (``fewstep.learned``):
+
+* :class:`LearnedMultistep` (DyWeight-style; Zhao et al., 2026): lower-triangular history weights initialised to
+  iPNDM's Adams-Bashforth rows, unconstrained row sums with the implied time calibration carried forward, and a
+  per-step model-input time scale;
+* :class:`EPD` (Zhu et al., ICCV 2025): K parallel intermediate directions per step with learned times, mixing
+  weights, a direction scale and a time scale;
+* :class:`TimeShift`: decoupled model-input time shifts xi_n (LD3 / GS) around any solver: during step n the model
+  is called at sigma * exp(xi_n) while the solver steps with sigma.
+
+Without a parameter module (``predictor=None``) each equals its base solver: LearnedMultistep is
+``ipndm(max_order=window)`` bitwise, EPD at K=1 is the AMED-Solver's neutral step (DPM-Solver-2) bitwise, TimeShift
+is its inner solver bitwise. A parameter module provides ``multistep_params(i) -> (dW, s)``,
+``epd_params(i) -> (r, lam, c, a)`` or ``time_factor(i) -> exp(xi_i)`` (0-dim / 1-dim float64 tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .base import History, Model, Solver, geometric_time, to_d
+
+__all__ = ["LearnedMultistep", "EPD", "TimeShift", "MultistepState", "ADAMS_BASHFORTH", "epd_initial_r",
+           "ShiftedModel"]
+
+# Adams-Bashforth weights for equal steps, newest first: iPNDM's rows (Zhang & Chen, 2023, eq. 16-18).
+ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+@dataclass(frozen=True)
+class MultistepState:
+    """Directions d_j (newest first) and the calibrated time t~_i at which the next step starts (None: sigmas[i])."""
+
+    history: History = History()
+    t_eff: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class LearnedMultistep(Solver):
+    """DyWeight-style learned multistep (Zhao et al., 2026, arXiv 2603.11607), in sigma:
+    d_i = (x_i - D(x_i, s_i t~_i)) / t~_i,  x_{i+1} = x_i + (t_{i+1} - t~_i) sum_j W[i, j] d_{i-j},
+    t~_{i+1} = t~_i + (sum_j W[i, j]) (t_{i+1} - t~_i), with W = AB rows + dW (window ``max_order``, iPNDM's
+    warm-up) and s_i a per-step time scale. dW = 0, s = 1 (or no predictor) is iPNDM(max_order) bitwise;
+    t~_{i+1} is written as t_{i+1} + (sum_j dW[i, j]) (t_{i+1} - t~_i) so that it stays exactly t_{i+1} there."""
+
+    name = "dyweight"
+    max_supported_order = 4
+    max_order: int = 4
+    predictor: Any = None
+
+    def init(self, x: torch.Tensor, sigmas: Any) -> MultistepState:
+        return MultistepState()
+
+    def step(self, model: Model, x: torch.Tensor, i: int, sigmas: Any,
+             state: MultistepState) -> tuple[torch.Tensor, MultistepState]:
+        t_eff = sigmas[i] if state.t_eff is None else state.t_eff
+        t_next = sigmas[i + 1]
+        if self.predictor is None:
+            dw, scale = None, None
+        else:
+            dw, scale = self.predictor.multistep_params(i)
+        t_in = t_eff if scale is None else scale * t_eff
+        d = (x - model(x, t_in)) / t_eff
+        hist = state.history.push(t_eff, d, keep=self.max_order)
+        order = min(self.max_order, len(hist))
+        h = t_next - t_eff
+        ab = ADAMS_BASHFORTH[order]
+        if dw is None:
+            w = [h * c for c in ab]
+            t_new = t_next
+        else:
+            w = [h * (c + dw[j]) for j, c in enumerate(ab)]
+            t_new = t_next + dw[:order].sum() * h
+        return x + sum(wj * dj for wj, dj in zip(w, hist.values)), MultistepState(hist, t_new)
+
+
+def epd_initial_r(K: int) -> list[float]:
+    """Initial intermediate-time fractions of EPD: 0.5 (DPM-Solver-2's midpoint) first, the others spread over
+    (0, 1) so that their directions differ (identical ones would receive identical gradients forever)."""
+    if K == 1:
+        return [0.5]
+    spread = [0.2 + 0.6 * k / (K - 1) for k in range(K)]  # plain floats: also used under torch.device("meta")
+    return [0.5] + [v for v in spread if abs(v - 0.5) > 1e-9][: K - 1]
+
+
+_HALF, _ONE = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class EPD(Solver):
+    """EPD-Solver (Zhu et al., ICCV 2025): per step one evaluation d = d(x, t_n), then K parallel intermediate
+    points s_k = t_{n+1}^{r_k} t_n^{1 - r_k}, x_k = x + (s_k - t_n) d, evaluated at (x_k, a s_k), and
+    x_{n+1} = x + c (t_{n+1} - t_n) sum_k lam_k d(x_k, a s_k). The weights here are affine (sum to one,
+    lam_1 = 1 - sum_{k>1} lam_k, the others initialised to 0) rather than EPD's softmax simplex, so that the
+    neutral sampler is exactly DPM-Solver-2 for every K (at K = 1 there are no free weights).
+
+    Evaluations: (K + 1) per step (``nfe``); sequential model rounds: 2 per step (:meth:`rounds`), the K
+    intermediate evaluations being independent of each other."""
+
+    name = "epd"
+    evals_per_step: ClassVar[int] = 2  # for K = 1; see nfe()
+    K: int = 2
+    predictor: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.K, bool) or not isinstance(self.K, int) or not 1 <= self.K <= 8:
+            raise ValueError(f"{self.name}: K must be an int in 1..8, got {self.K!r}")
+
+    def nfe(self, num_sigmas: int) -> int:
+        return (self.K + 1) * (num_sigmas - 1)
+
+    def rounds(self, num_sigmas: int) -> int:
+        """Sequential model rounds (parallel evaluations of one step count once)."""
+        return 2 * (num_sigmas - 1)
+
+    def step(self, model: Model, x: torch.Tensor, i: int, sigmas: Any, state: Any) -> tuple[torch.Tensor, Any]:
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        d = to_d(model, x, t_cur)
+        if self.predictor is None:
+            r = [_HALF] + [torch.tensor(v, dtype=torch.float64) for v in epd_initial_r(self.K)[1:]]
+            lam, c, a = None, _ONE, _ONE
+        else:
+            r, lam, c, a = self.predictor.epd_params(i)
+        dirs = []
+        for r_k in r:
+            s = geometric_time(t_cur, t_next, r_k)
+            x_s = x + (s - t_cur) * d
+            dirs.append((x_s - model(x_s, a * s)) / s)
+        if self.K == 1:
+            mix = dirs[0]
+        elif lam is None:
+            mix = dirs[0]  # lam = (1, 0, ..., 0): the other evaluations are made (and counted) but unused
+        else:
+            mix = sum(l_k * d_k for l_k, d_k in zip(lam, dirs))
+        return x + c * (t_next - t_cur) * mix, state
+
+
+class ShiftedModel:
+    """The model call during one step with a shifted input time: ``model(x, sigma * factor)``."""
+
+    def __init__(self, model: Model, factor: torch.Tensor) -> None:
+        self.model, self.factor = model, factor
+
+    @property
+    def features(self) -> Any:
+        return getattr(self.model, "features", None)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(x, sigma * self.factor)
+
+
+@dataclass(frozen=True, eq=False)
+class TimeShift(Solver):
+    """Decoupled model-input time shifts around any solver (LD3, Tong et al., 2025; GS, Oganov et al., 2025): during
+    step n every model call of ``inner`` is made at sigma * exp(xi_n) while ``inner`` steps with sigma.
+    xi = 0 (or no predictor) is ``inner`` bitwise. NFE and state are the inner solver's."""
+
+    name = "time_shift"
+    inner: Solver | None = None
+    predictor: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner, Solver):
+            raise TypeError("time_shift needs an inner solver instance")
+
+    def nfe(self, num_sigmas: int) -> int:
+        return self.inner.nfe(num_sigmas)
+
+    def rounds(self, num_sigmas: int) -> int:
+        inner_rounds = getattr(self.inner, "rounds", None)
+        return inner_rounds(num_sigmas) if callable(inner_rounds) else self.inner.nfe(num_sigmas)
+
+    def init(self, x: torch.Tensor, sigmas: Any) -> Any:
+        return self.inner.init(x, sigmas)
+
+    def step(self, model: Model, x: torch.Tensor, i: int, sigmas: Any, state: Any) -> tuple[torch.Tensor, Any]:
+        if self.predictor is not None:
+            model = ShiftedModel(model, self.predictor.time_factor(i))
+        return self.inner.step(model, x, i, sigmas, state)

@@ -1,0 +1,287 @@
+"""Learned samplers beyond AMED (fewstep.learned): DyWeight-style learned multistep, EPD, time shifts, soft start,
+the shared checkpoint format and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import amed, learned
+from fewstep.amed.distill import soft_start_delta
+from fewstep.cli import main
+from fewstep.learned import CheckpointError, DyWeightSampler, EPDSampler
+from fewstep.solvers import EPD, AMEDSolver, LearnedMultistep, TimeShift
+
+from conftest import CountingDenoiser, make_gmm
+
+SIG7 = fewstep.get_schedule("polynomial", 7, 0.002, 80.0)
+
+
+def _sampler(cls, sigmas=SIG7, afs=True, **kw):
+    options = kw.pop("options", None)
+    return cls(cls.make_config(sigmas, afs=afs, options=options, **kw))
+
+
+def _perturb(sampler, seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sampler.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return sampler
+
+
+def _reference(gmm, noise):
+    sig = fewstep.get_schedule("polynomial", 400, 0.002, 80.0)
+    return fewstep.sample(gmm, noise, sig, "deis", max_order=4, deis_mode="logrho")
+
+
+def _rmse(x, ref):
+    return float(((x - ref) ** 2).mean().sqrt())
+
+
+# ------------------------------------------------------------------ neutral initialisation
+@pytest.mark.parametrize("afs", [False, True])
+@pytest.mark.parametrize("window", [1, 2, 3, 4])
+@pytest.mark.parametrize("time_shift", [False, True])
+def test_neutral_dyweight_is_ipndm_bitwise(gmm4, noise16, afs, window, time_shift):
+    p = _sampler(DyWeightSampler, afs=afs, options={"window": window}, time_shift=time_shift)
+    got = fewstep.sample(gmm4, noise16, predictor=p)
+    want = fewstep.sample(gmm4, noise16, SIG7, "ipndm", afs=afs, max_order=window)
+    assert torch.equal(got, want)
+    assert torch.equal(fewstep.sample(gmm4, noise16, SIG7, LearnedMultistep(max_order=window), afs=afs), want)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("time_shift", [False, True])
+def test_neutral_epd_is_dpm_solver_2(gmm4, noise16, K, time_shift):
+    p = _sampler(EPDSampler, afs=False, options={"K": K}, time_shift=time_shift)
+    got = fewstep.sample(gmm4, noise16, predictor=p)
+    assert torch.equal(got, fewstep.sample(gmm4, noise16, SIG7, AMEDSolver()))  # the untrained AMED-Solver
+    assert torch.equal(got, fewstep.sample(gmm4, noise16, SIG7, EPD(K=K)))
+    dpm2 = fewstep.sample(gmm4, noise16, SIG7, "dpm2")
+    assert float((got - dpm2).abs().max()) <= 1e-12 * float(dpm2.abs().max())
+
+
+def test_time_shift_calls_the_model_at_the_shifted_sigma(gmm4, noise16):
+    seen = []
+
+    def model(x, sigma):
+        seen.append(float(sigma.reshape(-1)[0]))
+        return gmm4(x, sigma)
+
+    p = _sampler(DyWeightSampler, afs=False, time_shift=True)
+    with torch.no_grad():
+        p.xi.copy_(torch.linspace(-0.2, 0.2, len(SIG7) - 1, dtype=torch.float64))
+    fewstep.sample(model, noise16, predictor=p)
+    want = [float(SIG7[i] * math.exp(float(p.xi[i].detach()))) for i in range(len(SIG7) - 1)]
+    assert seen == pytest.approx(want, rel=1e-12)
+    assert isinstance(p.solver(), TimeShift)
+
+
+# ------------------------------------------------------------------ NFE accounting
+@pytest.mark.parametrize("afs", [False, True])
+@pytest.mark.parametrize("method,options,per_step,rounds_per_step",
+                         [("dyweight", {"window": 3}, 1, 1), ("epd", {"K": 1}, 2, 2), ("epd", {"K": 2}, 3, 2),
+                          ("epd", {"K": 4}, 5, 2)])
+def test_nfe_counts_model_evaluations(gmm4, noise16, afs, method, options, per_step, rounds_per_step):
+    p = _perturb(_sampler(learned.METHODS[method], afs=afs, options=options, time_shift=True))
+    counting = CountingDenoiser(gmm4)
+    res = fewstep.sample(counting, noise16, predictor=p, return_result=True)
+    steps = len(SIG7) - 1
+    assert res.nfe == counting.calls == p.nfe() == per_step * steps - int(afs)
+    assert p.rounds() == rounds_per_step * steps - int(afs)
+    n = learned.steps_for_nfe(method, 5, afs, options) if (5 + int(afs)) % per_step == 0 else None
+    if n is not None:
+        assert _sampler(learned.METHODS[method], fewstep.get_schedule("polynomial", n), afs=afs,
+                        options=options).nfe() == 5
+
+
+def test_steps_for_nfe_names_reachable_counts():
+    with pytest.raises(ValueError, match="cannot make exactly 4"):
+        learned.steps_for_nfe("epd", 4, True, {"K": 2})
+    assert learned.steps_for_nfe("epd", 5, True, {"K": 2}) == 3
+    assert learned.steps_for_nfe("dyweight", 5, True) == 7
+
+
+# ------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("method,options", [("dyweight", {"window": 3}), ("epd", {"K": 2})])
+def test_gradients_reach_every_used_parameter(gmm4, noise16, method, options):
+    p = _sampler(learned.METHODS[method], options=options, time_shift=True)
+    if method == "epd":
+        with torch.no_grad():
+            p.lam.fill_(0.3)  # at lam = 0 the extra directions' times get no gradient (by design)
+    x = fewstep.sample(gmm4, noise16, predictor=p, enable_grad=True)
+    x.square().sum().backward()
+    for name, prm in p.named_parameters():
+        g = prm.grad
+        assert g is not None and bool(torch.isfinite(g).all()), name
+        if name == "dw":  # only the entries inside the warm-up window are used
+            used = torch.tensor([[j <= i for j in range(options["window"])] for i in range(p.num_intervals)])
+            assert bool((g[used] != 0).all()) and bool((g[~used] == 0).all())
+        elif name == "xi":
+            assert bool((g[1:] != 0).all())  # step 0 is the analytical first step: its shift only moves AFS
+        else:
+            assert bool((g != 0).all()), name
+
+
+# ------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("method,options", [("dyweight", {"window": 3}), ("epd", {"K": 2})])
+def test_save_load_round_trip(tmp_path, gmm4, noise16, method, options):
+    p = _perturb(_sampler(learned.METHODS[method], options=options, time_shift=True, model_id="gmm4"))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    p.save(a)
+    p.save(b)
+    assert a.read_bytes() == b.read_bytes()
+    q = learned.load(a, model_id="gmm4")
+    assert type(q) is type(p) and q.config == p.config
+    assert torch.equal(fewstep.sample(gmm4, noise16, predictor=q), fewstep.sample(gmm4, noise16, predictor=p))
+    assert learned.read_config(a)["method"] == method
+    with pytest.raises(CheckpointError, match="trained for model"):
+        learned.load(a, model_id="another")
+
+
+def test_load_dispatches_amed_checkpoints(tmp_path, gmm4, noise16):
+    pred = amed.train(gmm4, shape=(4,), student="ipndm", num_steps=4, batch=8, total_samples=16, M=2,
+                      progress=False)
+    path = tmp_path / "amed.safetensors"
+    pred.save(path)
+    q = learned.load(path)
+    assert isinstance(q, amed.AMEDPredictor)
+    assert torch.equal(fewstep.sample(gmm4, noise16, predictor=q), fewstep.sample(gmm4, noise16, predictor=pred))
+
+
+def _rewrite(path, out, *, config=None, tensors=None, digest=None):
+    from fewstep.io import read_safetensors, tensor_digest, write_safetensors
+
+    t, meta = read_safetensors(path)
+    cfg = json.loads(meta["config"])
+    if config is not None:
+        config(cfg)
+    if tensors is not None:
+        tensors(t)
+    meta = {"format": meta["format"], "config": json.dumps(cfg), "sha256": digest or tensor_digest(t)}
+    write_safetensors(out, t, meta)
+    return out
+
+
+def test_load_refuses_bad_files(tmp_path):
+    p = _perturb(_sampler(EPDSampler, options={"K": 2}))
+    good = p.save(tmp_path / "good.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    cases = [
+        (dict(config=lambda c: c["options"].update(K=3)), "do not match the configuration"),
+        (dict(config=lambda c: c.update(extra=1)), "unknown config keys"),
+        (dict(config=lambda c: c.update(method="nope")), "method must be"),
+        (dict(config=lambda c: c["options"].update(K=99)), "options.K"),
+        (dict(config=lambda c: c.update(base={"solver": "euler", "options": {}})), "config base"),
+        (dict(config=lambda c: c.update(sigmas=[1.0, 2.0])), "sigmas"),
+        (dict(config=lambda c: c.update(version=7)), "version"),
+        (dict(tensors=lambda t: t["log_c"].fill_(float("nan"))), "NaN"),
+        (dict(digest="0" * 64), "SHA-256"),
+        (dict(tensors=lambda t: t.update(log_c=t["log_c"].float())), "float64"),
+    ]
+    for kw, msg in cases:
+        _rewrite(good, bad, **kw)
+        with pytest.raises(CheckpointError, match=msg):
+            learned.load(bad)
+    bad.write_bytes(b"\x80\x04junkjunkjunk")
+    with pytest.raises(CheckpointError, match="pickle"):
+        learned.load(bad)
+
+
+def test_sampler_refuses_other_settings(gmm4, noise16):
+    p = _sampler(DyWeightSampler, options={"window": 3})
+    with pytest.raises(ValueError, match="afs"):
+        fewstep.sample(gmm4, noise16, predictor=p, afs=False)
+    with pytest.raises(ValueError, match="sigmas"):
+        fewstep.sample(gmm4, noise16, fewstep.get_schedule("polynomial", 6), predictor=p)
+    with pytest.raises(ValueError, match="trained as dyweight"):
+        fewstep.sample(gmm4, noise16, SIG7, LearnedMultistep(max_order=2, predictor=p), afs=True)
+
+
+# ------------------------------------------------------------------ soft start
+def test_soft_start_delta_stays_in_the_ball_and_lowers_the_loss(gmm4):
+    noise = fewstep.noise_for_seeds(range(8), (4,), dtype=torch.float64)
+    sig = fewstep.get_schedule("polynomial", 4, 0.002, 80.0)
+    target = _reference(gmm4, noise)
+    solver = fewstep.get_solver("ipndm")
+    x0 = noise * sig[0]
+    for steps in (1, 3):
+        delta = soft_start_delta(gmm4, solver, False, x0, sig, target, 0.01, steps, "l2")
+        assert bool((delta.norm(dim=1) <= 0.01 * 80.0 * 2.0 * (1 + 1e-12)).all())
+        before = fewstep.sample(gmm4, noise, sig, solver)
+        after = fewstep.sample(gmm4, noise + delta / sig[0], sig, solver)
+        assert float((after - target).norm(dim=1).sum()) < float((before - target).norm(dim=1).sum())
+
+
+# ------------------------------------------------------------------ training
+@pytest.mark.parametrize("method,options,kw", [("dyweight", {"window": 4}, {}), ("epd", {"K": 1}, {}),
+                                                ("epd", {"K": 2}, {"time_shift": True})])
+def test_short_training_beats_the_base_solver_at_nfe5(method, options, kw):
+    gmm = make_gmm()
+    noise = fewstep.noise_for_seeds(range(1000, 1128), (4,), dtype=torch.float64)
+    ref = _reference(gmm, noise)
+    p = learned.train(method, gmm, shape=(4,), nfe=5, options=options, batch=32, total_samples=1024, M=4,
+                      progress=False, **kw)
+    res = fewstep.sample(gmm, noise, predictor=p, return_result=True)
+    assert res.nfe == 5 == p.nfe()
+    base = p.config["base"]
+    name = "dpm2" if base["solver"] == "amed" else base["solver"]
+    plain = fewstep.sample(gmm, noise, p.config["sigmas"], name, afs=True, **base["options"])
+    assert _rmse(res.x, ref) < 0.7 * _rmse(plain, ref)
+
+
+def test_training_with_soft_start_and_learned_schedule(tmp_path):
+    gmm = make_gmm()
+    out = tmp_path / "dw.safetensors"
+    p = learned.train("dyweight", gmm, shape=(4,), nfe=4, batch=16, total_samples=64, M=2, progress=False,
+                      soft_start=0.01, soft_start_steps=2, learn_schedule=True, out=out)
+    sig = torch.tensor(p.config["sigmas"], dtype=torch.float64)
+    init = fewstep.get_schedule("polynomial", len(sig), 0.002, 80.0)
+    assert not torch.allclose(sig, init) and bool((sig[1:] < sig[:-1]).all())
+    assert p.config["training"]["soft_start"] == 0.01
+    q = learned.load(out)
+    assert q.config["sigmas"] == p.config["sigmas"]
+
+
+def test_amed_and_plugin_through_learned_train():
+    gmm = make_gmm()
+    p = learned.train("plugin", gmm, shape=(4,), nfe=5, base="ipndm", batch=8, total_samples=16, M=2,
+                      progress=False)
+    assert isinstance(p, amed.AMEDPredictor) and p.config["student"]["base"] == "ipndm"
+    with pytest.raises(ValueError, match="not available for method"):
+        learned.train("amed", gmm, shape=(4,), time_shift=True, progress=False)
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_train_and_sample_learned_methods(tmp_path, capsys):
+    for method, extra, nfe_text in (("dyweight", ["--time-shift", "--method-options", '{"window": 3}'],
+                                     "(5 NFE each)"),
+                                    ("epd", ["--method-options", '{"K": 2}'], "(5 NFE each, in 3 sequential rounds)")):
+        ckpt = tmp_path / f"{method}.safetensors"
+        rc = main(["train", "--model", "gmm", "--method", method, "--out", str(ckpt), "--nfe", "5",
+                   "--total-samples", "16", "--batch", "8", "--M", "2", "--threads", "1", *extra])
+        assert rc == 0 and ckpt.is_file()
+        cfg = learned.read_config(ckpt)
+        assert cfg["method"] == method and cfg["model_id"].startswith("gmm-bed")
+        out = tmp_path / f"{method}.npz"
+        assert main(["sample", "--model", "gmm", "--predictor", str(ckpt), "--seeds", "0-2", "--out", str(out),
+                     "--threads", "1"]) == 0
+        assert nfe_text in capsys.readouterr().out
+
+
+def test_cli_plugin_method_and_bad_combinations(tmp_path, capsys):
+    ckpt = tmp_path / "plug.safetensors"
+    assert main(["train", "--model", "gmm", "--method", "plugin", "--base", "ipndm", "--out", str(ckpt),
+                 "--total-samples", "16", "--batch", "8", "--M", "2", "--threads", "1"]) == 0
+    assert amed.read_config(ckpt)["student"]["base"] == "ipndm"
+    for args, msg in ((["--method", "amed", "--time-shift"], "apply to --method dyweight"),
+                      (["--method", "dyweight", "--base", "dpmpp"], "--base applies to --method plugin"),
+                      (["--method", "epd", "--student", "ipndm"], "not both"),
+                      (["--method", "epd", "--nfe", "4", "--method-options", '{"K": 2}'], "cannot make exactly 4")):
+        assert main(["train", "--model", "gmm", "--out", str(tmp_path / "x.safetensors"), *args]) == 2
+        assert msg in capsys.readouterr().err
