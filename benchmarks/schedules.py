@@ -38,7 +38,7 @@ ROWS = (  # label, solver for sampling/search, options, AMED student (None: plai
     ("AMED-Plugin iPNDM", "amed_plugin", {"base": "ipndm"}, "ipndm"),
 )
 BASELINES_9 = (("iPNDM", "ipndm", {}), ("iPNDM +AFS", "ipndm", {}), ("DPM-Solver++(3M)", "dpmpp", {"max_order": 3}),
-               ("UniPC(2M)", "unipc", {"max_order": 2}), ("DEIS tAB3", "deis", {"max_order": 3}))
+               ("UniPC(2M)", "unipc", {"max_order": 2}), ("DEIS tAB2", "deis", {"max_order": 3}))
 
 
 def load(model: str, quick: bool, n_seeds: int) -> tuple[Bed, str, str]:

@@ -98,11 +98,15 @@ def test_bench_writes_table(which, small_model, tmp_path):
     learned = [r for r in rows if r["solver"].startswith("amed")]
     assert learned and all(len(r["tables"]["3"]) == 2 for r in learned)  # NFE 3 with AFS: 3 sigmas, 2 steps
     labels = [r["label"] for r in rows]
+    assert "## Beside the paper" in text and "ours / paper" in text and "| pattern |" in text
     if which == "paper-table2":
         assert labels[:6] == [s.label + (" +AFS" if s.afs else "") for s in paper.TABLE2_BASELINES]
         assert labels[6] == "AMED-Solver" and labels[7].startswith("AMED-Plugin on ")
         assert data["plugin_base"] in labels[7]
-        assert "The paper's Table 2(a)" in text
+        assert labels[8] == "AMED-Plugin on DPM-Solver-2 +AFS" and rows[8]["solver"] == "amed_plugin:dpm2"
+        assert all(f"Paper Table 2({x})" in text for x in "abcd")
+        # The paper's 2(d) row AMED-Plugin on DPM-Solver-2 sits beside ours.
+        assert "| AMED-Plugin on DPM-Solver-2 (ours: AMED-Plugin on DPM-Solver-2 +AFS) |" in text
     elif which == "paper-table4":
         assert [lab.split(",")[0] for lab in labels] == [t[0].split(",")[0] for t in paper.TEACHERS]
         assert labels[0] == "Heun (EDM), M=2" and labels[-2].startswith("Heun, M=1")
@@ -116,6 +120,122 @@ def test_bench_writes_table(which, small_model, tmp_path):
         for (label, kind, rho), row in zip(paper.SCHEDULES, rows[::2]):
             x = sample(gmm, noise, get_schedule(kind, 4, rho=rho), "dpmpp", max_order=3)
             assert row["3"] == pytest.approx(rmse(x, ref), rel=1e-12), label
+
+
+def test_bench_render_only_reproduces_the_report(small_model, tmp_path):
+    out = tmp_path / "t5.md"
+    assert cli.main(["bench", "paper-table5", "--out", str(out)] + TINY) == 0
+    text = out.read_text()
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: ")).split("; total")[0][9:]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert paper.render("table5", saved, machine) == text
+    out.write_text("stale")
+    assert cli.main(["bench", "paper-table5", "--render-only", "--out", str(out)]) == 0
+    assert out.read_text().split("Machine: ")[0] == text.split("Machine: ")[0]
+    assert out.read_text().split("; total")[1] == text.split("; total")[1]
+
+
+def test_bench_table4_paper_teachers_two_students(small_model, tmp_path):
+    out = tmp_path / "t4.md"
+    assert cli.main(["bench", "paper-table4", "--teachers", "paper", "--student", "amed,ipndm", "--out", str(out)]
+                    + TINY) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert "--teachers paper --student amed,ipndm" in data["command"]
+    labels = [r["label"] for r in data["rows"]]
+    assert labels == [f"{s} / {t[0]}, M=2" for s in ("AMED-Solver", "AMED-Plugin on iPNDM") for t in paper.PAPER_TEACHERS]
+    assert [(r["student"], r["teacher"], r["M"]) for r in data["teacher_rows"]][:2] == [("amed", "dpmpp", 2),
+                                                                                         ("amed", "ipndm", 2)]
+    text = out.read_text()
+    assert "Paper Table 4, AMED-Solver" in text and "Paper Table 4, AMED-Plugin on iPNDM" in text
+    assert "best teacher resembles the student" in text
+    assert cli.main(["bench", "paper-table4", "--student", "nope", "--out", str(out)] + TINY) == 2
+
+
+@pytest.mark.parametrize("which,name", [("table2", "table2"), ("table4", "table4"), ("table4", "table4_paper_teachers"),
+                                        ("table5", "table5")])
+def test_docs_paper_tables_are_rendered_from_their_json(which, name):
+    """docs/paper/<name>.md is exactly what `fewstep bench paper-<table> --render-only` makes of its JSON."""
+    from pathlib import Path
+
+    md = Path(__file__).resolve().parents[1] / "docs" / "paper" / f"{name}.md"
+    text = md.read_text()
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: ")).split("; total")[0][9:]
+    assert paper.render(which, json.loads(md.with_suffix(".json").read_text()), machine) == text
+
+
+# ------------------------------------------------------------------------------------------ the paper's numbers
+
+
+def _specs_with_labels():
+    """(where, label, solver, options) of every labelled solver spec in the library, the paper tables and the
+    benchmarks (there: every literal tuple ("label", "solver", {options}, ...), read without importing them)."""
+    import ast
+    from pathlib import Path
+
+    from fewstep.evaluation import BASELINES
+
+    out = [("evaluation.BASELINES", s.label, s.solver, s.options) for s in BASELINES]
+    out += [("paper.TABLE2_BASELINES", s.label, s.solver, s.options) for s in paper.TABLE2_BASELINES]
+    out += [(f"paper.{name}", t[0], t[1], t[2]) for name in ("TEACHERS", "PAPER_TEACHERS") for t in getattr(paper, name)]
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.Call)):
+                elts = node.elts if isinstance(node, ast.Tuple) else node.args
+                if (len(elts) >= 2 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elts[:2])):
+                    opts = ast.literal_eval(elts[2]) if len(elts) > 2 and isinstance(elts[2], ast.Dict) else {}
+                    out.append((path.name, elts[0].value, elts[1].value, opts))
+    return out
+
+
+def test_deis_tab_labels_count_points_as_the_deis_paper():
+    """DEIS (Zhang & Chen) tABk extrapolates eps with a degree-k polynomial through k + 1 points: fewstep's
+    ``deis`` ``max_order`` counts points, so a label "DEIS tABk" needs max_order = k + 1 (tAB2 = max_order 3)."""
+    import re
+
+    from fewstep.solvers import get_solver
+
+    found = 0
+    for where, label, solver, options in _specs_with_labels():
+        m = re.search(r"tAB\s*-?\s*(\d+)", label)
+        if not m:
+            continue
+        found += 1
+        k = int(m.group(1))
+        s = get_solver(solver, **options)
+        assert solver == "deis" and s.deis_mode == "tab", (where, label)
+        assert s.max_order == k + 1, f"{where}: {label!r} has max_order {s.max_order}, DEIS tAB{k} is {k + 1} points"
+    assert found >= 2
+
+
+def test_paper_numbers_match_the_papers_own_cross_checks():
+    """The tables were read from extracted text whose stacked cells run down one NFE column; the paper's own
+    statements and the numbers it repeats across tables confirm that reading."""
+    t2 = {name: {k: v for _, k, v in sub["rows"]} for name, sub in paper.PAPER_TABLE2.items()}
+    # "AMED-Plugin on iPNDM improves the FID by 6.98, 4.68 and 5.16 on CIFAR10, ImageNet 64 and FFHQ 64 in 5 NFE"
+    for name, gain in (("cifar10", 6.98), ("imagenet64", 4.68), ("ffhq64", 5.16)):
+        assert t2[name]["ipndm"][1] - t2[name]["amed_plugin:ipndm"][1] == pytest.approx(gain, abs=1e-9)
+    assert "amed_plugin:dpm2" in t2["lsun_bedroom"] and "heun" not in t2["lsun_bedroom"]
+    # Table 4's plugin row with the iPNDM teacher is Table 2(a)'s plugin; Table 2(a)'s AMED-Solver is the better of
+    # the DPM-Solver-2 and EDM teachers (the paper's two AMED-Solver teachers) at each NFE.
+    t4 = {s: {k: v for _, k, v in rows} for s, rows in paper.PAPER_TABLE4.items()}
+    assert t4["ipndm"]["ipndm"] == t2["cifar10"]["amed_plugin:ipndm"]
+    assert tuple(map(min, t4["amed"]["dpm2"], t4["amed"]["heun"])) == t2["cifar10"]["amed"]
+    # Table 5's logSNR DPM-Solver++(3M) is Table 2(a)'s (the paper runs DPM-Solver++ on logSNR).
+    t5 = {s: {k: v for _, k, v in rows} for s, rows in paper.PAPER_TABLE5.items()}
+    assert t5["dpmpp"]["logsnr"] == t2["cifar10"]["dpmpp"]
+    # "Our AMED-Plugin consistently improves the results" (Table 5): on every schedule at every NFE.
+    assert all(p < b for k in t5["dpmpp"] for p, b in zip(t5["amed_plugin:dpmpp"][k], t5["dpmpp"][k]))
+    assert paper.PAPER_TABLE2_CIFAR10["AMED-Plugin (iPNDM)"] == t2["cifar10"]["amed_plugin:ipndm"]
+
+
+def test_compare_verdicts_on_a_known_case():
+    rows = [{"label": "iPNDM", "solver": "ipndm", 3: 2.0, 5: 1.0, 7: 0.5, 9: 0.4},
+            {"label": "AMED-Plugin on iPNDM", "solver": "amed_plugin:ipndm", 3: 1.0, 5: 2.0, 7: 0.4, 9: 0.3}]
+    (title, side, pat), *_ = paper.compare("table2", {"rows": rows})
+    assert title.startswith("Paper Table 2(a)")
+    assert "| iPNDM | 2.0000 / 47.98 | 1.0000 / 13.59 |" in side
+    line = next(x for x in pat.splitlines() if x.startswith("| AMED-Plugin on iPNDM / iPNDM"))
+    assert "ours 0.50 · paper 0.23" in line and "disagrees at NFE 5 (3/4)" in line
 
 
 def test_bench_rejects_unknown_plugin_base(small_model, tmp_path, capsys):

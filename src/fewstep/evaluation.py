@@ -38,7 +38,7 @@ BASELINES: tuple[SolverSpec, ...] = (
     SolverSpec("iPNDM", "ipndm", {"max_order": 4}),
     SolverSpec("iPNDM", "ipndm", {"max_order": 4}, afs=True),
     SolverSpec("iPNDM-v", "ipndm_v", {"max_order": 4}, afs=True),
-    SolverSpec("DEIS tAB3", "deis", {"max_order": 3}),
+    SolverSpec("DEIS tAB2", "deis", {"max_order": 3}),  # DEIS tABk extrapolates with k + 1 points
 )
 
 

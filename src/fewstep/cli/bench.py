@@ -24,7 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--nfe", type=parse_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
     b.add_argument("--train-samples", type=positive_int, default=4096, help="AMED training samples per predictor")
     b.add_argument("--M", type=positive_int, default=8, help="teacher steps inserted per interval (default: 8)")
-    b.add_argument("--plugin-base", default="auto", help="table2: base solver of AMED-Plugin (auto: the best)")
+    b.add_argument("--plugin-base", default="auto,dpm2",
+                   help="table2: comma-separated base solvers of AMED-Plugin (auto: the best multistep one, as the "
+                        "paper's 2(a-c); dpm2: DPM-Solver-2, as its 2(d); default auto,dpm2)")
+    b.add_argument("--teachers", choices=("default", "paper"), default="default",
+                   help="table4: default (six teachers at --M plus the paper's Heun M=1 / iPNDM M=2 settings) or "
+                        "paper (the paper's four teachers DPM-Solver++(3M), iPNDM, DPM-Solver-2, EDM, all at --M)")
+    b.add_argument("--student", default="amed",
+                   help="table4: comma-separated students: amed (AMED-Solver), ipndm / dpm2 / dpmpp (AMED-Plugin on "
+                        "that base); default amed")
+    b.add_argument("--render-only", action="store_true",
+                   help="compute nothing: re-render the .md from the .json saved beside --out (with the paper's "
+                        "numbers and the pattern verdicts)")
     b.add_argument("--fd-count", type=positive_int, default=10000,
                    help="reference patches for the FD of image models")
     b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
@@ -41,6 +52,23 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     which = args.which.replace("paper-", "")
+    students = [s.strip() for s in args.student.split(",") if s.strip()]
+    if which == "table4" and not all(s in paper.STUDENTS for s in students):
+        raise ValueError(f"--student must name some of {', '.join(paper.STUDENTS)}, got {args.student!r}")
+    if args.render_only:
+        if not args.out:
+            raise ValueError("--render-only needs --out (the .md whose .json beside it is re-rendered)")
+        out = Path(args.out)
+        saved = json.loads(out.with_suffix(".json").read_text())
+        machine = None  # JSON written before it recorded the machine: keep the line of the report beside it
+        if "machine" not in saved and out.is_file():
+            line = next((x for x in out.read_text().splitlines() if x.startswith("Machine: ")), "")
+            machine = line[len("Machine: "):].split("; total")[0] or None
+        text = paper.render(which, saved, machine)
+        write_text_atomic(out, text)
+        print(text)
+        print(f"Re-rendered {out} from {out.with_suffix('.json')}")
+        return 0
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
     seeds = args.seeds or (1000 if args.model == "gmm" else 200)
     ref_steps = args.ref_steps or (256 if args.model == "gmm" else 64)
@@ -54,18 +82,21 @@ def run(args: argparse.Namespace) -> int:
     command = (f"fewstep bench {args.which} --model {args.model} --seeds {seeds} --ref-steps {ref_steps} "
                f"--nfe {','.join(map(str, args.nfe))} --train-samples {args.train_samples} --M {args.M}"
                + (f" --plugin-base {args.plugin_base}" if which == "table2" else "")
+               + (f" --teachers {args.teachers} --student {','.join(students)}" if which == "table4" else "")
                + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
                + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
     print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)
     bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
                          description=desc, fd_reference=fd_ref)
     result, seconds = paper.run_table(which, bed, args.nfe, args.train_samples, args.M, args.plugin_base,
-                                      progress=True)
+                                      progress=True, teachers=args.teachers, students=students)
     text = paper.report(which, result, bed, args.nfe, command,
                         {"total_samples": args.train_samples, "M": args.M}, seconds)
+    saved = {"command": command, "seconds": seconds, "machine": paper.machine(), "reference_error": bed.ref_error,
+             "bed": paper.bed_info(bed), "nfes": list(args.nfe),
+             "settings": {"total_samples": args.train_samples, "M": args.M}, **result}
+    write_text_atomic(out.with_suffix(".json"), json.dumps(paper.json_safe(saved), indent=1) + "\n")
     write_text_atomic(out, text)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(paper.json_safe(
-        {"command": command, "seconds": seconds, "reference_error": bed.ref_error, **result}), indent=1) + "\n")
     print(text)
     print(f"Wrote {out} and {out.with_suffix('.json')} in {seconds:.0f} s")
     return 0
