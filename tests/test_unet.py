@@ -179,7 +179,7 @@ def test_bad_files_rejected(tmp_path):
 
     t = {k: v for k, v in _randomised().state_dict().items() if k != "stem.bias"}
     mismatch = _rewrite(good, tmp_path / "shape.st", tensors=lambda _: t, sha256=tensor_digest(t))
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="tensors do not match the configuration"):
         load_unet(mismatch)
     with pytest.raises(TypeError):
         save_unet(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", {})

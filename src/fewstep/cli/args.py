@@ -17,8 +17,10 @@ __all__ = [
 
 MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
 
-MODELS = ("gmm", "unet")
-MODEL_HELP = ("gmm (analytic natural-patch bed) | unet (the shipped U-Net) | PATH.safetensors (a SmallUNet file) | "
+MODELS = ("gmm", "unet", "digits")
+MODEL_HELP = ("gmm (analytic natural-patch bed) | unet (the shipped U-Net) | digits (the shipped class-conditional "
+              "16x16 digits U-Net; unguided it is the unconditional model, see fewstep sample --class/--guidance) | "
+              "PATH.safetensors (a SmallUNet file) | "
               "package.module:factory (your code; factory() returns a denoiser D(x, sigma) -> x0, give --shape)")
 
 
@@ -188,7 +190,7 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
     from .. import denoisers
     from ..bed import gmm_denoiser
 
-    if name in ("gmm", "unet") or name.endswith(".safetensors") or name.startswith("diffusers:"):
+    if name in MODELS or name.endswith(".safetensors") or name.startswith("diffusers:"):
         if name == "gmm":
             den, shp, dtype = gmm_denoiser(), (3, 8, 8), torch.float64
         elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
@@ -200,7 +202,8 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
             print(f"model: {den.describe()}", file=sys.stderr, flush=True)
             shp, dtype = den.sample_shape, torch.float32
         else:
-            den = denoisers.default_unet() if name == "unet" else denoisers.load_unet(name)
+            den = {"unet": denoisers.default_unet, "digits": denoisers.digits_unet}.get(
+                name, lambda: denoisers.load_unet(name))()
             res = den.config.img_resolution
             shp, dtype = (den.config.channels, res, res), torch.float32
         if shape is not None and tuple(shape) != tuple(shp):

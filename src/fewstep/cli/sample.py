@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io import atomic_path
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
 from .args import add_model_args, add_sigma_args, kind_or_file, parse_seeds, positive_int, schedule_arg, set_threads, sigma_range
 
@@ -14,8 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``sample`` subcommand."""
     s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
     add_model_args(s)
+    s.add_argument("--class", dest="class_label", type=int, default=None, metavar="LABEL",
+                   help="class-conditional models (--model digits): sample this class, 0..num_classes-1 "
+                        "(default: none, the unconditional model)")
+    s.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="with --class: classifier-free guidance scale w, D_w = D(null) + w (D(class) - D(null)); "
+                        "1 is the conditional model (default: 1); one NFE is one model call on the doubled batch")
     s.add_argument("--predictor", default=None,
-                   help="AMED checkpoint; its schedule, solver and AFS are used (do not combine with --solver, --nfe, "
+                   help="learned-sampler checkpoint (AMED, DyWeight, EPD, ...); its schedule, solver and AFS are used (do not combine with --solver, --nfe, "
                         "--afs, --schedule, --sigma-min/--sigma-max)")
     s.add_argument("--solver", default=None, help="solver when no predictor is given (default: ipndm)")
     s.add_argument("--nfe", type=positive_int, default=None,
@@ -55,10 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Sample seeds: one .npz (``--out FILE.npz``) or one file per seed under a folder, resumable; under
     ``torchrun`` the seeds are sharded over the processes (fewstep.distributed)."""
-    import numpy as np
     import torch
 
-    from .. import amed, distributed
+    from .. import distributed, learned
     from ..io import tensor_digest
     from ..sampling import count_nfe, noise_for_seeds, sample, steps_for_nfe
     from ..schedules import get_schedule
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} exists; pass --overwrite to replace it (a folder --out resumes instead)")
     # Everything that can fail on bad input is checked before the process group starts and before any output.
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
+    denoiser, guidance_settings = _guide(args, denoiser)
     if not single_file:
         distributed.check_image_shape(shape, fmt)
     init = _init_images(args, shape, dtype)
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{', '.join(given)} cannot be combined with --predictor: the predictor fixes its "
                              "solver, schedule and AFS")
-        pred = amed.load(args.predictor, model_id=model_id)
+        pred = learned.load(args.predictor, model_id=model_id)  # any learned sampler: AMED, DyWeight, EPD, ...
         kwargs: dict = {"predictor": pred}
         run_settings = {"predictor": tensor_digest(pred.state_dict()), "predictor_config": pred.config,
                         "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"with {solver} (afs={afs}), not --nfe {args.nfe}")
         kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs}
         run_settings = {"solver": solver, "sigmas": sigmas.tolist(), "afs": afs}
+    run_settings.update(guidance_settings)
     if init is not None:
         if args.predictor:
             raise ValueError("--init-images cannot be used with --predictor: a predictor is trained from pure noise on "
@@ -142,26 +148,52 @@ def run(args: argparse.Namespace) -> int:
             seeds, images = distributed.sample_seeds(sample_batch, args.seeds, batch=args.batch, info=info,
                                                      progress=True)
             if info.is_main:
-                try:
-                    with atomic_path(out, suffix=".npz") as tmp:
-                        np.savez(tmp, images=images.float().clamp(-1, 1).numpy(), seeds=np.array(seeds))
-                except OSError as e:
-                    raise OSError(e.errno, f"cannot write {out}: {e.strerror}") from None
-                print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each) to {out}")
+                distributed.save_samples_npz(out, seeds, images)
+                print(f"Wrote {len(seeds)} samples ({nfe[0]} NFE each{_rounds(kwargs.get('predictor'))}) to {out}")
         else:
             # --batch is part of it: batched float kernels are not bitwise batch-invariant (README "Many GPUs").
-            settings = {"model": model_id, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+            settings = {"model": model_id, "device": info.device.type, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
                         "denoise_to_zero": args.denoise_to_zero, "format": fmt, "batch": args.batch,
                         **run_settings}
             counts = distributed.sample_seeds_to_dir(sample_batch, args.seeds, out, batch=args.batch, fmt=fmt,
                                                      settings=settings, info=info, progress=True)
             if info.is_main:
+                used = f"{nfe[0]} NFE each{_rounds(kwargs.get('predictor'))}" if nfe[0] else "nothing sampled"
                 print(f"Wrote {counts['written']} of {counts['seeds']} seeds to {out} ({counts['skipped']} were "
-                      f"already there; {info.world_size} process{'es' if info.world_size > 1 else ''})")
+                      f"already there; {info.world_size} process{'es' if info.world_size > 1 else ''}; {used})")
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _guide(args: argparse.Namespace, denoiser):
+    """(denoiser, settings): ``denoiser`` wrapped in :class:`fewstep.denoisers.Guided` for --class/--guidance."""
+    import math
+
+    from ..denoisers import Guided
+
+    if args.class_label is None:
+        if args.guidance is not None:
+            raise ValueError("--guidance needs --class (the class to guide towards)")
+        return denoiser, {}
+    null = getattr(denoiser, "null_label", None)
+    if not isinstance(null, int) or isinstance(null, bool):
+        raise ValueError(f"--class needs a class-conditional model (e.g. --model digits); model {args.model} has none")
+    if not 0 <= args.class_label < null:
+        raise ValueError(f"--class must be in 0..{null - 1} for model {args.model}, got {args.class_label}")
+    scale = 1.0 if args.guidance is None else args.guidance
+    if not math.isfinite(scale):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    return Guided(denoiser, args.class_label, scale), {"class": args.class_label, "guidance": scale}
+
+
+def _rounds(pred) -> str:
+    """', in R sequential rounds' for a sampler whose evaluations run partly in parallel (EPD), else ''."""
+    rounds, nfe = getattr(pred, "rounds", None), getattr(pred, "nfe", None)
+    if callable(rounds) and callable(nfe) and rounds() != nfe():
+        return f", in {rounds()} sequential rounds"
+    return ""
 
 
 def _init_images(args: argparse.Namespace, shape: tuple[int, ...], dtype):

@@ -3,8 +3,9 @@
 from .adapters import PREDICTIONS, FlowModel, VPModel
 from .analytic import EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture
 from .base import Denoiser, model_dtype, sigma_like
+from .guidance import Guided
 from .features import BOTTLENECK_NAMES, HookFeatures, find_bottleneck, provides_features
-from .unet import SmallUNet, UNetConfig, default_unet, load_unet, save_unet
+from .unet import SmallUNet, UNetConfig, default_unet, digits_unet, load_unet, save_unet
 
 __all__ = [
     "Denoiser",
@@ -24,6 +25,8 @@ __all__ = [
     "SmallUNet",
     "UNetConfig",
     "default_unet",
+    "digits_unet",
+    "Guided",
     "load_unet",
     "save_unet",
 ]

@@ -7,7 +7,11 @@ Diffusion-Based Generative Models", Table 1):
     c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),    c_noise = ln(sigma) / 4,      sd = sigma_data = 0.5,
 
-so a :class:`SmallUNet` *is* a fewstep denoiser. Weights live in one safetensors file whose metadata holds the
+so a :class:`SmallUNet` *is* a fewstep denoiser. With ``num_classes = K > 0`` it is class-conditional: a learned
+embedding of the label (K classes plus the null class K, used for classifier-free guidance; Ho & Salimans, 2022)
+is added to the noise embedding, and it is called as ``D(x, sigma, class_labels)`` (labels omitted = the null
+class). An unconditional config (``num_classes = 0``) has exactly the keys, weights and file of earlier versions.
+Weights live in one safetensors file whose metadata holds the
 JSON config, the training recipe and a SHA-256 of the tensors; loading never unpickles anything.
 """
 
@@ -29,13 +33,15 @@ from torch.nn import functional as F
 from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest, write_safetensors
 from .base import sigma_like
 
-__all__ = ["UNetConfig", "SmallUNet", "save_unet", "load_unet", "read_unet_metadata", "default_unet",
-           "DEFAULT_ASSET", "FORMAT", "VERSION"]
+__all__ = ["UNetConfig", "SmallUNet", "save_unet", "load_unet", "read_unet_metadata", "default_unet", "digits_unet",
+           "DEFAULT_ASSET", "DIGITS_ASSET", "FORMAT", "VERSION"]
 
 FORMAT = "fewstep-small-unet"
 VERSION = 1
 DEFAULT_ASSET = "unet16.safetensors"
 """File name of the shipped weights inside the package's ``assets`` folder."""
+DIGITS_ASSET = "digits16.safetensors"
+"""File name of the shipped class-conditional digits model (scikit-learn's 8x8 digits at 16x16, 10 classes)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class UNetConfig:
     norm_groups: int = 8
     dropout: float = 0.0
     sigma_data: float = 0.5
+    num_classes: int = 0  # > 0: class-conditional, labels 0..num_classes-1 plus the null class num_classes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
@@ -82,20 +89,30 @@ class UNetConfig:
             raise ValueError(f"sigma_data: must be > 0, got {self.sigma_data!r}")
         if not isinstance(self.mid_attention, bool):
             raise ValueError(f"mid_attention: must be a bool, got {self.mid_attention!r}")
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
+            raise ValueError(f"num_classes: must be an int >= 0, got {self.num_classes!r}")
 
     @property
     def level_channels(self) -> tuple[int, ...]:
         return tuple(self.base_channels * m for m in self.channel_mult)
 
+    @property
+    def null_label(self) -> int | None:
+        """The label of the null (unconditional) class, ``num_classes``; None for an unconditional model."""
+        return self.num_classes if self.num_classes > 0 else None
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        d = dataclasses.asdict(self)
+        if not self.num_classes:  # unconditional: the JSON (and so the digest and model_id) of earlier versions
+            del d["num_classes"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
         if not isinstance(d, dict):
             raise ValueError(f"UNet config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = set(d) - names, names - set(d)
+        unknown, missing = set(d) - names, names - set(d) - {"num_classes"}  # absent num_classes: unconditional
         if unknown or missing:
             raise ValueError(f"UNet config keys do not match: unknown {sorted(unknown)}, missing {sorted(missing)}")
         d = dict(d)
@@ -226,6 +243,9 @@ class SmallUNet(nn.Module):
         chans = cfg.level_channels
 
         self.embed = NoiseEmbedding(cfg.noise_features, cfg.noise_max_freq, e)
+        # Class embedding (num_classes labels + the null class), added to the noise embedding. Absent (no
+        # parameters at all) for an unconditional model, so its state dict is that of earlier versions.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, e) if cfg.num_classes else None
         self.stem = nn.Conv2d(cfg.channels, chans[0], 3, padding=1)
 
         self.down = nn.ModuleList()  # per level: res blocks, then a downsample (except at the last level)
@@ -271,9 +291,18 @@ class SmallUNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def network(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        """The raw network F(c_in x, c_noise) (no preconditioning); x (B, C, H, W), c_noise (B,)."""
+    @property
+    def null_label(self) -> int | None:
+        """The null-class label (``config.num_classes``) of a class-conditional model, else None."""
+        return self.config.null_label
+
+    def network(self, x: torch.Tensor, c_noise: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw network F(c_in x, c_noise[, labels]) (no preconditioning); x (B, C, H, W), c_noise (B,),
+        class_labels (B,) long (a conditional model only; checked by :meth:`forward`)."""
         emb = self.embed(c_noise)
+        if self.class_embed is not None:
+            emb = emb + self.class_embed(class_labels)
         h = self.stem(x)
         skips = [h]
         for level in self.down:
@@ -291,8 +320,35 @@ class SmallUNet(nn.Module):
                 h = level.upsample(h)
         return self.out_conv(F.silu(self.out_norm(h)))
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """EDM-preconditioned denoiser output x0_hat (Karras et al., 2022, Table 1); D(x, 0) = x."""
+    def _labels(self, class_labels: Any, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Validated (B,) long labels: an int or (B,) / scalar integer tensor in 0..num_classes; None -> null."""
+        k = self.config.num_classes
+        if not k:
+            if class_labels is not None:
+                raise ValueError("this SmallUNet is unconditional (num_classes = 0); do not pass class_labels")
+            return None
+        if class_labels is None:
+            return torch.full((batch,), k, dtype=torch.long, device=device)
+        if isinstance(class_labels, bool) or not isinstance(class_labels, (int, torch.Tensor)):
+            raise TypeError(f"class_labels must be an int or an integer tensor, got {type(class_labels).__name__}")
+        lab = torch.as_tensor(class_labels, device=device)
+        if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+            raise TypeError(f"class_labels must be integers, got dtype {lab.dtype}")
+        if lab.ndim == 0:
+            lab = lab.expand(batch)
+        if lab.shape != (batch,):
+            raise ValueError(f"class_labels must be an int or have shape ({batch},), got {tuple(lab.shape)}")
+        if batch and (int(lab.min()) < 0 or int(lab.max()) > k):
+            raise ValueError(f"class_labels must be in 0..{k} ({k} = the null class), got "
+                             f"{int(lab.min())}..{int(lab.max())}")
+        return lab.long()
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                class_labels: torch.Tensor | int | None = None) -> torch.Tensor:
+        """EDM-preconditioned denoiser output x0_hat (Karras et al., 2022, Table 1); D(x, 0) = x.
+
+        ``class_labels`` (conditional models only): an int or (B,) integer tensor in 0..num_classes, where
+        ``num_classes`` is the null class; None means the null class (the unconditional model)."""
         cfg = self.config
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError("x must be a floating-point tensor")
@@ -302,6 +358,7 @@ class SmallUNet(nn.Module):
             raise ValueError(f"x must have shape (B, {cfg.channels}, H, W) with H and W divisible by "
                              f"{2 ** (levels - 1)}, got {tuple(x.shape)}")
         param = next(self.parameters())
+        labels = self._labels(class_labels, x.shape[0], param.device)
         x_in = x.to(device=param.device, dtype=param.dtype)
         s = sigma_like(torch.as_tensor(sigma).to(device=param.device), x_in)  # (B, 1, 1, 1), checks the shape
         if (s < 0).any():
@@ -312,7 +369,7 @@ class SmallUNet(nn.Module):
         c_in = 1 / (s**2 + sd**2).sqrt()
         # ln(sigma)/4; sigma = 0 is clamped so that F stays finite and c_out = 0 gives D(x, 0) = x exactly.
         c_noise = s.reshape(-1).clamp_min(torch.finfo(s.dtype).tiny).log() / 4
-        out = c_skip * x_in + c_out * self.network(c_in * x_in, c_noise)
+        out = c_skip * x_in + c_out * self.network(c_in * x_in, c_noise, labels)
         return out.to(device=x.device, dtype=x.dtype)
 
 
@@ -406,16 +463,27 @@ def load_unet(path: str | os.PathLike) -> SmallUNet:
     return model.eval().requires_grad_(False)
 
 
-def default_unet() -> SmallUNet:
-    """The shipped 16x16 RGB model (``fewstep/assets/unet16.safetensors``), trained by ``scripts/train_model.py``."""
+def _load_asset(asset: str, script: str) -> SmallUNet:
     from importlib import resources
 
-    res = resources.files("fewstep").joinpath("assets").joinpath(DEFAULT_ASSET)
+    res = resources.files("fewstep").joinpath("assets").joinpath(asset)
     if not res.is_file():
         raise FileNotFoundError(
-            f"the shipped U-Net weights fewstep/assets/{DEFAULT_ASSET} are missing from this installation; "
-            f"train them with `python scripts/train_model.py --out src/fewstep/assets/{DEFAULT_ASSET}` "
+            f"the shipped U-Net weights fewstep/assets/{asset} are missing from this installation; "
+            f"train them with `python scripts/{script} --out src/fewstep/assets/{asset}` "
             "or load another file with fewstep.denoisers.unet.load_unet(path)"
         )
     with resources.as_file(res) as p:
         return load_unet(p)
+
+
+def default_unet() -> SmallUNet:
+    """The shipped 16x16 RGB model (``fewstep/assets/unet16.safetensors``), trained by ``scripts/train_model.py``."""
+    return _load_asset(DEFAULT_ASSET, "train_model.py")
+
+
+def digits_unet() -> SmallUNet:
+    """The shipped class-conditional 16x16 greyscale digits model (``fewstep/assets/digits16.safetensors``,
+    10 classes plus the null class 10), trained by ``scripts/train_digits.py``. Call it as
+    ``D(x, sigma, class_labels)``; guide it with :class:`fewstep.denoisers.Guided`."""
+    return _load_asset(DIGITS_ASSET, "train_digits.py")
