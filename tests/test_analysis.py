@@ -90,7 +90,8 @@ def test_export_schedule_of_an_amed_table(gmm4, tmp_path):
 
 
 def test_cli_analyze_pca_max_k_too_large_is_a_clean_error(tmp_path, capsys):
-    assert main(["analyze", "pca", "--model", "factory_model:make", "--shape", "3", "--seeds", "0-3", "--steps", "8",
+    # 12 features, 2 steps: trajectories of 3 points have 3 principal components (the factory is probed for --shape)
+    assert main(["analyze", "pca", "--model", "factory_model:make", "--shape", "12", "--seeds", "0-3", "--steps", "2",
                  "--max-k", "4", "--out", str(tmp_path / "pca"), "--threads", "1"]) == 2
     assert "max_k must be an int in 1..3" in capsys.readouterr().err
     assert not (tmp_path / "pca.csv").exists()
@@ -102,3 +103,11 @@ def test_cli_schedule_export_list_writes_out(tmp_path, capsys):
     text = capsys.readouterr().out
     assert (tmp_path / "s.txt").read_text() == text
     assert json.loads("[" + text + "]") == get_schedule("logsnr", 3).tolist()
+
+
+def test_relative_alignment_is_the_papers_protocol(gmm4, noise16):
+    from fewstep import paper
+
+    res = analysis.relative_alignment(gmm4, noise16, "amed", points=3, grid=3, gt_nfe=4)
+    assert res == paper.relative_alignment(gmm4, noise16, ["amed"], 3, grid=3, gt_nfe=4)
+    assert [r["step"] for r in res] == [0, 1] and res[0]["solver"] == "AMED-Solver (c = 1)"

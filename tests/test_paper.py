@@ -152,7 +152,8 @@ def test_bench_table4_paper_teachers_two_students(small_model, tmp_path):
 
 
 @pytest.mark.parametrize("which,name", [("table2", "table2"), ("table4", "table4"), ("table4", "table4_paper_teachers"),
-                                        ("table5", "table5")])
+                                        ("table5", "table5"), ("table2", "table2_c4_even_nfe"),
+                                        ("table2", "table2_unet_dpm2"), ("table2", "table2_paper_schedules")])
 def test_docs_paper_tables_are_rendered_from_their_json(which, name):
     """docs/paper/<name>.md is exactly what `fewstep bench paper-<table> --render-only` makes of its JSON."""
     from pathlib import Path
@@ -300,3 +301,79 @@ def test_analyze_error_unreachable_nfe_is_a_clean_error(small_model, tmp_path, c
     assert cli.main(["analyze", "error", "--solver", "dpm2", "--nfe", "4", "--afs", "--seeds", "0-3",
                      "--out", str(tmp_path / "e"), "--threads", "1"]) == 2
     assert "cannot use exactly nfe=4" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ Fig. 5, the paper's protocol
+
+
+def test_relative_alignment_follows_the_papers_protocol(gmm4, noise16):
+    res = paper.relative_alignment(gmm4, noise16, ("amed", "dpm2", "ipndm"), points=4, grid=5, gt_nfe=12)
+    assert [r["form"] for r in res] == ["amed"] * 3 + ["dpm2"] * 3 + ["ipndm"] * 3
+    assert all(r["gt_nfe"] == 12 for r in res)  # Heun, 2 evaluations per step, 2 steps per interval
+    sig = get_schedule("polynomial", 4)
+    gt = sample(gmm4, noise16, amed.refine_schedule(sig, 1), "heun", return_trajectory=True).trajectory[::2]
+    base = sample(gmm4, noise16, sig, "dpm2", return_trajectory=True).trajectory  # r = 0.5, no AFS
+    for r in res:
+        assert r["rel_align"] == pytest.approx(r["l2_base"] - r["l2_searched"], abs=1e-15)
+        assert 0 < r["r_opt"] < 1
+    for amed_r, dpm2_r in zip(res[:3], res[3:6]):  # both are DPM-Solver-2 at r = 0.5: one shared baseline
+        assert amed_r["l2_base"] == pytest.approx(dpm2_r["l2_base"], rel=1e-12)
+        i = amed_r["step"]
+        assert amed_r["l2_base"] == pytest.approx(float((base[i + 1] - gt[i + 1]).norm(dim=1).mean()), rel=1e-10)
+    # The first step starts from the same x_T and the grid holds r = 0.5: the search cannot lose there.
+    assert all(r["rel_align"] >= 0 for r in res if r["step"] == 0)
+    with pytest.raises(ValueError, match="gt_nfe must be a positive multiple of 2"):
+        paper.relative_alignment(gmm4, noise16, ("amed",), points=4, gt_nfe=13)
+    with pytest.raises(ValueError, match="points must be"):
+        paper.relative_alignment(gmm4, noise16, ("amed",), points=1)
+
+
+def test_analyze_align_paper_protocol_cli(small_model, tmp_path):
+    assert cli.main(["analyze", "align", "--protocol", "paper", "--points", "4", "--gt-nfe", "12", "--seeds", "0-7",
+                     "--grid", "3", "--solver", "amed,dpm2", "--out", str(tmp_path / "a"), "--threads", "1"]) == 0
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    assert lines[0].startswith("solver,form,points,step,") and "rel_align" in lines[0] and len(lines) == 1 + 2 * 3
+    assert all(line.count(",") == lines[0].count(",") for line in lines)  # no label breaks the CSV
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------ Table 2 options
+
+
+def test_bench_table2_rows_dpm2_plugin_only(small_model, tmp_path):
+    out = tmp_path / "t2.md"
+    assert cli.main(["bench", "paper-table2", "--rows", "dpm2,plugin", "--plugin-base", "dpm2", "--batch", "8",
+                     "--out", str(out)] + TINY) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["solver"] for r in data["rows"]] == ["dpm2", "amed_plugin:dpm2"]
+    assert "--rows dpm2,plugin" in data["command"] and "--batch 8" in data["command"]
+    assert data["rows"][1]["3"] is not None and data["settings"]["batch"] == 8
+    text = out.read_text()
+    assert "Paper Table 2(d)" in text and "batch 8," in text
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: ")).split("; total")[0][9:]
+    assert paper.render("table2", data, machine) == text
+    assert cli.main(["bench", "paper-table2", "--rows", "dpm2,nope", "--out", str(out)] + TINY) == 2
+
+
+def test_table2_without_afs_reaches_even_nfe_only_and_paper_schedules(gmm4):
+    bed = paper.make_bed(gmm4, (4,), seeds=8, ref_steps=16)
+    res = paper.table2(bed, [4, 5], total_samples=16, plugin_base="dpm2", M=1, rows_only=["dpm2", "ipndm", "amed",
+                                                                                           "plugin"], afs=False)
+    by = {r["solver"]: r for r in res["rows"]}
+    assert by["dpm2"][4] is not None and by["dpm2"][5] is None and not by["dpm2"]["afs"]
+    assert by["amed"][4] is not None and by["amed"][5] is None and not by["amed"]["afs"]
+    assert by["amed_plugin:dpm2"][4] is not None and by["amed_plugin:dpm2"][5] is None
+    assert by["ipndm"][4] is not None and by["ipndm"][5] is not None
+    x = sample(gmm4, bed.noise, get_schedule("polynomial", 3), "dpm2")  # 2 steps, no AFS: NFE 4
+    assert by["dpm2"][4] == pytest.approx(rmse(x, bed.ref), rel=1e-12)
+    text = paper.report("table2", res, bed, [4], "cmd", {"total_samples": 16, "M": 1}, 1.0)
+    assert "No AFS anywhere" in text and "AFS off" in text and "Appendix C.4" in text
+
+    res = paper.table2(bed, [3], total_samples=16, plugin_base="dpmpp", M=1, rows_only=["dpmpp", "amed", "plugin"],
+                       schedules="paper")
+    assert [r["schedule"] for r in res["rows"]] == ["logsnr", "time_uniform", "logsnr"]
+    x = sample(gmm4, bed.noise, get_schedule("logsnr", 4), "dpmpp", max_order=3)
+    assert res["rows"][0][3] == pytest.approx(rmse(x, bed.ref), rel=1e-12)
+    assert paper.paper_schedule("euler") == ("polynomial", 7.0)
+    with pytest.raises(ValueError, match="rows must be"):
+        paper.table2(bed, [3], rows_only=["nope"])

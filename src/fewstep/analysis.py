@@ -1,5 +1,6 @@
 """Analyses behind ``fewstep analyze``: PCA of sampling trajectories (Zhou et al., 2024, Fig. 4), the per-step
-error of solvers (and of an AMED predictor) to a teacher, and grid-searched intermediate times (Fig. 5).
+error of solvers (and of an AMED predictor) to a teacher, and grid-searched intermediate times (Fig. 5), both as
+we measure them (:func:`step_alignment`) and with the paper's own protocol (:func:`relative_alignment`).
 
 Each takes a denoiser and a batch of noise (e.g. ``fewstep.noise_for_seeds(seeds, shape)``) and returns plain rows;
 plotting and writing them is left to the caller."""
@@ -10,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["trajectory_pca", "per_step_error", "predictor_label", "step_alignment"]
+__all__ = ["trajectory_pca", "per_step_error", "predictor_label", "step_alignment", "relative_alignment"]
 
 
 def trajectory_pca(
@@ -81,3 +82,17 @@ def step_alignment(
         solvers = [solvers]
     return alignment(denoiser, noise, nfe=nfe, solvers=list(solvers), grid=grid, afs=True, schedule=schedule,
                      M=teacher_steps)
+
+
+def relative_alignment(
+    denoiser: Callable, noise: torch.Tensor, solvers: Sequence[str] = ("amed", "dpm2", "ipndm", "dpmpp", "unipc"),
+    points: int = 6, *, grid: int = 49, gt_nfe: int = 80, schedule: str = "polynomial", afs: bool = False,
+) -> list[dict[str, Any]]:
+    """The paper's Fig. 5 protocol: relative alignment ||x^B - x^G|| - ||x^S - x^G|| per step on a schedule of
+    ``points`` times (N = 6 in the paper), ground truth Heun with ``gt_nfe`` = 80 evaluations, baseline r = 0.5,
+    searched r by a greedy grid search: :func:`fewstep.paper.relative_alignment`. One dict per step."""
+    from .paper import relative_alignment as _rel
+
+    if isinstance(solvers, str):
+        solvers = [solvers]
+    return _rel(denoiser, noise, list(solvers), points, grid=grid, gt_nfe=gt_nfe, schedule=schedule, afs=afs)

@@ -25,7 +25,8 @@ from .schedules import get_schedule, refine_schedule
 from .solvers import AMEDPlugin, AMEDSolver, get_solver
 
 __all__ = [
-    "Bed", "make_bed", "amed_row", "table2", "table4", "table5", "alignment", "PAPER_TABLE2_CIFAR10",
+    "Bed", "make_bed", "amed_row", "table2", "table4", "table5", "alignment", "relative_alignment", "paper_schedule",
+    "PAPER_FIG5_FORMS", "TABLE2_ROWS", "PAPER_TABLE2_CIFAR10",
     "PAPER_TABLE2", "PAPER_TABLE3_SD", "PAPER_TABLE4", "PAPER_TABLE5", "PAPER_TEACHERS", "STUDENTS",
     "TABLE2_BASELINES", "TEACHERS", "SCHEDULES", "format_rows", "report", "render", "compare", "run_table",
     "json_safe",
@@ -193,7 +194,7 @@ def amed_row(
     bed: Bed, label: str, student: str = "amed", *, student_options: dict[str, Any] | None = None,
     nfes: Sequence[int] = NFES, afs: bool = True, schedule: str = "polynomial", rho: float = 7.0,
     teacher: str = "deis", teacher_options: dict[str, Any] | None = None, M: int = 8, total_samples: int = 4096,
-    seed: int = 0, progress: bool = False,
+    seed: int = 0, progress: bool = False, batch: int = 64,
 ) -> dict[str, Any]:
     """A table row for AMED trained per NFE (AMED-Solver for ``student="amed"``, else AMED-Plugin on that base):
     ``row[nfe]`` = RMSE to ``bed.ref`` (None where the NFE is unreachable), ``row["train_s"][nfe]`` = seconds,
@@ -211,8 +212,8 @@ def amed_row(
         pred = amed.train(
             bed.denoiser, shape=bed.shape, student=student, student_options=opts, teacher=teacher,
             teacher_options=teacher_options, num_steps=n, M=M, schedule=schedule, rho=rho, afs=afs,
-            features="none", total_samples=total_samples, seed=seed, model_id=bed.model_id, dtype=bed.dtype,
-            progress=progress, log=log,
+            features="none", total_samples=total_samples, batch=batch, seed=seed, model_id=bed.model_id,
+            dtype=bed.dtype, progress=progress, log=log,
         )
         res = sample(bed.denoiser, bed.noise, predictor=pred, return_result=True)
         assert res.nfe == nfe, (res.nfe, nfe)
@@ -235,13 +236,35 @@ def _score(row: dict[str, Any], nfes: Sequence[int]) -> float:
     return sum(vals) / len(vals) if vals else math.inf
 
 
+TABLE2_ROWS = ("dpmpp", "unipc", "ipndm", "euler", "heun", "dpm2", "amed", "plugin")
+
+
 def table2(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, plugin_base: str = "auto,dpm2",
-           M: int = 8, progress: bool = False) -> dict[str, Any]:
+           M: int = 8, progress: bool = False, rows_only: Sequence[str] | None = None, batch: int = 64,
+           afs: bool = True, schedules: str = "polynomial") -> dict[str, Any]:
     """Table 2: baselines x NFE, AMED-Solver and AMED-Plugin on each base of the comma-separated ``plugin_base``
     (``auto`` = the best multistep base, as the paper's 2(a-c); ``dpm2`` = DPM-Solver-2, as its 2(d)), each AMED
-    trained per NFE (teacher DEIS-4, ``M`` steps per interval)."""
-    bases = [b.strip() for b in str(plugin_base).split(",") if b.strip()]
-    rows = _baselines(bed, TABLE2_BASELINES, nfes, progress=progress)
+    trained per NFE (teacher DEIS-4, ``M`` steps per interval, ``batch`` samples per iteration).
+
+    ``rows_only``: keep only these rows (keys of :data:`TABLE2_ROWS`: the baseline solver names, ``amed`` =
+    AMED-Solver, ``plugin`` = the AMED-Plugins; ``auto`` needs the multistep rows), for a cheap partial table.
+    ``afs=False``: the paper's Appendix C.4 setting, even NFE without AFS for every row (single-step rows and AMED
+    reach only even NFE then). ``schedules``: ``"polynomial"`` (rho = 7 for every row) or ``"paper"`` (Sec. 4.1:
+    logSNR for DPM-Solver++ and UniPC and their plugins, time-uniform for AMED-Solver, polynomial rho = 7
+    otherwise)."""
+    keep = list(rows_only) if rows_only else list(TABLE2_ROWS)
+    bad = [k for k in keep if k not in TABLE2_ROWS]
+    if bad:
+        raise ValueError(f"rows must be some of {', '.join(TABLE2_ROWS)}, got {', '.join(bad)}")
+    if schedules not in ("polynomial", "paper"):
+        raise ValueError(f"schedules must be polynomial or paper, got {schedules!r}")
+    bases = [b.strip() for b in str(plugin_base).split(",") if b.strip()] if "plugin" in keep else []
+    specs = [s if afs or not s.afs else replace(s, afs=False) for s in TABLE2_BASELINES
+             if s.solver in keep]
+    rows = []
+    for spec in specs:
+        kind, rho = paper_schedule(spec.solver) if schedules == "paper" else ("polynomial", 7.0)
+        rows += [r | {"schedule": kind} for r in _baselines(bed, [spec], nfes, kind, rho, progress=progress)]
     chosen = []
     for base in bases or ["auto"]:
         if base == "auto":
@@ -254,11 +277,30 @@ def table2(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, plug
                                  f"(comma-separated), got {base!r}")
         if best not in chosen:
             chosen.append(best)
-    rows.append(amed_row(bed, "AMED-Solver", "amed", nfes=nfes, total_samples=total_samples, M=M, progress=progress))
+    if "amed" in keep:
+        kind, rho = paper_schedule("amed") if schedules == "paper" else ("polynomial", 7.0)
+        rows.append(amed_row(bed, "AMED-Solver", "amed", nfes=nfes, total_samples=total_samples, M=M, afs=afs,
+                             schedule=kind, rho=rho, progress=progress, batch=batch) | {"schedule": kind})
     for best in chosen:
-        rows.append(amed_row(bed, f"AMED-Plugin on {best['label']}", best["solver"], student_options=best["options"],
-                             afs=True, nfes=nfes, total_samples=total_samples, M=M, progress=progress))
-    return {"rows": rows, "plugin_base": chosen[0]["label"], "plugin_bases": [r["label"] for r in chosen]}
+        kind, rho = paper_schedule(best["solver"]) if schedules == "paper" else ("polynomial", 7.0)
+        label = best["label"].replace(" +AFS", "") if not afs else best["label"]
+        rows.append(amed_row(bed, f"AMED-Plugin on {label}", best["solver"], student_options=best["options"],
+                             afs=afs, nfes=nfes, total_samples=total_samples, M=M, schedule=kind, rho=rho,
+                             progress=progress, batch=batch) | {"schedule": kind})
+    labels = [r["label"] for r in chosen]
+    return {"rows": rows, "plugin_base": labels[0] if labels else None, "plugin_bases": labels, "afs": afs,
+            "schedules": schedules}
+
+
+def paper_schedule(solver: str) -> tuple[str, float]:
+    """(schedule kind, rho) the paper uses for a Table 2 row (Sec. 4.1): logSNR for DPM-Solver++ and UniPC (and
+    AMED-Plugin on them), time-uniform for AMED-Solver (its CIFAR-10 / FFHQ / ImageNet setting), polynomial rho = 7
+    for every other row."""
+    if solver in ("dpmpp", "unipc"):
+        return "logsnr", 7.0
+    if solver == "amed":
+        return "time_uniform", 1.0
+    return "polynomial", 7.0
 
 
 def table4(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, M: int = 8,
@@ -402,6 +444,88 @@ def alignment(
     return out
 
 
+def _form_with_dpm2(name: str) -> tuple[str, Callable[[Any], Any]]:
+    """:func:`_form` plus ``dpm2``: DPM-Solver-2 in its generalised form with r free (the paper's Tab. 1 row,
+    ``AMEDPlugin`` on ``dpm2``), x_n = x + (t_n - t_{n+1}) [(1/2r) d(x_s) + (1 - 1/2r) d(x)]."""
+    if name == "dpm2":
+        base = get_solver("dpm2")
+        return "DPM-Solver-2 generalised (r free)", lambda p: AMEDPlugin(base=base, predictor=p)
+    label, make = _form(name)
+    return ("AMED-Solver (c = 1)" if name == "amed" else label), make
+
+
+PAPER_FIG5_FORMS = ("amed", "dpm2", "ipndm", "dpmpp", "unipc")
+
+
+def relative_alignment(
+    denoiser: Callable, noise: torch.Tensor, solvers: Sequence[str] = PAPER_FIG5_FORMS, points: int = 6,
+    grid: int = 49, gt_nfe: int = 80, schedule: str = "polynomial", afs: bool = False,
+) -> list[dict[str, Any]]:
+    """The paper's own Fig. 5 protocol (Sec. 3.3): the time schedule Gamma = {t_1 = 0.002, ..., t_N = 80} with
+    N = ``points`` (polynomial rho = 7 by default), c_n = 1, and
+
+    * ground truth x^G_{t_n}: Heun (EDM) with ``gt_nfe`` evaluations (2 per step, on Gamma with points inserted
+      log-uniformly per interval), read at Gamma;
+    * baseline x^B: the solver's own trajectory with every intermediate time s_n = sqrt(t_n t_{n+1}) (r = 0.5);
+    * searched x^S: a greedy grid search on r_n, s_n = t_n^r t_{n+1}^(1-r): per step, from the searched state, the
+      r on a uniform grid of ``grid`` values in (0, 1) (plus 0.5) with the smallest mean ||x^S_{t_n} - x^G_{t_n}||_2
+      is kept, and the next step starts from it;
+    * relative alignment per step: mean over samples of ||x^B_{t_n} - x^G_{t_n}||_2 minus the same for x^S
+      (positive: the searched trajectory is closer to the ground truth).
+
+    Forms (``solvers``): ``amed`` = AMED-Solver with c = 1 (one evaluation at s_n, its direction alone),
+    ``dpm2`` = DPM-Solver-2 with r free (generalised, Tab. 1), or a multistep base with the AMED-Plugin's
+    intermediate point (``ipndm``, ``dpmpp``, ``unipc``, ...). ``amed`` and ``dpm2`` share the baseline (both are
+    DPM-Solver-2 at r = 0.5). No AFS unless ``afs``. One dict per step (``step`` 0 = the step from T = 80):
+    ``l2_base``, ``l2_searched``, ``rel_align`` (their difference), ``rel_align_frac`` (its fraction of
+    ``l2_base``), ``r_opt``, and the RMSE of both (``rmse_base``, ``rmse_searched``: L2 / sqrt(dimension))."""
+    if not solvers:
+        raise ValueError("solvers must name at least one form: amed, dpm2 or a plugin base solver such as ipndm")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise ValueError(f"points must be an int >= 2 (the schedule's N), got {points!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    steps = points - 1
+    if isinstance(gt_nfe, bool) or not isinstance(gt_nfe, int) or gt_nfe % (2 * steps) or gt_nfe < 2 * steps:
+        raise ValueError(f"gt_nfe must be a positive multiple of 2 * (points - 1) = {2 * steps} (Heun: 2 "
+                         f"evaluations per step, the same number of steps per interval), got {gt_nfe!r}")
+    forms = [(name, *_form_with_dpm2(name)) for name in solvers]  # unknown names fail before any sampling
+    rs = torch.cat([torch.linspace(0, 1, grid + 2, dtype=torch.float64)[1:-1],
+                    torch.tensor([0.5], dtype=torch.float64)]).unique()
+    sig = get_schedule(schedule, points)
+    gt = run_teacher(denoiser, noise, sig, gt_nfe // (2 * steps) - 1, "heun", trajectory=True)
+    dim = noise[0].numel()
+
+    def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).flatten(1).norm(dim=1)  # (B,)
+
+    out: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for name, label, make in forms:
+            def run(r: float, i: int, x: torch.Tensor, st: Any, make=make) -> tuple[torch.Tensor, Any]:
+                ev = ModelCall(denoiser, afs=afs and i == 0)
+                ev.begin_step(i)
+                return make(_FixedR(r)).step(ev, x, i, sig, st)
+
+            xb = xs = noise * sig[0]
+            sb = ss = make(_FixedR(0.5)).init(xb, sig)
+            for i in range(steps):
+                target = gt.trajectory[i + 1]
+                xb, sb = run(0.5, i, xb, sb)
+                cands = [run(float(r), i, xs, ss) for r in rs]
+                errs = torch.stack([l2(c[0], target) for c in cands])  # (G, B)
+                k = int(errs.mean(1).argmin())
+                xs, ss = cands[k]
+                eb, es = float(l2(xb, target).mean()), float(errs[k].mean())
+                out.append({
+                    "solver": label, "form": name, "points": points, "step": i, "sigma_cur": float(sig[i]),
+                    "sigma_next": float(sig[i + 1]), "r_opt": float(rs[k]), "l2_base": eb, "l2_searched": es,
+                    "rel_align": eb - es, "rel_align_frac": (eb - es) / eb if eb > 0 else 0.0,
+                    "rmse_base": eb / math.sqrt(dim), "rmse_searched": es / math.sqrt(dim), "gt_nfe": gt.nfe,
+                })
+    return out
+
+
 # ------------------------------------------------------------------------------------------ reports
 
 TITLES = {
@@ -434,6 +558,8 @@ def report(which: str, result: dict[str, Any], bed: Bed | dict[str, Any], nfes: 
         teacher_desc = "as in each row with M={M} steps per interval unless the row names another M"
     else:
         teacher_desc = "DEIS-4 logrho with M={M} steps per interval"
+    afs = result.get("afs", True)
+    sched = result.get("schedules", "polynomial")
     lines = [
         f"# {TITLES[which]} (AMED paper, Zhou et al., CVPR 2024) on our bed", "",
         f"Command: `{command}`  ",
@@ -442,18 +568,29 @@ def report(which: str, result: dict[str, Any], bed: Bed | dict[str, Any], nfes: 
         f"DEIS-4 logrho with {info['ref_steps']} polynomial steps (relative change vs half the steps "
         f"{info['ref_error']:.1e}).  ",
         f"AMED: predictor-free table (features none, r/c/a per step), trained per NFE by `fewstep.amed.train` with "
-        f"final-point loss, batch 64, {settings['total_samples']} training samples, teacher "
-        + teacher_desc.format(M=settings["M"]) + ", AFS on, scale_dir 0.01.  ",
+        f"final-point loss, batch {settings.get('batch', 64)}, {settings['total_samples']} training samples, teacher "
+        + teacher_desc.format(M=settings["M"]) + (", AFS on" if afs else ", AFS off") + ", scale_dir 0.01.  ",
         "Cells: RMSE to the reference at sigma_min = 0.002 (lower is better; best per NFE in bold; — = NFE not "
         "reachable by the solver).", "",
         format_rows(rows, nfes),
     ]
     if which == "table2":
         bases = result.get("plugin_bases") or [result["plugin_base"]]
-        lines += ["", f"AMED-Plugin bases: {', '.join(bases)} (`--plugin-base`: auto = the multistep solver with the "
-                      "lowest mean log RMSE over the NFEs above, as the paper's 2(a-c) use their best, iPNDM; dpm2 = "
-                      "DPM-Solver-2 with AFS, the paper's generalised DPM-Solver-2 with learned r, as its 2(d)). "
-                      "DPM-Solver-2 and Heun use AFS; the multistep solvers do not (NFE = steps)."]
+        bases = [b for b in bases if b]
+        afs_text = ("DPM-Solver-2 and Heun use AFS; the multistep solvers do not (NFE = steps)." if afs else
+                    "No AFS anywhere (the paper's Appendix C.4 setting): DPM-Solver-2, Heun, AMED-Solver and the "
+                    "AMED-Plugins cost 2 evaluations per step and reach only even NFE; the multistep solvers 1 per "
+                    "step.")
+        if bases:
+            lines += ["", f"AMED-Plugin bases: {', '.join(bases)} (`--plugin-base`: auto = the multistep solver with "
+                          "the lowest mean log RMSE over the NFEs above, as the paper's 2(a-c) use their best, iPNDM; "
+                          f"dpm2 = DPM-Solver-2{' with AFS' if afs else ''}, the paper's generalised DPM-Solver-2 "
+                          f"with learned r, as its 2(d)). {afs_text}"]
+        else:
+            lines += ["", afs_text]
+        if sched == "paper":
+            lines += ["", "Time schedules as the paper's Sec. 4.1: logSNR for DPM-Solver++(3M), UniPC and AMED-Plugin "
+                          "on them; time-uniform (rho = 1) for AMED-Solver; polynomial rho = 7 for every other row."]
     if which == "table4":
         lines += ["", "Each teacher's own RMSE to the reference on the refined schedule it gives targets on "
                       "(student schedule with M points inserted per interval):", "",
@@ -461,9 +598,17 @@ def report(which: str, result: dict[str, Any], bed: Bed | dict[str, Any], nfes: 
     if any("fd" in r for r in rows):
         lines += ["", "Fréchet distance in the fixed 64-D random feature space (fewstep.metrics.RandomFeatures) "
                       "to natural-image patches:", "", format_rows(rows, nfes, key="fd")]
-    lines += ["", "## Beside the paper", "", UNITS]
-    for title, side, patterns in compare(which, result, nfes):
-        lines += ["", f"### {title}", "", side, "", patterns]
+    lines += ["", "## Beside the paper", ""]
+    if not any(n in NFES for n in nfes):
+        lines += ["The paper's Table 2 reports NFE 3, 5, 7, 9 (with AFS); its results at NFE "
+                  f"{', '.join(map(str, nfes))} (Appendix C.4) are not in the paper's text we have "
+                  "(`shared/papers/amed-cvpr2024.txt`), so there is nothing to set beside these rows."]
+    else:
+        lines += [UNITS if "Gaussian mixture" in str(info.get("description", "Gaussian mixture")) else
+                  UNITS.replace("RMSE to the exact ODE solution on the Gaussian-mixture bed",
+                                f"RMSE to a high-accuracy solution on {info['description'].split(' (')[0]}")]
+        for title, side, patterns in compare(which, result, nfes):
+            lines += ["", f"### {title}", "", side, "", patterns]
     learned = [r for r in rows if r.get("tables")]
     if learned:
         lines += ["", "## AMED training", "", "Training time (s) and learned (r, c, a) per step (largest sigma first):",
@@ -753,12 +898,15 @@ def json_safe(obj: Any) -> Any:
 
 def run_table(which: str, bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, M: int = 8,
               plugin_base: str = "auto,dpm2", progress: bool = False, teachers: str = "default",
-              students: Sequence[str] = ("amed",)) -> tuple[dict[str, Any], float]:
+              students: Sequence[str] = ("amed",), **table2_options: Any) -> tuple[dict[str, Any], float]:
     """(result, seconds) of ``table2`` / ``table4`` / ``table5``; for table4 ``teachers`` is ``"default"``
-    (:data:`TEACHERS`) or ``"paper"`` (:data:`PAPER_TEACHERS`, all at ``M``)."""
+    (:data:`TEACHERS`) or ``"paper"`` (:data:`PAPER_TEACHERS`, all at ``M``). ``table2_options``: :func:`table2`'s
+    ``rows_only``, ``batch``, ``afs``, ``schedules``."""
     t0 = time.perf_counter()
+    if which != "table2" and any(v not in (None, 64, True, "polynomial") for v in table2_options.values()):
+        raise ValueError(f"{', '.join(table2_options)} apply to table2 only")
     if which == "table2":
-        res = table2(bed, nfes, total_samples, plugin_base, M, progress)
+        res = table2(bed, nfes, total_samples, plugin_base, M, progress, **table2_options)
     elif which == "table4":
         if teachers not in ("default", "paper"):
             raise ValueError(f"teachers must be default or paper, got {teachers!r}")

@@ -23,12 +23,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "align: comma-separated forms, amed (AMED-Solver / DPM-Solver-2) or a plugin base solver "
                         "(default amed,ipndm,dpmpp)")
     a.add_argument("--nfe", type=positive_int, default=5, help="error / align: NFE (default: %(default)s)")
-    a.add_argument("--afs", action="store_true", help="error: use AFS (align always does)")
+    a.add_argument("--afs", action="store_true",
+                   help="error, align --protocol paper: use AFS (align --protocol ours always does)")
     a.add_argument("--schedule", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"),
                    help="error / align: time schedule (default: %(default)s)")
     a.add_argument("--teacher-steps", type=positive_int, default=None,
                    help="error / align: teacher steps inserted per interval (default: 16 / 8)")
     a.add_argument("--grid", type=positive_int, default=49, help="align: grid points for r in (0, 1) (plus r = 0.5)")
+    a.add_argument("--protocol", choices=("ours", "paper"), default="ours",
+                   help="align: ours (per step, r_opt vs r = 0.5 from the same state, DEIS-4 teacher, AFS, at --nfe) "
+                        "or paper (the paper's Fig. 5: relative alignment ||x_B - x_G|| - ||x_S - x_G|| of the "
+                        "baseline r = 0.5 and the greedily searched trajectories on --points times, ground truth "
+                        "Heun with --gt-nfe evaluations, no AFS unless --afs; default forms amed,dpm2,ipndm,dpmpp,"
+                        "unipc)")
+    a.add_argument("--points", type=positive_int, default=6,
+                   help="align --protocol paper: schedule points N (default: %(default)s, as the paper)")
+    a.add_argument("--gt-nfe", type=positive_int, default=80,
+                   help="align --protocol paper: Heun evaluations of the ground truth (default: %(default)s)")
     a.add_argument("--steps", type=positive_int, default=32, help="trajectory steps (default: %(default)s)")
     a.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"))
     a.add_argument("--max-k", type=positive_int, default=5)
@@ -48,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.solver is not None and not args.solver.strip():
         raise ValueError("--solver must not be empty")
-    args.solver = args.solver or {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what)
+    paper_protocol = args.what == "align" and getattr(args, "protocol", "ours") == "paper"
+    args.solver = args.solver or ("amed,dpm2,ipndm,dpmpp,unipc" if paper_protocol else
+                                  {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what))
     if args.what in ("error", "align"):
         _solvers(args.solver)  # checked before the model is loaded or any output is made
     elif args.what == "pca" and "," in args.solver:
@@ -60,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "pca":
         rows = _pca(args, ax)
     elif args.what in ("error", "align"):
-        rows = _error(args, ax) if args.what == "error" else _align(args, ax, ax2)
+        rows = _error(args, ax) if args.what == "error" else (
+            _align_paper(args, ax, ax2) if paper_protocol else _align(args, ax, ax2))
     else:
         rows = _predictor(args, ax)
     ax.grid(alpha=0.3)
@@ -186,6 +200,46 @@ def _align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
     ax2.axhline(1.0, color="k", lw=1)
     ax2.set_xlabel("step n")
     ax2.set_ylabel("RMSE at r = 0.5 / RMSE at grid-searched r")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    return rows
+
+
+def _align_paper(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
+    """The paper's Fig. 5 protocol: relative alignment of the baseline (r = 0.5) and greedily searched trajectories
+    to a Heun ground truth, per step and form."""
+    from matplotlib.ticker import MaxNLocator
+
+    from ..analysis import relative_alignment
+    from ..sampling import noise_for_seeds
+
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    res = relative_alignment(denoiser, noise, _solvers(args.solver), args.points, grid=args.grid,
+                             gt_nfe=args.gt_nfe, schedule=args.schedule, afs=args.afs)
+    keys = list(res[0])
+    rows = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                               for r in res]
+    labels = list(dict.fromkeys(r["solver"] for r in res))
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        sel = [r for r in res if r["solver"] == label]
+        steps = [r["step"] + (j - (len(labels) - 1) / 2) * width for r in sel]
+        bars = ax.bar(steps, [r["rel_align"] for r in sel], width, label=label)
+        ax2.plot([r["step"] for r in sel], [r["r_opt"] for r in sel], "o-", color=bars.patches[0].get_facecolor(),
+                 label=label)
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.axhline(0.0, color="k", lw=1)
+    ax.set_xlabel("step n (0: from t = 80)")
+    ax.set_ylabel("||x_B - x_G|| - ||x_S - x_G|| (mean L2)")
+    ax.set_title(f"{model_id}: relative alignment (paper protocol), N = {args.points} {args.schedule} points,\n"
+                 f"ground truth Heun {res[0]['gt_nfe']} NFE, {len(args.seeds)} seeds; > 0: searched r_n closer "
+                 "than r = 0.5", fontsize=8)
+    ax2.axhline(0.5, color="k", ls="--", lw=1, label="r = 0.5 (baseline)")
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("step n")
+    ax2.set_ylabel("greedy grid-searched r_n")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     return rows

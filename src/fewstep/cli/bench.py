@@ -27,6 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--plugin-base", default="auto,dpm2",
                    help="table2: comma-separated base solvers of AMED-Plugin (auto: the best multistep one, as the "
                         "paper's 2(a-c); dpm2: DPM-Solver-2, as its 2(d); default auto,dpm2)")
+    b.add_argument("--rows", default=None,
+                   help="table2: comma-separated rows to keep (dpmpp, unipc, ipndm, euler, heun, dpm2, amed = "
+                        "AMED-Solver, plugin = the AMED-Plugins); default all. E.g. --rows dpm2,plugin "
+                        "--plugin-base dpm2 for DPM-Solver-2 and its plugin alone")
+    b.add_argument("--batch", type=positive_int, default=64, help="AMED training batch (default: %(default)s)")
+    b.add_argument("--no-afs", action="store_true",
+                   help="table2: no AFS anywhere (the paper's Appendix C.4: even NFE 4,6,8,10; pass --nfe 4,6,8,10)")
+    b.add_argument("--schedules", choices=("polynomial", "paper"), default="polynomial",
+                   help="table2: polynomial rho=7 for every row (default), or paper: the paper's Sec. 4.1 per-row "
+                        "schedules (logSNR for DPM-Solver++ / UniPC, time-uniform for AMED-Solver, polynomial else)")
     b.add_argument("--teachers", choices=("default", "paper"), default="default",
                    help="table4: default (six teachers at --M plus the paper's Heun M=1 / iPNDM M=2 settings) or "
                         "paper (the paper's four teachers DPM-Solver++(3M), iPNDM, DPM-Solver-2, EDM, all at --M)")
@@ -53,6 +63,15 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     which = args.which.replace("paper-", "")
     students = [s.strip() for s in args.student.split(",") if s.strip()]
+    rows_only = [s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None
+    if rows_only is not None and which != "table2":
+        raise ValueError("--rows applies to paper-table2 only")
+    if rows_only is not None and not rows_only:
+        raise ValueError("--rows must name at least one row")
+    if rows_only is not None and any(r not in paper.TABLE2_ROWS for r in rows_only):
+        raise ValueError(f"--rows must name some of {', '.join(paper.TABLE2_ROWS)}, got {args.rows!r}")
+    if (args.no_afs or args.schedules != "polynomial") and which != "table2":
+        raise ValueError("--no-afs and --schedules apply to paper-table2 only")
     if which == "table4" and not all(s in paper.STUDENTS for s in students):
         raise ValueError(f"--student must name some of {', '.join(paper.STUDENTS)}, got {args.student!r}")
     if args.render_only:
@@ -82,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     command = (f"fewstep bench {args.which} --model {args.model} --seeds {seeds} --ref-steps {ref_steps} "
                f"--nfe {','.join(map(str, args.nfe))} --train-samples {args.train_samples} --M {args.M}"
                + (f" --plugin-base {args.plugin_base}" if which == "table2" else "")
+               + (f" --rows {','.join(rows_only)}" if rows_only else "")
+               + (f" --batch {args.batch}" if args.batch != 64 else "")
+               + (" --no-afs" if args.no_afs else "")
+               + (f" --schedules {args.schedules}" if args.schedules != "polynomial" else "")
                + (f" --teachers {args.teachers} --student {','.join(students)}" if which == "table4" else "")
                + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
                + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
@@ -89,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
     bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
                          description=desc, fd_reference=fd_ref)
     result, seconds = paper.run_table(which, bed, args.nfe, args.train_samples, args.M, args.plugin_base,
-                                      progress=True, teachers=args.teachers, students=students)
-    text = paper.report(which, result, bed, args.nfe, command,
-                        {"total_samples": args.train_samples, "M": args.M}, seconds)
+                                      progress=True, teachers=args.teachers, students=students,
+                                      **({"rows_only": rows_only, "batch": args.batch, "afs": not args.no_afs,
+                                          "schedules": args.schedules} if which == "table2" else {}))
+    settings = {"total_samples": args.train_samples, "M": args.M} | ({"batch": args.batch} if args.batch != 64 else {})
+    text = paper.report(which, result, bed, args.nfe, command, settings, seconds)
     saved = {"command": command, "seconds": seconds, "machine": paper.machine(), "reference_error": bed.ref_error,
              "bed": paper.bed_info(bed), "nfes": list(args.nfe),
-             "settings": {"total_samples": args.train_samples, "M": args.M}, **result}
+             "settings": settings, **result}
     write_text_atomic(out.with_suffix(".json"), json.dumps(paper.json_safe(saved), indent=1) + "\n")
     write_text_atomic(out, text)
     print(text)
