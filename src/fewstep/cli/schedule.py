@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json or an AMED checkpoint")
     sc.add_argument("--out", default=None,
                     help="search / learn: output schedule .json (required); export: also write the exported text here")
-    sc.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    sc.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: 1, measured fastest for the bed and small models on a busy 2-core machine; raise it for large networks)")
     both = sc.add_argument_group("search and learn")
     add_model_args(both)
     both.add_argument("--solver", default="ipndm", help="solver the schedule is for (default: %(default)s)")
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="initial schedule kind or .json file (default: %(default)s)")
     learn.add_argument("--total-samples", type=positive_int, default=8192,
                        help="training samples (default: %(default)s)")
+    learn.add_argument("--batch", type=positive_int, default=64, help="training batch (default: %(default)s)")
     learn.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
     learn.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     export = sc.add_argument_group("export only")
@@ -102,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         init = kind_or_file(args.init)
         sig = amed.learn_schedule(denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe,
-                                  afs=args.afs, schedule=init, total_samples=args.total_samples, lr=args.lr,
-                                  seed=args.seed, dtype=dtype, progress=True)
-        info.update(init=args.init, total_samples=args.total_samples, lr=args.lr, seed=args.seed)
+                                  afs=args.afs, schedule=init, total_samples=args.total_samples, batch=args.batch,
+                                  lr=args.lr, seed=args.seed, dtype=dtype, progress=True)
+        info.update(init=args.init, total_samples=args.total_samples, batch=args.batch, lr=args.lr, seed=args.seed)
     save_schedule(out, sig, **info)
     print(f"{args.action}: {', '.join(f'{v:.4g}' for v in sig.tolist())} ({time.perf_counter() - t0:.1f} s); wrote {out}")
     return 0

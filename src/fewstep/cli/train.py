@@ -25,14 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd"),
+    t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd", "pas", "gs"),
                    help="amed (AMED-Solver), plugin (AMED-Plugin on --base), dyweight (learned multistep), epd "
-                        "(parallel directions); default: what --student says")
+                        "(parallel directions), pas (PCA-basis corrections of iPNDM), gs (generalised DPM-Solver++(3M)); "
+                        "default: what --student says")
     t.add_argument("--base", default=None, help="base solver of --method plugin (default: ipndm)")
     t.add_argument("--method-options", default=None,
                    help='JSON options of dyweight / epd, e.g. \'{"window": 3}\' or \'{"K": 2}\'')
-    t.add_argument("--time-shift", action="store_true",
-                   help="also learn per-step model-input time shifts xi (dyweight, epd)")
+    t.add_argument("--time-shift", action="store_true", default=None,
+                   help="also learn per-step model-input time shifts xi (dyweight, epd, pas, gs; gs by default)")
     t.add_argument("--soft-start", type=float, default=0.0, metavar="R",
                    help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T (dyweight, epd)")
     t.add_argument("--soft-start-steps", type=positive_int, default=1,
@@ -46,20 +47,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
     t.add_argument("--schedule", default="polynomial", type=schedule_arg,
                    help="polynomial | logsnr | time_uniform | FILE.json (e.g. from fewstep schedule search)")
-    t.add_argument("--learn-schedule", action="store_true", help="learn the schedule's sigmas jointly")
+    t.add_argument("--learn-schedule", action="store_true", default=None,
+                   help="learn the schedule's sigmas jointly (dyweight and gs do by default)")
     t.add_argument("--schedule-lr", type=float, default=0.05, help="learning rate of the schedule (default: %(default)s)")
     t.add_argument("--checkpoint-every", type=int, default=0, help="save the training state every N iterations")
     t.add_argument("--resume", action="store_true", help="continue from OUT.train-state if it exists")
     t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
     t.add_argument("--teacher-options", default=None, help="JSON options (default for deis: order 4, logrho)")
-    t.add_argument("--M", type=int, default=8, help="teacher steps inserted per interval (default: %(default)s)")
+    t.add_argument("--M", type=int, default=None,
+                   help="teacher steps inserted per interval (default: 8 for amed/plugin, the method's own otherwise)")
     t.add_argument("--features", default="auto",
                    help="auto (the model's own features or a U-Net's middle block) | none | adapter | MODULE name")
     t.add_argument("--scale-dir", type=float, default=0.01)
     t.add_argument("--scale-time", type=float, default=0.0)
     t.add_argument("--loss", default="final", choices=("per_step", "final"))
-    t.add_argument("--batch", type=positive_int, default=64)
-    t.add_argument("--total-samples", type=positive_int, default=8192)
+    t.add_argument("--batch", type=positive_int, default=None,
+                   help="training batch (default: 64 for amed/plugin, the method's own otherwise)")
+    t.add_argument("--total-samples", type=positive_int, default=None,
+                   help="training samples (default: 8192 for amed/plugin, the method's own otherwise)")
     t.add_argument("--lr", type=float, default=None, help="default: 0.1 (table), 0.02 (features)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
@@ -95,9 +100,13 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(schedule, str) and (args.sigma_min is not None or args.sigma_max is not None):
         raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
-    if method in ("dyweight", "epd"):
+    if method not in ("amed", "plugin"):
         return _run_learned(args, method, out, denoiser, shape, model_id, dtype, threads, schedule, sigma_min,
                             sigma_max, teacher_options)
+    args.M = 8 if args.M is None else args.M
+    args.batch = 64 if args.batch is None else args.batch
+    args.total_samples = 8192 if args.total_samples is None else args.total_samples
+    args.learn_schedule = bool(args.learn_schedule)
     state = out.with_name(out.name + ".train-state")
     info = distributed.init_distributed("cpu")
     if args.batch < info.world_size:
@@ -158,7 +167,7 @@ def _method(args: argparse.Namespace) -> str:
         given = [n for n, v in (("--time-shift", args.time_shift), ("--soft-start", args.soft_start),
                                 ("--method-options", args.method_options)) if v]
         if given:
-            raise ValueError(f"{', '.join(given)} apply to --method dyweight / epd, not {method}")
+            raise ValueError(f"{', '.join(given)} apply to --method dyweight / epd / pas / gs, not {method}")
     if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
         raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
     args.resolved_method = method
@@ -167,7 +176,7 @@ def _method(args: argparse.Namespace) -> str:
 
 def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, shape, model_id, dtype, threads: int,
                  schedule, sigma_min, sigma_max, teacher_options) -> int:
-    """Train dyweight / epd (fewstep.learned.train); one process (no torchrun split or resume for these yet)."""
+    """Train dyweight / epd / pas / gs (fewstep.learned.train); one process (no torchrun split for these yet)."""
     from .. import learned
 
     if args.loss != "final":

@@ -58,6 +58,8 @@ class LearnedSampler(nn.Module):
     method: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, tuple[int, int, int]]] = {}
     uses_features: ClassVar[bool] = False  # tables: no network features
+    learns_schedule_by_default: ClassVar[bool] = False  # train(learn_schedule=None) means this
+    time_shift_by_default: ClassVar[bool] = False  # train(time_shift=None) means this
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -141,7 +143,7 @@ class LearnedSampler(nn.Module):
         want = self.solver()
         inner_w, inner_g = getattr(want, "inner", want), getattr(solver, "inner", solver)
         same = type(solver) is type(want) and type(inner_g) is type(inner_w) and all(
-            getattr(inner_g, k, None) == getattr(inner_w, k, None) for k in ("max_order", "K"))
+            getattr(inner_g, k, None) == getattr(inner_w, k, None) for k in ("max_order", "K", "coords"))
         if not same:
             raise ValueError(f"this sampler was trained as {self.config['method']} "
                              f"({'with' if self.config['time_shift'] else 'without'} time shifts); it is inside "
