@@ -208,3 +208,82 @@ def test_deeply_nested_or_huge_numbers_in_a_checkpoint_config(plugin, tmp_path):
                                                            "sha256": tensor_digest(t)})
         with pytest.raises(CheckpointError, match="no valid JSON config"):
             amed.load(tmp_path / "n.safetensors")
+
+
+# ------------------------------------------------------------------------------------ the same classes by the CLI
+
+
+def _nan_checkpoint(plugin, path):
+    import json
+
+    from fewstep.io import tensor_digest, write_safetensors
+
+    bad = {k: v.clone() for k, v in plugin.state_dict().items()}
+    bad["table"][0, 0] = float("nan")
+    write_safetensors(path, bad, {"format": "fewstep-amed-predictor", "config": json.dumps(plugin.config),
+                                  "sha256": tensor_digest(bad)})
+    return path
+
+
+def test_cli_refuses_a_nan_predictor_and_writes_nothing(gmm, tmp_path, capsys):
+    from fewstep.cli import main
+
+    pred = amed.train(fewstep.bed.gmm_denoiser(), shape=(3, 8, 8), student="ipndm", num_steps=4, M=1, batch=4,
+                      total_samples=4, progress=False)
+    path = _nan_checkpoint(pred, tmp_path / "nan.safetensors")
+    assert main(["sample", "--model", "gmm", "--predictor", str(path), "--seeds", "0-1",
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert "holds NaN/inf" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_cli_failed_final_save_keeps_the_training_and_resumes(tmp_path, monkeypatch, capsys):
+    from fewstep.cli import main
+
+    out = tmp_path / "p.safetensors"
+    cmd = ["train", "--model", "gmm", "--student", "ipndm", "--nfe", "5", "--M", "1", "--batch", "4",
+           "--total-samples", "8", "--out", str(out)]  # no --checkpoint-every: the final state is kept anyway
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AMEDPredictor, "save", disk_full)
+    assert main(cmd) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert (tmp_path / "p.safetensors.train-state").exists() and not out.exists()
+    monkeypatch.undo()
+    assert main(cmd + ["--resume"]) == 0
+    assert out.exists() and not (tmp_path / "p.safetensors.train-state").exists()
+
+
+def test_cli_identical_trainings_write_identical_files(tmp_path):
+    from fewstep.cli import main
+
+    for name in ("a", "b"):
+        assert main(["train", "--model", "gmm", "--student", "ipndm", "--nfe", "5", "--M", "1", "--batch", "4",
+                     "--total-samples", "4", "--out", str(tmp_path / f"{name}.safetensors")]) == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_batch_smaller_than_the_process_count_is_refused(gmm, monkeypatch):
+    import fewstep.amed.distill as distill_mod
+
+    monkeypatch.setattr(distill_mod, "world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="batch 1 is smaller than the 2 processes"):
+        amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=1, total_samples=2, progress=False)
+
+
+def test_cli_refuses_a_forged_checkpoint_config(plugin, tmp_path, capsys):
+    import json
+
+    from fewstep.cli import main
+    from fewstep.io import tensor_digest, write_safetensors
+
+    cfg = json.loads(json.dumps(plugin.config))
+    cfg["architecture"] = {"hidden": 10**9, "emb_dim": 8, "feat_proj": 16}
+    t = {"table": torch.zeros(3, 3)}
+    write_safetensors(tmp_path / "f.safetensors", t,
+                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+    assert main(["sample", "--model", "gmm", "--predictor", str(tmp_path / "f.safetensors"),
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert "architecture.hidden must be an int" in capsys.readouterr().err

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             scale_time=args.scale_time, features=features, network=network, batch=args.batch,
             total_samples=args.total_samples, lr=args.lr, loss=args.loss, learn_schedule=args.learn_schedule,
             schedule_lr=args.schedule_lr, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
-            state_path=state if (args.checkpoint_every or args.resume) else None,
+            state_path=state,  # always: the final state is kept until the predictor file is on disk
             checkpoint_every=args.checkpoint_every, resume=args.resume, out=out,
         )
         if info.is_main:
@@ -190,7 +190,7 @@ def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, sha
         batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed, soft_start=args.soft_start,
         soft_start_steps=args.soft_start_steps, time_shift=args.time_shift, learn_schedule=args.learn_schedule,
         schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype, progress=True, log=log,
-        state_path=out.with_name(out.name + ".train-state") if (args.checkpoint_every or args.resume) else None,
+        state_path=out.with_name(out.name + ".train-state"),
         checkpoint_every=args.checkpoint_every, resume=args.resume, out=out)
     print(f"Trained {method} in {log[0].seconds:.1f} s x {threads} thread(s); final loss {log[0].losses[-1]:.4f}; "
           f"wrote {out} ({sampler.nfe()} model evaluations per sample in {sampler.rounds()} sequential rounds)")
