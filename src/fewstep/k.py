@@ -8,7 +8,9 @@ and one more evaluation returns x0 (what k-diffusion's Euler, Heun, DPM-2 and DP
 to 0). Every function is a thin wrapper over :func:`fewstep.sample` (the one sampling loop); solver options
 are keywords, named as in fewstep. ``callback`` gets k-diffusion's dict {x, i, sigma, sigma_hat, denoised}
 once per step: x and sigma at the start of step i and the first model output of that step (or, with AFS,
-the analytical one).
+the analytical one). Every function takes ``afs`` (the analytical first step, Zhou et al., 2024: one model call
+fewer; the multistep ones through their options), so a schedule searched or learned with AFS costs here exactly
+its trained NFE (``fewstep schedule export`` says how).
 
 Functions named as in k-diffusion (``sample_euler``, ``sample_heun``, ``sample_dpm_2``, ``sample_dpmpp_2m``) do by
 default what k-diffusion's do (tests/test_kdiffusion.py runs both on the same model and sigmas): in particular
@@ -98,27 +100,30 @@ def _no_churn(fn: str, s_churn: float, s_tmin: float, s_tmax: float, s_noise: fl
 
 def sample_euler(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                  callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 afs: bool = False) -> torch.Tensor:
     """Euler (DDIM) in sigma (Karras et al., 2022, Alg. 2 without churn); equals k-diffusion's."""
     _no_churn("sample_euler", s_churn, s_tmin, s_tmax, s_noise)
-    return _run("euler", model, x, sigmas, extra_args, callback, disable)
+    return _run("euler", model, x, sigmas, extra_args, callback, disable, afs=afs)
 
 
 def sample_heun(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                 callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                afs: bool = False) -> torch.Tensor:
     """Heun's second-order method (Karras et al., 2022, Alg. 1); equals k-diffusion's (a trailing 0 is one
     Euler step to 0, i.e. x0 of the last evaluation, in both)."""
     _no_churn("sample_heun", s_churn, s_tmin, s_tmax, s_noise)
-    return _run("heun", model, x, sigmas, extra_args, callback, disable)
+    return _run("heun", model, x, sigmas, extra_args, callback, disable, afs=afs)
 
 
 def sample_dpm_2(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                  callback: Callable | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0, r: float = 0.5) -> torch.Tensor:
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0, r: float = 0.5,
+                 afs: bool = False) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al., 2022), midpoint in log sigma (``r=0.5``); equals k-diffusion's."""
     _no_churn("sample_dpm_2", s_churn, s_tmin, s_tmax, s_noise)
-    return _run("dpm2", model, x, sigmas, extra_args, callback, disable, r=r)
+    return _run("dpm2", model, x, sigmas, extra_args, callback, disable, r=r, afs=afs)
 
 
 def sample_dpmpp(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
@@ -151,22 +156,25 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | 
 
 
 def sample_ipndm(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                 callback: Callable | None = None, disable: bool | None = None, max_order: int = 4) -> torch.Tensor:
+                 callback: Callable | None = None, disable: bool | None = None, max_order: int = 4,
+                 afs: bool = False) -> torch.Tensor:
     """Improved PNDM (Zhang & Chen, 2023), fixed Adams-Bashforth weights."""
-    return _run("ipndm", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+    return _run("ipndm", model, x, sigmas, extra_args, callback, disable, max_order=max_order, afs=afs)
 
 
 def sample_ipndm_v(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                   callback: Callable | None = None, disable: bool | None = None, max_order: int = 4) -> torch.Tensor:
+                   callback: Callable | None = None, disable: bool | None = None, max_order: int = 4,
+                   afs: bool = False) -> torch.Tensor:
     """iPNDM with variable-step Adams-Bashforth weights (Zhang & Chen, 2023)."""
-    return _run("ipndm_v", model, x, sigmas, extra_args, callback, disable, max_order=max_order)
+    return _run("ipndm_v", model, x, sigmas, extra_args, callback, disable, max_order=max_order, afs=afs)
 
 
 def sample_deis(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
                 callback: Callable | None = None, disable: bool | None = None, max_order: int = 3,
-                deis_mode: str = "tab") -> torch.Tensor:
+                deis_mode: str = "tab", afs: bool = False) -> torch.Tensor:
     """DEIS (Zhang & Chen, 2023); ``deis_mode`` "tab", "rhoab" or "logrho"."""
-    return _run("deis", model, x, sigmas, extra_args, callback, disable, max_order=max_order, deis_mode=deis_mode)
+    return _run("deis", model, x, sigmas, extra_args, callback, disable, max_order=max_order, deis_mode=deis_mode,
+                afs=afs)
 
 
 def sample_amed(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,

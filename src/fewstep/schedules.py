@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "vp_fit",
     "refine_schedule",
+    "interpolate_schedule",
     "SCHEDULES",
     "get_schedule",
     "validate_sigmas",
@@ -224,6 +225,29 @@ def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:
     out = torch.cat(parts + [logs[-1:]]).exp()
     out[:: M + 1] = sigmas  # the student's sigmas exactly, free of exp/log rounding
     return out
+
+
+def interpolate_schedule(sigmas: torch.Tensor | Sequence[float], num: int) -> torch.Tensor:
+    """``sigmas`` resampled to ``num`` sigmas, log-linear in sigma over the normalised index (as Align Your Steps,
+    Sabour et al., 2024, interpolates its schedules): point j of the new schedule sits at u = j / (num - 1) of the
+    old index range [0, 1] and takes the linear interpolation of log sigma there. The ends are kept exactly, the
+    result is strictly descending, and ``num == len(sigmas)`` returns the same values. A trailing 0 is refused
+    (drop it: it is ``denoise_to_zero``, not part of the interpolated range)."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ValueError(f"num must be an int >= 2, got {num!r}")
+    s = validate_sigmas(sigmas, "sigmas").to(torch.float64)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"cannot interpolate a schedule with NaN or inf sigmas: {s.tolist()}")
+    n = len(s)
+    if num == n:
+        return s.clone()
+    logs = s.log()
+    pos = torch.arange(num, dtype=torch.float64) * ((n - 1) / (num - 1))  # new points on the old index
+    lo = pos.floor().long().clamp(max=n - 2)
+    frac = pos - lo.to(torch.float64)
+    out = torch.lerp(logs[lo], logs[lo + 1], frac).exp()
+    out[0], out[-1] = s[0], s[-1]
+    return validate_sigmas(out, "interpolated schedule")
 
 
 def save_schedule(path: str | os.PathLike, sigmas: torch.Tensor | Sequence[float], **info: Any) -> Path:

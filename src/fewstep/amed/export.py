@@ -1,47 +1,218 @@
-"""Schedules and AMED tables as plain numbers for other tools (``fewstep schedule export``)."""
+"""Schedules and AMED tables as plain numbers for other tools (``fewstep schedule export``).
+
+Every export carries what the schedule was made for (model id, sigma range, NFE and how that NFE was counted:
+solver, AFS, denoise_to_zero) and what a host must do to pay exactly that NFE: the same sigmas cost a different
+number of model calls in a host sampler of another family (1 or 2 evaluations per step), without AFS (k-diffusion,
+ComfyUI and diffusers have none) or with a trailing 0 (one more evaluation)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPORT_FORMATS", "export_schedule"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_FORMAT", "export_document", "export_schedule", "cost_line"]
 
-EXPORT_FORMATS = ("json", "list", "k")
+EXPORT_FORMATS = ("json", "list", "k", "diffusers")
+EXPORT_FORMAT = "fewstep-schedule-export"
+
+# fewstep solver -> its fewstep.k function; the k-diffusion / ComfyUI samplers of the same family
+_K_FUNCTION = {"euler": "sample_euler", "heun": "sample_heun", "dpm2": "sample_dpm_2", "dpmpp": "sample_dpmpp_2m",
+               "unipc": "sample_unipc", "ipndm": "sample_ipndm", "ipndm_v": "sample_ipndm_v", "deis": "sample_deis",
+               "amed": "sample_amed", "amed_plugin": "sample_amed_plugin"}
+_FAMILIES = {1: "euler, dpmpp_2m, dpmpp_3m, ipndm, ipndm_v, deis, unipc (1 model call per step)",
+             2: "heun, dpm_2 (2 model calls per step)"}
 
 
-def export_schedule(source: str | os.PathLike, fmt: str = "json") -> dict[str, Any] | list[float]:
-    """A schedule file (.json) or an AMED checkpoint (.safetensors) as plain numbers.
+def _read_info(path: Path) -> dict[str, Any]:
+    """The ``info`` of a save_schedule document (empty for a bare list); the file is already validated."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    info = doc.get("info") if isinstance(doc, dict) else None
+    return info if isinstance(info, dict) else {}
 
-    ``fmt="list"``: the sigmas; ``"k"``: the sigmas ending in 0, as k-diffusion / diffusers ``sigmas=`` take them;
-    ``"json"``: a dict with ``sigmas`` (for a checkpoint also ``afs``, ``student`` and, for a predictor-free table,
-    ``steps``: per step t_cur, t_next, r, the intermediate time s = t_next^r t_cur^(1-r) (AMED eq. 10), the sigma
-    the model is evaluated at there (a * s) and c) and ``k_diffusion_sigmas``."""
-    from ..schedules import load_schedule
+
+def _solver_cost(solver: Any, num_sigmas: int, afs: bool) -> int:
+    from ..sampling import count_nfe
+
+    return count_nfe(solver, num_sigmas, afs, denoise_to_zero=False)
+
+
+def export_document(source: str | os.PathLike, nfe: int | None = None, *,
+                    schedule_only: bool = False) -> dict[str, Any]:
+    """Everything :func:`export_schedule` can give, as one JSON-ready dict.
+
+    ``source``: a schedule .json (:func:`fewstep.schedules.save_schedule`, ``{"sigmas": ...}`` or a plain list) or an
+    AMED checkpoint (.safetensors). ``nfe``: resample the schedule (:func:`fewstep.schedules.interpolate_schedule`)
+    to the number of sigmas at which its solver, with its AFS setting, makes ``nfe`` model calls; a file without
+    a solver in its info is counted as one call per step without AFS. A checkpoint's per-step values belong to
+    its trained steps: with another ``nfe``, or for a feature predictor (its r, c, a are computed per sample from
+    the network's features, so there are no per-step numbers to export), the export is refused unless
+    ``schedule_only`` (then only the sigmas are exported, and the document says that the host does not reproduce
+    the trained sampler).
+
+    Keys: ``format``, ``model_id``, ``sigma_max``, ``sigma_min``, ``num_sigmas``, ``nfe`` and ``nfe_counting``
+    (solver, options, afs, denoise_to_zero, evals_per_step, rule), ``source``, ``sigmas``, ``k_diffusion_sigmas``
+    (ending in 0), ``diffusers_sigmas`` (no 0: diffusers appends its final sigma itself), ``host`` (how to pay
+    ``nfe`` exactly and the model calls of each host family) and, for a checkpoint, ``afs``, ``student`` and
+    (table predictors) ``steps``."""
+    from ..schedules import interpolate_schedule, load_schedule
+    from ..solvers import get_solver
     from ..solvers.base import geometric_time
     from .checkpoint import load
+    from .predictor import student_solver
 
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"fmt must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     source = Path(source)
+    table = None
     if source.suffix == ".safetensors":
         pred = load(source)
-        sig = pred.config["sigmas"]
-        doc: dict[str, Any] = {"sigmas": sig, "afs": pred.config["afs"], "student": pred.config["student"]}
+        cfg = pred.config
+        sig = [float(v) for v in cfg["sigmas"]]
+        afs, model_id = bool(cfg["afs"]), cfg.get("model_id")
+        solver = student_solver(cfg, pred)
+        st = cfg["student"]
+        solver_name, options = st["solver"], ({"base": st["base"], **st.get("options", {})} if st.get("base")
+                                              else dict(st.get("options", {})))
+        kind, method = "amed_checkpoint", "amed"
+        if pred.uses_features and not schedule_only:
+            raise ValueError(
+                f"{source} is a feature-based AMED predictor: its r, c, a are computed per sample from the network's "
+                "features while sampling, so there are no per-step values to export. Sample with "
+                "fewstep.k.sample_amed / sample_amed_plugin(predictor=fewstep.amed.load(path)), or pass "
+                "schedule_only (--schedule-only) to export its sigmas alone (a host sampler on them is not the "
+                "trained sampler)")
         if not pred.uses_features:
-            steps = []
-            for i, v in enumerate(pred.table_values()):
-                s_n = geometric_time(sig[i], sig[i + 1], v["r"])  # AMED eq. 10
-                steps.append({"t_cur": sig[i], "t_next": sig[i + 1], "r": v["r"], "s": s_n, "eval_sigma": v["a"] * s_n,
-                              "c": v["c"]})
-            doc["steps"] = steps
+            table = pred.table_values()
     else:
         sig = load_schedule(source).tolist()
-        doc = {"sigmas": sig}
-    if fmt == "list":
-        return sig
-    if fmt == "k":  # k-diffusion / diffusers `sigmas=`: the final jump to 0 is part of the list
-        return sig + [0.0]
+        info = _read_info(source)
+        model_id = info.get("model_id")
+        afs = bool(info.get("afs", False))
+        solver_name = info.get("solver") if isinstance(info.get("solver"), str) else None
+        options = info.get("solver_options") if isinstance(info.get("solver_options"), dict) else {}
+        solver = get_solver(solver_name, **options) if solver_name else get_solver("euler")
+        kind, method = "schedule", info.get("method")
+    src_nfe = _solver_cost(solver, len(sig), afs)
+    doc: dict[str, Any] = {"format": EXPORT_FORMAT, "version": 1}
+    notes: list[str] = []
+    if nfe is not None and nfe != src_nfe:
+        if kind == "amed_checkpoint" and not schedule_only:
+            raise ValueError(f"{source} holds one (r, c, a) per trained step (NFE {src_nfe}); its table cannot be "
+                             f"interpolated to NFE {nfe}. Pass schedule_only (--schedule-only) to export the "
+                             "interpolated sigmas alone, or train a predictor at that NFE")
+        from ..sampling import steps_for_nfe
+
+        num = steps_for_nfe(solver, nfe, afs)
+        new = interpolate_schedule(sig, num).tolist()
+        doc["interpolated_from"] = {"sigmas": sig, "nfe": src_nfe, "method": "log-linear in sigma over the "
+                                    "normalised index (Align Your Steps)"}
+        sig, table = new, None
+        notes.append(f"interpolated from NFE {src_nfe}; not searched or trained at NFE {nfe}")
+    out_nfe = _solver_cost(solver, len(sig), afs)
+    per_step = solver.nfe(3) - solver.nfe(2)
+    doc.update({
+        "model_id": model_id,
+        "sigma_max": sig[0],
+        "sigma_min": sig[-1],
+        "num_sigmas": len(sig),
+        "nfe": out_nfe,
+        "nfe_counting": {
+            "solver": solver_name, "options": options, "afs": afs, "denoise_to_zero": False,
+            "evals_per_step": per_step,
+            "rule": (f"{per_step} x {len(sig) - 1} steps" + (" - 1 (AFS: the first evaluation is analytical)"
+                                                              if afs else "") + "; no final evaluation at sigma 0"),
+            **({} if solver_name else {"assumed": "the file names no solver: 1 model call per step, no AFS"}),
+        },
+        "source": {"path": str(source), "kind": kind, "method": method},
+    })
+    if kind == "amed_checkpoint":
+        doc["afs"], doc["student"] = afs, cfg["student"]
+        if table is not None:
+            steps = []
+            for i, v in enumerate(table):
+                s_n = geometric_time(sig[i], sig[i + 1], v["r"])  # AMED eq. 10
+                steps.append({"t_cur": sig[i], "t_next": sig[i + 1], "r": v["r"], "s": s_n,
+                              "eval_sigma": v["a"] * s_n, "c": v["c"]})
+            doc["steps"] = steps
+        else:
+            notes.append("sigmas only: a host sampler on them does not apply the trained AMED corrections")
+    doc["sigmas"] = sig
     doc["k_diffusion_sigmas"] = sig + [0.0]
+    doc["diffusers_sigmas"] = list(sig)
+    doc["host"] = _host(solver_name, kind, afs, len(sig), out_nfe, per_step, table is not None)
+    if notes:
+        doc["notes"] = notes
+    return doc
+
+
+def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: int, per_step: int,
+          has_table: bool) -> dict[str, Any]:
+    """How a host pays exactly ``nfe`` on these sigmas, and the model calls of each host family."""
+    steps = num_sigmas - 1
+    name = solver_name or "euler"
+    fn = _K_FUNCTION.get(name, "sample_euler")
+    if kind == "amed_checkpoint" and has_table:
+        exact = (f"fewstep.k.{fn}(model, x, sigmas, predictor=fewstep.amed.load(checkpoint)) with sigmas = "
+                 f"'sigmas' (no trailing 0; AFS={afs} comes from the checkpoint): {nfe} model calls")
+    else:
+        exact = (f"fewstep.k.{fn}(model, x, sigmas, afs={afs}) with sigmas = 'sigmas' (no trailing 0): "
+                 f"{nfe} model calls")
+    calls = []
+    for e in (1, 2):
+        for use_afs in (False, True):
+            for zero in (False, True):
+                calls.append({"family": _FAMILIES[e], "evals_per_step": e, "afs": use_afs, "trailing_zero": zero,
+                              "model_calls": e * steps - int(use_afs) + int(zero),
+                              "where": "fewstep.k only (afs=True)" if use_afs else
+                              "fewstep.k, k-diffusion, ComfyUI; diffusers = trailing_zero true"})
+    fam = "; ".join(f"{e}-call/step samplers ({'heun, dpm_2' if e == 2 else 'euler, dpmpp_2m, ipndm, deis, unipc'}):"
+                    f" {e * steps} ({e * steps - 1} with fewstep.k afs=True), +1 with a trailing 0" for e in (1, 2))
+    if afs:
+        elsewhere = (f"Hosts without AFS (k-diffusion, ComfyUI, diffusers) cannot pay NFE {nfe} on these sigmas. "
+                     f"Model calls on them: {fam}")
+    else:
+        elsewhere = (f"In k-diffusion / ComfyUI use a {per_step}-call/step sampler on 'sigmas' without a trailing 0 "
+                     f"({nfe} calls). Model calls on them: {fam}")
+    elsewhere += " (k_diffusion_sigmas ends in 0; diffusers always appends its 0)"
+    return {
+        "to_pay_nfe": exact,
+        "elsewhere": elsewhere,
+        "trailing_zero": "k_diffusion_sigmas ends in 0: one more model call (the final jump to x0, fewstep's "
+                         "denoise_to_zero), not counted in nfe",
+        "diffusers": "pass diffusers_sigmas (no 0) as sigmas=: the scheduler appends its final sigma (0 by default) "
+                     "itself, which costs one more model call, like a trailing 0",
+        "model_calls": calls,
+    }
+
+
+def cost_line(doc: dict[str, Any]) -> str:
+    """One line for a person: what the schedule costs and what a host must do to pay exactly that."""
+    c = doc["nfe_counting"]
+    made = f"{c['solver'] or 'unknown solver'}{', AFS' if c['afs'] else ''}, no denoise_to_zero"
+    return (f"NFE {doc['nfe']} ({made}; model {doc['model_id']}; sigma {doc['sigma_max']:.4g}..{doc['sigma_min']:.4g},"
+            f" {doc['num_sigmas']} sigmas). To pay it: {doc['host']['to_pay_nfe']}. {doc['host']['elsewhere']}."
+            + "".join(f" Note: {n}." for n in doc.get("notes", [])))
+
+
+def export_schedule(source: str | os.PathLike, fmt: str = "json", nfe: int | None = None, *,
+                    schedule_only: bool = False) -> dict[str, Any] | list[float]:
+    """A schedule file (.json) or an AMED checkpoint (.safetensors) as plain numbers.
+
+    ``fmt="list"``: the sigmas; ``"k"``: the sigmas ending in 0, as k-diffusion / ComfyUI SIGMAS take them (the 0
+    costs one more model call); ``"diffusers"``: the sigmas without 0 for diffusers' ``sigmas=`` (the scheduler
+    appends its final sigma itself); ``"json"``: :func:`export_document` (the sigmas in every form, model id, sigma
+    range, NFE and how it is counted, how a host pays it, and for a table checkpoint the per-step t_cur, t_next,
+    r, the intermediate time s = t_next^r t_cur^(1-r) (AMED eq. 10), the sigma the model is evaluated at there
+    (a * s) and c). ``nfe`` and ``schedule_only``: see :func:`export_document`."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    doc = export_document(source, nfe, schedule_only=schedule_only)
+    if fmt == "list":
+        return doc["sigmas"]
+    if fmt == "k":
+        return doc["k_diffusion_sigmas"]
+    if fmt == "diffusers":
+        return doc["diffusers_sigmas"]
     return doc

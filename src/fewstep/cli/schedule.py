@@ -18,7 +18,8 @@ search: GITS (Chen et al., 2024): dynamic programming over a fine grid of sigmas
         best follows teacher trajectories with --solver; writes --out FILE.json.
 learn:  learn the sigmas of --solver at --nfe by distillation from --init; writes --out FILE.json.
 export: print SOURCE (a schedule .json or an AMED checkpoint .safetensors) as numbers for other tools
-        (and write them to --out if given).
+        (and write them to --out if given), with its model id, sigma range and NFE; --nfe K interpolates it to
+        K; stderr says what a host must do (sampler, AFS, trailing 0) to pay exactly that NFE.
 
 Use the .json of search / learn with --schedule of fewstep sample / train."""
 
@@ -37,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_args(both)
     both.add_argument("--solver", default="ipndm", help="solver the schedule is for (default: %(default)s)")
     both.add_argument("--solver-options", default=None, help='JSON, e.g. \'{"max_order": 3}\'')
-    both.add_argument("--nfe", type=positive_int, default=5, help="NFE of the schedule (default: %(default)s)")
+    both.add_argument("--nfe", type=positive_int, default=None,
+                      help="NFE of the schedule (default: 5); export: interpolate SOURCE to this NFE of its solver "
+                           "(log-linear in sigma, as Align Your Steps; default: its own)")
     both.add_argument("--afs", action="store_true", help="the solver uses the analytical first step")
     both.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     search = sc.add_argument_group("search only")
@@ -57,8 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     learn.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
     learn.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     export = sc.add_argument_group("export only")
-    export.add_argument("--format", default="json", choices=("json", "list", "k"),
-                        help="json (everything), list (plain sigmas), k (k-diffusion / diffusers sigmas=, ending in 0)")
+    export.add_argument("--format", default="json", choices=("json", "list", "k", "diffusers"),
+                        help="json (everything: sigmas in every form, model id, sigma range, NFE and how to pay it), "
+                             "list (plain sigmas), k (k-diffusion / ComfyUI SIGMAS, ending in 0: one more model call), "
+                             "diffusers (sigmas= list without 0: diffusers appends its final sigma itself)")
+    export.add_argument("--schedule-only", action="store_true",
+                        help="export an AMED checkpoint's sigmas alone (needed for a feature predictor, whose "
+                             "per-sample r, c, a cannot be exported, or with --nfe other than its trained one)")
     sc.set_defaults(func=run)
     return sc
 
@@ -74,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "export":
         if args.source is None:
             raise ValueError("schedule export needs SOURCE: a schedule .json or an AMED checkpoint .safetensors")
-        return _export(Path(args.source), args.format, args.out)
+        return _export(Path(args.source), args.format, args.out, args.nfe, args.schedule_only)
+    if args.nfe is None:
+        args.nfe = 5
     if args.source is not None:
         raise ValueError(f"schedule {args.action} takes no SOURCE argument (got {args.source!r})")
     if not args.out:
@@ -125,18 +135,24 @@ def parse_solver_options(text: str | None) -> dict:
     return options
 
 
-def _export(source: Path, fmt: str, out: str | None) -> int:
-    """Print (and with ``out`` write) :func:`fewstep.amed.export.export_schedule` as JSON or a plain list."""
-    from ..amed.export import export_schedule
+def _export(source: Path, fmt: str, out: str | None, nfe: int | None = None, schedule_only: bool = False) -> int:
+    """Print (and with ``out`` write) :func:`fewstep.amed.export.export_schedule` as JSON or a plain list; the
+    cost statement (:func:`fewstep.amed.export.cost_line`: the NFE and how a host pays exactly it) goes to stderr,
+    so stdout stays machine-readable."""
+    import sys
 
-    value = export_schedule(source, fmt)
+    from ..amed.export import cost_line, export_document
+
+    doc = export_document(source, nfe, schedule_only=schedule_only)
+    value = {"list": doc["sigmas"], "k": doc["k_diffusion_sigmas"], "diffusers": doc["diffusers_sigmas"]}.get(fmt, doc)
     if fmt == "list":
         text = ", ".join(repr(v) for v in value)
-    elif fmt == "k":
+    elif fmt in ("k", "diffusers"):
         text = json.dumps(value)
     else:
         text = json.dumps(value, indent=1)
     if out:
         write_text_atomic(Path(out), text + "\n")
     print(text)
+    print(f"schedule export: {cost_line(doc)}", file=sys.stderr)
     return 0
