@@ -287,3 +287,45 @@ def test_cli_refuses_a_forged_checkpoint_config(plugin, tmp_path, capsys):
     assert main(["sample", "--model", "gmm", "--predictor", str(tmp_path / "f.safetensors"),
                  "--out", str(tmp_path / "x.npz")]) == 2
     assert "architecture.hidden must be an int" in capsys.readouterr().err
+
+
+def test_cli_train_refuses_a_batch_smaller_than_the_processes(tmp_path, monkeypatch, capsys):
+    from fewstep import distributed
+    from fewstep.cli import main
+
+    monkeypatch.setattr(distributed, "init_distributed", lambda device=None: distributed.DistInfo(world_size=2))
+    monkeypatch.setattr(distributed, "finish", lambda info, barrier=True: None)
+    assert main(["train", "--model", "gmm", "--batch", "1", "--out", str(tmp_path / "p.safetensors")]) == 2
+    assert "--batch 1 is smaller than the 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_cli_rerun_removes_stale_temporaries_of_its_npz(tmp_path):
+    import os
+    import time
+
+    from fewstep.cli import main
+
+    stale = tmp_path / ".x.npz.k1ll3d.npz"  # what a killed run's atomic write leaves (fewstep.io.atomic_path)
+    stale.write_bytes(b"partial")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    other = tmp_path / ".x.npz.notes"  # not a temporary of ours
+    other.write_text("keep")
+    assert main(["sample", "--model", "gmm", "--seeds", "0-1", "--out", str(tmp_path / "x.npz")]) == 0
+    assert not stale.exists() and other.exists() and (tmp_path / "x.npz").exists()
+
+
+def test_cli_samples_do_not_depend_on_the_global_default_dtype(tmp_path):
+    import numpy as np
+
+    from fewstep.cli import main
+
+    assert main(["sample", "--model", "gmm", "--seeds", "0-2", "--out", str(tmp_path / "a.npz")]) == 0
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert main(["sample", "--model", "gmm", "--seeds", "0-2", "--out", str(tmp_path / "b.npz")]) == 0
+    finally:
+        torch.set_default_dtype(old)
+    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
