@@ -31,7 +31,15 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     pipelines that edit latents between steps keep working as with diffusers' own schedulers.
   * A feature-based AMED predictor picks evaluation times per sample during sampling and cannot be scheduled in
     advance: use a predictor-free table (``features="none"``) with the scheduler, or :func:`fewstep.sample`
-    with :class:`DiffusersDenoiser` for feature predictors. Starting mid-schedule (img2img) is not supported.
+    with :class:`DiffusersDenoiser` for feature predictors.
+  * Image-to-image (``StableDiffusionImg2ImgPipeline`` and the like): ``add_noise(x0, noise, t)`` noises in the
+    pipeline's space at the timestep's sigma (VP: alpha x0 + sigma_vp noise; flow: (1 - t) x0 + t noise), and
+    ``set_begin_index(b)`` (what the pipeline calls with ``t_start``) starts the solver at model call ``b``, so the
+    pipeline makes exactly ``len(timesteps[b:])`` calls. The solver then runs on the tail of the schedule from
+    that call's sigma, without AFS (it assumes pure noise). A start inside a two-evaluation step (Heun / DPM-2 /
+    AMED) begins with an Euler step from that sigma to the next schedule point (for Heun's corrector call the
+    sigma already is that point, so the step has zero length), which keeps the call count. A predictor was
+    trained from pure noise on its one schedule and refuses a begin index above 0.
 
 What a pipeline must call so that it makes exactly ``len(scheduler.timesteps)`` model calls (= the NFE, = the
 trained NFE of an AMED predictor, AFS included)::
@@ -380,6 +388,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self._stepper: Stepper | None = None
         self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._run: Any = None
+        self._plan_info: list[tuple[float, int, bool]] = []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -421,6 +432,74 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def step_index(self) -> int | None:
         """Index of the next model call in ``timesteps`` (a counter, never looked up by timestep value)."""
         return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index in ``timesteps`` of the first model call (image-to-image); None: not set (the start)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at model call ``begin_index`` (diffusers' img2img pipelines call this after ``set_timesteps``
+        with ``t_start * order``): the pipeline then makes exactly ``len(timesteps[begin_index:])`` calls, from
+        latents noised with :meth:`add_noise` at ``timesteps[begin_index]``. AFS is off for a start above 0."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be a non-negative int, got {begin_index!r}")
+        begin_index = int(begin_index)
+        if begin_index > 0 and self.predictor is not None:
+            raise ValueError(
+                f"begin_index={begin_index}: an AMED predictor cannot start mid-schedule (image-to-image / "
+                "strength < 1); it was trained from pure noise on its one schedule. Use a plain solver "
+                "(FewstepScheduler(solver=...)), or train a predictor for the partial schedule "
+                "(fewstep.amed.train(..., sigma_max=<the start sigma>)) and sample it from noise")
+        if self.num_inference_steps is not None and begin_index >= self.num_inference_steps:
+            raise ValueError(f"begin_index={begin_index} leaves no model call of the {self.num_inference_steps} "
+                             "planned; it must be below len(timesteps)")
+        if self._step_index is not None:
+            raise RuntimeError("set_begin_index must be called before the first step (after set_timesteps)")
+        self._begin_index = begin_index
+
+    def _sigma_of(self, timestep: Any) -> torch.Tensor:
+        """EDM sigma (float64) of each entry of ``timestep`` (diffusers' rule: the step index or begin index when
+        set, else the first equal entry of ``timesteps``, else the model's time-to-sigma conversion)."""
+        t = torch.as_tensor(timestep).reshape(-1).to(torch.float64).cpu()
+        n = t.numel()
+        if self._stepper is not None and self._begin_index is not None:
+            k = self._step_index if self._step_index is not None else self._begin_index
+            k = min(k, len(self._plan_info) - 1)
+            return torch.full((n,), self._plan_info[k][0], dtype=torch.float64)
+        out = torch.empty(n, dtype=torch.float64)
+        ts = self.timesteps.to(torch.float64).cpu() if self.timesteps is not None else None
+        T = self.config.num_train_timesteps
+        for j, v in enumerate(t.tolist()):
+            hit = (ts == v).nonzero() if ts is not None else torch.empty(0)
+            if hit.numel():
+                out[j] = self._plan_info[int(hit[0])][0]
+            elif self.is_flow:
+                out[j] = _flow_sigma(torch.tensor(v / T, dtype=torch.float64))
+            else:
+                ls = self.adapter.log_sigmas.cpu()
+                x = min(max(v, 0.0), float(ls.numel() - 1))
+                lo = min(math.floor(x), ls.numel() - 2)
+                w = x - lo
+                out[j] = ((1 - w) * ls[lo] + w * ls[lo + 1]).exp()
+        return out
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """``original_samples`` (x0, pipeline space) noised to the sigma of ``timesteps``, in the pipeline's
+        space: VP alpha x0 + sigma_vp noise (alpha = 1 / sqrt(1 + s^2), sigma_vp = s alpha), flow
+        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call."""
+        s = self._sigma_of(timesteps)
+        if s.numel() == 1 and original_samples.ndim > 0:
+            s = s.expand(original_samples.shape[0])
+        if self.is_flow:
+            a, b = 1 / (1 + s), s / (1 + s)
+        else:
+            a = (1 + s**2).rsqrt()
+            b = s * a
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        a = a.to(original_samples.device, original_samples.dtype).reshape(shape)
+        b = b.to(original_samples.device, original_samples.dtype).reshape(shape)
+        return a * original_samples + b * noise.to(original_samples)
 
     # ------------------------------------------------------------------ schedule
     def _model_range(self) -> tuple[float, float]:
@@ -526,6 +605,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = (native / (1 + native) if self.is_flow else native).float()  # flow: t; VP: EDM sigma
         self.num_inference_steps = len(evals)
         self._step_index = None
+        self._begin_index = None
+        self._run = None
+        self._plan_info = _call_plan(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz,
+                                             final_jump_is_step=self.predictor is None, **opts))
         self._request: Request | None = None
         self._afs_input = False
 
@@ -542,7 +625,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         """The network input for the next call: ``sample`` itself, except for the first call with AFS, where it is
         the point after the analytical first step (computed from the pipeline's initial latents)."""
         st = self._check_ready()
-        if not (st.afs and not self._step_index):
+        if not (st.afs and not self._step_index and not self._begin_index):
             return sample
         dt = self._dtype(sample)
         req = Stepper(st.solver, st.sigmas, afs=True, denoise_to_zero=st.denoise_to_zero,
@@ -553,13 +636,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True,
              **kwargs: Any) -> FewstepSchedulerOutput | tuple[torch.Tensor]:
         """Take the model output for the current call; return the sample for the next call (or the result)."""
-        st = self._check_ready()
-        k = self._step_index or 0
+        full = self._check_ready()
+        first = self._step_index is None
+        k = (self._begin_index or 0) if first else self._step_index
         if k >= self.num_inference_steps:
             raise RuntimeError(f"all {self.num_inference_steps} model calls were made; call set_timesteps() again")
         dt = self._dtype(sample)
         x_in = sample.to(dt)
-        if k == 0:
+        if first and k > 0:  # image-to-image: start at call k, from the pipeline's noised latents
+            self._run = self._mid_start(k)
+            self._request = self._run.start(_to_edm(self.adapter, x_in, torch.tensor(self._plan_info[k][0])))
+        elif first:
+            self._run = None
+        st = self._run if self._run is not None else full
+        if first and k == 0:
             self._request = st.start(_to_edm(self.adapter, x_in, st.sigmas[0]))
             if st.afs and not self._afs_input:
                 raise RuntimeError(
@@ -569,7 +659,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                     "that calls scale_model_input, or use afs=False / a predictor trained without AFS")
         req = self._request
         x = req.x
-        if k > 0 and st.at_interval_start:
+        if not first and st.at_interval_start:
             x = _to_edm(self.adapter, x_in, req.sigma)  # the pipeline's latents, which the model saw
             st.replace_start(x)
         denoised = self.adapter.denoised(x, req.sigma.to(dt), model_output.to(dt))
@@ -580,12 +670,95 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         elif st.denoise_to_zero:
             prev = nxt  # x0: the same in every space
         else:
-            prev = self.adapter.model_input(nxt, st.sigmas[-1])[0]
+            prev = self.adapter.model_input(nxt, full.sigmas[-1])[0]
         self._step_index = k + 1
         prev, x0 = prev.to(sample.dtype), denoised.to(sample.dtype)
         if not return_dict:
             return (prev,)
         return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _mid_start(self, k: int) -> Any:
+        """The runner for a start at model call ``k`` > 0 (AFS off): the solver on the schedule's tail from the
+        interval that call opens, or, inside a two-evaluation step, an Euler step from the call's sigma to the
+        next schedule point first; either way it makes ``num_inference_steps - k`` calls."""
+        full = self._stepper
+        sigma, i, opens = self._plan_info[k]
+        sig = full.sigmas
+        dtz = full.denoise_to_zero
+
+        def make(tail: torch.Tensor) -> Stepper:
+            return Stepper(full.solver, tail, afs=False, denoise_to_zero=dtz,
+                           final_jump_is_step=full.final_jump_is_step)
+
+        if opens:
+            return _Tail(None, sig[i:], make, dtz)
+        return _Tail(torch.tensor(sigma, dtype=torch.float64), sig[i + 1:], make, dtz)
+
+
+def _call_plan(stepper: Stepper) -> list[tuple[float, int, bool]]:
+    """For every model call (dry run as :func:`.stepper.evaluation_sigmas`): its sigma, the index of the schedule
+    interval it belongs to (the number of steps for the denoise-to-zero call) and whether it opens the interval
+    (made at the interval's start state)."""
+    req = stepper.start(torch.zeros(1, 1, dtype=torch.float64))
+    out: list[tuple[float, int, bool]] = []
+    while isinstance(req, Request):
+        out.append((float(req.sigma), stepper.i, stepper.at_interval_start))
+        req = stepper.feed(torch.zeros_like(req.x))
+    return out
+
+
+class _Tail:
+    """A :class:`Stepper`-like runner for an image-to-image start: an optional Euler step from ``sigma_from`` to
+    ``tail[0]`` (one model call at ``sigma_from``), then the solver on ``tail`` (a schedule tail; with one sigma
+    only the denoise-to-zero call, if any). Same ``start`` / ``feed`` / ``at_interval_start`` / ``replace_start``."""
+
+    afs = False
+
+    def __init__(self, sigma_from: torch.Tensor | None, tail: torch.Tensor, make: Any, denoise_to_zero: bool) -> None:
+        self.sigma_from, self.tail, self.denoise_to_zero = sigma_from, tail, denoise_to_zero
+        self.sigmas = tail
+        self.rest = make(tail) if tail.numel() > 1 else None
+        self.phase, self.x = "", None
+
+    def start(self, x: torch.Tensor) -> Request | torch.Tensor:
+        self.x = x
+        if self.sigma_from is not None:
+            self.phase = "euler"
+            return Request(x, self.sigma_from)
+        return self._after(x)
+
+    def _after(self, x: torch.Tensor) -> Request | torch.Tensor:
+        if self.rest is not None:
+            self.phase = "rest"
+            return self.rest.start(x)
+        self.x = x
+        if self.denoise_to_zero:
+            self.phase = "zero"
+            return Request(x, self.tail[-1])
+        self.phase = "done"
+        return x
+
+    @property
+    def at_interval_start(self) -> bool:
+        return self.rest.at_interval_start if self.phase == "rest" else self.phase in ("euler", "zero")
+
+    def replace_start(self, x: torch.Tensor) -> None:
+        if self.phase == "rest":
+            self.rest.replace_start(x)
+        else:
+            self.x = x
+
+    def feed(self, denoised: torch.Tensor) -> Request | torch.Tensor:
+        if self.phase == "euler":
+            s0 = self.sigma_from.to(self.x)
+            x_next = self.x + (self.tail[0].to(self.x) - s0) * (self.x - denoised) / s0
+            return self._after(x_next)
+        if self.phase == "rest":
+            return self.rest.feed(denoised)
+        if self.phase == "zero":
+            self.phase = "done"
+            return denoised
+        raise RuntimeError("sampling has finished; call start() again")
 
 
 # ---------------------------------------------------------------------------------------------------------------
