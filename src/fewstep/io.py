@@ -17,7 +17,7 @@ import torch
 __all__ = [
     "atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure", "SafetensorsFileError",
     "read_safetensors", "read_safetensors_header", "write_safetensors", "read_json_file", "MAX_FILE_BYTES",
-    "regular_file_size",
+    "regular_file_size", "read_safetensors_config",
 ]
 
 
@@ -160,6 +160,24 @@ def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FIL
         if not 0 <= lo <= hi <= data or hi - lo != numel * itemsize:
             raise SafetensorsFileError(f"{path}: tensor {name!r} does not fit the file (corrupted or truncated)")
     return header, meta
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid number in a config")
+
+
+def read_safetensors_config(path: str | os.PathLike, *, fmt: str, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """The JSON ``config`` in the metadata of a safetensors file of format ``fmt``, read from the header only
+    (no tensor is loaded); NaN/Infinity, nesting too deep and over-long numbers are refused. The caller checks
+    the config's schema."""
+    path = Path(path)
+    meta = read_safetensors_header(path, max_bytes=max_bytes, what=what)[1]
+    if meta.get("format") != fmt:
+        raise SafetensorsFileError(f"{path} is not a {what} (format {meta.get('format')!r})")
+    try:
+        return json.loads(meta["config"], parse_constant=_no_constant)
+    except (KeyError, ValueError, RecursionError) as e:
+        raise SafetensorsFileError(f"{path} has no valid JSON config: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def read_safetensors(path: str | os.PathLike, *, fmt: str | None = None, max_bytes: int = MAX_FILE_BYTES,

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
+    "same_sigmas",
     "vp_fit",
     "refine_schedule",
     "interpolate_schedule",
@@ -213,6 +214,14 @@ def get_schedule(
     if kind != "discrete":
         s[0], s[-1] = sigma_max, sigma_min  # exact endpoints, free of rounding in the formulas above
     return validate_sigmas(s, f"{kind} schedule")
+
+
+def same_sigmas(given: torch.Tensor, trained: torch.Tensor) -> bool:
+    """Whether ``given`` is the schedule ``trained`` (float64 tensors): equal to 1e-12, or equal after rounding both
+    to float32 (a host's float32 copy of the trained sigmas)."""
+    if given.shape != trained.shape:
+        return False
+    return bool(torch.allclose(given, trained, rtol=1e-12, atol=0)) or bool((given.float() == trained.float()).all())
 
 
 def refine_schedule(sigmas: torch.Tensor, M: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..denoisers.features import HookFeatures, provides_features
 from ..io import tensor_digest, write_safetensors
-from ..schedules import validate_sigmas
+from ..schedules import same_sigmas, validate_sigmas
 from ..solvers import AMEDSolver, Solver, get_solver
 
 __all__ = ["AMEDPredictor", "LearnedSchedule", "student_solver", "FORMAT", "VERSION", "CONFIG_KEYS",
@@ -54,14 +54,6 @@ def _describe(solver: Solver) -> str:
     mode = getattr(solver, "c_mode", "increment")
     return solver.name + ("" if base is None else f" on {base.name}") + \
         ("" if mode == "increment" else f" (c_mode={mode!r})")
-
-
-def _same_sigmas(given: torch.Tensor, trained: torch.Tensor) -> bool:
-    """Equal to 1e-12, or equal after rounding both to float32 (a host's float32 copy of the trained sigmas)."""
-    if given.shape != trained.shape:
-        return False
-    return bool(torch.allclose(given, trained, rtol=1e-12, atol=0)) or \
-        bool((given.float() == trained.float()).all())
 
 
 class AMEDPredictor(nn.Module):
@@ -173,7 +165,7 @@ class AMEDPredictor(nn.Module):
         trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
         if sigmas is not None:
             given = validate_sigmas(sigmas)
-            if not _same_sigmas(given, trained):
+            if not same_sigmas(given, trained):
                 raise ValueError(f"predictor was trained for sigmas {[float(f'{v:.6g}') for v in cfg['sigmas']]} "
                                  f"({trained.numel()}); the given {given.numel()} sigmas differ beyond float32 "
                                  "rounding. Pass sigmas=None to use the trained ones")
@@ -204,7 +196,7 @@ class AMEDPredictor(nn.Module):
         if type(solver) is not type(want) or getattr(solver, "base", None) != getattr(want, "base", None) or \
                 getattr(solver, "c_mode", None) != getattr(want, "c_mode", None):
             raise ValueError(f"this predictor was trained for {_describe(want)}; it is inside {_describe(solver)}")
-        if not _same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
+        if not same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
             raise ValueError("this predictor was trained for other sigmas; use fewstep.sample(..., predictor=p)")
         if afs != self.config["afs"]:
             raise ValueError(f"this predictor was trained with afs={self.config['afs']}, got afs={afs}")

@@ -21,8 +21,15 @@ from torch import nn
 from ..amed import load as amed_load
 from ..amed.checkpoint import FORMAT as AMED_FORMAT
 from ..amed.predictor import CheckpointError
-from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest, write_safetensors
-from ..schedules import validate_sigmas
+from ..io import (
+    SafetensorsFileError,
+    read_safetensors,
+    read_safetensors_config,
+    read_safetensors_header,
+    tensor_digest,
+    write_safetensors,
+)
+from ..schedules import same_sigmas, validate_sigmas
 from ..solvers import Solver, TimeShift
 
 __all__ = ["LearnedSampler", "load", "read_config", "FORMAT", "VERSION", "CONFIG_KEYS", "METHODS", "register",
@@ -41,13 +48,6 @@ def register(cls: type["LearnedSampler"]) -> type["LearnedSampler"]:
     """Class decorator: make a learned sampler loadable by its ``method`` name."""
     METHODS[cls.method] = cls
     return cls
-
-
-def _same_sigmas(given: torch.Tensor, trained: torch.Tensor) -> bool:
-    """Equal to 1e-12, or equal after rounding both to float32 (a host's float32 copy of the trained sigmas)."""
-    if given.shape != trained.shape:
-        return False
-    return bool(torch.allclose(given, trained, rtol=1e-12, atol=0)) or bool((given.float() == trained.float()).all())
 
 
 class LearnedSampler(nn.Module):
@@ -126,7 +126,7 @@ class LearnedSampler(nn.Module):
         """(denoiser, sigmas, solver, afs) to sample with: the trained settings; given ones must agree."""
         cfg = self.config
         trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
-        if sigmas is not None and not _same_sigmas(validate_sigmas(sigmas), trained):
+        if sigmas is not None and not same_sigmas(validate_sigmas(sigmas), trained):
             raise ValueError(f"this {cfg['method']} sampler was trained for sigmas "
                              f"{[float(f'{v:.6g}') for v in cfg['sigmas']]}; pass sigmas=None to use them")
         if solver is not None and solver != cfg["method"]:
@@ -148,7 +148,7 @@ class LearnedSampler(nn.Module):
             raise ValueError(f"this sampler was trained as {self.config['method']} "
                              f"({'with' if self.config['time_shift'] else 'without'} time shifts); it is inside "
                              f"{solver.name}; use fewstep.sample(..., predictor=p)")
-        if not _same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
+        if not same_sigmas(sigmas, torch.tensor(self.config["sigmas"], dtype=torch.float64)):
             raise ValueError("this sampler was trained for other sigmas; use fewstep.sample(..., predictor=p)")
         if afs != self.config["afs"]:
             raise ValueError(f"this sampler was trained with afs={self.config['afs']}, got afs={afs}")
@@ -164,10 +164,6 @@ class LearnedSampler(nn.Module):
         meta = {"format": FORMAT, "config": json.dumps(self.config, sort_keys=True, allow_nan=False),
                 "sha256": tensor_digest(tensors)}
         return write_safetensors(path, tensors, meta)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid number in a checkpoint config")
 
 
 def check_config(cfg: Any, where: str) -> None:
@@ -213,25 +209,15 @@ def check_config(cfg: Any, where: str) -> None:
             raise bad(k, "a JSON object or null", cfg[k])
 
 
-def _header(path: Path) -> dict[str, str]:
-    try:
-        return read_safetensors_header(path, max_bytes=MAX_BYTES, what="fewstep learned sampler")[1]
-    except SafetensorsFileError as e:
-        raise CheckpointError(str(e)) from None
-
-
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The validated config of a learned-sampler checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    meta = _header(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fewstep learned sampler (format {meta.get('format')!r})")
     try:
-        cfg = json.loads(meta["config"], parse_constant=_no_constant)
-    except (KeyError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path} has no valid JSON config: {type(e).__name__}: {str(e)[:200]}") from None
+        cfg = read_safetensors_config(path, fmt=FORMAT, what="fewstep learned sampler", max_bytes=MAX_BYTES)
+    except SafetensorsFileError as e:
+        raise CheckpointError(str(e)) from None
     check_config(cfg, str(path))
     return cfg
 
