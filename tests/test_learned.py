@@ -16,22 +16,11 @@ from fewstep.cli import main
 from fewstep.learned import CheckpointError, DyWeightSampler, EPDSampler
 from fewstep.solvers import EPD, AMEDSolver, LearnedMultistep, TimeShift
 
+import learned_helpers
 from conftest import CountingDenoiser, make_gmm
 
-SIG7 = fewstep.get_schedule("polynomial", 7, 0.002, 80.0)
-
-
-def _sampler(cls, sigmas=SIG7, afs=True, **kw):
-    options = kw.pop("options", None)
-    return cls(cls.make_config(sigmas, afs=afs, options=options, **kw))
-
-
-def _perturb(sampler, seed=0, scale=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in sampler.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return sampler
+SIG7 = learned_helpers.SIG7
+_sampler, _perturb = learned_helpers.make_sampler, learned_helpers.perturb
 
 
 def _reference(gmm, noise):
