@@ -204,3 +204,11 @@ def test_method_defaults_budget_schedule_and_shifts(monkeypatch):
     learned.train("dyweight", gmm, shape=(4,), nfe=5, progress=False, batch=8, M=2, learn_schedule=False)
     tr, sched = seen["dyweight"]
     assert (tr["batch"], tr["total_samples"], tr["M"], sched) == (8, 4096, 2, False)
+
+
+def test_pas_on_data_with_fewer_dimensions_than_coords():
+    """PAS's PCA basis has at most D components on D-dimensional data (the others are zero vectors)."""
+    p = learned_helpers.perturb(learned_helpers.make_sampler(PASSampler, options={"coords": 4}))
+    x = fewstep.noise_for_seeds(range(3), (2,), dtype=torch.float64)
+    out = fewstep.sample(lambda x, s: x / (1 + torch.as_tensor(s).reshape(-1, 1) ** 2), x, predictor=p)
+    assert torch.isfinite(out).all()

@@ -19,10 +19,16 @@ the multistep ones keep their full order up to the last positive sigma (``lower_
 k-diffusion's ``s_churn`` / ``s_tmin`` / ``s_tmax`` / ``s_noise`` are accepted at their deterministic defaults;
 stochastic churn (``s_churn > 0``) is refused. ``sigmas`` may start below the model's sigma_max (image-to-image:
 the host passes ``x = image + noise * sigmas[0]``), which needs nothing special here.
+
+``sample_learned`` runs any learned sampler (``fewstep.learned``: DyWeight, EPD, PAS, GS; ``fewstep.amed``: AMED,
+feature predictors included), given as an object or a checkpoint path, with its trained schedule, solver and AFS
+(``sample_amed`` / ``sample_amed_plugin`` with a ``predictor`` are the same call). The model is called where the
+sampler calls it (time shifts included); the callback's sigma is the schedule's.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -32,6 +38,7 @@ from .sampling import sample
 __all__ = [
     "sample_euler", "sample_heun", "sample_dpm_2", "sample_dpmpp", "sample_dpmpp_2m", "sample_dpmpp_3m",
     "sample_unipc", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_amed", "sample_amed_plugin",
+    "sample_learned",
 ]
 
 Model = Callable[..., torch.Tensor]
@@ -180,17 +187,17 @@ def sample_deis(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | N
 def sample_amed(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
                 callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
                 afs: bool | None = None) -> torch.Tensor:
-    """AMED-Solver (Zhou et al., CVPR 2024). With a ``predictor`` (fewstep.amed.train / load) its schedule and
-    AFS setting are used (``sigmas``, if given, must be the trained ones, optionally with a trailing 0);
-    without one r = 0.5, c = a = 1 (DPM-Solver-2)."""
+    """AMED-Solver (Zhou et al., CVPR 2024). With a ``predictor`` (fewstep.amed.train / load) this is
+    :func:`sample_learned`: its schedule and AFS setting are used (``sigmas``, if given, must be the trained ones,
+    optionally with a trailing 0); without one r = 0.5, c = a = 1 (DPM-Solver-2)."""
     return _amed("amed", model, x, sigmas, extra_args, callback, disable, predictor, afs)
 
 
 def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
                        callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
                        afs: bool | None = None, base: str = "ipndm", **base_options: Any) -> torch.Tensor:
-    """AMED-Plugin (Zhou et al., CVPR 2024) on a ``base`` solver (with its options); with a ``predictor`` the
-    base, options, schedule and AFS come from it."""
+    """AMED-Plugin (Zhou et al., CVPR 2024) on a ``base`` solver (with its options); with a ``predictor``
+    (:func:`sample_learned`) the base, options, schedule and AFS come from it."""
     if predictor is not None:
         return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, predictor, afs)
     return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, None, afs, base=base, **base_options)
@@ -198,11 +205,32 @@ def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any = None, extra_
 
 def _amed(solver: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None, callback: Any,
           disable: bool | None, predictor: Any, afs: bool | None, **options: Any) -> torch.Tensor:
-    if predictor is None:
-        if sigmas is None:
-            raise TypeError(f"sample_{solver} needs sigmas (or a predictor)")
-        return _run(solver, model, x, sigmas, extra_args, callback, disable, afs=bool(afs), **options)
-    trained = torch.tensor(predictor.config["sigmas"], dtype=torch.float64)
+    if predictor is not None:
+        return sample_learned(model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)
     if sigmas is None:
-        sigmas = trained
+        raise TypeError(f"sample_{solver} needs sigmas (or a predictor)")
+    return _run(solver, model, x, sigmas, extra_args, callback, disable, afs=bool(afs), **options)
+
+
+def sample_learned(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
+                   callback: Callable | None = None, disable: bool | None = None,
+                   predictor: Any = None, afs: bool | None = None) -> torch.Tensor:
+    """Any learned sampler (``fewstep.learned``: DyWeight, EPD, PAS, GS; ``fewstep.amed``: AMED-Solver / Plugin),
+    an object or the path of its checkpoint (:func:`fewstep.learned.load`), with its trained schedule, solver and
+    AFS (Zhou et al., 2024; the methods' papers in :mod:`fewstep.learned`). ``x`` is ``noise * sigmas[0]`` of the
+    trained schedule; ``sigmas``, if given, must be the trained ones, optionally with a trailing 0 (then one more
+    evaluation returns x0)."""
+    if predictor is None:
+        raise ValueError("sample_learned needs predictor= (a learned sampler from fewstep.learned / fewstep.amed, or "
+                         "the path of its checkpoint)")
+    if isinstance(predictor, (str, os.PathLike)):
+        from .learned import load
+
+        predictor = load(predictor)
+    setup, config = getattr(predictor, "sampling_setup", None), getattr(predictor, "config", None)
+    if not (callable(setup) and isinstance(config, dict)):
+        raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load, fewstep.amed.train / "
+                        f"load) or the path of its checkpoint, got {type(predictor).__name__}")
+    if sigmas is None:
+        sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
     return _run(None, model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)

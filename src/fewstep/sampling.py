@@ -295,7 +295,7 @@ def sample(
     ``callback`` gets a dict with i, x, sigma, sigma_next, denoised and nfe after every step.
     ``model_dtype``: the dtype the model is called in (default: its parameters', see :class:`ModelCall`).
 
-    With a learned-sampler ``predictor`` (``fewstep.amed.train`` / ``fewstep.amed.load``) the schedule, solver
+    With a learned-sampler ``predictor`` (``fewstep.learned.train`` / ``fewstep.learned.load``, AMED included) the schedule, solver
     and AFS come from its config (its ``sampling_setup``); passing different ones is an error.
 
     Image-to-image (partial denoising, every solver): with ``x_init`` (images in the model's space, shape of
@@ -315,7 +315,7 @@ def sample(
     if predictor is not None:
         setup = getattr(predictor, "sampling_setup", None)
         if not callable(setup):
-            raise TypeError("predictor must be a learned sampler from fewstep.amed.train or fewstep.amed.load, "
+            raise TypeError("predictor must be a learned sampler from fewstep.learned.train / fewstep.learned.load, "
                             f"got {type(predictor).__name__}")
         if options:
             raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")

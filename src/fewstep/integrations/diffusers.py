@@ -1,9 +1,10 @@
-"""diffusers integration: a scheduler that runs any fewstep solver (AMED included) inside a diffusers pipeline,
-and a wrapper that turns a diffusers UNet into a fewstep denoiser (with mid-block features for AMED training).
+"""diffusers integration: a scheduler that runs any fewstep solver or learned sampler (AMED, DyWeight, EPD, PAS,
+GS) inside a diffusers pipeline, and a wrapper that turns a diffusers UNet into a fewstep denoiser (with mid-block
+features for AMED training).
 Needs the optional ``diffusers`` package (``pip install 'fewstep[diffusers]'``).
 
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="ipndm")
-    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor=fewstep.amed.load("p.safetensors"))
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor="p.safetensors")  # any learned
 
 How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per model call):
   * ``num_inference_steps`` is the number of model calls (NFE); the fewstep schedule gets as many sigmas as
@@ -20,9 +21,15 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     last x0 prediction, which removes the residual noise that ending at sigma_min leaves (diffusers#5689);
     default on without a predictor. As in diffusers, this jump counts as the last (first-order) step for
     ``lower_order_final``, so DPM-Solver++ and UniPC reproduce DPMSolverMultistep / UniPCMultistep (below 15
-    steps, where diffusers stops lowering the order; order 2 matches at every step count). An AMED predictor
-    brings its own schedule, solver and AFS, keeps the steps it was trained with and ends at its last sigma
-    unless ``denoise_to_zero=True``.
+    steps, where diffusers stops lowering the order; order 2 matches at every step count). A predictor (a
+    learned sampler of :mod:`fewstep.learned` or :mod:`fewstep.amed`, or the path of its checkpoint, read by
+    :func:`fewstep.learned.load`) brings its own schedule, solver and AFS, keeps the steps it was trained with
+    and ends at its last sigma unless ``denoise_to_zero=True``.
+  * Learned samplers whose model calls differ from their solver's sigmas are scheduled by their calls: with time
+    shifts xi the model is called at sigma * exp(xi_n) (DyWeight and EPD also scale their model-input times), and
+    ``timesteps`` / ``sigmas`` hold those shifted sigmas, while the solver steps with its own. EPD's K parallel
+    evaluations per step are K separate entries here (a pipeline makes them one after another), so
+    ``num_inference_steps`` is the sampler's NFE (``p.nfe()``), not its sequential rounds (``p.rounds()``).
   * ``sample`` lives in the pipeline's space: VP (x_vp = x_edm / sqrt(1 + sigma^2), ``init_noise_sigma = 1``,
     as DPMSolverMultistep) or rectified flow (x_t = x_edm / (1 + sigma), configs of FlowMatch* schedulers,
     ``prediction_type="flow_prediction"``). The solver runs in fewstep's EDM space in float64 (float32 on MPS).
@@ -30,8 +37,8 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
   * At the first model call of every interval the solver takes the pipeline's ``sample`` as its state, so
     pipelines that edit latents between steps keep working as with diffusers' own schedulers.
   * A feature-based AMED predictor picks evaluation times per sample during sampling and cannot be scheduled in
-    advance: use a predictor-free table (``features="none"``) with the scheduler, or :func:`fewstep.sample`
-    with :class:`DiffusersDenoiser` for feature predictors.
+    advance (the tables of every other learned sampler can): use a predictor-free table (``features="none"``)
+    with the scheduler, or :func:`fewstep.sample` with :class:`DiffusersDenoiser` for feature predictors.
   * Image-to-image (``StableDiffusionImg2ImgPipeline`` and the like): ``add_noise(x0, noise, t)`` noises in the
     pipeline's space at the timestep's sigma (VP: alpha x0 + sigma_vp noise; flow: (1 - t) x0 + t noise), and
     ``set_begin_index(b)`` (what the pipeline calls with ``t_start``) starts the solver at model call ``b``, so the
@@ -42,21 +49,23 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     trained from pure noise on its one schedule and refuses a begin index above 0.
 
 What a pipeline must call so that it makes exactly ``len(scheduler.timesteps)`` model calls (= the NFE, = the
-trained NFE of an AMED predictor, AFS included)::
+trained NFE of a predictor, AFS included)::
 
     scheduler.set_timesteps(nfe)
     sample = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:                              # one model call per entry, no more
-        model_input = scheduler.scale_model_input(sample, t)   # may differ from sample (AFS, see below)
+        model_input = scheduler.scale_model_input(sample, t)   # may differ from sample (AFS, time shift)
         out = model(model_input, t)                            # the only model call of the iteration
         sample = scheduler.step(out, t, sample).prev_sample    # the sample the pipeline keeps is `sample`
 
 AFS (analytical first step, ``afs=True`` or a predictor trained with it) replaces the first model call by the
 closed-form denoiser, so it saves one call: ``timesteps`` holds NFE entries and none of them is spent on the
 analytical step. The scheduler makes that step itself inside ``scale_model_input`` at the first entry (from
-the initial ``sample``), and the first model call is made at the point after it. Stable Diffusion-style
-pipelines follow this loop. ``DDPMPipeline`` (and loops like it) never calls ``scale_model_input``, so it feeds
-the initial noise to the model at the first entry: without AFS that is right; with AFS ``step`` raises a
+the initial ``sample``), and the first model call is made at the point after it. Likewise, when a learned
+sampler's first model call is at another sigma than the schedule's first (time shift xi_0, DyWeight's time scale),
+``scale_model_input`` rescales the initial ``sample`` to that sigma's input. Stable Diffusion-style pipelines
+follow this loop. ``DDPMPipeline`` (and loops like it) never calls ``scale_model_input``, so it feeds the initial
+noise to the model at the first entry: without AFS or such a shift that is right; otherwise ``step`` raises a
 RuntimeError rather than return a wrong sample. Run such models with :func:`run_pipeline_loop` (the loop above,
 with classifier-free guidance for conditional UNets), which makes exactly ``len(scheduler.timesteps)`` calls.
 
@@ -107,7 +116,7 @@ from ..denoisers.adapters import FlowModel, VPModel
 from ..io import tensor_digest
 from ..sampling import steps_for_nfe
 from ..schedules import get_schedule
-from .stepper import Request, Stepper, evaluation_sigmas
+from .stepper import DRY_RUN_SHAPE, Request, Stepper, evaluation_sigmas
 
 __all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser", "alphas_cumprod",
            "PREDICTION_TYPES", "FLOW_T_MAX", "resolve_noise_config", "model_sigma_range", "unet_model_id",
@@ -153,6 +162,12 @@ def _to_edm(adapter: VPModel | FlowModel, sample: torch.Tensor, sigma: torch.Ten
     """EDM state from a pipeline sample at ``sigma`` (inverse of the adapter's ``model_input``)."""
     s = sigma.to(sample)
     return sample * (1 + s) if isinstance(adapter, FlowModel) else sample * (1 + s**2).sqrt()
+
+
+def _method_name(predictor: Any) -> str:
+    """How messages name a predictor: its learned method (``dyweight``, ``epd``, ...) or AMED."""
+    method = getattr(predictor, "config", {}).get("method")
+    return str(method) if method else "AMED"
 
 
 def _is_flow_config(cfg: dict) -> bool:
@@ -324,7 +339,7 @@ class FewstepSchedulerOutput(BaseOutput):
 
 
 class FewstepScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs a fewstep solver (any name in ``fewstep.SOLVERS``, or an AMED predictor).
+    """A diffusers scheduler that runs a fewstep solver (any name in ``fewstep.SOLVERS``) or a learned sampler.
 
     Config (besides the model's own ``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
     ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``):
@@ -335,7 +350,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         ``use_karras_sigmas`` in a source config selects "polynomial";
       * ``denoise_to_zero``: end with x0 of the last evaluation (None: yes unless a predictor is given);
       * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
-    ``predictor`` (an :class:`fewstep.amed.AMEDPredictor` or a checkpoint path) is not part of the saved config.
+    ``predictor``: a learned sampler (:mod:`fewstep.learned`: DyWeight, EPD, PAS, GS; :mod:`fewstep.amed`: an AMED
+    table) or the path of its checkpoint (:func:`fewstep.learned.load`, any format); it replaces ``solver``,
+    ``afs`` and the schedule, and is not part of the saved config.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
@@ -408,19 +425,24 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return out
 
     def _set_predictor(self, predictor: Any) -> None:
+        """Take a learned sampler, or load one from a checkpoint path (every format :func:`fewstep.learned.load`
+        reads); refuse what a scheduler cannot run."""
         if predictor is None:
             self.predictor = None
             return
         if isinstance(predictor, (str, os.PathLike)):
-            from ..amed import load
+            from ..learned import load
 
             predictor = load(predictor)
+        if not (callable(getattr(predictor, "sampling_setup", None)) and hasattr(predictor, "config")):
+            raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load, fewstep.amed.train / "
+                            f"load) or the path of its checkpoint, got {type(predictor).__name__}")
         if getattr(predictor, "uses_features", False):
             raise ValueError(
-                "a feature-based AMED predictor picks each sample's evaluation times from the network's features "
-                "during sampling, so a scheduler cannot list its timesteps in advance; train a predictor-free table "
-                "(fewstep.amed.train(..., features='none')) for pipelines, or use fewstep.sample with "
-                "DiffusersDenoiser for this one")
+                f"predictor: a feature-based {_method_name(predictor)} predictor picks each sample's evaluation times "
+                "from the network's features during sampling, so a scheduler cannot list its timesteps in advance; "
+                "train a predictor-free table (fewstep.amed.train(..., features='none')) for pipelines, or use "
+                "fewstep.sample with DiffusersDenoiser for this one")
         _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor
@@ -447,10 +469,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         begin_index = int(begin_index)
         if begin_index > 0 and self.predictor is not None:
             raise ValueError(
-                f"begin_index={begin_index}: an AMED predictor cannot start mid-schedule (image-to-image / "
-                "strength < 1); it was trained from pure noise on its one schedule. Use a plain solver "
-                "(FewstepScheduler(solver=...)), or train a predictor for the partial schedule "
-                "(fewstep.amed.train(..., sigma_max=<the start sigma>)) and sample it from noise")
+                f"begin_index={begin_index}: the {_method_name(self.predictor)} predictor cannot start mid-schedule "
+                "(image-to-image / strength < 1); it was trained from pure noise on its one schedule. Use a plain "
+                "solver (FewstepScheduler(solver=...)), or train a predictor for the partial schedule "
+                "(fewstep.learned.train(..., sigma_max=<the start sigma>)) and sample it from noise")
         if self.num_inference_steps is not None and begin_index >= self.num_inference_steps:
             raise ValueError(f"begin_index={begin_index} leaves no model call of the {self.num_inference_steps} "
                              "planned; it must be below len(timesteps)")
@@ -537,7 +559,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         cfg = self.config
         if self.predictor is not None:
             if sigmas is not None:
-                raise ValueError("an AMED predictor brings its own schedule; do not pass sigmas")
+                raise ValueError(f"sigmas: the {_method_name(self.predictor)} predictor brings its own schedule; "
+                                 "do not pass sigmas")
             _, sig, solver, afs = self.predictor.sampling_setup(lambda x, s: x)
             dtz = bool(cfg.denoise_to_zero)
             return sig, solver, afs, dtz, {}
@@ -589,8 +612,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if self.predictor is not None and num_inference_steps is not None:
             need = len(evaluation_sigmas(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz)))
             if num_inference_steps != need:
-                raise ValueError(f"the AMED predictor makes {need} model calls (afs={afs}, denoise_to_zero={dtz}); "
-                                 f"call the pipeline with num_inference_steps={need}, got {num_inference_steps}")
+                rounds = getattr(solver, "rounds", None)
+                par = (f"; its parallel evaluations are separate calls here ({rounds(sig.numel())} sequential "
+                       "rounds in fewstep.sample)") if callable(rounds) and rounds(sig.numel()) != solver.nfe(
+                    sig.numel()) else ""
+                raise ValueError(f"num_inference_steps: the {_method_name(self.predictor)} predictor makes {need} "
+                                 f"model calls (afs={afs}, denoise_to_zero={dtz}{par}); call the pipeline with "
+                                 f"num_inference_steps={need}, got {num_inference_steps}")
         # Without a predictor the jump to zero counts in lower_order_final, as in diffusers' multistep schedulers;
         # a predictor keeps the steps it was trained with.
         self._stepper = Stepper(solver, sig, afs=afs, denoise_to_zero=dtz, final_jump_is_step=self.predictor is None,
@@ -610,7 +638,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._plan_info = _call_plan(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz,
                                              final_jump_is_step=self.predictor is None, **opts))
         self._request: Request | None = None
-        self._afs_input = False
+        # The first model call needs another input than the initial sample: after AFS, or at a sigma other than
+        # the schedule's first (a learned sampler's time shift / time scale); scale_model_input makes it.
+        self._first_input_moves = afs or self._plan_info[0][0] != float(sig[0])
+        self._first_input_made = False
 
     # ------------------------------------------------------------------ the diffusers loop
     def _dtype(self, sample: torch.Tensor) -> torch.dtype:
@@ -622,15 +653,18 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return self._stepper
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        """The network input for the next call: ``sample`` itself, except for the first call with AFS, where it is
-        the point after the analytical first step (computed from the pipeline's initial latents)."""
+        """The network input for the next call: ``sample`` itself, except for a first call that is not made at
+        the initial latents as they are: with AFS the point after the analytical first step, and for a learned
+        sampler whose first call is at a shifted sigma the latents rescaled to that sigma (both computed from the
+        pipeline's initial latents)."""
         st = self._check_ready()
-        if not (st.afs and not self._step_index and not self._begin_index):
+        if not (self._first_input_moves and not self._step_index and not self._begin_index):
             return sample
         dt = self._dtype(sample)
-        req = Stepper(st.solver, st.sigmas, afs=True, denoise_to_zero=st.denoise_to_zero,
-                      final_jump_is_step=st.final_jump_is_step).start(_to_edm(self.adapter, sample.to(dt), st.sigmas[0]))
-        self._afs_input = True
+        first = Stepper(st.solver, st.sigmas, afs=st.afs, denoise_to_zero=st.denoise_to_zero,
+                        final_jump_is_step=st.final_jump_is_step)
+        req = first.start(_to_edm(self.adapter, sample.to(dt), st.sigmas[0]))
+        self._first_input_made = True
         return self.adapter.model_input(req.x, req.sigma)[0].to(sample.dtype)
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True,
@@ -651,12 +685,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         st = self._run if self._run is not None else full
         if first and k == 0:
             self._request = st.start(_to_edm(self.adapter, x_in, st.sigmas[0]))
-            if st.afs and not self._afs_input:
+            if self._first_input_moves and not self._first_input_made:
+                why = ("afs=True: the first model call must be made after the analytical first step" if st.afs else
+                       f"the {_method_name(self.predictor)} predictor makes its first model call at sigma "
+                       f"{self._plan_info[0][0]:.6g}, not at the schedule's first sigma {float(st.sigmas[0]):.6g} "
+                       "(its learned time shift or scale), so the model's input must be rescaled to it")
                 raise RuntimeError(
-                    "afs=True: the first model call must be made after the analytical first step, but this pipeline "
-                    "did not call scheduler.scale_model_input (e.g. DDPMPipeline); run the loop with "
-                    "fewstep.integrations.diffusers.run_pipeline_loop(unet, scheduler, noise, nfe), use a pipeline "
-                    "that calls scale_model_input, or use afs=False / a predictor trained without AFS")
+                    f"{why}, but this pipeline did not call scheduler.scale_model_input (e.g. DDPMPipeline); run the "
+                    "loop with fewstep.integrations.diffusers.run_pipeline_loop(unet, scheduler, noise, nfe), use a "
+                    "pipeline that calls scale_model_input, or use afs=False / a predictor trained without AFS")
         req = self._request
         x = req.x
         if not first and st.at_interval_start:
@@ -699,7 +736,7 @@ def _call_plan(stepper: Stepper) -> list[tuple[float, int, bool]]:
     """For every model call (dry run as :func:`.stepper.evaluation_sigmas`): its sigma, the index of the schedule
     interval it belongs to (the number of steps for the denoise-to-zero call) and whether it opens the interval
     (made at the interval's start state)."""
-    req = stepper.start(torch.zeros(1, 1, dtype=torch.float64))
+    req = stepper.start(torch.zeros(DRY_RUN_SHAPE, dtype=torch.float64))
     out: list[tuple[float, int, bool]] = []
     while isinstance(req, Request):
         out.append((float(req.sigma), stepper.i, stepper.at_interval_start))

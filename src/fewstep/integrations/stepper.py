@@ -2,10 +2,11 @@
 
 A diffusers pipeline calls the network itself and hands each output to ``scheduler.step``; a fewstep solver
 instead calls the denoiser as often as it needs inside ``solver.step`` (twice for Heun/DPM-2/AMED, more with
-the AMED-Plugin). :class:`Stepper` bridges the two as a small re-entrant state machine: solvers are pure
-functions of (x, state, model outputs), so an interval is replayed with the outputs received so far and stops
-at the first evaluation not yet answered, which becomes the next :class:`Request`. Each interval is replayed at
-most ``evals_per_step`` times; the arithmetic is fewstep's own (``solver.step`` and the driver's evaluator with
+the AMED-Plugin, K + 1 times for EPD). :class:`Stepper` bridges the two as a small re-entrant state machine: solvers
+are pure functions of (x, state, model outputs), so an interval is replayed with the outputs received so far and stops
+at the first evaluation not yet answered, which becomes the next :class:`Request` (with the sigma the model is
+called at: a learned sampler's time shift or time scale included). Each interval is replayed once per model call
+it makes; the arithmetic is fewstep's own (``solver.step`` and the driver's evaluator with
 its analytical first step), so results equal :func:`fewstep.sample` up to the model-space round trip.
 """
 
@@ -20,7 +21,11 @@ from ..sampling import ModelCall
 from ..schedules import validate_sigmas
 from ..solvers import Solver, get_solver
 
-__all__ = ["Stepper", "Request", "evaluation_sigmas"]
+__all__ = ["Stepper", "Request", "evaluation_sigmas", "DRY_RUN_SHAPE"]
+
+# The state of the dry runs that list the model calls: one sample of a few dimensions, since evaluation times do not
+# depend on the sample, but a solver may need some room (PAS takes up to 3 principal components of its directions).
+DRY_RUN_SHAPE = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ class Stepper:
     """``start(x_T)`` and ``feed(D)`` return the next :class:`Request`, or the final state (a tensor).
 
     ``sigmas``, ``afs`` and ``denoise_to_zero`` mean what they mean in :func:`fewstep.sample`. Evaluation
-    times must be the same for every sample of the batch (true for all solvers and predictor-free AMED tables;
-    a feature-based AMED predictor chooses them per sample and is refused).
+    times must be the same for every sample of the batch (true for all solvers, predictor-free AMED tables and
+    the learned samplers of :mod:`fewstep.learned`; a feature-based AMED predictor chooses them per sample and is
+    refused). For a learned sampler pass the solver of its ``sampling_setup``.
 
     ``final_jump_is_step``: with ``denoise_to_zero`` the solver sees the schedule with a trailing 0, so
     ``lower_order_final`` counts the jump to zero as the last (first-order) step, as diffusers' multistep
@@ -131,8 +137,8 @@ class Stepper:
 
 
 def evaluation_sigmas(stepper: Stepper) -> list[float]:
-    """The sigma of every model call, found by a dry run on a (1, 1) zero state with D = 0."""
-    req = stepper.start(torch.zeros(1, 1, dtype=torch.float64))
+    """The sigma of every model call, found by a dry run on a zero state (:data:`DRY_RUN_SHAPE`) with D = 0."""
+    req = stepper.start(torch.zeros(DRY_RUN_SHAPE, dtype=torch.float64))
     out: list[float] = []
     while isinstance(req, Request):
         out.append(float(req.sigma))

@@ -219,7 +219,7 @@ def pas_basis(directions: tuple[torch.Tensor, ...], current: torch.Tensor, flip:
     principal components of the (centred) directions so far, Gram-Schmidt-orthonormalised against the current
     direction and each other, signs chosen so that <u_k, x_t - x_T> >= 0. Detached (the PCA is a fixed frame
     for the gradient, as in PAS's search); a component the history cannot provide yet (n directions give at most
-    n - 1) or a degenerate one is the zero vector. Exact SVD (deterministic), not ``pca_lowrank``."""
+    n - 1, D-dimensional data at most D) or a degenerate one is the zero vector. Exact SVD (deterministic), not ``pca_lowrank``."""
     shape = current.shape
     out: list[torch.Tensor] = []
     with torch.no_grad():
@@ -233,7 +233,7 @@ def pas_basis(directions: tuple[torch.Tensor, ...], current: torch.Tensor, flip:
             data = torch.stack([d.detach().reshape(B, -1) for d in directions], 1)
             data = data - data.mean(1, keepdim=True)
             _, sv, vh = torch.linalg.svd(data, full_matrices=False)
-            for j in range(avail):
+            for j in range(min(avail, vh.shape[1])):  # low-dimensional data: at most D components
                 v = vh[:, j]
                 for u in basis:
                     v = v - (v * u).sum(1, keepdim=True) * u
