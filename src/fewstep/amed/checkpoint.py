@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..io import SafetensorsFileError, read_safetensors, read_safetensors_config, tensor_digest
+from ..scale_basis import check_guidance_config
 from ..schedules import validate_sigmas
 from ..solvers import SOLVERS
 from ..solvers.amed import C_MODES
@@ -95,6 +96,11 @@ def _check_values(path: Path, cfg: dict[str, Any]) -> None:
     dim = feats.get("dim")
     if feats["source"] != "none" and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_WIDTH):
         raise bad("features.dim", f"an int in 1..{MAX_WIDTH}", dim)
+    if cfg.get("guidance") is not None:
+        if (why := check_guidance_config(cfg["guidance"])) is not None:
+            raise bad("guidance", why, cfg["guidance"])
+        if feats["source"] != "none":
+            raise bad("guidance", "null for a feature-based predictor", cfg["guidance"])
     arch = cfg["architecture"]
     for k in ("hidden", "emb_dim", "feat_proj"):
         v = arch.get(k) if isinstance(arch, dict) else None

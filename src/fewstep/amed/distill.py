@@ -138,7 +138,8 @@ def soft_start_delta(model: Callable, solver: Solver, afs: bool, x_start: torch.
 def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, Any], afs: bool,
          pred: torch.nn.Module | None, sched: LearnedSchedule | None, recorder: Any, dtype: torch.dtype,
          desc: str, progress: bool, log: list | None, state_path: Any, checkpoint_every: int, resume: bool,
-         out: Any = None, model_dtype: torch.dtype | None = None) -> None:
+         out: Any = None, model_dtype: torch.dtype | None = None,
+         before_batch: Callable[[int], None] | None = None) -> None:
     """The distillation loop of every learned sampler (used by :func:`train` and :func:`learn_schedule`): per batch
     the teacher runs once (:func:`fewstep.teacher.run_teacher`), the student ``solver`` runs through
     :func:`fewstep.sampling.iterate` (the loop that samples) with gradients, and Adam updates ``pred`` (any module
@@ -148,7 +149,9 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, A
     shape; optional ``soft_start`` (LD3's relaxation radius r, final loss only; 0 or absent: off) and
     ``soft_start_steps`` (:func:`soft_start_delta`). ``recorder`` (optional) collects r/c for the progress bar. Data-parallel under torch.distributed;
     ``state_path`` / ``checkpoint_every`` / ``resume`` make it resumable; with ``out`` the predictor is saved before
-    the training state is removed."""
+    the training state is removed. ``before_batch(it)`` (optional) runs at the start of iteration ``it``, before the
+    teacher, e.g. to set the guidance scale of that batch (a function of ``it`` only, so resumed and data-parallel
+    runs see the same scales)."""
     rank, world_size = world()
     if tr["batch"] < world_size:
         raise ValueError(f"batch {tr['batch']} is smaller than the {world_size} processes; every process needs at "
@@ -181,6 +184,8 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, tr: dict[str, A
         first = seed * 10**9 + 1 + it * batch
         seeds = list(range(first, first + batch))
         noise = noise_for_seeds(seeds[rank::world_size], tr["shape"], dtype=dtype)
+        if before_batch is not None:
+            before_batch(it)
         teach = run_teacher(model, noise, sig0, tr["M"], tr["teacher"], tr["teacher_options"], trajectory=per_step,
                             model_dtype=model_dtype)
         teacher_nfe = teach.nfe

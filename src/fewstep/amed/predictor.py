@@ -21,6 +21,7 @@ from torch import nn
 
 from ..denoisers.features import HookFeatures, provides_features
 from ..io import tensor_digest, write_safetensors
+from ..scale_basis import ScaleAware
 from ..schedules import same_sigmas, validate_sigmas
 from ..solvers import AMEDSolver, Solver, get_solver
 
@@ -31,7 +32,7 @@ FORMAT = "fewstep-amed-predictor"
 VERSION = 1
 CONFIG_KEYS = frozenset({
     "version", "student", "sigmas", "schedule", "afs", "scale_dir", "scale_time", "features", "architecture",
-    "model_id", "training",
+    "model_id", "training", "guidance",
 })
 
 
@@ -56,7 +57,7 @@ def _describe(solver: Solver) -> str:
         ("" if mode == "increment" else f" (c_mode={mode!r})")
 
 
-class AMEDPredictor(nn.Module):
+class AMEDPredictor(ScaleAware, nn.Module):
     """Per-step r_n, c_n, a_n for ``num_intervals`` intervals (a schedule of ``num_intervals + 1`` sigmas);
     ``config`` holds everything needed to sample. ``save(path)`` writes a safe checkpoint
     (:func:`fewstep.amed.load` reads it); ``fewstep.sample(denoiser, noise, predictor=p)`` samples with it."""
@@ -103,6 +104,11 @@ class AMEDPredictor(nn.Module):
             nn.init.zeros_(self.fc2.bias)
             freqs = torch.exp(torch.linspace(0, math.log(100.0), emb_dim // 2))
             self.register_buffer("freqs", freqs, persistent=False)
+        if self.config.get("guidance") is not None:
+            if feature_dim is not None:
+                raise ValueError("a guidance-aware AMED predictor is a table (features='none'); a feature-based "
+                                 "predictor does not take the guidance scale")
+            self.init_guidance(self.config["guidance"])  # the table is a polynomial in the guidance scale
 
     @property
     def uses_features(self) -> bool:
@@ -185,6 +191,7 @@ class AMEDPredictor(nn.Module):
                 raise ValueError(
                     f"predictor needs {feats['source']} features ({feats.get('module') or 'denoise_with_features'}); "
                     "wrap the model with fewstep.denoisers.HookFeatures(denoiser, network, module)")
+        self.use_scale_of(denoiser)
         return denoiser, trained, self.solver(), bool(cfg["afs"])
 
     def check_solver(self, solver: Solver, sigmas: torch.Tensor, afs: bool) -> None:

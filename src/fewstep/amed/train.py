@@ -10,6 +10,7 @@ import torch
 from ..denoisers.features import HookFeatures, provides_features
 from ..sampling import ModelCall, detach_state, noise_for_seeds
 from ..sampling import steps_for_nfe as _steps_for_nfe
+from ..scale_basis import check_guidance_scales, scale_cycle
 from ..schedules import refine_schedule, validate_sigmas
 from ..solvers import SOLVERS, get_solver
 from .predictor import AMEDPredictor, LearnedSchedule, student_solver
@@ -106,6 +107,8 @@ def train(
     resume: bool = False,
     out: str | os.PathLike | None = None,
     model_dtype: torch.dtype | None = None,
+    guidance_scales: Sequence[float] | None = None,
+    guidance_degree: int = 2,
 ) -> AMEDPredictor:
     """Train an AMED predictor for ``student`` ("amed" = AMED-Solver, or a base solver name for AMED-Plugin)
     on a schedule of ``num_steps`` sigmas, by distillation from ``teacher`` run with ``M`` extra steps per
@@ -128,6 +131,8 @@ def train(
     (atomically); ``resume=True`` continues from it to the same final predictor. With ``out`` the predictor is saved
     there (by rank 0) *before* the training state is removed, so no failure loses finished work. ``dtype`` is the
     dtype of the trajectories, ``model_dtype`` the one the model is called in (default: the model's own).
+    ``guidance_scales``: one guidance-aware table for every classifier-free guidance scale in [min, max] (a
+    :class:`fewstep.denoisers.Guided` denoiser, ``features="none"``; :mod:`fewstep.scale_basis`).
     Returns the predictor."""
     if student != "amed" and (student not in SOLVERS or student in ("heun", "amed_plugin")):
         allowed = ", ".join(n for n in SOLVERS if n not in ("heun", "amed_plugin"))
@@ -147,6 +152,9 @@ def train(
         student, base_options, afs, teacher, teacher_options, num_steps, M,
         schedule, sigma_min, sigma_max, rho, batch, total_samples, lr, loss, distance, lr_decay, learn_schedule,
         schedule_lr, seed, shape)
+    scales = check_guidance_scales(guidance_scales, guidance_degree, denoiser)
+    if scales is not None and features != "none":
+        raise ValueError(f"guidance_scales needs features='none' (a guidance-aware table), got features={features!r}")
     model, feat_cfg = _resolve_features(denoiser, features, network)
     torch.manual_seed(seed)
     if feat_cfg["source"] != "none":
@@ -171,12 +179,16 @@ def train(
         "model_id": model_id if model_id is not None else getattr(denoiser, "model_id", None),
         "training": tr,
     }
+    if scales is not None:
+        tr["guidance_scales"] = scales
+        config["guidance"] = {"scales": [min(scales), max(scales)], "degree": guidance_degree}
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)
     sched = LearnedSchedule(sig) if learn_schedule else None
     recorder = _Recorder(pred)
-    with frozen(denoiser, network):
+    with frozen(denoiser, network), scale_cycle(denoiser, pred, scales) as before_batch:
         distill(model, student_solver(config, recorder), sig, tr, afs, pred, sched, recorder, dtype,
-             f"AMED {student}", progress, log, state_path, checkpoint_every, resume, out, model_dtype)
+                f"AMED {student}", progress, log, state_path, checkpoint_every, resume, out, model_dtype,
+                before_batch)
     if sched is not None:
         with torch.no_grad():
             pred.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]

@@ -29,6 +29,7 @@ from ..io import (
     tensor_digest,
     write_safetensors,
 )
+from ..scale_basis import ScaleAware, check_guidance_config
 from ..schedules import same_sigmas, validate_sigmas
 from ..solvers import Solver, TimeShift
 
@@ -38,7 +39,7 @@ __all__ = ["LearnedSampler", "load", "read_config", "FORMAT", "VERSION", "CONFIG
 FORMAT = "fewstep-learned-sampler"
 VERSION = 1
 CONFIG_KEYS = frozenset({"version", "method", "options", "sigmas", "schedule", "afs", "base", "time_shift",
-                         "model_id", "training"})
+                         "model_id", "training", "guidance"})
 REQUIRED_KEYS = frozenset({"version", "method", "options", "sigmas", "afs", "base", "time_shift"})
 MAX_BYTES = 2**24  # tens of numbers per step
 METHODS: dict[str, type["LearnedSampler"]] = {}
@@ -50,10 +51,11 @@ def register(cls: type["LearnedSampler"]) -> type["LearnedSampler"]:
     return cls
 
 
-class LearnedSampler(nn.Module):
+class LearnedSampler(ScaleAware, nn.Module):
     """Base class: subclasses set ``method``, ``OPTIONS`` ({name: (default, lo, hi)} of int options), implement
     :meth:`build_parameters` (parameters for ``num_intervals`` steps, neutral at zero), :meth:`make_solver` and
-    :meth:`base_solver_config`. Time shifts xi (``config["time_shift"]``) are handled here for every method."""
+    :meth:`base_solver_config`. Time shifts xi (``config["time_shift"]``) and guidance-scale conditioning
+    (``config["guidance"]``, :mod:`fewstep.scale_basis`) are handled here for every method."""
 
     method: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, tuple[int, int, int]]] = {}
@@ -69,18 +71,24 @@ class LearnedSampler(nn.Module):
         self.build_parameters(n, self.options)
         if self.config["time_shift"]:
             self.xi = nn.Parameter(torch.zeros(n, dtype=torch.float64))
+        self.init_guidance(self.config.get("guidance"))
 
     # ------------------------------------------------------------------ configuration
     @classmethod
     def make_config(cls, sigmas: Any, *, afs: bool, options: dict[str, Any] | None = None, time_shift: bool = False,
-                    schedule: Any = None, model_id: str | None = None, training: dict | None = None) -> dict[str, Any]:
-        """A validated config for this method (options filled with their defaults)."""
+                    schedule: Any = None, model_id: str | None = None, training: dict | None = None,
+                    guidance: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A validated config for this method (options filled with their defaults). ``guidance``:
+        {"scales": [lo, hi], "degree": d} makes every table a polynomial in the guidance scale
+        (:mod:`fewstep.scale_basis`)."""
         opts = {k: v[0] for k, v in cls.OPTIONS.items()}
         opts.update(options or {})
         cfg = {"version": VERSION, "method": cls.method, "options": opts,
                "sigmas": [float(v) for v in validate_sigmas(sigmas, "sigmas")], "schedule": schedule, "afs": afs,
                "base": cls.base_solver_config(opts), "time_shift": time_shift, "model_id": model_id,
                "training": training}
+        if guidance is not None:
+            cfg["guidance"] = guidance
         check_config(cfg, "config")
         return cfg
 
@@ -136,6 +144,7 @@ class LearnedSampler(nn.Module):
         want_id, have_id = cfg.get("model_id"), getattr(denoiser, "model_id", None)
         if want_id is not None and have_id is not None and want_id != have_id:
             raise ValueError(f"this sampler was trained for model {want_id!r}, but the denoiser is {have_id!r}")
+        self.use_scale_of(denoiser)
         return denoiser, trained, self.solver(), bool(cfg["afs"])
 
     def check_solver(self, solver: Solver, sigmas: torch.Tensor, afs: bool) -> None:
@@ -207,6 +216,8 @@ def check_config(cfg: Any, where: str) -> None:
     for k in ("schedule", "training"):
         if cfg.get(k) is not None and not isinstance(cfg[k], dict):
             raise bad(k, "a JSON object or null", cfg[k])
+    if cfg.get("guidance") is not None and (why := check_guidance_config(cfg["guidance"])) is not None:
+        raise bad("guidance", why, cfg["guidance"])
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import torch
 from .. import amed
 from ..amed.distill import distill, frozen, training_setup
 from ..amed.predictor import LearnedSchedule
+from ..scale_basis import check_guidance_scales, scale_cycle
 from ..schedules import validate_sigmas
 from .base import METHODS, LearnedSampler
 
@@ -82,6 +83,8 @@ def train(
     resume: bool = False,
     out: str | os.PathLike | None = None,
     model_dtype: torch.dtype | None = None,
+    guidance_scales: Sequence[float] | None = None,
+    guidance_degree: int = 2,
     **amed_options: Any,
 ) -> Any:
     """Train learned sampler ``method`` by distillation from ``teacher`` (final-point loss, Adam with cosine decay;
@@ -98,7 +101,11 @@ def train(
     student starts within ||delta|| <= r sigma_max sqrt(D) of x_T; :func:`fewstep.amed.distill.soft_start_delta`,
     ``soft_start_steps`` gradient steps per batch). ``learn_schedule``: learn the interior sigmas jointly (AMED's
     LearnedSchedule; None: the method's default, on for gs and dyweight). ``M`` / ``batch`` / ``total_samples``:
-    None takes the method's budget (:data:`DEFAULT_BUDGET`; otherwise 8 / 64 / 8192)."""
+    None takes the method's budget (:data:`DEFAULT_BUDGET`; otherwise 8 / 64 / 8192). ``guidance_scales``: train
+    one guidance-aware sampler over these classifier-free guidance scales (``denoiser`` a
+    :class:`fewstep.denoisers.Guided`; batch ``it`` uses scale ``guidance_scales[it % len]``): every table becomes
+    a degree-``guidance_degree`` polynomial in the scale over [min, max] (:mod:`fewstep.scale_basis`), and the
+    sampler then works at any scale in that range, read from the denoiser at sampling time."""
     if method not in TRAINABLE:
         raise ValueError(f"method must be one of {', '.join(TRAINABLE)}, got {method!r}")
     cls_default = METHODS.get(method)
@@ -127,6 +134,8 @@ def train(
                              "checkpoint has no place for them); use dyweight or epd")
         if options:
             raise ValueError(f"method {method!r} takes no options; pass AMED's own keywords (scale_dir, ...)")
+        if guidance_scales is not None:
+            amed_options.update(guidance_scales=guidance_scales, guidance_degree=guidance_degree)
         student = "amed" if method == "amed" else base
         if num_steps is None:
             num_steps = amed.student_steps_for_nfe(student, nfe, afs)
@@ -137,6 +146,7 @@ def train(
                           model_id=model_id, dtype=dtype, progress=progress, log=log, state_path=state_path,
                           checkpoint_every=checkpoint_every, resume=resume, out=out, model_dtype=model_dtype,
                           **amed_options)
+    scales = check_guidance_scales(guidance_scales, guidance_degree, denoiser)
     if amed_options:
         raise TypeError(f"unknown argument(s) for method {method!r}: {', '.join(sorted(amed_options))}")
     cls: type[LearnedSampler] = METHODS[method]
@@ -150,15 +160,19 @@ def train(
     if tr["lr"] is None:
         tr["lr"] = DEFAULT_LR[method]
     tr.update({"soft_start": float(soft_start), "soft_start_steps": soft_start_steps})
+    guidance = None
+    if scales is not None:
+        tr["guidance_scales"] = scales
+        guidance = {"scales": [min(scales), max(scales)], "degree": guidance_degree}
     config = cls.make_config(sig, afs=afs, options=options, time_shift=time_shift, schedule=sched_cfg,
                              model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
-                             training=tr)
+                             training=tr, guidance=guidance)
     torch.manual_seed(seed)
     sampler = cls(config)  # float64 parameters whatever the trajectory dtype (0-dim: they do not promote x)
     sched = LearnedSchedule(sig) if learn_schedule else None
-    with frozen(denoiser):
+    with frozen(denoiser), scale_cycle(denoiser, sampler, scales) as before_batch:
         distill(denoiser, sampler.solver(), sig, tr, afs, sampler, sched, None, dtype, f"{method}", progress, log,
-                state_path, checkpoint_every, resume, out, model_dtype)
+                state_path, checkpoint_every, resume, out, model_dtype, before_batch)
     if sched is not None:
         with torch.no_grad():
             sampler.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]

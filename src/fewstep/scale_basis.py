@@ -1,0 +1,192 @@
+"""Guidance-aware parameter tables: one learned sampler for every classifier-free guidance scale.
+
+A learned sampler trained at one guidance scale w must be retrained for every other. Here each of its parameter
+tables theta becomes a function of the scale,
+
+    theta(w) = sum_{p=0..d} P_p(u) theta_p,    u = 2 (w - lo) / (hi - lo) - 1,
+
+with P_p the Legendre polynomials (P_0 = 1) and [lo, hi] the range of scales it was trained over. theta_0 starts at
+the sampler's neutral values and theta_{p>0} at zero, so before training the sampler equals its base solver at
+every scale. Training draws one scale per batch (:func:`fewstep.learned.train` with ``guidance_scales=``); at
+sampling time the scale comes from the denoiser (``Guided.scale``) or from ``sampler.guidance_scale``.
+
+:func:`make_scale_aware` rewires a module's own parameters with ``torch.nn.utils.parametrize``: the module keeps
+reading ``self.table`` (now the table at the current scale) and its state dict holds the (d + 1, ...) coefficients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = ["ScaleState", "make_scale_aware", "check_guidance_config", "resolve_scale", "legendre", "MAX_DEGREE",
+           "NEEDS_SCALE",
+           "check_guidance_scales", "scale_cycle", "ScaleAware"]
+
+MAX_DEGREE = 4
+NEEDS_SCALE = ("this sampler is guidance-aware and needs the guidance scale: sample a Guided denoiser (its scale is "
+               "used) or set sampler.guidance_scale = w")
+
+
+def legendre(u: float, degree: int) -> torch.Tensor:
+    """(P_0(u), ..., P_degree(u)) in float64 (Bonnet's recursion)."""
+    vals = [1.0, u]
+    for n in range(1, degree):
+        vals.append(((2 * n + 1) * u * vals[n] - n * vals[n - 1]) / (n + 1))
+    return torch.tensor(vals[:degree + 1], dtype=torch.float64)
+
+
+class ScaleState:
+    """The guidance range [lo, hi], the basis degree and the current scale shared by one sampler's tables."""
+
+    def __init__(self, lo: float, hi: float, degree: int) -> None:
+        self.lo, self.hi, self.degree = float(lo), float(hi), int(degree)
+        self.scale: float | None = None
+
+    def basis(self) -> torch.Tensor:
+        if self.scale is None:
+            raise ValueError(NEEDS_SCALE)
+        return legendre(2 * (self.scale - self.lo) / (self.hi - self.lo) - 1, self.degree)
+
+
+class _ScaleBasis(nn.Module):
+    """theta(w) = sum_p P_p(u(w)) theta_p, as a parametrization of one parameter tensor."""
+
+    def __init__(self, state: ScaleState) -> None:
+        super().__init__()
+        self.state = state
+
+    def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(self.state.basis().to(coeffs), coeffs, dims=1)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        """The coefficients of a scale-independent table: theta_0 = value, the others zero."""
+        out = value.new_zeros((self.state.degree + 1, *value.shape))
+        out[0] = value
+        return out
+
+
+def make_scale_aware(module: nn.Module, lo: float, hi: float, degree: int) -> ScaleState:
+    """Make every parameter registered directly on ``module`` a degree-``degree`` polynomial in the guidance scale
+    over [lo, hi] (values unchanged at every scale until trained); returns the shared :class:`ScaleState`."""
+    state = ScaleState(lo, hi, degree)
+    for name in list(module._parameters):
+        if module._parameters[name] is not None:
+            parametrize.register_parametrization(module, name, _ScaleBasis(state), unsafe=True)
+    return state
+
+
+def check_guidance_config(cfg: Any) -> str | None:
+    """None if ``cfg`` is a valid guidance entry ({"scales": [lo, hi], "degree": d}), else what is wrong."""
+    if not isinstance(cfg, dict) or set(cfg) != {"scales", "degree"}:
+        return 'an object {"scales": [lo, hi], "degree": d}'
+    s, d = cfg["scales"], cfg["degree"]
+    if (not isinstance(s, list) or len(s) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                      or not math.isfinite(v) for v in s) or not s[0] < s[1]):
+        return "scales: two finite numbers lo < hi"
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DEGREE:
+        return f"degree: an int in 1..{MAX_DEGREE}"
+    return None
+
+
+def resolve_scale(state: ScaleState, explicit: float | None, denoiser: Callable) -> float:
+    """The scale to sample at: the denoiser's ``scale`` (a :class:`fewstep.denoisers.Guided`) or ``explicit``; both
+    given must agree. Warns outside the trained range (a polynomial extrapolates poorly)."""
+    have = getattr(denoiser, "scale", None)
+    if isinstance(have, bool) or not isinstance(have, (int, float)):
+        have = None
+    if have is not None and explicit is not None and float(have) != float(explicit):
+        raise ValueError(f"sampler.guidance_scale is {explicit:g} but the denoiser guides with scale {have:g}; set "
+                         "one of them (or sampler.guidance_scale = None)")
+    w = have if have is not None else explicit
+    if w is None:
+        raise ValueError(NEEDS_SCALE)
+    w = float(w)
+    if not math.isfinite(w):
+        raise ValueError(f"guidance scale must be finite, got {w}")
+    if not state.lo <= w <= state.hi:
+        warnings.warn(f"guidance scale {w:g} is outside the range [{state.lo:g}, {state.hi:g}] this sampler was "
+                      "trained over; its tables are extrapolated", UserWarning, stacklevel=3)
+    return w
+
+
+def check_guidance_scales(scales: Sequence[float] | None, degree: int, denoiser: Any) -> list[float] | None:
+    """The validated training scales (None: not guidance-aware)."""
+    if scales is None:
+        return None
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
+        raise TypeError(f"guidance_scales must be a sequence of numbers, got {scales!r}")
+    ws = list(scales)
+    if len(ws) < 2 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) for w in ws) \
+            or min(ws) == max(ws):
+        raise ValueError(f"guidance_scales must hold at least two different finite numbers, got {scales!r}")
+    if isinstance(degree, bool) or not isinstance(degree, int) or not 1 <= degree <= MAX_DEGREE:
+        raise ValueError(f"guidance_degree must be an int in 1..{MAX_DEGREE}, got {degree!r}")
+    w0 = getattr(denoiser, "scale", None)
+    if isinstance(w0, bool) or not isinstance(w0, (int, float)):
+        raise TypeError("guidance_scales needs a denoiser whose guidance scale can be set per batch: wrap the "
+                        "conditional model in fewstep.denoisers.Guided(model, labels, scale)")
+    return [float(w) for w in ws]
+
+
+@contextlib.contextmanager
+def scale_cycle(denoiser: Any, sampler: Any, scales: list[float] | None) -> Iterator[Callable[[int], None] | None]:
+    """A ``before_batch`` hook setting batch ``it``'s guidance scale on the denoiser and the sampler (None without
+    scales); the denoiser's own scale and the sampler's are restored afterwards."""
+    if scales is None:
+        yield None
+        return
+    w0 = denoiser.scale
+
+    def before_batch(it: int) -> None:
+        denoiser.scale = sampler.guidance_scale = scales[it % len(scales)]
+
+    try:
+        yield before_batch
+    finally:
+        denoiser.scale = w0
+        sampler.guidance_scale = None
+
+
+class ScaleAware:
+    """Mixin of learned samplers (:class:`fewstep.learned.LearnedSampler`, :class:`fewstep.amed.AMEDPredictor`):
+    ``init_guidance(config.get("guidance"))`` after the parameters are built, ``use_scale_of(denoiser)`` in
+    ``sampling_setup``; ``guidance_scale`` is the scale used when the denoiser carries none."""
+
+    _scale_state: ScaleState | None = None
+    _guidance_scale: float | None = None
+
+    def init_guidance(self, guidance: dict[str, Any] | None) -> None:
+        if guidance is not None:
+            self._scale_state = make_scale_aware(self, *guidance["scales"], guidance["degree"])  # type: ignore[arg-type]
+
+    @property
+    def guidance_aware(self) -> bool:
+        """Whether the tables depend on the guidance scale (trained with ``guidance_scales=``)."""
+        return self._scale_state is not None
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The guidance scale to sample at when the denoiser does not carry one (``Guided.scale`` otherwise)."""
+        return self._guidance_scale
+
+    @guidance_scale.setter
+    def guidance_scale(self, w: float | None) -> None:
+        if self._scale_state is None:
+            raise ValueError("this sampler was trained at one guidance setting (no guidance_scales); it has no "
+                             "guidance_scale to set")
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))):
+            raise TypeError(f"guidance_scale must be a number or None, got {w!r}")
+        self._guidance_scale = None if w is None else float(w)
+        self._scale_state.scale = self._guidance_scale
+
+    def use_scale_of(self, denoiser: Callable) -> None:
+        """Set the tables to the scale of ``denoiser`` (or :attr:`guidance_scale`); no-op unless guidance-aware."""
+        if self._scale_state is not None:
+            self._scale_state.scale = resolve_scale(self._scale_state, self._guidance_scale, denoiser)

@@ -1,0 +1,184 @@
+"""Guidance-aware learned samplers (fewstep.scale_basis): one table for every classifier-free guidance scale."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import learned
+from fewstep.denoisers import Guided
+from fewstep.denoisers.analytic import GaussianMixture
+from fewstep.learned import METHODS, CheckpointError
+from fewstep.scale_basis import legendre
+from learned_helpers import make_sampler, perturb
+
+torch.set_num_threads(1)
+
+D = 6
+SIG = fewstep.get_schedule("polynomial", 5, 0.002, 80.0)
+GUIDE = {"scales": [1.0, 6.0], "degree": 2}
+OPTIONS = {"dyweight": None, "epd": {"K": 2}, "pas": None, "gs": None}
+
+
+class CondGMM:
+    """A class-conditional analytic denoiser D(x, sigma, y): class y is a 2-component Gaussian mixture, the null
+    class (label 3) the mixture of all three classes."""
+
+    null_label = 3
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        means = 2 * torch.randn(3, 2, D, generator=g, dtype=torch.float64)
+        covs = torch.stack([torch.eye(D, dtype=torch.float64) * v for v in (0.3, 0.6)])
+        self.classes = [GaussianMixture(means[c], covs) for c in range(3)]
+        self.null = GaussianMixture(means.reshape(6, D), covs.repeat(3, 1, 1))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        out = torch.empty_like(x)
+        for c in labels.unique().tolist():
+            i = labels == c
+            out[i] = (self.null if c == self.null_label else self.classes[c])(x[i], s[i])
+        return out
+
+
+@pytest.fixture(scope="module")
+def cond() -> CondGMM:
+    return CondGMM()
+
+
+def noise(n: int = 4) -> torch.Tensor:
+    return fewstep.noise_for_seeds(range(n), (D,), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("scale", [1.5, 4.0])
+def test_neutral_at_every_scale_is_the_base_solver(cond, method, scale):
+    p = make_sampler(METHODS[method], SIG, options=OPTIONS[method], guidance=GUIDE)
+    plain = make_sampler(METHODS[method], SIG, options=OPTIONS[method])
+    den = Guided(cond, 1, scale)
+    x = noise()
+    a = fewstep.sample(den, x, predictor=p)
+    b = fewstep.sample(den, x, predictor=plain)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_tables_follow_the_denoiser_scale(cond, method):
+    """A trained guidance-aware sampler at scale w samples exactly as a plain sampler holding its tables at w."""
+    p = perturb(make_sampler(METHODS[method], SIG, options=OPTIONS[method], time_shift=True, guidance=GUIDE), 3, 0.1)
+    x = noise()
+    for w in (2.5, 5.0):
+        p.guidance_scale = w
+        plain = make_sampler(METHODS[method], SIG, options=OPTIONS[method], time_shift=True)
+        with torch.no_grad():
+            for name, param in plain.named_parameters():
+                param.copy_(getattr(p, name))
+        p.guidance_scale = None  # the denoiser's scale is used
+        a = fewstep.sample(Guided(cond, 0, w), x, predictor=p)
+        b = fewstep.sample(Guided(cond, 0, w), x, predictor=plain)
+        assert torch.equal(a, b)
+    c = fewstep.sample(Guided(cond, 0, 2.5), x, predictor=p)
+    assert not torch.equal(a, c)  # the scale matters
+
+
+def test_legendre_basis():
+    u = 0.3
+    assert legendre(u, 3).tolist() == pytest.approx([1, u, (3 * u * u - 1) / 2, (5 * u**3 - 3 * u) / 2])
+
+
+def test_scale_errors(cond):
+    p = perturb(make_sampler(METHODS["dyweight"], SIG, guidance=GUIDE))
+    x = noise(2)
+    with pytest.raises(ValueError, match="needs the guidance scale"):
+        fewstep.sample(lambda x, s: cond(x, s, torch.zeros(len(x), dtype=torch.long)), x, predictor=p)
+    p.guidance_scale = 2.0  # a denoiser without a scale: the sampler's own
+    fewstep.sample(lambda x, s: cond(x, s, torch.zeros(len(x), dtype=torch.long)), x, predictor=p)
+    with pytest.raises(ValueError, match="guidance_scale is 2 but the denoiser guides with scale 3"):
+        fewstep.sample(Guided(cond, 0, 3.0), x, predictor=p)
+    p.guidance_scale = None
+    with pytest.warns(UserWarning, match="outside the range"):
+        fewstep.sample(Guided(cond, 0, 9.0), x, predictor=p)
+    with pytest.raises(TypeError, match="guidance_scale must be a number"):
+        p.guidance_scale = "2"
+    with pytest.raises(ValueError, match="no guidance_scale"):
+        make_sampler(METHODS["dyweight"], SIG).guidance_scale = 2.0
+
+
+@pytest.mark.parametrize("bad", [{"scales": [2.0, 1.0], "degree": 2}, {"scales": [1.0, 2.0], "degree": 9},
+                                 {"scales": [1.0], "degree": 1}, {"scales": [1, 2], "degree": 1, "x": 0}])
+def test_bad_guidance_config_is_refused(bad):
+    with pytest.raises(CheckpointError, match="guidance"):
+        make_sampler(METHODS["dyweight"], SIG, guidance=bad)
+
+
+def test_bad_training_scales(cond):
+    kw = dict(shape=(D,), nfe=3, total_samples=8, batch=4, M=1, progress=False)
+    with pytest.raises(ValueError, match="at least two different"):
+        learned.train("dyweight", Guided(cond, 0, 2.0), guidance_scales=[2.0], **kw)
+    with pytest.raises(TypeError, match="Guided"):
+        learned.train("dyweight", lambda x, s: x, guidance_scales=[1.0, 2.0], **kw)
+    with pytest.raises(ValueError, match="guidance_degree"):
+        learned.train("dyweight", Guided(cond, 0, 2.0), guidance_scales=[1.0, 2.0], guidance_degree=0, **kw)
+
+
+def test_train_over_scales_round_trip_and_unseen_scale(cond, tmp_path):
+    den = Guided(cond, torch.arange(8) % 3, 2.0)
+    log: list = []
+    p = learned.train("dyweight", den, shape=(D,), nfe=3, guidance_scales=[1.0, 3.0, 6.0], total_samples=96,
+                      batch=8, M=2, progress=False, log=log, seed=1)
+    assert den.scale == 2.0 and p.guidance_scale is None  # restored
+    assert p.guidance_aware and p.config["guidance"] == {"scales": [1.0, 6.0], "degree": 2}
+    assert p.config["training"]["guidance_scales"] == [1.0, 3.0, 6.0]
+    path = p.save(tmp_path / "g.safetensors")
+    q = learned.load(path)
+    x = fewstep.noise_for_seeds(range(10**8, 10**8 + 8), (D,), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for w in (2.0, 4.5):  # never trained at
+            den.scale = w
+            a = fewstep.sample(den, x, predictor=p, return_result=True)
+            b = fewstep.sample(den, x, predictor=q, return_result=True)
+            assert torch.equal(a.x, b.x) and a.nfe == 3
+            ref = fewstep.sample(den, x, get_schedule_sig(), "deis", max_order=4)
+            base = fewstep.sample(den, x, torch.tensor(p.config["sigmas"]), "ipndm", afs=True)
+            assert (a.x - ref).norm() < (base - ref).norm()
+
+
+def get_schedule_sig() -> torch.Tensor:
+    return fewstep.get_schedule("polynomial", 129, 0.002, 80.0)
+
+
+@pytest.mark.parametrize("method", ["amed", "plugin"])
+def test_amed_tables_train_over_scales_and_round_trip(cond, method, tmp_path):
+    den = Guided(cond, torch.arange(8) % 3, 2.0)
+    x = fewstep.noise_for_seeds(range(10**8, 10**8 + 8), (D,), dtype=torch.float64)
+    kw = dict(shape=(D,), nfe=5, total_samples=8, batch=8, M=1, progress=False, lr=1e-30)
+    neutral = learned.train(method, den, guidance_scales=[1.0, 6.0], **kw)  # one step of ~0: the neutral table
+    plain = learned.train(method, den, **kw)
+    assert neutral.guidance_aware and not plain.guidance_aware
+    for w in (1.5, 5.0):
+        den.scale = w
+        assert torch.allclose(fewstep.sample(den, x, predictor=neutral), fewstep.sample(den, x, predictor=plain),
+                              rtol=0, atol=1e-12)
+    den.scale = 2.0
+    kw.update(total_samples=64, lr=None)
+    p = learned.train(method, den, guidance_scales=[1.0, 3.0, 6.0], **kw)
+    assert den.scale == 2.0 and p.config["guidance"] == {"scales": [1.0, 6.0], "degree": 2}
+    q = learned.load(p.save(tmp_path / "a.safetensors"))
+    assert q.guidance_aware
+    for w in (2.0, 4.5):
+        den.scale = w
+        assert torch.equal(fewstep.sample(den, x, predictor=p), fewstep.sample(den, x, predictor=q))
+    with pytest.raises(ValueError, match="needs the guidance scale"):
+        fewstep.sample(lambda x, s: cond(x, s, torch.zeros(len(x), dtype=torch.long)), x, predictor=q)
+
+
+def test_amed_feature_predictor_cannot_be_guidance_aware(cond):
+    with pytest.raises(ValueError, match="features='none'"):
+        fewstep.amed.train(Guided(cond, 0, 2.0), shape=(D,), features="adapter", guidance_scales=[1.0, 2.0],
+                           num_steps=3, total_samples=8, batch=4, M=1, progress=False)
+
