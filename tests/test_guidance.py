@@ -110,6 +110,9 @@ def test_guided_is_the_same_model_and_checks_its_inputs():
     assert Guided(m, 1, 4.0).model_id == m.model_id == Guided(m, 2, 7.5).model_id
     with pytest.raises(ValueError, match="2 labels but the batch has 3"):
         Guided(m, torch.tensor([1, 2]), 2.0)(_x(), torch.tensor(1.0))
+    x4 = _x(4)
+    tiled = Guided(m, torch.tensor([1, 2]), 2.0)(x4, torch.tensor(1.0))  # 2 labels divide a batch of 4: 1, 2, 1, 2
+    assert torch.equal(tiled, Guided(m, torch.tensor([1, 2, 1, 2]), 2.0)(x4, torch.tensor(1.0)))
     with pytest.raises(ValueError, match="null_label"):
         Guided(lambda x, s, y: x, 1, 2.0)  # a plain callable must name its null class
     assert Guided(lambda x, s, y: x, 1, 2.0, null_label=7).null_label == 7

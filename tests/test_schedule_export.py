@@ -180,3 +180,26 @@ def test_table_checkpoint_export_states_its_cost(tmp_path):
     with pytest.raises(ValueError, match="cannot be interpolated"):
         export_document(path, 7)
     assert "steps" not in export_document(path, 7, schedule_only=True)
+
+
+@pytest.mark.parametrize("method,options", [("dyweight", None), ("epd", {"K": 2})])
+def test_learned_sampler_exports_its_sigmas_only(tmp_path, capsys, method, options):
+    """A DyWeight / EPD file: refused without --schedule-only (its parameters act inside fewstep's solver); with it,
+    the sigmas and the trained sampler's true NFE (EPD's parallel evaluations counted), paid by fk.sample_learned."""
+    from fewstep import learned
+    from learned_helpers import make_sampler, perturb
+
+    cls = learned.METHODS[method]
+    n = learned.steps_for_nfe(method, 5, True, options)
+    p = perturb(make_sampler(cls, fewstep.get_schedule("polynomial", n), options=options))
+    path = p.save(tmp_path / f"{method}.safetensors")
+    assert main(["schedule", "export", str(path)]) == 2
+    assert "--schedule-only" in capsys.readouterr().err
+    assert main(["schedule", "export", str(path), "--schedule-only", "--format", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert [float(v) for v in out.split(",")] == p.config["sigmas"]
+    assert "NFE 5" in err and "sample_learned" in err
+    doc = export_document(path, schedule_only=True, sampler=learned.load(path))
+    m = Counting()
+    fk.sample_learned(m, torch.randn(2, 3) * 80, predictor=path, disable=True)
+    assert doc["nfe"] == m.calls == 5 and doc["source"]["kind"] == "learned_sampler" and "steps" not in doc

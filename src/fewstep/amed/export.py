@@ -39,7 +39,7 @@ def _solver_cost(solver: Any, num_sigmas: int, afs: bool) -> int:
 
 
 def export_document(source: str | os.PathLike, nfe: int | None = None, *,
-                    schedule_only: bool = False) -> dict[str, Any]:
+                    schedule_only: bool = False, sampler: Any = None) -> dict[str, Any]:
     """Everything :func:`export_schedule` can give, as one JSON-ready dict.
 
     ``source``: a schedule .json (:func:`fewstep.schedules.save_schedule`, ``{"sigmas": ...}`` or a plain list) or an
@@ -49,7 +49,9 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     its trained steps: with another ``nfe``, or for a feature predictor (its r, c, a are computed per sample from
     the network's features, so there are no per-step numbers to export), the export is refused unless
     ``schedule_only`` (then only the sigmas are exported, and the document says that the host does not reproduce
-    the trained sampler).
+    the trained sampler). ``sampler``: the checkpoint already loaded (e.g. by :func:`fewstep.learned.load`, which
+    also reads DyWeight / EPD / PAS / GS files: their per-step parameters act inside fewstep's own solver, so only
+    their sigmas export, with ``schedule_only``).
 
     Keys: ``format``, ``model_id``, ``sigma_max``, ``sigma_min``, ``num_sigmas``, ``nfe`` and ``nfe_counting``
     (solver, options, afs, denoise_to_zero, evals_per_step, rule), ``source``, ``sigmas``, ``k_diffusion_sigmas``
@@ -60,14 +62,28 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     from ..solvers import get_solver
     from ..solvers.base import geometric_time
     from .checkpoint import load
-    from .predictor import student_solver
+    from .predictor import AMEDPredictor, student_solver
 
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     source = Path(source)
     table = None
-    if source.suffix == ".safetensors":
-        pred = load(source)
+    notes: list[str] = []
+    if sampler is not None and not isinstance(sampler, AMEDPredictor):  # a fewstep.learned sampler
+        cfg = sampler.config
+        if not schedule_only:
+            raise ValueError(
+                f"{source} is a {cfg['method']} sampler: its per-step parameters act inside fewstep's {cfg['method']} "
+                "solver, which no host sampler has. Sample it with fewstep.sample, fewstep.k.sample_learned or "
+                "FewstepScheduler(predictor=path), or pass schedule_only (--schedule-only) to export its sigmas "
+                "alone (a host sampler on them is not the trained sampler)")
+        sig = [float(v) for v in cfg["sigmas"]]
+        afs, model_id = bool(cfg["afs"]), cfg.get("model_id")
+        solver, solver_name, options = sampler.solver(), cfg["method"], dict(cfg["options"])
+        kind, method = "learned_sampler", cfg["method"]
+        notes.append(f"sigmas only: a host sampler on them does not apply the trained {method} parameters")
+    elif source.suffix == ".safetensors":
+        pred = sampler if sampler is not None else load(source)
         cfg = pred.config
         sig = [float(v) for v in cfg["sigmas"]]
         afs, model_id = bool(cfg["afs"]), cfg.get("model_id")
@@ -96,9 +112,8 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
         kind, method = "schedule", info.get("method")
     src_nfe = _solver_cost(solver, len(sig), afs)
     doc: dict[str, Any] = {"format": EXPORT_FORMAT, "version": 1}
-    notes: list[str] = []
     if nfe is not None and nfe != src_nfe:
-        if kind == "amed_checkpoint" and not schedule_only:
+        if kind != "schedule" and not schedule_only:
             raise ValueError(f"{source} holds one (r, c, a) per trained step (NFE {src_nfe}); its table cannot be "
                              f"interpolated to NFE {nfe}. Pass schedule_only (--schedule-only) to export the "
                              "interpolated sigmas alone, or train a predictor at that NFE")
@@ -141,7 +156,8 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     doc["sigmas"] = sig
     doc["k_diffusion_sigmas"] = sig + [0.0]
     doc["diffusers_sigmas"] = list(sig)
-    doc["host"] = _host(solver_name, kind, afs, len(sig), out_nfe, per_step, table is not None)
+    doc["host"] = _host(solver_name, "schedule" if "interpolated_from" in doc else kind, afs, len(sig), out_nfe,
+                        per_step, table is not None)
     if notes:
         doc["notes"] = notes
     return doc
@@ -153,7 +169,10 @@ def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: i
     steps = num_sigmas - 1
     name = solver_name or "euler"
     fn = _K_FUNCTION.get(name, "sample_euler")
-    if kind == "amed_checkpoint" and has_table:
+    if kind == "learned_sampler":
+        exact = (f"fewstep.k.sample_learned(model, x, predictor=checkpoint) (the trained sampler, {nfe} model calls; "
+                 "a host sampler on 'sigmas' is not it)")
+    elif kind == "amed_checkpoint" and has_table:
         exact = (f"fewstep.k.{fn}(model, x, sigmas, predictor=fewstep.amed.load(checkpoint)) with sigmas = "
                  f"'sigmas' (no trailing 0; AFS={afs} comes from the checkpoint): {nfe} model calls")
     else:

@@ -17,7 +17,7 @@ DESCRIPTION = """\
 search: GITS (Chen et al., 2024): dynamic programming over a fine grid of sigmas for the schedule of --nfe that
         best follows teacher trajectories with --solver; writes --out FILE.json.
 learn:  learn the sigmas of --solver at --nfe by distillation from --init; writes --out FILE.json.
-export: print SOURCE (a schedule .json or an AMED checkpoint .safetensors) as numbers for other tools
+export: print SOURCE (a schedule .json, an AMED checkpoint or a learned sampler .safetensors) as numbers for other tools
         (and write them to --out if given), with its model id, sigma range and NFE; --nfe K interpolates it to
         K; stderr says what a host must do (sampler, AFS, trailing 0) to pay exactly that NFE.
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sc = sub.add_parser("schedule", help="search (GITS), learn or export time schedules", description=DESCRIPTION,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sc.add_argument("action", choices=("search", "learn", "export"))
-    sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json or an AMED checkpoint")
+    sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json, an AMED checkpoint or a learned sampler (--schedule-only)")
     sc.add_argument("--out", default=None,
                     help="search / learn: output schedule .json (required); export: also write the exported text here")
     sc.add_argument("--threads", type=int, default=1,
@@ -65,8 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "list (plain sigmas), k (k-diffusion / ComfyUI SIGMAS, ending in 0: one more model call), "
                              "diffusers (sigmas= list without 0: diffusers appends its final sigma itself)")
     export.add_argument("--schedule-only", action="store_true",
-                        help="export an AMED checkpoint's sigmas alone (needed for a feature predictor, whose "
-                             "per-sample r, c, a cannot be exported, or with --nfe other than its trained one)")
+                        help="export a checkpoint's sigmas alone (needed for a feature predictor, whose "
+                             "per-sample r, c, a cannot be exported, for DyWeight / EPD / PAS / GS samplers, whose "
+                             "parameters act inside fewstep's own solvers, or with --nfe other than the trained one)")
     sc.set_defaults(func=run)
     return sc
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     if args.action == "export":
         if args.source is None:
-            raise ValueError("schedule export needs SOURCE: a schedule .json or an AMED checkpoint .safetensors")
+            raise ValueError("schedule export needs SOURCE: a schedule .json or a checkpoint .safetensors")
         return _export(Path(args.source), args.format, args.out, args.nfe, args.schedule_only)
     if args.nfe is None:
         args.nfe = 5
@@ -143,7 +144,10 @@ def _export(source: Path, fmt: str, out: str | None, nfe: int | None = None, sch
 
     from ..amed.export import cost_line, export_document
 
-    doc = export_document(source, nfe, schedule_only=schedule_only)
+    from ..learned import load
+
+    sampler = load(source) if source.suffix == ".safetensors" else None  # AMED or fewstep.learned checkpoints
+    doc = export_document(source, nfe, schedule_only=schedule_only, sampler=sampler)
     value = {"list": doc["sigmas"], "k": doc["k_diffusion_sigmas"], "diffusers": doc["diffusers_sigmas"]}.get(fmt, doc)
     if fmt == "list":
         text = ", ".join(repr(v) for v in value)

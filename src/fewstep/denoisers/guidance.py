@@ -23,7 +23,9 @@ __all__ = ["Guided"]
 class Guided(nn.Module):
     """The classifier-free-guided denoiser ``D_w(x, sigma)`` of a conditional ``denoiser(x, sigma, class_labels)``.
 
-    ``labels``: an int (every sample) or a (B,) integer tensor (one per sample; the batch must then be B).
+    ``labels``: an int (every sample) or an (L,) integer tensor, one label per sample; a batch of k * L samples
+    takes the L labels k times in order (so ``torch.arange(10)`` gives every batch of 10, 20, ... samples all ten
+    classes, e.g. for training a sampler on mixed labels under any batch size that is a multiple of 10).
     ``scale`` w: 1 is the conditional model, 0 the unconditional one, w > 1 guides. ``null_label``: the label of
     the null class (default: the denoiser's ``null_label``, e.g. 10 for :func:`fewstep.denoisers.digits_unet`).
 
@@ -86,10 +88,10 @@ class Guided(nn.Module):
         lab = self.labels.to(device)
         if lab.ndim == 0:
             return lab.expand(batch)
-        if lab.shape != (batch,):
+        if batch % lab.shape[0]:
             raise ValueError(f"Guided has {lab.shape[0]} labels but the batch has {batch} samples; give one label "
-                             "per sample or an int")
-        return lab
+                             f"per sample, labels whose count divides the batch, or an int")
+        return lab.repeat(batch // lab.shape[0])
 
     def _inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, sigma (n,), labels) for the one call: the doubled batch, or one half at w = 1 or w = 0."""
