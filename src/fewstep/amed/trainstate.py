@@ -11,7 +11,7 @@ import torch
 from ..io import SafetensorsFileError, read_safetensors, write_safetensors
 from .predictor import CheckpointError
 
-__all__ = ["TrainState", "world"]
+__all__ = ["TrainState", "settings_diff", "world"]
 
 
 def world() -> tuple[int, int]:
@@ -20,6 +20,43 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def settings_diff(saved: Any, current: str, limit: int = 6) -> str:
+    """What differs between two fingerprints (JSON text), e.g. "training.seed: 0 there, 1 now; time_shift: ..."."""
+    try:
+        there = _flatten(json.loads(saved), "", {}) if isinstance(saved, str) else None
+    except ValueError:
+        there = None
+    if there is None:
+        return "its settings are missing or unreadable"
+    now = _flatten(json.loads(current), "", {})
+
+    def show(d: dict[str, Any], k: str) -> str:
+        if k not in d:
+            return "absent"
+        v = d[k]
+        if isinstance(v, list) and len(json.dumps(v)) > 40:  # e.g. sigmas: the first values and the count
+            head = ", ".join(f"{x:.4g}" if isinstance(x, float) else json.dumps(x)[:12] for x in v[:3])
+            return f"[{head}, ... {len(v)} values]"
+        return json.dumps(v)[:60]
+
+    # changed values before added / removed ones, outer settings before nested ones
+    keys = sorted((k for k in there.keys() | now.keys() if there.get(k, ...) != now.get(k, ...)),
+                  key=lambda k: (k not in there or k not in now, k.count("."), k))
+    parts = [f"{k or 'settings'}: {show(there, k)} there, {show(now, k)} now" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return "; ".join(parts) if parts else "same settings, other encoding"
 
 
 class TrainState:
@@ -52,7 +89,20 @@ class TrainState:
         write_safetensors(self.path, tensors, meta)
 
     def load(self, losses: list[float]) -> int:
-        """Restore the state if the file exists (returns the iteration to continue from), else 0."""
+        """Restore the state if the file exists (returns the iteration to continue from), else 0. Under
+        torch.distributed every rank reads the file (rank 0 wrote it), then the ranks compare their iterations: this
+        also makes them wait for each other (rank 0 removes the file when training ends, which must not happen before
+        a slower rank has read it) and refuses a state that not every process could read."""
+        start = self._load(losses)
+        if world()[1] > 1:
+            got = torch.tensor([start, -start], dtype=torch.int64)
+            torch.distributed.all_reduce(got, op=torch.distributed.ReduceOp.MAX)
+            if int(got[0]) != start or -int(got[1]) != start:
+                raise CheckpointError(f"the processes found {self.path} at different iterations ({-int(got[1])} to "
+                                      f"{int(got[0])}); every process must read the same file (a shared folder)")
+        return start
+
+    def _load(self, losses: list[float]) -> int:
         if self.path is None:
             raise ValueError("resume needs state_path")
         if not self.path.exists():
@@ -63,8 +113,9 @@ class TrainState:
         except SafetensorsFileError as e:
             raise CheckpointError(str(e)) from None
         if meta.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(f"{self.path} was saved by a run with other settings; remove it or use the same "
-                                  "command to resume")
+            raise CheckpointError(f"{self.path} was saved by a run with other settings "
+                                  f"({settings_diff(meta.get('fingerprint'), self.fingerprint)}); remove it or use the "
+                                  "same command to resume")
         try:
             for k, m in enumerate(self.modules):
                 pre = f"module{k}."

@@ -1,4 +1,4 @@
-"""``fewstep train``: train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD) by distillation."""
+"""``fewstep train``: train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD, PAS, GS) by distillation."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .args import (
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``train`` subcommand."""
-    t = sub.add_parser("train", help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD) by distillation")
+    t = sub.add_parser("train",
+                       help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD, PAS, GS) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd", "pas", "gs"),
@@ -35,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--time-shift", action="store_true", default=None,
                    help="also learn per-step model-input time shifts xi (dyweight, epd, pas, gs; gs by default)")
     t.add_argument("--soft-start", type=float, default=0.0, metavar="R",
-                   help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T (dyweight, epd)")
+                   help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T "
+                        "(dyweight, epd, pas, gs)")
     t.add_argument("--soft-start-steps", type=positive_int, default=1,
                    help="gradient steps on the start offset per batch (default: %(default)s)")
     t.add_argument("--student", default="amed",
@@ -176,26 +178,37 @@ def _method(args: argparse.Namespace) -> str:
 
 def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, shape, model_id, dtype, threads: int,
                  schedule, sigma_min, sigma_max, teacher_options) -> int:
-    """Train dyweight / epd / pas / gs (fewstep.learned.train); one process (no torchrun split for these yet)."""
-    from .. import learned
+    """Train dyweight / epd / pas / gs (fewstep.learned.train); under ``torchrun`` data-parallel like AMED (each
+    process takes its share of every global batch, gradients summed; rank 0 writes the state and the sampler)."""
+    from .. import distributed, learned
 
     if args.loss != "final":
         raise ValueError(f"--method {method} trains with the final-point loss only")
     options = json_object(args.method_options, "--method-options") if args.method_options else None
     num_steps = _num_steps(args, schedule, method, options)
-    log: list = []
-    sampler = learned.train(
-        method, denoiser, shape=shape, num_steps=num_steps, afs=args.afs, options=options, schedule=schedule,
-        sigma_min=sigma_min, sigma_max=sigma_max, teacher=args.teacher, teacher_options=teacher_options, M=args.M,
-        batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed, soft_start=args.soft_start,
-        soft_start_steps=args.soft_start_steps, time_shift=args.time_shift, learn_schedule=args.learn_schedule,
-        schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype, progress=True, log=log,
-        state_path=out.with_name(out.name + ".train-state"),
-        checkpoint_every=args.checkpoint_every, resume=args.resume, out=out)
-    print(f"Trained {method} in {log[0].seconds:.1f} s x {threads} thread(s); final loss {log[0].losses[-1]:.4f}; "
-          f"wrote {out} ({sampler.nfe()} model evaluations per sample in {sampler.rounds()} sequential rounds)")
-    if args.learn_schedule or not isinstance(schedule, str):
-        print("  sigmas: " + ", ".join(f"{v:.4g}" for v in sampler.config["sigmas"]))
+    info = distributed.init_distributed("cpu")
+    ok = False
+    try:
+        log: list = []
+        sampler = learned.train(
+            method, denoiser, shape=shape, num_steps=num_steps, afs=args.afs, options=options, schedule=schedule,
+            sigma_min=sigma_min, sigma_max=sigma_max, teacher=args.teacher, teacher_options=teacher_options,
+            M=args.M, batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed,
+            soft_start=args.soft_start, soft_start_steps=args.soft_start_steps, time_shift=args.time_shift,
+            learn_schedule=args.learn_schedule, schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype,
+            progress=True, log=log,
+            state_path=out.with_name(out.name + ".train-state"),  # always: kept until the sampler is on disk
+            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out)
+        if info.is_main:
+            print(f"Trained {method} in {log[0].seconds:.1f} s on {info.world_size} process(es) x {threads} "
+                  f"thread(s); final loss {log[0].losses[-1]:.4f}; wrote {out} ({sampler.nfe()} model evaluations "
+                  f"per sample in {sampler.rounds()} sequential rounds)")
+            learned_sched = (sampler.config.get("schedule") or {}).get("kind") == "learned"
+            if learned_sched or not isinstance(schedule, str):
+                print("  sigmas: " + ", ".join(f"{v:.4g}" for v in sampler.config["sigmas"]))
+        ok = True
+    finally:
+        distributed.finish(info, barrier=ok)
     return 0
 
 
