@@ -274,3 +274,34 @@ def test_cli_plugin_method_and_bad_combinations(tmp_path, capsys):
                       (["--method", "epd", "--nfe", "4", "--method-options", '{"K": 2}'], "cannot make exactly 4")):
         assert main(["train", "--model", "gmm", "--out", str(tmp_path / "x.safetensors"), *args]) == 2
         assert msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dw", [0.15, -0.15])
+def test_dyweight_calibrated_time_stays_positive(dw):
+    """History-weight row sums that move the calibrated time t~ (where the next evaluation is made) down: it stays
+    > 0 (the additive form t_next + sum(dW) h went below 0 near sigma_min = 0.002 and the model refused the negative
+    sigma); row sums moving t~ up keep DyWeight's additive form."""
+    p = learned_helpers.make_sampler(DyWeightSampler)
+    with torch.no_grad():
+        p.dw.fill_(dw)
+    seen = []
+
+    def model(x, s):
+        seen.append(float(torch.as_tensor(s).min()))
+        return x / (1 + torch.as_tensor(s).reshape(-1, 1) ** 2)
+
+    out = fewstep.sample(model, fewstep.noise_for_seeds(range(2), (3,), dtype=torch.float64), predictor=p)
+    assert torch.isfinite(out).all() and min(seen) > 0
+    sig = torch.tensor(p.config["sigmas"], dtype=torch.float64)
+    solver, x = p.solver(), torch.ones(1, 3, dtype=torch.float64)
+    state = solver.init(x, sig)
+    went_below = False
+    for i in range(len(sig) - 2):
+        t_eff = sig[i] if state.t_eff is None else state.t_eff
+        x, state = solver.step(model, x, i, sig, state)
+        z = dw * min(4, i + 1) * float(sig[i + 1] - t_eff)
+        additive = float(sig[i + 1]) + z
+        went_below |= additive <= 0
+        want = additive if z >= 0 else float(sig[i + 1]) * math.exp(z / float(sig[i + 1]))
+        assert float(state.t_eff) == pytest.approx(want, rel=1e-12)
+    assert went_below == (dw > 0)

@@ -55,9 +55,12 @@ class MultistepState:
 class LearnedMultistep(Solver):
     """DyWeight-style learned multistep (Zhao et al., 2026, arXiv 2603.11607), in sigma:
     d_i = (x_i - D(x_i, s_i t~_i)) / t~_i,  x_{i+1} = x_i + (t_{i+1} - t~_i) sum_j W[i, j] d_{i-j},
-    t~_{i+1} = t~_i + (sum_j W[i, j]) (t_{i+1} - t~_i), with W = AB rows + dW (window ``max_order``, iPNDM's
-    warm-up) and s_i a per-step time scale. dW = 0, s = 1 (or no predictor) is iPNDM(max_order) bitwise;
-    t~_{i+1} is written as t_{i+1} + (sum_j dW[i, j]) (t_{i+1} - t~_i) so that it stays exactly t_{i+1} there."""
+    t~_{i+1} = t~_i + (sum_j W[i, j]) (t_{i+1} - t~_i) = t_{i+1} + (sum_j dW[i, j]) (t_{i+1} - t~_i), with
+    W = AB rows + dW (window ``max_order``, iPNDM's warm-up) and s_i a per-step time scale. The calibrated time is
+    kept positive: an increment z = (sum_j dW[i, j]) (t_{i+1} - t~_i) below 0 is taken multiplicatively,
+    t~_{i+1} = t_{i+1} (1 + elu(z / t_{i+1})) (additive for z >= 0, t_{i+1} exp(z / t_{i+1}) > 0 below, the same to
+    first order; the plain additive form went below 0 near sigma_min when training at guidance scale 8). dW = 0,
+    s = 1 (or no predictor) is iPNDM(max_order) bitwise (elu(0) = 0)."""
 
     name = "dyweight"
     max_supported_order = 4
@@ -86,7 +89,8 @@ class LearnedMultistep(Solver):
             t_new = t_next
         else:
             w = [h * (c + dw[j]) for j, c in enumerate(ab)]
-            t_new = t_next + dw[:order].sum() * h
+            inc = dw[:order].sum() * h
+            t_new = t_next * (1 + torch.nn.functional.elu(inc / t_next)) if float(t_next) > 0 else t_next + inc
         return x + sum(wj * dj for wj, dj in zip(w, hist.values)), MultistepState(hist, t_new)
 
 
