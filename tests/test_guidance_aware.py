@@ -182,3 +182,36 @@ def test_amed_feature_predictor_cannot_be_guidance_aware(cond):
         fewstep.amed.train(Guided(cond, 0, 2.0), shape=(D,), features="adapter", guidance_scales=[1.0, 2.0],
                            num_steps=3, total_samples=8, batch=4, M=1, progress=False)
 
+
+
+def test_cli_train_guidance_aware_and_sample_at_an_unseen_scale(tmp_path, capsys):
+    """fewstep train --model digits --guidance-scales: one sampler for all classes and scales (batch rounded up to
+    a multiple of the 10 classes), sampled by fewstep sample --class --guidance at a scale it never trained at."""
+    import numpy as np
+
+    from fewstep.cli import main
+    from fewstep.denoisers import digits_unet
+
+    out = tmp_path / "aware.safetensors"
+    assert main(["train", "--model", "digits", "--method", "dyweight", "--nfe", "3", "--guidance-scales", "1,4",
+                 "--total-samples", "20", "--M", "1", "--out", str(out)]) == 0
+    p = learned.load(out)
+    assert p.guidance_aware and p.config["training"]["batch"] == 20  # DyWeight's 16, rounded up to 20
+    assert p.config["training"]["guidance_scales"] == [1.0, 4.0]
+    assert main(["sample", "--model", "digits", "--class", "2", "--guidance", "3", "--predictor", str(out),
+                 "--seeds", "0-1", "--out", str(tmp_path / "s.npz")]) == 0
+    x = fewstep.sample(Guided(digits_unet(), 2, 3.0), fewstep.noise_for_seeds(range(2), (1, 16, 16)), predictor=p)
+    np.testing.assert_allclose(np.load(tmp_path / "s.npz")["images"], x.clamp(-1, 1).numpy(), atol=1e-6)
+    capsys.readouterr()
+    assert main(["sample", "--model", "digits", "--predictor", str(out), "--seeds", "0-1",
+                 "--out", str(tmp_path / "t.npz")]) == 2
+    assert "--guidance W" in capsys.readouterr().err
+    bad = [(["--model", "gmm", "--guidance", "2"], "class-conditional"),
+           (["--model", "digits", "--guidance", "2", "--batch", "16"], "multiple of 10"),
+           (["--model", "digits", "--class", "3"], "--class needs"),
+           (["--model", "digits", "--guidance", "2", "--guidance-scales", "1,2"], "not both"),
+           (["--model", "digits", "--method", "plugin", "--guidance-scales", "1,2"], "--features none"),
+           (["--model", "digits", "--guidance-scales", "1,x"], "numbers separated by commas")]
+    for argv, msg in bad:
+        assert main(["train", *argv, "--out", str(tmp_path / "bad.safetensors")]) == 2
+        assert msg in capsys.readouterr().err, msg

@@ -31,7 +31,7 @@ __all__ = ["ScaleState", "make_scale_aware", "check_guidance_config", "resolve_s
 
 MAX_DEGREE = 4
 NEEDS_SCALE = ("this sampler is guidance-aware and needs the guidance scale: sample a Guided denoiser (its scale is "
-               "used) or set sampler.guidance_scale = w")
+               "used; fewstep sample --class C --guidance W) or set sampler.guidance_scale = w")
 
 
 def legendre(u: float, degree: int) -> torch.Tensor:

@@ -26,6 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD, PAS, GS) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
+    t.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="class-conditional models (--model digits): train under classifier-free guidance at scale W "
+                        "(all classes, tiled over each batch, or --class)")
+    t.add_argument("--guidance-scales", default=None, metavar="W1,W2,...",
+                   help="class-conditional models: train ONE guidance-aware sampler over these scales (one per "
+                        "batch, in turn; its tables are polynomials in w); it samples at any scale in [min, max] "
+                        "(fewstep sample --class C --guidance W --predictor OUT)")
+    t.add_argument("--guidance-degree", type=positive_int, default=2,
+                   help="with --guidance-scales: polynomial degree of the tables in w (default: %(default)s)")
+    t.add_argument("--class", dest="class_label", type=int, default=None, metavar="LABEL",
+                   help="with --guidance / --guidance-scales: train on this class only (default: all classes)")
     t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd", "pas", "gs"),
                    help="amed (AMED-Solver), plugin (AMED-Plugin on --base), dyweight (learned multistep), epd "
                         "(parallel directions), pas (PCA-basis corrections of iPNDM), gs (generalised DPM-Solver++(3M)); "
@@ -94,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     _method(args)  # contradictions before loading the model
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
+    denoiser, scales = _guided(args, denoiser, method=_method(args))
     features, network = resolve_features(denoiser, args.features)
     schedule = kind_or_file(args.schedule)
     method = _method(args)
@@ -104,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     if method not in ("amed", "plugin"):
         return _run_learned(args, method, out, denoiser, shape, model_id, dtype, threads, schedule, sigma_min,
-                            sigma_max, teacher_options)
+                            sigma_max, teacher_options, scales)
     args.M = 8 if args.M is None else args.M
     args.batch = 64 if args.batch is None else args.batch
     args.total_samples = 8192 if args.total_samples is None else args.total_samples
@@ -126,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
             total_samples=args.total_samples, lr=args.lr, loss=args.loss, learn_schedule=args.learn_schedule,
             schedule_lr=args.schedule_lr, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
             state_path=state,  # always: the final state is kept until the predictor file is on disk
-            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out, guidance_scales=scales,
+            guidance_degree=args.guidance_degree,
         )
         if info.is_main:
             nfe = count_nfe(pred.solver(), len(pred.config["sigmas"]), pred.config["afs"])
@@ -134,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
                   f"loss {log[0].losses[-1]:.4f}; wrote {out} ({nfe} model evaluations per sample)")
             if args.learn_schedule or not isinstance(schedule, str):
                 print("  sigmas: " + ", ".join(f"{v:.4g}" for v in pred.config["sigmas"]))
-            if not pred.uses_features:
+            if scales is not None:
+                print(f"  guidance-aware over w in [{min(scales):g}, {max(scales):g}]: sample with --guidance W")
+            elif not pred.uses_features:
                 for i, row in enumerate(pred.table_values()):
                     print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
                 print("  a predictor-free table: runs in fewstep.sample, fewstep.k and diffusers pipelines "
@@ -146,6 +161,50 @@ def run(args: argparse.Namespace) -> int:
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _guided(args: argparse.Namespace, denoiser, method: str) -> tuple[object, list[float] | None]:
+    """(denoiser, guidance scales): the model under classifier-free guidance for --guidance / --guidance-scales
+    (:class:`fewstep.denoisers.Guided`, every class tiled over each batch unless --class), else as it is. Without
+    --batch, mixed classes take the method's batch rounded up to a multiple of the class count."""
+    import torch
+
+    from ..denoisers import Guided
+    from ..learned.train import DEFAULT_BUDGET, FALLBACK_BUDGET
+
+    if args.guidance is None and args.guidance_scales is None:
+        if args.class_label is not None:
+            raise ValueError("--class needs --guidance W or --guidance-scales W1,W2,... (the scale to train at)")
+        return denoiser, None
+    if args.guidance is not None and args.guidance_scales is not None:
+        raise ValueError("give --guidance (one scale) or --guidance-scales (a guidance-aware sampler), not both")
+    classes = getattr(denoiser, "null_label", None)
+    if classes is None:
+        raise ValueError(f"--guidance / --guidance-scales need a class-conditional model (e.g. --model digits); "
+                         f"model {args.model} has none")
+    scales = None
+    if args.guidance_scales is not None:
+        try:
+            scales = [float(v) for v in args.guidance_scales.split(",")]
+        except ValueError:
+            raise ValueError(f"--guidance-scales must be numbers separated by commas, got {args.guidance_scales!r}")
+        if method in ("amed", "plugin") and args.features != "none":
+            raise ValueError(f"--guidance-scales with --method {method} trains a guidance-aware table: add "
+                             "--features none")
+    w = args.guidance if args.guidance is not None else scales[0]
+    if not math.isfinite(w):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.class_label is not None:
+        if not 0 <= args.class_label < classes:
+            raise ValueError(f"--class must be in 0..{classes - 1} for model {args.model}, got {args.class_label}")
+        return Guided(denoiser, args.class_label, w), scales
+    if args.batch is None:
+        default = {**FALLBACK_BUDGET, **DEFAULT_BUDGET.get(method, {})}["batch"]
+        args.batch = -(-default // classes) * classes
+    elif args.batch % classes:
+        raise ValueError(f"--batch {args.batch}: training on all {classes} classes tiles them over each batch; give a "
+                         f"multiple of {classes} (or --class LABEL)")
+    return Guided(denoiser, torch.arange(classes), w), scales
 
 
 def _method(args: argparse.Namespace) -> str:
@@ -177,7 +236,7 @@ def _method(args: argparse.Namespace) -> str:
 
 
 def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, shape, model_id, dtype, threads: int,
-                 schedule, sigma_min, sigma_max, teacher_options) -> int:
+                 schedule, sigma_min, sigma_max, teacher_options, scales: list[float] | None = None) -> int:
     """Train dyweight / epd / pas / gs (fewstep.learned.train); under ``torchrun`` data-parallel like AMED (each
     process takes its share of every global batch, gradients summed; rank 0 writes the state and the sampler)."""
     from .. import distributed, learned
@@ -198,7 +257,8 @@ def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, sha
             learn_schedule=args.learn_schedule, schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype,
             progress=True, log=log,
             state_path=out.with_name(out.name + ".train-state"),  # always: kept until the sampler is on disk
-            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out)
+            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out, guidance_scales=scales,
+            guidance_degree=args.guidance_degree)
         if info.is_main:
             print(f"Trained {method} in {log[0].seconds:.1f} s on {info.world_size} process(es) x {threads} "
                   f"thread(s); final loss {log[0].losses[-1]:.4f}; wrote {out} ({sampler.nfe()} model evaluations "

@@ -90,7 +90,7 @@ class LearnedMultistep(Solver):
         else:
             w = [h * (c + dw[j]) for j, c in enumerate(ab)]
             inc = dw[:order].sum() * h
-            t_new = t_next * (1 + torch.nn.functional.elu(inc / t_next)) if float(t_next) > 0 else t_next + inc
+            t_new = t_next * (1 + torch.nn.functional.elu(inc / t_next)) if bool(t_next > 0) else t_next + inc
         return x + sum(wj * dj for wj, dj in zip(w, hist.values)), MultistepState(hist, t_new)
 
 
