@@ -11,7 +11,7 @@ NFE, AFS makes the count odd), as the paper's even-NFE Table 3; NFE 5 uses AFS f
 DPM-Solver++(2M) both with and without AFS are shown). Metrics on held-out seeds (10^8 ...; training seeds are
 1 ...) with mixed labels (``--per-class`` of each digit): RMSE to the guided teacher (DEIS-4, ``--ref-steps``
 polynomial steps) and the accuracy of the logistic-regression classifier of docs/digits.md
-(``scripts/train_digits.py:fit_classifier``) on the samples.
+(``fewstep.data.digit_classifier``) on the samples.
 """
 
 from __future__ import annotations
@@ -29,18 +29,11 @@ import torch
 import fewstep
 from fewstep import amed
 from fewstep.bed import Bed
+from fewstep.data import digit_classifier
 from fewstep.denoisers import Guided, digits_unet
 
-ROOT = Path(__file__).resolve().parents[1]
 EVAL_SEED0 = 10**8
 PAPER = {"nfe": [8, 12, 16, 20], "dpmpp2m": [21.33, 15.99, 14.84, 14.58], "amed_plugin": [18.92, 14.84, 13.96, 13.24]}
-
-
-def classifier():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import train_digits  # scripts/ is not a package
-
-    return train_digits.fit_classifier(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch % 10:
         raise SystemExit("--batch must be a multiple of 10")
     t_start = time.perf_counter()
-    clf, clf_acc = classifier()
+    clf, clf_acc = digit_classifier()
     model = digits_unet()
     shape = (1, 16, 16)
     labels = torch.arange(10).repeat(args.per_class)                   # 0..9, 0..9, ...: mixed labels

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_model  # the EDM loss and its constants, shared with the patch model
 
 import fewstep
+from fewstep.data import digit_classifier, load_digits16
 from fewstep.denoisers import Guided
 from fewstep.denoisers.unet import SmallUNet, UNetConfig, load_unet, save_unet
 
@@ -80,16 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.ema < 1.0 or not 0.0 <= args.p_uncond < 1.0 or args.shift < 0:
         p.error("--ema and --p-uncond must be in [0, 1), --shift >= 0")
     return args
-
-
-def load_digits16() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as (1797, 1, 16, 16) float32 in [-1, 1] (bilinear 2x upsampling) and (1797,) labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # 0..16 -> [-1, 1]
-    x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-    return x.clamp(-1.0, 1.0), torch.as_tensor(d.target, dtype=torch.long)
 
 
 def shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
@@ -177,23 +168,11 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_classifier(seed: int = 0):
-    """Logistic regression on the 16x16 digits; (classifier, held-out accuracy on a stratified quarter)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits16()
-    xtr, xte, ytr, yte = train_test_split(x.reshape(len(x), -1).numpy(), y.numpy(), test_size=0.25,
-                                          random_state=seed, stratify=y.numpy())
-    clf = LogisticRegression(max_iter=2000, C=0.1).fit(xtr, ytr)
-    return clf, float(clf.score(xte, yte))
-
-
 def evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     torch.set_num_threads(args.threads)
-    clf, held_out = fit_classifier(args.seed)
+    clf, held_out = digit_classifier(args.seed)
     print(f"classifier: logistic regression on 16x16 digits, held-out accuracy {held_out:.4f}", flush=True)
     model = load_unet(args.evaluate)
     n = args.per_class

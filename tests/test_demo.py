@@ -1,4 +1,5 @@
-"""The main job end to end on a reduced size (a tiny random U-Net), and the metrics it relies on."""
+"""The main job end to end on a reduced size (a tiny random U-Net; the digits part on a few seeds), and the metrics
+it relies on."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from fewstep import evaluation, metrics
-from fewstep.demo import DemoConfig, run_demo
+from fewstep.demo import DemoConfig, DigitsDemoConfig, run_demo
 from fewstep.denoisers.unet import SmallUNet, UNetConfig
+from fewstep.io import pyplot
 
 
 def test_frechet_distance_closed_form():
@@ -42,11 +44,31 @@ def test_demo_end_to_end_reduced(tmp_path):
     model = SmallUNet(UNetConfig(img_resolution=8, base_channels=16, channel_mult=(1, 2), emb_dim=32,
                                  noise_features=16, norm_groups=4))
     cfg = DemoConfig(out=tmp_path, seeds=16, nfes=(3, 5), ref_steps=16, train_samples=32, train_batch=16, M=1,
-                     fd_patches=200, specs=evaluation.BASELINES[:4], progress=False)
+                     fd_patches=200, specs=evaluation.BASELINES[:4], progress=False,
+                     digits=DigitsDemoConfig(per_class=2, grid_seeds=1, ref_steps=4, specs=evaluation.BASELINES[:4],
+                                             train_samples=10, train_batch=10, M=1))
     summary = run_demo(cfg, model=model)
     assert (tmp_path / "results.md").is_file() and (tmp_path / "error_vs_nfe.png").is_file()
     assert len(list((tmp_path / "grids").glob("*.png"))) >= 6
-    assert len(list((tmp_path / "predictors").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "predictors").glob("*.safetensors"))) == 3
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["model_id"] == model.model_id and summary["rows"][-1]["label"].startswith("AMED-Plugin")
+    # The conditional part: rows = classes 0-9, three groups of 1 seed + 2 white separators, 17 px per tile, x4.
+    grid = pyplot().imread(tmp_path / "digits_nfe5.png")
+    assert grid.shape[:2] == (4 * (10 * 17 + 1), 4 * (5 * 17 + 1))
+    digits = saved["digits"]
+    assert [c["column"] for c in digits["columns"]] == ["teacher", "classic", "learned"]
+    assert digits["columns"][0]["rmse"] == 0 and all(0 <= c["accuracy"] <= 1 for c in digits["columns"])
+    assert digits["columns"][1]["rmse"] == min(v for v in digits["classic_rmse"].values() if v is not None)
+    assert "## Conditional model: digits" in (tmp_path / "results.md").read_text()
     assert not list(tmp_path.rglob(".*.tmp")) and not list(tmp_path.rglob(".*.png"))
+
+
+def test_demo_cli_digits_switch(monkeypatch, tmp_path):
+    import fewstep.demo
+    from fewstep.cli import main
+
+    seen: list[DemoConfig] = []
+    monkeypatch.setattr(fewstep.demo, "run_demo", seen.append)
+    assert main(["demo", "--out", str(tmp_path)]) == 0 and main(["demo", "--no-digits", "--out", str(tmp_path)]) == 0
+    assert isinstance(seen[0].digits, DigitsDemoConfig) and seen[1].digits is None

@@ -1,5 +1,5 @@
-"""``fewstep demo``: AMED on the shipped U-Net against every solver, or (``--bed``) the solver table on the analytic
-natural-patch bed."""
+"""``fewstep demo``: AMED on the shipped U-Net against every solver and the guided digits model at NFE 5, or
+(``--bed``) the solver table on the analytic natural-patch bed."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from .args import parse_nfes, positive_int
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``demo`` subcommand."""
-    d = sub.add_parser("demo", help="train AMED on the shipped U-Net and compare every solver at NFE 3/5/7/9")
+    d = sub.add_parser("demo", help="train AMED on the shipped U-Net and compare every solver at NFE 3/5/7/9, "
+                                           "then the guided digits model at NFE 5")
     d.add_argument("--bed", action="store_true", help="instead: solver table on the analytic natural-patch bed")
     d.add_argument("--out", default=None, help="output folder (default: fewstep-out/demo or fewstep-out/bed)")
     d.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: 256; bed 1000)")
     d.add_argument("--amed-nfe", type=positive_int, default=5, help="NFE the AMED predictors are trained for")
     d.add_argument("--train-samples", type=positive_int, default=2048, help="AMED training samples")
+    d.add_argument("--no-digits", dest="digits", action="store_false",
+                   help="skip the conditional part (guided digits model: teacher, best classic, learned at NFE 5)")
     d.add_argument("--nfe", type=parse_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
     d.add_argument("--patch", type=positive_int, default=8, help="patch size (default: %(default)s)")
     d.add_argument("--components", type=positive_int, default=10, help="mixture components (default: %(default)s)")
@@ -37,12 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     if not args.bed:
-        from ..demo import DemoConfig, run_demo
+        from ..demo import DemoConfig, DigitsDemoConfig, run_demo
 
         out = Path(args.out or "fewstep-out/demo")
         seeds = args.seeds or 256
         run_demo(DemoConfig(out=out, seeds=seeds, nfes=args.nfe, amed_nfe=args.amed_nfe,
-                            train_samples=args.train_samples))
+                            train_samples=args.train_samples, digits=DigitsDemoConfig() if args.digits else None))
         return 0
     return _bed_demo(args)
 
