@@ -512,6 +512,48 @@ def _summary(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+FRONTIER_JSON = {"analytic bed": "docs/frontier.json", "shipped U-Net": "docs/frontier_unet.json",
+                 "flow-matching bed": "docs/frontier_flow.json"}
+
+
+def _frontier_md() -> list[str]:
+    """The frontier summary, read from the JSON files that ``benchmarks/frontier.py --json`` saved (no training
+    here; rerun that script to refresh them)."""
+    from benchmarks.frontier import goal_ratio
+
+    lines = []
+    for bed, rel in FRONTIER_JSON.items():
+        path = ROOT / rel
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        page = rel.replace(".json", ".md")
+        m = res["meta"][0]
+        g = goal_ratio(res["rows"])
+        tr = m.get("train")
+        budget = ("each method's default training budget" if m.get("budget") == "default" else
+                  f"one training budget for all, {tr['batch']} x {tr['total_samples']}, M {tr['M']}")
+        head = f"- {bed} ([{page}]({page}), {m['seeds']} seeds, {budget}, {m['date']}): "
+        if g:
+            bl, bc, ratio = g
+            head += (f"best learned at NFE 5 / best classic at NFE 9 = **{ratio:.2f}x** ({bl['label']} "
+                     f"{bl['rmse']:.4f} vs {bc['label']} {bc['rmse']:.4f})")
+        best = []
+        for nfe in sorted({r["nfe"] for r in res["rows"] if r["kind"] == "learned"}):
+            le = min((r for r in res["rows"] if r["kind"] == "learned" and r["nfe"] == nfe), key=lambda r: r["rmse"])
+            cl = [r for r in res["rows"] if r["kind"] == "classic" and r["nfe"] == nfe]
+            bc_ = min(cl, key=lambda r: r["rmse"]) if cl else None
+            best.append(f"NFE {nfe}: {le['label']} {le['rmse']:.4f}" + (
+                f" vs {bc_['label']} {bc_['rmse']:.4f}" if bc_ else ""))
+        lines.append(head + ("; " if g else "") + "; ".join(best) + ".")
+    if not lines:
+        return []
+    return ["", "## Frontier (learned samplers; read from saved runs)", "",
+            "RMSE of the best learned sampler against the best classic solver, read from the JSON that "
+            "`benchmarks/frontier.py --json` saved (`make bench` does not retrain them; the pages say how each was "
+            "made):", ""] + lines
+
+
 def report(res: dict[str, Any]) -> str:
     m, a = res["machine"], res["args"]
     out = [
@@ -585,6 +627,7 @@ def report(res: dict[str, Any]) -> str:
             "ratio of the two in-sample ratios (sampler overhead against sampler overhead), and of the two median "
             "wall times (noisier).", "", _speed_md(sp),
         ]
+    out += _frontier_md()
     out += ["", "## GPU", ""]
     if res["machine"]["device"].startswith("cuda"):
         out += [f"Measured above on {res['machine'].get('gpu')}."]

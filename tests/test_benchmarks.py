@@ -111,3 +111,38 @@ def test_diffusers_sampler_reuse_and_native_float32():
         x32 = diffusers_sampler(name, torch.float32, **opts)(gmm, (noise * sig[0]).float(), sig)
         assert x32.dtype == torch.float32
         assert (x32.double() - again).abs().max() <= 1e-4 * again.abs().max()
+
+
+# ------------------------------------------------------------------ frontier: the U-Net and flow beds
+@pytest.mark.parametrize("bed, method", [("unet", "plugin"), ("flow", "dyweight")])
+def test_frontier_other_beds_quick(tmp_path, monkeypatch, bed, method):
+    """``--bed unet|flow`` on tiny sizes: one learned method trained at NFE 5, classic solvers at 5 and 9, the goal
+    ratio (best learned @5 / best classic @9) and, on the U-Net, FD per sample set; ``make bench``'s frontier
+    summary reads the saved JSON."""
+    from benchmarks import frontier
+
+    out, js = tmp_path / "f.md", tmp_path / "f.json"
+    assert frontier.main(["--quick", "--bed", bed, "--methods", method, "--nfes", "5,9", "--learned-nfes", "5",
+                          "--seeds", "4", "--out", str(out), "--json", str(js)]) == 0
+    text, res = out.read_text(), json.loads(js.read_text())
+    assert f"--quick --bed {bed}" in text and "--seeds 4" in text
+    assert "Goal check: best learned at NFE 5 / best classic at NFE 9" in text
+    learned_rows = [r for r in res["rows"] if r["kind"] == "learned"]
+    assert [(r["method"], r["nfe"]) for r in learned_rows] == [(method, 5)]
+    assert {r["nfe"] for r in res["rows"] if r["kind"] == "classic"} == {5, 9}
+    assert all(math.isfinite(r["rmse"]) and r["rmse"] > 0 for r in res["rows"])
+    assert res["meta"][0]["bed"] == bed and (("## FD by NFE" in text) is (bed == "unet"))
+    assert all(("fd" in r) is (bed == "unet") for r in res["rows"])
+    monkeypatch.setattr(bench, "FRONTIER_JSON", {bed: str(js)})
+    summary = "\n".join(bench._frontier_md())
+    assert "## Frontier" in summary and "best learned at NFE 5 / best classic at NFE 9 = **" in summary
+
+
+def test_frontier_flow_schedule_is_shifted_uniform_flow_time():
+    """The flow bed's schedule: exact endpoints, and uniform in flow time of sigma / shift (SD3's shift)."""
+    from benchmarks.frontier import flow_schedule
+
+    s = flow_schedule(6, shift=3.0)
+    assert float(s[0]) == pytest.approx(80.0, rel=1e-12) and float(s[-1]) == pytest.approx(0.002, rel=1e-12)
+    u = (s / 3) / (1 + s / 3)
+    assert torch.allclose(u.diff(), u.diff()[:1].expand(5), rtol=1e-10)
