@@ -280,7 +280,7 @@ def test_cli_plugin_method_and_bad_combinations(tmp_path, capsys):
 def test_dyweight_calibrated_time_stays_positive(dw):
     """History-weight row sums that move the calibrated time t~ (where the next evaluation is made) down: it stays
     > 0 (the additive form t_next + sum(dW) h went below 0 near sigma_min = 0.002 and the model refused the negative
-    sigma); it is DyWeight's additive form down to 0.1 t_next and stays there below."""
+    sigma); it is DyWeight's additive form down to 0.1 t_next, with a positive exponential tail below."""
     p = learned_helpers.make_sampler(DyWeightSampler)
     with torch.no_grad():
         p.dw.fill_(dw)
@@ -303,6 +303,31 @@ def test_dyweight_calibrated_time_stays_positive(dw):
         additive = float(sig[i + 1]) + z
         y = additive / float(sig[i + 1])  # DyWeight's additive calibration, floored smoothly at 0.1 t_{i+1}
         went_below |= y < 0.1
-        want = float(sig[i + 1]) * max(y, 0.1)
+        want = float(sig[i + 1]) * (y if y >= 0.1 else 0.1 * math.exp(y - 0.1))
         assert float(state.t_eff) == pytest.approx(want, rel=1e-12)
     assert went_below == (dw > 0)
+
+
+def test_dyweight_multiplicative_calibration():
+    """Option calibration = 1: neutral is still iPNDM bitwise; below t_next the calibrated time is
+    t_next exp(z / t_next), above it additive."""
+    sig = learned_helpers.SIG7
+    p = learned_helpers.make_sampler(DyWeightSampler, options={"calibration": 1})
+    noise = fewstep.noise_for_seeds(range(3), (6,), dtype=torch.float64)
+
+    def gauss(x, s):
+        return x / (1 + torch.as_tensor(s).reshape(-1, 1) ** 2)
+
+    assert torch.equal(fewstep.sample(gauss, noise, predictor=p),
+                       fewstep.sample(gauss, noise, learned_helpers.SIG7, "ipndm", afs=True, max_order=4))
+    for dw in (0.15, -0.15):
+        with torch.no_grad():
+            p.dw.fill_(dw)
+        solver, x = p.solver(), torch.ones(1, 6, dtype=torch.float64)
+        state = solver.init(x, sig)
+        for i in range(len(sig) - 2):
+            t_eff = sig[i] if state.t_eff is None else state.t_eff
+            x, state = solver.step(gauss, x, i, sig, state)
+            z = dw * min(4, i + 1) * float(sig[i + 1] - t_eff)
+            want = float(sig[i + 1]) + z if z >= 0 else float(sig[i + 1]) * math.exp(z / float(sig[i + 1]))
+            assert float(state.t_eff) == pytest.approx(want, rel=1e-12)

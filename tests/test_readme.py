@@ -346,5 +346,5 @@ def test_size_rewrites():
     assert shrink_args(["sample", "--seeds", "0-49999", "--out", "x.npz"]) == [
         "sample", "--seeds", "0-5", "--out", "x.npz", "--batch", "4"]
     assert shrink_args(["train", "--M=8"])[:3] == ["train", "--M", "2"]
-    assert "total_samples=16" in shrink_python("amed.train(d, shape=(3,), total_samples=8192)")
+    assert "total_samples=20" in shrink_python("amed.train(d, shape=(3,), total_samples=8192)")
     assert [shlex.split(c, comments=True) for c in commands("a \\\n  b  # c\n# d\n\ne\n")] == [["a", "b"], ["e"]]

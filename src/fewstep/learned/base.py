@@ -152,7 +152,7 @@ class LearnedSampler(ScaleAware, nn.Module):
         want = self.solver()
         inner_w, inner_g = getattr(want, "inner", want), getattr(solver, "inner", solver)
         same = type(solver) is type(want) and type(inner_g) is type(inner_w) and all(
-            getattr(inner_g, k, None) == getattr(inner_w, k, None) for k in ("max_order", "K", "coords"))
+            getattr(inner_g, k, None) == getattr(inner_w, k, None) for k in ("max_order", "K", "coords", "multiplicative"))
         if not same:
             raise ValueError(f"this sampler was trained as {self.config['method']} "
                              f"({'with' if self.config['time_shift'] else 'without'} time shifts); it is inside "

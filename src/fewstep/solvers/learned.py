@@ -57,17 +57,21 @@ class LearnedMultistep(Solver):
     d_i = (x_i - D(x_i, s_i t~_i)) / t~_i,  x_{i+1} = x_i + (t_{i+1} - t~_i) sum_j W[i, j] d_{i-j},
     t~_{i+1} = t~_i + (sum_j W[i, j]) (t_{i+1} - t~_i) = t_{i+1} + (sum_j dW[i, j]) (t_{i+1} - t~_i), with
     W = AB rows + dW (window ``max_order``, iPNDM's warm-up) and s_i a per-step time scale. The calibrated time is
-    kept at or above 0.1 t_{i+1}: t~_{i+1} = t_{i+1} max(1 + z / t_{i+1}, 0.1), z = (sum_j dW[i, j]) (t_{i+1} -
-    t~_i) (:func:`positive_floor`). Measured: the plain additive form went below 0 near sigma_min when training over
-    guidance scales up to 8 (the model refused the negative sigma); a multiplicative form (t_{i+1} exp(z / t_{i+1}))
-    cost 2x RMSE at NFE 9 on the patch bed, whose trained calibration goes down to a fraction of t_{i+1}; an
-    exponential tail below 0.1 t_{i+1} reached 1e-19 t_{i+1} and overflowed the guided training. dW = 0, s = 1 (or
-    no predictor) is iPNDM(max_order) bitwise."""
+    kept positive: t~_{i+1} = t_{i+1} f(1 + z / t_{i+1}), z = (sum_j dW[i, j]) (t_{i+1} - t~_i), f(y) = y down
+    to 0.1 and 0.1 exp(y - 0.1) below (:func:`positive_floor`). Measured: the plain additive form went below 0
+    near sigma_min when training over guidance scales up to 8 (the model refused the negative sigma); a
+    multiplicative form (t_{i+1} exp(z / t_{i+1})) cost 2x RMSE at NFE 9 on the patch bed, whose trained
+    calibration goes down to a fraction of t_{i+1}; a steep tail (0.1 exp((y - 0.1) / 0.1)) overflowed the guided
+    training and a hard clamp at 0.1 stalled it (guidance-aware DyWeight worse than its base at w = 6).
+    ``multiplicative``: t~_{i+1} = t_{i+1} (1 + elu(z / t_{i+1})) instead (additive upwards, t_{i+1} exp(z /
+    t_{i+1}) downwards), which trains far better over guidance scales. dW = 0, s = 1 (or no predictor) is
+    iPNDM(max_order) bitwise in both forms."""
 
     name = "dyweight"
     max_supported_order = 4
     max_order: int = 4
     predictor: Any = None
+    multiplicative: bool = False
 
     def init(self, x: torch.Tensor, sigmas: Any) -> MultistepState:
         return MultistepState()
@@ -92,7 +96,12 @@ class LearnedMultistep(Solver):
         else:
             w = [h * (c + dw[j]) for j, c in enumerate(ab)]
             inc = dw[:order].sum() * h
-            t_new = t_next * positive_floor(1 + inc / t_next) if bool(t_next > 0) else t_next + inc
+            if not bool(t_next > 0):
+                t_new = t_next + inc
+            elif self.multiplicative:  # t_{i+1} exp(z / t_{i+1}) below t_{i+1}, additive above
+                t_new = t_next * (1 + torch.nn.functional.elu(inc / t_next))
+            else:
+                t_new = t_next * positive_floor(1 + inc / t_next)
         return x + sum(wj * dj for wj, dj in zip(w, hist.values)), MultistepState(hist, t_new)
 
 
@@ -100,8 +109,9 @@ FLOOR = 0.1
 
 
 def positive_floor(y: torch.Tensor) -> torch.Tensor:
-    """max(y, FLOOR): DyWeight's calibrated time t~ / t_{i+1}, kept at or above FLOOR."""
-    return torch.clamp(y, min=FLOOR)
+    """y for y >= FLOOR, FLOOR exp(y - FLOOR) below: DyWeight's calibrated time t~ / t_{i+1}, positive, with a
+    gradient everywhere (a hard clamp stalled guidance-aware training on the clamp)."""
+    return torch.where(y >= FLOOR, y, FLOOR * torch.exp(torch.clamp(y, max=FLOOR) - FLOOR))
 
 
 def epd_initial_r(K: int) -> list[float]:
@@ -233,7 +243,8 @@ def pas_basis(directions: tuple[torch.Tensor, ...], current: torch.Tensor, flip:
     principal components of the (centred) directions so far, Gram-Schmidt-orthonormalised against the current
     direction and each other, signs chosen so that <u_k, x_t - x_T> >= 0. Detached (the PCA is a fixed frame
     for the gradient, as in PAS's search); a component the history cannot provide yet (n directions give at most
-    n - 1, D-dimensional data at most D) or a degenerate one is the zero vector. Exact SVD (deterministic), not ``pca_lowrank``."""
+    n - 1, D-dimensional data at most D) or a degenerate one is the zero vector. Exact SVD (deterministic), not
+    ``pca_lowrank``."""
     shape = current.shape
     out: list[torch.Tensor] = []
     with torch.no_grad():
