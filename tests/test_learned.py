@@ -118,7 +118,8 @@ def test_gradients_reach_every_used_parameter(gmm4, noise16, method, options):
 
 
 # ------------------------------------------------------------------ checkpoints
-@pytest.mark.parametrize("method,options", [("dyweight", {"window": 3}), ("epd", {"K": 2})])
+@pytest.mark.parametrize("method,options", [("dyweight", {"window": 3}), ("epd", {"K": 2}),
+                                            ("pas", {"order": 4, "coords": 2}), ("gs", {"order": 3})])
 def test_save_load_round_trip(tmp_path, gmm4, noise16, method, options):
     p = _perturb(_sampler(learned.METHODS[method], options=options, time_shift=True, model_id="gmm4"))
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"

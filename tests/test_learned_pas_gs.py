@@ -105,21 +105,6 @@ def test_gradients_reach_every_used_parameter(gmm4, noise16, method, options, na
 
 
 # ------------------------------------------------------------------ checkpoints
-@pytest.mark.parametrize("method,options", [("pas", {"order": 4, "coords": 2}), ("gs", {"order": 3})])
-def test_save_load_round_trip(tmp_path, gmm4, noise16, method, options):
-    p = _perturb(_sampler(learned.METHODS[method], options=options, time_shift=True, model_id="gmm4"))
-    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    p.save(a)
-    p.save(b)
-    assert a.read_bytes() == b.read_bytes()
-    q = learned.load(a, model_id="gmm4")
-    assert type(q) is type(p) and q.config == p.config
-    assert torch.equal(fewstep.sample(gmm4, noise16, predictor=q), fewstep.sample(gmm4, noise16, predictor=p))
-    assert learned.read_config(a)["method"] == method
-    with pytest.raises(CheckpointError, match="trained for model"):
-        learned.load(a, model_id="another")
-
-
 def test_load_refuses_other_shapes_and_options(tmp_path):
     from test_learned import _rewrite
 
