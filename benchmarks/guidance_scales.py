@@ -33,6 +33,7 @@ import fewstep
 from fewstep import learned
 from fewstep.bed import Bed
 from fewstep.data import digit_classifier
+from fewstep.io import write_text_atomic
 from fewstep.denoisers import Guided, digits_unet
 
 EVAL_SEED0 = 10**8
@@ -125,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
               "aware_tables": {m: aware[m].config["guidance"] for m in methods},
               "seconds": time.perf_counter() - t_start, "load": [load0, os.getloadavg()],
               "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.write_text(render(result))
+    out = Path(args.out)  # atomic: an interrupted run leaves the previous page, never half of one
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1))
+    write_text_atomic(out, render(result))
     print(f"wrote {out} and {out.with_suffix('.json')} ({result['seconds']:.0f} s)")
     return 0
 

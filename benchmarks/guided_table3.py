@@ -30,6 +30,7 @@ import fewstep
 from fewstep import amed
 from fewstep.bed import Bed
 from fewstep.data import digit_classifier
+from fewstep.io import write_text_atomic
 from fewstep.denoisers import Guided, digits_unet
 
 EVAL_SEED0 = 10**8
@@ -110,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": cmd, "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
               "classifier_held_out_accuracy": clf_acc, "paper_table3_fid": PAPER, "rows": rows,
               "seconds": total, "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.write_text(render(result))
+    out = Path(args.out)  # atomic: an interrupted run leaves the previous page, never half of one
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1))
+    write_text_atomic(out, render(result))
     print(f"wrote {out} and {out.with_suffix('.json')} ({total:.0f} s)")
     return 0
 
