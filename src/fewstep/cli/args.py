@@ -256,3 +256,26 @@ def resolve_features(denoiser: object, choice: str) -> tuple[str, object]:
     if isinstance(denoiser, torch.nn.Module):
         return "auto", denoiser
     return "none", None
+
+
+def class_count(denoiser: object, model: str, needs: str) -> int:
+    """The classes 0..n-1 of a class-conditional denoiser (n is its null label); ``needs`` starts the error, e.g.
+    "--class needs"."""
+    null = getattr(denoiser, "null_label", None)
+    if not isinstance(null, int) or isinstance(null, bool):
+        raise ValueError(f"{needs} a class-conditional model (e.g. --model digits); model {model} has none")
+    return null
+
+
+def check_class(label: int, classes: int, model: str) -> int:
+    """--class LABEL, in 0..classes-1."""
+    if not 0 <= label < classes:
+        raise ValueError(f"--class must be in 0..{classes - 1} for model {model}, got {label}")
+    return label
+
+
+def guidance_scale(w: float) -> float:
+    """--guidance W: a finite number."""
+    if not math.isfinite(w):
+        raise ValueError(f"--guidance must be a finite number, got {w}")
+    return w

@@ -6,7 +6,19 @@ import argparse
 from pathlib import Path
 
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
-from .args import add_model_args, add_sigma_args, kind_or_file, parse_seeds, positive_int, schedule_arg, set_threads, sigma_range
+from .args import (
+    add_model_args,
+    add_sigma_args,
+    check_class,
+    class_count,
+    guidance_scale,
+    kind_or_file,
+    parse_seeds,
+    positive_int,
+    schedule_arg,
+    set_threads,
+    sigma_range,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -169,22 +181,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _guide(args: argparse.Namespace, denoiser):
     """(denoiser, settings): ``denoiser`` wrapped in :class:`fewstep.denoisers.Guided` for --class/--guidance."""
-    import math
-
     from ..denoisers import Guided
 
     if args.class_label is None:
         if args.guidance is not None:
             raise ValueError("--guidance needs --class (the class to guide towards)")
         return denoiser, {}
-    null = getattr(denoiser, "null_label", None)
-    if not isinstance(null, int) or isinstance(null, bool):
-        raise ValueError(f"--class needs a class-conditional model (e.g. --model digits); model {args.model} has none")
-    if not 0 <= args.class_label < null:
-        raise ValueError(f"--class must be in 0..{null - 1} for model {args.model}, got {args.class_label}")
-    scale = 1.0 if args.guidance is None else args.guidance
-    if not math.isfinite(scale):
-        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    check_class(args.class_label, class_count(denoiser, args.model, "--class needs"), args.model)
+    scale = 1.0 if args.guidance is None else guidance_scale(args.guidance)
     return Guided(denoiser, args.class_label, scale), {"class": args.class_label, "guidance": scale}
 
 

@@ -10,6 +10,9 @@ from . import args as cli_args  # cli_args.load_model is looked up when called: 
 from .args import (
     add_model_args,
     add_sigma_args,
+    check_class,
+    class_count,
+    guidance_scale,
     json_object,
     kind_or_file,
     positive_int,
@@ -178,10 +181,7 @@ def _guided(args: argparse.Namespace, denoiser, method: str) -> tuple[object, li
         return denoiser, None
     if args.guidance is not None and args.guidance_scales is not None:
         raise ValueError("give --guidance (one scale) or --guidance-scales (a guidance-aware sampler), not both")
-    classes = getattr(denoiser, "null_label", None)
-    if classes is None:
-        raise ValueError(f"--guidance / --guidance-scales need a class-conditional model (e.g. --model digits); "
-                         f"model {args.model} has none")
+    classes = class_count(denoiser, args.model, "--guidance / --guidance-scales need")
     scales = None
     if args.guidance_scales is not None:
         try:
@@ -191,13 +191,9 @@ def _guided(args: argparse.Namespace, denoiser, method: str) -> tuple[object, li
         if method in ("amed", "plugin") and args.features != "none":
             raise ValueError(f"--guidance-scales with --method {method} trains a guidance-aware table: add "
                              "--features none")
-    w = args.guidance if args.guidance is not None else scales[0]
-    if not math.isfinite(w):
-        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    w = guidance_scale(args.guidance) if args.guidance is not None else scales[0]
     if args.class_label is not None:
-        if not 0 <= args.class_label < classes:
-            raise ValueError(f"--class must be in 0..{classes - 1} for model {args.model}, got {args.class_label}")
-        return Guided(denoiser, args.class_label, w), scales
+        return Guided(denoiser, check_class(args.class_label, classes, args.model), w), scales
     if args.batch is None:
         default = {**FALLBACK_BUDGET, **DEFAULT_BUDGET.get(method, {})}["batch"]
         args.batch = -(-default // classes) * classes
