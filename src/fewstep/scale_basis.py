@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 __all__ = ["ScaleState", "make_scale_aware", "check_guidance_config", "resolve_scale", "legendre", "MAX_DEGREE",
            "NEEDS_SCALE",
-           "check_guidance_scales", "scale_cycle", "ScaleAware"]
+           "check_guidance_scales", "scale_cycle", "ScaleAware", "guidance_entry"]
 
 MAX_DEGREE = 4
 NEEDS_SCALE = ("this sampler is guidance-aware and needs the guidance scale: sample a Guided denoiser (its scale is "
@@ -80,6 +80,11 @@ def make_scale_aware(module: nn.Module, lo: float, hi: float, degree: int) -> Sc
         if module._parameters[name] is not None:
             parametrize.register_parametrization(module, name, _ScaleBasis(state), unsafe=True)
     return state
+
+
+def guidance_entry(scales: Sequence[float] | None, degree: int) -> dict[str, Any] | None:
+    """The checkpoint's ``guidance`` entry for a sampler trained over ``scales`` (None: not guidance-aware)."""
+    return None if scales is None else {"scales": [min(scales), max(scales)], "degree": degree}
 
 
 def check_guidance_config(cfg: Any) -> str | None:

@@ -10,7 +10,7 @@ import torch
 from ..denoisers.features import HookFeatures, provides_features
 from ..sampling import ModelCall, detach_state, noise_for_seeds
 from ..sampling import steps_for_nfe as _steps_for_nfe
-from ..scale_basis import check_guidance_scales, scale_cycle
+from ..scale_basis import check_guidance_scales, guidance_entry, scale_cycle
 from ..schedules import refine_schedule, validate_sigmas
 from ..solvers import SOLVERS, get_solver
 from .predictor import AMEDPredictor, LearnedSchedule, student_solver
@@ -181,7 +181,7 @@ def train(
     }
     if scales is not None:
         tr["guidance_scales"] = scales
-        config["guidance"] = {"scales": [min(scales), max(scales)], "degree": guidance_degree}
+        config["guidance"] = guidance_entry(scales, guidance_degree)
     pred = AMEDPredictor(num_steps - 1, feat_cfg["dim"], scale_dir, scale_time, hidden=hidden, config=config).to(dtype)
     sched = LearnedSchedule(sig) if learn_schedule else None
     recorder = _Recorder(pred)

@@ -11,7 +11,7 @@ import torch
 from .. import amed
 from ..amed.distill import distill, frozen, training_setup
 from ..amed.predictor import LearnedSchedule
-from ..scale_basis import check_guidance_scales, scale_cycle
+from ..scale_basis import check_guidance_scales, guidance_entry, scale_cycle
 from ..schedules import validate_sigmas
 from .base import METHODS, LearnedSampler
 
@@ -134,8 +134,6 @@ def train(
                              "checkpoint has no place for them); use dyweight or epd")
         if options:
             raise ValueError(f"method {method!r} takes no options; pass AMED's own keywords (scale_dir, ...)")
-        if guidance_scales is not None:
-            amed_options.update(guidance_scales=guidance_scales, guidance_degree=guidance_degree)
         student = "amed" if method == "amed" else base
         if num_steps is None:
             num_steps = amed.student_steps_for_nfe(student, nfe, afs)
@@ -145,7 +143,7 @@ def train(
                           lr_decay=lr_decay, learn_schedule=learn_schedule, schedule_lr=schedule_lr, seed=seed,
                           model_id=model_id, dtype=dtype, progress=progress, log=log, state_path=state_path,
                           checkpoint_every=checkpoint_every, resume=resume, out=out, model_dtype=model_dtype,
-                          **amed_options)
+                          guidance_scales=guidance_scales, guidance_degree=guidance_degree, **amed_options)
     scales = check_guidance_scales(guidance_scales, guidance_degree, denoiser)
     if amed_options:
         raise TypeError(f"unknown argument(s) for method {method!r}: {', '.join(sorted(amed_options))}")
@@ -160,13 +158,11 @@ def train(
     if tr["lr"] is None:
         tr["lr"] = DEFAULT_LR[method]
     tr.update({"soft_start": float(soft_start), "soft_start_steps": soft_start_steps})
-    guidance = None
     if scales is not None:
         tr["guidance_scales"] = scales
-        guidance = {"scales": [min(scales), max(scales)], "degree": guidance_degree}
     config = cls.make_config(sig, afs=afs, options=options, time_shift=time_shift, schedule=sched_cfg,
                              model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
-                             training=tr, guidance=guidance)
+                             training=tr, guidance=guidance_entry(scales, guidance_degree))
     torch.manual_seed(seed)
     sampler = cls(config)  # float64 parameters whatever the trajectory dtype (0-dim: they do not promote x)
     sched = LearnedSchedule(sig) if learn_schedule else None
