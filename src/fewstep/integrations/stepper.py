@@ -85,7 +85,8 @@ class Stepper:
         self.nfe, self.finished = 0, False
 
     @property
-    def num_steps(self) -> int:
+    def num_intervals(self) -> int:
+        """Intervals of the schedule, ``len(sigmas) - 1`` (elsewhere in fewstep ``num_steps`` counts sigmas)."""
         return self.sigmas.numel() - 1
 
     @property
@@ -110,7 +111,7 @@ class Stepper:
         if self.finished:
             raise RuntimeError("sampling has finished; call start() again")
         self.nfe += 1
-        if self.i == self.num_steps:  # the evaluation of denoise_to_zero
+        if self.i == self.num_intervals:  # the evaluation of denoise_to_zero
             self.finished = True
             return denoised
         self.outputs.append(denoised)
@@ -118,7 +119,7 @@ class Stepper:
 
     def _advance(self) -> Request | torch.Tensor:
         with torch.no_grad():
-            while self.i < self.num_steps:
+            while self.i < self.num_intervals:
                 ev = ModelCall(_Replay(self.outputs), afs=self.afs and self.i == 0, check_finite=False)
                 ev.begin_step(self.i)
                 try:
