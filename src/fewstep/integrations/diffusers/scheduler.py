@@ -1,0 +1,335 @@
+"""The diffusers scheduler :class:`FewstepScheduler`: any fewstep solver or learned sampler behind diffusers'
+``set_timesteps`` / ``scale_model_input`` / ``step`` / ``add_noise``, one ``step`` per model call (how it maps
+onto diffusers' API: the docstring of :mod:`fewstep.integrations.diffusers`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...denoisers.adapters import FlowModel
+from ...schedules import get_schedule
+from ..stepper import Request, Stepper, evaluation_sigmas
+from .backend import BaseOutput, ConfigMixin, KarrasDiffusionSchedulers, SchedulerMixin, register_to_config
+from .planning import SCHEDULES, SPACINGS, call_plan, method_name, plan_schedule
+from .spaces import flow_sigma, is_flow_config, make_adapter, model_sigma_range, to_edm
+from .tail import tail_runner
+
+__all__ = ["FewstepScheduler", "FewstepSchedulerOutput"]
+
+
+@dataclass
+class FewstepSchedulerOutput(BaseOutput):
+    """``prev_sample``: the sample for the next model call (or the result); ``pred_original_sample``: x0."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class FewstepScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that runs a fewstep solver (any name in ``fewstep.SOLVERS``) or a learned sampler.
+
+    Config (besides the model's own ``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
+    ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``):
+      * ``solver``, ``solver_options`` (dict, keyword options of the solver), ``afs``;
+      * ``schedule``: "diffusers" (the pipeline's own timestep spacing, ``timestep_spacing``; uniform flow time
+        with shift for flow models), "polynomial" (EDM/Karras, ``rho``), "logsnr" or "discrete" (VP training
+        timesteps), between ``sigma_min`` and ``sigma_max`` (EDM sigmas, default: the model's range);
+        ``use_karras_sigmas`` in a source config selects "polynomial";
+      * ``denoise_to_zero``: end with x0 of the last evaluation (None: yes unless a predictor is given);
+      * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
+    ``predictor``: a learned sampler (:mod:`fewstep.learned`: DyWeight, EPD, PAS, GS; :mod:`fewstep.amed`: an AMED
+    table) or the path of its checkpoint (:func:`fewstep.learned.load`, any format); it replaces ``solver``,
+    ``afs`` and the schedule, and is not part of the saved config.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
+    ignore_for_config = ["predictor"]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Any = None,
+        prediction_type: str = "epsilon",
+        solver: str = "dpmpp",
+        solver_options: dict | None = None,
+        afs: bool = False,
+        schedule: str = "diffusers",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rho: float = 7.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        denoise_to_zero: bool | None = None,
+        timestep_type: str = "interp",
+        use_karras_sigmas: bool = False,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        predictor: Any = None,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(SPACINGS)}, got {timestep_spacing!r}")
+        if timestep_type not in ("interp", "nearest"):
+            raise ValueError(f"timestep_type must be 'interp' or 'nearest', got {timestep_type!r}")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise TypeError(f"solver_options must be a dict of solver keyword options, got {type(solver_options).__name__}")
+        self.adapter = make_adapter(prediction_type, self.config, timestep_type)
+        self.is_flow = isinstance(self.adapter, FlowModel)
+        if self.is_flow and schedule == "discrete":
+            raise ValueError("schedule='discrete' needs a VP model with alphas_cumprod, not a flow model")
+        self.predictor = None
+        self._set_predictor(predictor)
+        Stepper(solver, get_schedule("logsnr", 3), **(solver_options or {}))  # validate solver and options now
+        self.init_noise_sigma = 1.0
+        self.timesteps: torch.Tensor | None = None
+        self.sigmas: torch.Tensor | None = None
+        self.num_inference_steps: int | None = None
+        self._stepper: Stepper | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._run: Any = None
+        self._plan_info: list[tuple[float, int, bool]] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """As :meth:`ConfigMixin.from_config`, plus ``predictor=`` and flow detection (FlowMatch* configs
+        get ``prediction_type="flow_prediction"``)."""
+        predictor = kwargs.pop("predictor", None)
+        cfg = dict(config) if isinstance(config, dict) else {}
+        if is_flow_config(cfg):
+            kwargs.setdefault("prediction_type", "flow_prediction")
+        out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        sched = out[0] if return_unused_kwargs else out
+        if predictor is not None:
+            sched._set_predictor(predictor)
+        return out
+
+    def _set_predictor(self, predictor: Any) -> None:
+        """Take a learned sampler, or load one from a checkpoint path (every format :func:`fewstep.learned.load`
+        reads); refuse what a scheduler cannot run."""
+        if predictor is None:
+            self.predictor = None
+            return
+        if isinstance(predictor, (str, os.PathLike)):
+            from ...learned import load
+
+            predictor = load(predictor)
+        if not (callable(getattr(predictor, "sampling_setup", None)) and hasattr(predictor, "config")):
+            raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load, fewstep.amed.train / "
+                            f"load) or the path of its checkpoint, got {type(predictor).__name__}")
+        if getattr(predictor, "uses_features", False):
+            raise ValueError(
+                f"predictor: a feature-based {method_name(predictor)} predictor picks each sample's evaluation times "
+                "from the network's features during sampling, so a scheduler cannot list its timesteps in advance; "
+                "train a predictor-free table (fewstep.amed.train(..., features='none')) for pipelines, or use "
+                "fewstep.sample with DiffusersDenoiser for this one")
+        _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
+        Stepper(solver, sig, afs=afs)  # validates the schedule and solver
+        self.predictor = predictor
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next model call in ``timesteps`` (a counter, never looked up by timestep value)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index in ``timesteps`` of the first model call (image-to-image); None: not set (the start)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at model call ``begin_index`` (diffusers' img2img pipelines call this after ``set_timesteps``
+        with ``t_start * order``): the pipeline then makes exactly ``len(timesteps[begin_index:])`` calls, from
+        latents noised with :meth:`add_noise` at ``timesteps[begin_index]``. AFS is off for a start above 0."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be a non-negative int, got {begin_index!r}")
+        begin_index = int(begin_index)
+        if begin_index > 0 and self.predictor is not None:
+            raise ValueError(
+                f"begin_index={begin_index}: the {method_name(self.predictor)} predictor cannot start mid-schedule "
+                "(image-to-image / strength < 1); it was trained from pure noise on its one schedule. Use a plain "
+                "solver (FewstepScheduler(solver=...)), or train a predictor for the partial schedule "
+                "(fewstep.learned.train(..., sigma_max=<the start sigma>)) and sample it from noise")
+        if self.num_inference_steps is not None and begin_index >= self.num_inference_steps:
+            raise ValueError(f"begin_index={begin_index} leaves no model call of the {self.num_inference_steps} "
+                             "planned; it must be below len(timesteps)")
+        if self._step_index is not None:
+            raise RuntimeError("set_begin_index must be called before the first step (after set_timesteps)")
+        self._begin_index = begin_index
+
+    def _sigma_of(self, timestep: Any) -> torch.Tensor:
+        """EDM sigma (float64) of each entry of ``timestep`` (diffusers' rule: the step index or begin index when
+        set, else the first equal entry of ``timesteps``, else the model's time-to-sigma conversion)."""
+        t = torch.as_tensor(timestep).reshape(-1).to(torch.float64).cpu()
+        n = t.numel()
+        if self._stepper is not None and self._begin_index is not None:
+            k = self._step_index if self._step_index is not None else self._begin_index
+            k = min(k, len(self._plan_info) - 1)
+            return torch.full((n,), self._plan_info[k][0], dtype=torch.float64)
+        out = torch.empty(n, dtype=torch.float64)
+        ts = self.timesteps.to(torch.float64).cpu() if self.timesteps is not None else None
+        T = self.config.num_train_timesteps
+        for j, v in enumerate(t.tolist()):
+            hit = (ts == v).nonzero() if ts is not None else torch.empty(0)
+            if hit.numel():
+                out[j] = self._plan_info[int(hit[0])][0]
+            elif self.is_flow:
+                out[j] = flow_sigma(torch.tensor(v / T, dtype=torch.float64))
+            else:
+                ls = self.adapter.log_sigmas.cpu()
+                x = min(max(v, 0.0), float(ls.numel() - 1))
+                lo = min(math.floor(x), ls.numel() - 2)
+                w = x - lo
+                out[j] = ((1 - w) * ls[lo] + w * ls[lo + 1]).exp()
+        return out
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """``original_samples`` (x0, pipeline space) noised to the sigma of ``timesteps``, in the pipeline's
+        space: VP alpha x0 + sigma_vp noise (alpha = 1 / sqrt(1 + s^2), sigma_vp = s alpha), flow
+        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call."""
+        s = self._sigma_of(timesteps)
+        if s.numel() == 1 and original_samples.ndim > 0:
+            s = s.expand(original_samples.shape[0])
+        if self.is_flow:
+            a, b = 1 / (1 + s), s / (1 + s)
+        else:
+            a = (1 + s**2).rsqrt()
+            b = s * a
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        a = a.to(original_samples.device, original_samples.dtype).reshape(shape)
+        b = b.to(original_samples.device, original_samples.dtype).reshape(shape)
+        return a * original_samples + b * noise.to(original_samples)
+
+    # ------------------------------------------------------------------ schedule
+    def _model_range(self) -> tuple[float, float]:
+        """(sigma_min, sigma_max) in EDM sigma that the model was trained on."""
+        return model_sigma_range(self.adapter, self.config.num_train_timesteps)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: Any = None, timesteps: Any = None, mu: float | None = None, **kwargs: Any) -> None:
+        """Plan the solver's model calls: ``num_inference_steps`` = NFE (or custom ``sigmas``: flow times for flow
+        models, EDM sigmas otherwise; a trailing 0 means denoise to zero). Custom ``timesteps`` are refused."""
+        if timesteps is not None:
+            raise ValueError("FewstepScheduler does not take custom timesteps; pass num_inference_steps or sigmas")
+        sig, solver, afs, dtz, opts = plan_schedule(self.config, self.adapter, self.predictor, num_inference_steps,
+                                                    sigmas, mu)
+        if self.predictor is not None and num_inference_steps is not None:
+            need = len(evaluation_sigmas(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz)))
+            if num_inference_steps != need:
+                rounds = getattr(solver, "rounds", None)
+                par = (f"; its parallel evaluations are separate calls here ({rounds(sig.numel())} sequential "
+                       "rounds in fewstep.sample)") if callable(rounds) and rounds(sig.numel()) != solver.nfe(
+                    sig.numel()) else ""
+                raise ValueError(f"num_inference_steps: the {method_name(self.predictor)} predictor makes {need} "
+                                 f"model calls (afs={afs}, denoise_to_zero={dtz}{par}); call the pipeline with "
+                                 f"num_inference_steps={need}, got {num_inference_steps}")
+        # Without a predictor the jump to zero counts in lower_order_final, as in diffusers' multistep schedulers;
+        # a predictor keeps the steps it was trained with.
+        self._stepper = Stepper(solver, sig, afs=afs, denoise_to_zero=dtz, final_jump_is_step=self.predictor is None,
+                                **opts)
+        evals = torch.tensor(evaluation_sigmas(self._stepper), dtype=torch.float64)
+        t = self.adapter.sigma_to_t(evals) if not self.is_flow else \
+            evals / (1 + evals) * self.config.num_train_timesteps
+        integral = not self.is_flow and bool(((t - t.round()).abs() < 1e-6).all())  # on the training grid
+        self.timesteps = (t.round().long() if integral else t.float()).to(device)
+        last = 0.0 if dtz else float(sig[-1])
+        native = torch.cat([evals, torch.tensor([last], dtype=torch.float64)])
+        self.sigmas = (native / (1 + native) if self.is_flow else native).float()  # flow: t; VP: EDM sigma
+        self.num_inference_steps = len(evals)
+        self._step_index = None
+        self._begin_index = None
+        self._run = None
+        self._plan_info = call_plan(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz,
+                                             final_jump_is_step=self.predictor is None, **opts))
+        self._request: Request | None = None
+        # The first model call needs another input than the initial sample: after AFS, or at a sigma other than
+        # the schedule's first (a learned sampler's time shift / time scale); scale_model_input makes it.
+        self._first_input_moves = afs or self._plan_info[0][0] != float(sig[0])
+        self._first_input_made = False
+
+    # ------------------------------------------------------------------ the diffusers loop
+    def _dtype(self, sample: torch.Tensor) -> torch.dtype:
+        return torch.float32 if sample.device.type == "mps" else torch.float64
+
+    def _check_ready(self) -> Stepper:
+        if self._stepper is None:
+            raise RuntimeError("call set_timesteps() before scale_model_input()/step()")
+        return self._stepper
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The network input for the next call: ``sample`` itself, except for a first call that is not made at
+        the initial latents as they are: with AFS the point after the analytical first step, and for a learned
+        sampler whose first call is at a shifted sigma the latents rescaled to that sigma (both computed from the
+        pipeline's initial latents)."""
+        st = self._check_ready()
+        if not (self._first_input_moves and not self._step_index and not self._begin_index):
+            return sample
+        dt = self._dtype(sample)
+        first = Stepper(st.solver, st.sigmas, afs=st.afs, denoise_to_zero=st.denoise_to_zero,
+                        final_jump_is_step=st.final_jump_is_step)
+        req = first.start(to_edm(self.adapter, sample.to(dt), st.sigmas[0]))
+        self._first_input_made = True
+        return self.adapter.model_input(req.x, req.sigma)[0].to(sample.dtype)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True,
+             **kwargs: Any) -> FewstepSchedulerOutput | tuple[torch.Tensor]:
+        """Take the model output for the current call; return the sample for the next call (or the result)."""
+        full = self._check_ready()
+        first = self._step_index is None
+        k = (self._begin_index or 0) if first else self._step_index
+        if k >= self.num_inference_steps:
+            raise RuntimeError(f"all {self.num_inference_steps} model calls were made; call set_timesteps() again")
+        dt = self._dtype(sample)
+        x_in = sample.to(dt)
+        if first and k > 0:  # image-to-image: start at call k, from the pipeline's noised latents
+            self._run = tail_runner(full, self._plan_info[k])
+            self._request = self._run.start(to_edm(self.adapter, x_in, torch.tensor(self._plan_info[k][0])))
+        elif first:
+            self._run = None
+        st = self._run if self._run is not None else full
+        if first and k == 0:
+            self._request = st.start(to_edm(self.adapter, x_in, st.sigmas[0]))
+            if self._first_input_moves and not self._first_input_made:
+                why = ("afs=True: the first model call must be made after the analytical first step" if st.afs else
+                       f"the {method_name(self.predictor)} predictor makes its first model call at sigma "
+                       f"{self._plan_info[0][0]:.6g}, not at the schedule's first sigma {float(st.sigmas[0]):.6g} "
+                       "(its learned time shift or scale), so the model's input must be rescaled to it")
+                raise RuntimeError(
+                    f"{why}, but this pipeline did not call scheduler.scale_model_input (e.g. DDPMPipeline); run the "
+                    "loop with fewstep.integrations.diffusers.run_pipeline_loop(unet, scheduler, noise, nfe), use a "
+                    "pipeline that calls scale_model_input, or use afs=False / a predictor trained without AFS")
+        req = self._request
+        x = req.x
+        if not first and st.at_interval_start:
+            x = to_edm(self.adapter, x_in, req.sigma)  # the pipeline's latents, which the model saw
+            st.replace_start(x)
+        denoised = self.adapter.denoised(x, req.sigma.to(dt), model_output.to(dt))
+        nxt = st.feed(denoised)
+        if isinstance(nxt, Request):
+            prev = self.adapter.model_input(nxt.x, nxt.sigma)[0]
+            self._request = nxt
+        elif st.denoise_to_zero:
+            prev = nxt  # x0: the same in every space
+        else:
+            prev = self.adapter.model_input(nxt, full.sigmas[-1])[0]
+        self._step_index = k + 1
+        prev, x0 = prev.to(sample.dtype), denoised.to(sample.dtype)
+        if not return_dict:
+            return (prev,)
+        return FewstepSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
