@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import fewstep
-from fewstep import amed, distributed
+from fewstep import distributed, learned
 from fewstep.cli import main
 from fewstep.denoisers import Gaussian, load_unet
 from fewstep.io import tensor_digest
@@ -51,8 +51,8 @@ def nan_model():
 @pytest.fixture(scope="module")
 def ckpt_bytes(tmp_path_factory) -> bytes:
     """A valid predictor-free AMED checkpoint for `factory_model:make`."""
-    pred = amed.train(GAUSS, shape=(3, 2, 2), num_steps=3, M=1, batch=8, total_samples=8, progress=False,
-                      model_id="factory_model:make")
+    pred = learned.train("amed", GAUSS, shape=(3, 2, 2), num_steps=3, teacher=learned.Teacher(M=1),
+                         budget=learned.Budget(batch=8, total_samples=8), progress=False, model_id="factory_model:make")
     path = tmp_path_factory.mktemp("ckpt") / "good.safetensors"
     pred.save(path)
     return path.read_bytes()
@@ -160,7 +160,7 @@ API = [
      "denoiser must return a tensor of the input's shape .*, got ndarray"),
     ("denoiser-returns-int-tensor", lambda f: fewstep.sample(lambda x, s: x.long(), NOISE, SIG, "euler"), TypeError,
      "denoiser must return a floating-point tensor, got dtype torch.int64"),
-    ("sample-without-schedule", lambda f: fewstep.sample(GAUSS, NOISE), TypeError, r"sample\(\) needs sigmas"),
+    ("sample-without-schedule", lambda f: fewstep.sample(GAUSS, NOISE), TypeError, r"sample\(\) need sigmas"),
     ("predictor-not-an-amed-predictor", lambda f: fewstep.sample(GAUSS, NOISE, predictor=object()), TypeError,
      "predictor must be a learned sampler from fewstep.learned"),
     ("seed-bool", lambda f: fewstep.noise_for_seeds([True], (3,)), ValueError, "non-negative ints below 2\\*\\*63, got True"),
@@ -170,63 +170,71 @@ API = [
     ("shape-float-dims", lambda f: fewstep.noise_for_seeds([1], (3.0,)), ValueError,
      r"shape must be a non-empty tuple of positive ints, got \(3\.0,\)"),
     # checkpoints
-    ("ckpt-truncated-half", lambda f: amed.load(f.write("c.safetensors", f.good.read_bytes()[:500])), ValueError,
+    ("ckpt-truncated-half", lambda f: learned.load(f.write("c.safetensors", f.good.read_bytes()[:500])), ValueError,
      "is not a readable safetensors file"),
-    ("ckpt-truncated-tail", lambda f: amed.load(f.write("c.safetensors", f.good.read_bytes()[:-4])), ValueError,
+    ("ckpt-truncated-tail", lambda f: learned.load(f.write("c.safetensors", f.good.read_bytes()[:-4])), ValueError,
      "tensor 'table' does not fit the file \\(corrupted or truncated\\)"),
-    ("ckpt-weights-bit-flipped", lambda f: amed.load(f.write("c.safetensors", _flip_last_byte(f.good.read_bytes()))),
+    ("ckpt-weights-bit-flipped", lambda f: learned.load(f.write("c.safetensors", _flip_last_byte(f.good.read_bytes()))),
      ValueError, "is corrupted: weights do not match their SHA-256"),
-    ("ckpt-empty-file", lambda f: amed.load(f.write("c.safetensors", b"")), ValueError,
+    ("ckpt-empty-file", lambda f: learned.load(f.write("c.safetensors", b"")), ValueError,
      r"too short to be a safetensors file \(0 bytes\)"),
-    ("ckpt-torch-save-zip", lambda f: amed.load(f.torch_save("c.pt")), ValueError,
+    ("ckpt-torch-save-zip", lambda f: learned.load(f.torch_save("c.pt")), ValueError,
      "looks like a pickle / torch.save file; fewstep only loads safetensors"),
     ("ckpt-foreign-safetensors",
-     lambda f: (save_file({"w": torch.zeros(2)}, str(f.work / "c.safetensors")), amed.load(f.work / "c.safetensors")),
-     ValueError, r"is not a fewstep AMED checkpoint \(format None\)"),
-    ("ckpt-unknown-config-key", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(colour=7.5))),
+     lambda f: (save_file({"w": torch.zeros(2)}, str(f.work / "c.safetensors")),
+                learned.load(f.work / "c.safetensors")),
+     ValueError, r"is not a fewstep learned sampler \(format None\)"),
+    ("ckpt-unknown-config-key", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(colour=7.5))),
      ValueError, "unknown config keys colour"),
-    ("ckpt-bad-guidance", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(guidance=7.5))),
+    ("ckpt-bad-guidance", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(guidance=7.5))),
      ValueError, "config guidance must be an object"),
-    ("ckpt-missing-config-key", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.pop("sigmas"))),
+    ("ckpt-missing-config-key", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.pop("sigmas"))),
      ValueError, "config lacks sigmas"),
-    ("ckpt-future-version", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(version=2))),
-     ValueError, "checkpoint version 2, this fewstep reads version 1"),
+    ("ckpt-future-version", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(version=2))),
+     ValueError, "version 2, this fewstep reads version 1"),
     ("ckpt-config-invalid-json",
-     lambda f: amed.load(f.forge("c.safetensors", meta=lambda m: m.update(config="{'a': 1}"))), ValueError,
+     lambda f: learned.load(f.forge("c.safetensors", meta=lambda m: m.update(config="{'a': 1}"))), ValueError,
      "has no valid JSON config"),
-    ("ckpt-config-not-an-object", lambda f: amed.load(f.forge("c.safetensors", meta=lambda m: m.update(config="[1]"))),
+    ("ckpt-config-not-an-object",
+     lambda f: learned.load(f.forge("c.safetensors", meta=lambda m: m.update(config="[1]"))),
      ValueError, "config must be a JSON object"),
     ("ckpt-weights-wrong-shape",
-     lambda f: amed.load(f.forge("c.safetensors", tensors=lambda t: {k: torch.zeros(3) for k in t})), ValueError,
+     lambda f: learned.load(f.forge("c.safetensors", tensors=lambda t: {k: torch.zeros(3) for k in t})), ValueError,
      r"tensors do not match the configuration \(missing \[\], unexpected \[\], wrong shape \['table'\]\)"),
     ("ckpt-extra-tensor",
-     lambda f: amed.load(f.forge("c.safetensors", tensors=lambda t: {**t, "junk": torch.zeros(1)})), ValueError,
+     lambda f: learned.load(f.forge("c.safetensors", tensors=lambda t: {**t, "junk": torch.zeros(1)})), ValueError,
      "tensors do not match the configuration .*unexpected \\['junk'\\]"),
     ("ckpt-sigmas-increasing",
-     lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(sigmas=[0.002, 1.0, 80.0]))), ValueError,
+     lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(sigmas=[0.002, 1.0, 80.0]))), ValueError,
      "config sigmas must be strictly decreasing"),
-    ("ckpt-student-garbage", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(student="ipndm"))),
-     ValueError, "config student must be an object with solver 'amed' or 'amed_plugin', got 'ipndm'"),
+    ("ckpt-method-garbage", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(method="ipndm"))),
+     ValueError, "config method must be one of amed, plugin, .*got 'ipndm'"),
     ("ckpt-plugin-unknown-base",
-     lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(
-         student={"solver": "amed_plugin", "base": "rk4", "options": {}}))),
-     ValueError, "config student.base must be one of euler.*got 'rk4'"),
+     lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: (
+         c.update(method="plugin", base={"solver": "rk4", "options": {}}), c["options"].update(c_mode="increment")))),
+     ValueError, "config base: the base solver of plugin must be one of euler.*got 'rk4'"),
     ("ckpt-feature-source-unknown",
-     lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(features={"source": "clip"}))), ValueError,
-     "config features must be an object with source 'none', 'adapter' or 'hook'"),
-    ("ckpt-architecture-empty",
-     lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(architecture={}))), ValueError,
-     "config architecture.hidden must be an int in 1..65536, got 'None'"),
-    ("ckpt-afs-not-bool", lambda f: amed.load(f.forge("c.safetensors", cfg=lambda c: c.update(afs="yes"))),
+     lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c["options"].update(features="clip"))), ValueError,
+     "config options.features must be one of 'none', 'adapter', 'hook', got 'clip'"),
+    ("ckpt-architecture-missing",  # the network sizes (the old "architecture" block) are options now
+     lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: [c["options"].pop(k) for k in
+                                                                     ("hidden", "emb_dim", "feat_proj")])),
+     ValueError, r"config options must be an object with exactly \['emb_dim', 'feat_proj', 'feature_dim', "
+     r"'feature_module', 'features', 'hidden', 'scale_dir', 'scale_time'\]"),
+    ("ckpt-hidden-out-of-range",
+     lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c["options"].update(hidden=2**17))), ValueError,
+     r"config options.hidden must be a int in \[1, 65536\], got '131072'"),
+    ("ckpt-afs-not-bool", lambda f: learned.load(f.forge("c.safetensors", cfg=lambda c: c.update(afs="yes"))),
      ValueError, "config afs must be true or false, got 'yes'"),
-    ("ckpt-for-another-model", lambda f: amed.load(f.good, model_id="smallunet-1234"), ValueError,
+    ("ckpt-for-another-model", lambda f: learned.load(f.good, model_id="smallunet-1234"), ValueError,
      "was trained for model 'factory_model:make', not 'smallunet-1234'"),
-    ("ckpt-for-another-solver", lambda f: amed.load(f.good, solver="dpmpp"), ValueError,
-     "was trained for solver 'amed', not 'dpmpp'"),
-    ("ckpt-missing", lambda f: amed.load(f.work / "none.safetensors"), FileNotFoundError, "no checkpoint at"),
-    ("ckpt-is-a-directory", lambda f: amed.load(f.work), FileNotFoundError, "no checkpoint at"),
-    ("unet-file-is-an-amed-checkpoint", lambda f: load_unet(f.good), ValueError,
-     "is not a fewstep SmallUNet file \\(format 'fewstep-amed-predictor'"),
+    ("ckpt-for-another-solver",
+     lambda f: fewstep.sample(GAUSS, NOISE, solver="dpmpp", predictor=learned.load(f.good)), ValueError,
+     "this sampler was trained as amed, got solver 'dpmpp'"),
+    ("ckpt-missing", lambda f: learned.load(f.work / "none.safetensors"), FileNotFoundError, "no checkpoint at"),
+    ("ckpt-is-a-directory", lambda f: learned.load(f.work), FileNotFoundError, "no checkpoint at"),
+    ("unet-file-is-a-learned-sampler", lambda f: load_unet(f.good), ValueError,
+     "is not a fewstep SmallUNet file \\(format 'fewstep-learned-sampler'"),
     ("unet-file-truncated", lambda f: load_unet(f.write("u.safetensors", UNET_ASSET.read_bytes()[:4000])), ValueError,
      "is not a readable safetensors file"),
     # torchrun environment
@@ -238,23 +246,31 @@ API = [
      ValueError, "RANK=2 must be smaller than WORLD_SIZE=2"),
     ("device-unknown", lambda f: distributed.init_distributed("tpu", env={}), ValueError,
      "device must be cpu, cuda or cuda:N, got 'tpu'"),
-    # AMED training arguments with clear errors
-    ("train-student-unknown", lambda f: amed.train(GAUSS, shape=(3, 2, 2), student="rk4", progress=False), ValueError,
-     "student must be one of euler.*got 'rk4'"),
+    # learned-sampler training arguments with clear errors
+    ("train-method-unknown", lambda f: learned.train("rk4", GAUSS, shape=(3, 2, 2), progress=False), ValueError,
+     "method must be one of amed, plugin, .*got 'rk4'"),
+    ("train-plugin-base-unknown",
+     lambda f: learned.train("plugin", GAUSS, shape=(3, 2, 2), base="rk4", progress=False), ValueError,
+     "the base solver of plugin must be one of euler.*got 'rk4'"),
     ("train-teacher-unknown-option",
-     lambda f: amed.train(GAUSS, shape=(3, 2, 2), teacher_options={"order": 4}, progress=False), TypeError,
+     lambda f: learned.train("amed", GAUSS, shape=(3, 2, 2), teacher=learned.Teacher(options={"order": 4}),
+                             progress=False), TypeError,
      "solver 'deis' got unknown option\\(s\\) order; allowed: max_order, deis_mode"),
-    ("train-distance-unknown", lambda f: amed.train(GAUSS, shape=(3, 2, 2), distance="l1", progress=False), ValueError,
-     "distance must be one of l2, mse, got 'l1'"),
-    ("train-shape-zero", lambda f: amed.train(GAUSS, shape=(0, 3), progress=False), ValueError,
+    ("train-distance-unknown",
+     lambda f: learned.train("amed", GAUSS, shape=(3, 2, 2), objective=learned.Objective(distance="l1"),
+                             progress=False), ValueError, "distance must be one of l2, mse, got 'l1'"),
+    ("train-shape-zero", lambda f: learned.train("amed", GAUSS, shape=(0, 3), progress=False), ValueError,
      r"shape must be a non-empty sequence of positive ints .*got \(0, 3\)"),
 ]
 
-# Bad inputs to amed.train (their errors were unclear or missing before; fixed in amed/train.py).
+# Bad inputs to learned.train (their errors were unclear or missing before); each entry gives the keywords that
+# replace those of a valid small run (built when the case runs: a settings object refuses a bad field when made).
 TRAIN_BAD = [
-    ("train-seed-negative", {"seed": -1}, ValueError, "seed must be a non-negative int below 2\\*\\*30, got -1"),
-    ("train-afs-string", {"afs": "yes"}, TypeError, "afs must be True or False"),
-    ("train-hidden-zero", {"hidden": 0}, ValueError, "hidden must be a positive int"),
+    ("train-seed-negative", lambda: {"budget": learned.Budget(batch=8, total_samples=8, seed=-1)}, ValueError,
+     "seed must be a non-negative int below 2\\*\\*30, got -1"),
+    ("train-afs-string", lambda: {"afs": "yes"}, TypeError, "afs must be True or False"),
+    ("train-hidden-zero", lambda: {"options": {"hidden": 0}}, ValueError,
+     r"option hidden of amed must be a int in \[1, 65536\], got 0"),
 ]
 
 
@@ -274,8 +290,10 @@ def test_api_bad_input(f, call, exc, match):
 @pytest.mark.parametrize("kwargs,exc,match", [
     pytest.param(k, e, m, id=i) for i, k, e, m in TRAIN_BAD])
 def test_amed_train_bad_input(kwargs, exc, match):
+    good = dict(num_steps=3, teacher=learned.Teacher(M=1), budget=learned.Budget(batch=8, total_samples=8),
+                progress=False)
     with pytest.raises(exc, match=match):
-        amed.train(GAUSS, shape=(3, 2, 2), num_steps=3, M=1, batch=8, total_samples=8, progress=False, **kwargs)
+        learned.train("amed", GAUSS, shape=(3, 2, 2), **{**good, **kwargs()})
 
 
 # ------------------------------------------------------------------------------------------------ CLI cases

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fewstep import amed
+from fewstep import learned
 from fewstep.cli import main
 from fewstep.cli.args import parse_seeds
 
@@ -22,7 +22,7 @@ def test_train_then_sample(tmp_path, capsys):
     rc = main(["train", "--model", "gmm", "--out", str(ckpt), "--nfe", "5", "--total-samples", "32",
                "--batch", "16", "--M", "2", "--threads", "1"])
     assert rc == 0 and ckpt.is_file()
-    cfg = amed.read_config(ckpt)
+    cfg = learned.read_config(ckpt)
     assert cfg["model_id"].startswith("gmm-bed") and cfg["afs"] is True
     out = tmp_path / "s.npz"
     assert main(["sample", "--model", "gmm", "--predictor", str(ckpt), "--seeds", "0-4", "--out", str(out),
@@ -62,10 +62,14 @@ def test_user_model_factory(tmp_path, capsys):
 
 def test_train_on_shipped_unet_with_hook_features(tmp_path):
     ckpt = tmp_path / "u.safetensors"
-    assert main(["train", "--model", "unet", "--out", str(ckpt), "--student", "ipndm", "--total-samples", "8",
+    assert main(["train", "--model", "unet", "--out", str(ckpt), "--method", "plugin", "--base", "ipndm",
+                 "--total-samples", "8",
                  "--batch", "8", "--M", "1", "--threads", "1"]) == 0
-    cfg = amed.read_config(ckpt)
-    assert cfg["features"] == {"source": "hook", "module": "mid", "dim": cfg["features"]["dim"]}
+    cfg = learned.read_config(ckpt)
+    assert cfg["method"] == "plugin" and cfg["base"] == {"solver": "ipndm", "options": {}}
+    opts = cfg["options"]
+    assert (opts["features"], opts["feature_module"]) == ("hook", "mid")
+    assert isinstance(opts["feature_dim"], int) and opts["feature_dim"] > 0
     assert cfg["model_id"].startswith("smallunet-")
     out = tmp_path / "s.npz"
     assert main(["sample", "--model", "unet", "--predictor", str(ckpt), "--seeds", "0-1", "--out", str(out),

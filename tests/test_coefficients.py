@@ -17,7 +17,7 @@ from scipy.integrate import quad
 import fewstep
 from fewstep.schedules import vp_sigma_inv
 from fewstep.solvers.base import History, lagrange_integrals, phi, taylor_terms
-from fewstep.solvers.multistep import _AB_FIXED, _exp_update
+from fewstep.solvers.multistep import ADAMS_BASHFORTH, _exp_update
 
 T64 = dict(dtype=torch.float64)
 
@@ -216,8 +216,8 @@ def test_lagrange_integrals_are_differentiable():
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_ab_fixed_consistency(k):
-    assert len(_AB_FIXED[k]) == k
-    assert sum(_AB_FIXED[k]) == pytest.approx(1.0, abs=1e-15)
+    assert len(ADAMS_BASHFORTH[k]) == k
+    assert sum(ADAMS_BASHFORTH[k]) == pytest.approx(1.0, abs=1e-15)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -226,12 +226,12 @@ def test_ab_fixed_exact_on_uniform_grid(k):
     nodes = [s + j * delta for j in range(k)]  # newest first: previous sigmas are larger
     t = s - delta
     for deg in range(k):
-        approx = (t - s) * sum(c * ((n - s) / delta) ** deg for c, n in zip(_AB_FIXED[k], nodes))
+        approx = (t - s) * sum(c * ((n - s) / delta) ** deg for c, n in zip(ADAMS_BASHFORTH[k], nodes))
         exact = delta * (-1.0) ** (deg + 1) / (deg + 1)  # int_s^{s - delta} ((x - s) / delta)^deg dx
         assert approx == pytest.approx(exact, rel=1e-13, abs=1e-15), (k, deg)
     # they are the variable-step weights evaluated on a uniform grid
     w = lagrange_integrals(tuple(T(n) for n in nodes), T(s), T(t), lambda x: x)
-    np.testing.assert_allclose([x.item() for x in w], [(t - s) * c for c in _AB_FIXED[k]], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose([x.item() for x in w], [(t - s) * c for c in ADAMS_BASHFORTH[k]], rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
@@ -242,7 +242,7 @@ def test_ab_fixed_not_exact_on_edm_grid(k):
     i = 5
     nodes = [sig[i - j] for j in range(k)]  # sigma_i, sigma_{i-1}, ... (newest first)
     s, t = sig[i], sig[i + 1]
-    fixed = (t - s) * sum(c * n for c, n in zip(_AB_FIXED[k], nodes))
+    fixed = (t - s) * sum(c * n for c, n in zip(ADAMS_BASHFORTH[k], nodes))
     exact = (t * t - s * s) / 2  # int_s^t sigma dsigma
     assert abs(fixed - exact) > 1e-2 * abs(exact)
     w = lagrange_integrals(tuple(T(n) for n in nodes), T(s), T(t), lambda x: x)
@@ -265,7 +265,7 @@ def test_ipndm_v_weights_equal_deis_rhoab(order):
         assert max(abs(x.item() - z.item()) for x, z in zip(a, c)) > 1e-4
     # iPNDM (fixed weights) uses the same interface
     f = fewstep.solvers.IPNDM(max_order=4).weights(hist, order, s, t)
-    assert [x.item() for x in f] == pytest.approx([(t - s).item() * c for c in _AB_FIXED[order]], rel=1e-15)
+    assert [x.item() for x in f] == pytest.approx([(t - s).item() * c for c in ADAMS_BASHFORTH[order]], rel=1e-15)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ class NoisePoly:
 
 def trajectory(den, solver, sig=SCHED, **opts):
     noise = fewstep.noise_for_seeds([0], (3,), dtype=torch.float64)
-    res = fewstep.sample(den, noise, sig, solver, return_trajectory=True, **opts)
+    res = fewstep.solve(den, noise, sig, solver, trajectory=True, **opts)
     return res.trajectory[:, 0].numpy()
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import make_gmm
 
 import fewstep
-from fewstep import amed, k
+from fewstep import k, learned
 from fewstep.learned import DyWeightSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +127,8 @@ def test_sampler_node_equals_fewstep_sample(nodes, gmm, noise, solver, inputs):
     out, guider = run_sampler(cs, sampler, gmm, noise, sigmas, sigma_max=1000.0)
     name = {"dpmpp_2m": "dpmpp"}.get(solver, solver)
     extra = {"max_order": 2, "lower_order_final": False} if solver == "dpmpp_2m" else {}
-    res = fewstep.sample(gmm, noise, sigmas[:-1].double(), name, denoise_to_zero=True, return_result=True,
-                         **{**extra, **mod.solver_options(solver, **inputs)})
+    res = fewstep.solve(gmm, noise, sigmas[:-1].double(), name, denoise_to_zero=True,
+                        **{**extra, **mod.solver_options(solver, **inputs)})
     torch.testing.assert_close(out, res.x, rtol=1e-12, atol=1e-12)
     assert len(guider.calls) == res.nfe
 
@@ -162,16 +162,17 @@ def test_learned_node_equals_fewstep_sample(nodes, gmm, noise, tmp_path, append_
     _, mod, cs = nodes
     path = _dyweight(tmp_path)
     sampler, sigmas = mod.FewstepLearnedSampler().load(str(path), append_zero=append_zero)
+    assert isinstance(sampler, cs.KSAMPLER) and sampler.sampler_function is k.sample_learned
     loaded = fewstep.learned.load(path)
     trained = torch.tensor(loaded.config["sigmas"], dtype=torch.float64)
     assert sigmas.dtype == torch.float32
     assert torch.equal(sigmas, torch.cat([trained, trained.new_zeros(int(append_zero))]).float())
     out, guider = run_sampler(cs, sampler, gmm, noise, sigmas, sigma_max=1000.0)
-    res = fewstep.sample(gmm, noise, predictor=loaded, denoise_to_zero=append_zero, return_result=True)
+    res = fewstep.solve(gmm, noise, predictor=loaded, denoise_to_zero=append_zero)
     torch.testing.assert_close(out, res.x, rtol=1e-6, atol=1e-9)  # start x = noise * float32(sigmas[0])
     assert len(guider.calls) == res.nfe == loaded.nfe() + int(append_zero)
     # and exactly what fewstep.k does with the same start
-    ref = k.sample_amed(gmm, noise * sigmas[0], sigmas, predictor=loaded)
+    ref = k.sample_learned(gmm, noise * sigmas[0], sigmas, predictor=loaded)
     assert torch.equal(out, ref)
 
 
@@ -181,11 +182,17 @@ def test_learned_node_refuses_other_sigmas_and_feature_predictors(nodes, gmm, no
     with pytest.raises(ValueError, match="trained for sigmas"):
         run_sampler(cs, sampler, gmm, noise, comfy_sigmas(4))
     bed = make_gmm(dim=12, components=4, seed=5)
-    pred = amed.train(bed, shape=(3, 2, 2), num_steps=4, batch=16, total_samples=64, M=4, progress=False,
-                      features="adapter", teacher="deis", teacher_options={"max_order": 4, "deis_mode": "logrho"})
+    pred = learned.train("amed", bed, shape=(3, 2, 2), num_steps=4, options={"features": "adapter"},
+                         teacher=learned.Teacher("deis", {"max_order": 4, "deis_mode": "logrho"}, M=4),
+                         budget=learned.Budget(batch=16, total_samples=64), progress=False)
+    assert pred.uses_features
     path = pred.save(tmp_path / "feat.safetensors")
     with pytest.raises(ValueError, match="features"):
         mod.FewstepLearnedSampler().load(str(path))
+    # an AMED table (features "none") is no feature predictor: the node accepts it
+    table = learned.AMEDSampler(learned.AMEDSampler.make_config(pred.config["sigmas"], afs=True))
+    assert not table.uses_features
+    mod.FewstepLearnedSampler().load(str(table.save(tmp_path / "table.safetensors")))
     with pytest.raises(FileNotFoundError):
         mod.FewstepLearnedSampler().load(str(tmp_path / "missing.safetensors"))
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed, evaluation
-from fewstep.amed import CheckpointError
+from fewstep import evaluation, learned
+from fewstep.learned import CheckpointError
 from fewstep.solvers import DPM2, AMEDPlugin, DPMSolverPP
 from conftest import CountingDenoiser, make_gmm
 
@@ -37,10 +37,18 @@ def test_nfe_with_afs_is_2_per_step_minus_1(bed, nfe):
     n = fewstep.steps_for_nfe("amed_plugin", nfe, afs=True, base="dpm2")
     assert n == (nfe + 3) // 2  # 2 (N - 1) - 1 = nfe
     model = CountingDenoiser(gmm)
-    res = fewstep.sample(model, noise, fewstep.get_schedule("polynomial", n), "amed_plugin", base="dpm2", afs=True,
-                         return_result=True)
+    res = fewstep.solve(model, noise, fewstep.get_schedule("polynomial", n), "amed_plugin", base="dpm2", afs=True)
     assert res.nfe == nfe == model.calls
     assert fewstep.get_solver("amed_plugin", base="dpm2").nfe(n) == 2 * (n - 1) == fewstep.get_solver("dpm2").nfe(n)
+
+
+def _untrained_plugin(sig, afs, feature_dim):
+    """An untrained AMED-Plugin sampler on DPM-Solver-2 (float64), a table or a feature network."""
+    options = {"scale_dir": 0.1, "scale_time": 0.1}
+    if feature_dim is not None:
+        options.update(features="adapter", feature_dim=feature_dim)
+    cfg = learned.AMEDPluginSampler.make_config(sig, afs=afs, base="dpm2", options=options)
+    return learned.AMEDPluginSampler(cfg).double()
 
 
 @pytest.mark.parametrize("afs", [False, True])
@@ -53,8 +61,10 @@ def test_untrained_plugin_is_dpm_solver_2(bed, afs, n):
     assert torch.equal(fewstep.sample(gmm, noise, sig, "amed_plugin", base="dpm2", afs=afs), want)
     # An untrained predictor (r = sigmoid(0), c = a = 1 + 0.1 tanh(0)) as tensors: to rounding.
     for feature_dim in (None, 4):
-        pred = amed.AMEDPredictor(n - 1, feature_dim, scale_dir=0.1, scale_time=0.1).double()
-        got = fewstep.sample(gmm, noise, sig, AMEDPlugin(base=DPM2(), predictor=pred), afs=afs)
+        pred = _untrained_plugin(sig, afs, feature_dim)
+        solver = pred.solver()
+        assert solver == AMEDPlugin(base=DPM2(), predictor=pred)
+        got = fewstep.sample(gmm, noise, sig, solver, afs=afs)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -80,7 +90,8 @@ def test_gradients_reach_r_c_a(bed, feature_dim):
     gmm, noise = bed
     sig = fewstep.get_schedule("polynomial", 4)
     torch.manual_seed(0)
-    pred = amed.AMEDPredictor(3, feature_dim, scale_dir=0.1, scale_time=0.1).double()
+    pred = _untrained_plugin(sig, False, feature_dim)
+    assert pred.num_intervals == 3
     x = fewstep.sample(gmm, noise, sig, AMEDPlugin(base=DPM2(), predictor=pred), enable_grad=True)
     x.square().sum().backward()
     if feature_dim is None:
@@ -107,14 +118,16 @@ def test_short_training_beats_dpm_solver_2_at_nfe_5(tmp_path):
     ref = fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", 257), "deis", max_order=4, deis_mode="logrho")
     n = fewstep.steps_for_nfe("amed_plugin", 5, afs=True, base="dpm2")
     plain = evaluation.rmse(fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", n), "dpm2", afs=True), ref)
-    pred = amed.train(gmm, shape=(12,), student="dpm2", num_steps=n, total_samples=1024, batch=32, progress=False)
-    res = fewstep.sample(gmm, noise, predictor=pred, return_result=True)
+    pred = learned.train("plugin", gmm, shape=(12,), base="dpm2", num_steps=n,
+                         budget=learned.Budget(total_samples=1024, batch=32), progress=False)
+    res = fewstep.solve(gmm, noise, predictor=pred)
     assert res.nfe == 5
     ratio = evaluation.rmse(res.x, ref) / plain
     assert ratio < 0.4, ratio
     # The checkpoint round-trips to the same solver and samples.
-    loaded = amed.load(pred.save(tmp_path / "dpm2.safetensors"))
-    assert loaded.config["student"] == {"solver": "amed_plugin", "base": "dpm2", "options": {}}
+    loaded = learned.load(pred.save(tmp_path / "dpm2.safetensors"))
+    assert loaded.config["method"] == "plugin" and loaded.config["base"] == {"solver": "dpm2", "options": {}}
+    assert loaded.options["c_mode"] == "increment" and loaded.describe() == "plugin on dpm2"
     assert isinstance(loaded.solver(), AMEDPlugin) and isinstance(loaded.solver().base, DPM2)
     assert torch.equal(fewstep.sample(gmm, noise, predictor=loaded), res.x)
 
@@ -159,44 +172,79 @@ def test_c_mode_is_checked():
     for base in ("ipndm", "unipc", "euler", "deis"):
         with pytest.raises(ValueError, match="needs base 'dpmpp'"):
             fewstep.get_solver("amed_plugin", base=base, c_mode="data")
-    with pytest.raises(ValueError, match="student 'amed' takes no student_options"):
-        amed.train(make_gmm(), shape=(4,), student="amed", student_options={"c_mode": "data"}, progress=False)
+    with pytest.raises(ValueError, match="method 'amed' has no option.s. c_mode"):
+        learned.train("amed", make_gmm(), shape=(4,), options={"c_mode": "data"}, progress=False)
+    with pytest.raises(ValueError, match="method 'amed' is built on amed and takes no base solver"):
+        learned.train("amed", make_gmm(), shape=(4,), base={"solver": "dpmpp", "options": {}}, progress=False)
+    with pytest.raises(ValueError, match="needs base 'dpmpp'"):
+        learned.train("plugin", make_gmm(), shape=(4,), base="ipndm", options={"c_mode": "data"}, progress=False)
 
 
-def _train_small(gmm, **kw):
-    base = dict(shape=(3, 2, 2), num_steps=4, batch=16, total_samples=64, M=4, progress=False, scale_dir=0.1,
-                teacher="deis", teacher_options={"max_order": 4, "deis_mode": "logrho"})
-    return amed.train(gmm, **{**base, **kw})
+def _train_small(gmm, base, **options):
+    return learned.train("plugin", gmm, shape=(3, 2, 2), num_steps=4, base=base, options={"scale_dir": 0.1, **options},
+                         teacher=learned.Teacher("deis", {"max_order": 4, "deis_mode": "logrho"}, M=4),
+                         budget=learned.Budget(batch=16, total_samples=64), progress=False)
 
 
 def test_c_mode_round_trips_through_the_checkpoint(bed, tmp_path):
     gmm, noise = bed
-    pred = _train_small(gmm, student="dpmpp", student_options={"max_order": 2, "c_mode": "data"})
+    pred = _train_small(gmm, {"solver": "dpmpp", "options": {"max_order": 2}}, c_mode="data")
     assert pred.solver().c_mode == "data" and pred.solver().base == DPMSolverPP(max_order=2)
-    loaded = amed.load(pred.save(tmp_path / "data.safetensors"))
-    assert loaded.config["student"]["options"] == {"max_order": 2, "c_mode": "data"}
+    loaded = learned.load(pred.save(tmp_path / "data.safetensors"))
+    assert loaded.config["base"] == {"solver": "dpmpp", "options": {"max_order": 2}}
+    assert loaded.options["c_mode"] == "data"
     assert loaded.solver().c_mode == "data"
     x = fewstep.sample(gmm, noise, predictor=loaded)
     assert torch.equal(x, fewstep.sample(gmm, noise, predictor=pred))
     # The learned c_n belong to their mode: the same predictor in the other mode is refused.
     sig = torch.tensor(loaded.config["sigmas"], dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"trained for amed_plugin on dpmpp \(c_mode='data'\); it is inside "
-                                         r"amed_plugin on dpmpp$"):
+    with pytest.raises(ValueError, match=r"trained as plugin on dpmpp \(max_order=2\) \((.*, )?c_mode=data(, .*)?\) "
+                                         r"\(without time shifts\); it is inside amed_plugin on dpmpp;"):
         fewstep.sample(gmm, noise, sig, AMEDPlugin(base=DPMSolverPP(max_order=2), predictor=loaded), afs=True)
-    inc = _train_small(gmm, student="dpmpp", student_options={"max_order": 2})
+    inc = _train_small(gmm, {"solver": "dpmpp", "options": {"max_order": 2}})
     assert inc.solver().c_mode == "increment"
     assert not torch.equal(fewstep.sample(gmm, noise, predictor=inc), x)
 
 
-@pytest.mark.parametrize("options,match", [
-    ({"c_mode": "data"}, r"student.options.c_mode must be 'increment' for base 'ipndm'"),
-    ({"c_mode": "all"}, "student.options.c_mode must be one of increment, data"),
-    ({"predictor": 1}, "no 'base' or 'predictor'"),
-])
-def test_checkpoint_with_bad_c_mode_is_refused(bed, tmp_path, options, match):
+def _rewrite_config(path, mutate):
+    """Forge the JSON config of a saved sampler (the weights and their digest stay valid)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    mutate(cfg)
+    meta["config"] = json.dumps(cfg)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_the_refusal_describes_the_solver_instance(bed):
+    """Putting a c_mode='data' sampler into an increment-mode AMEDPlugin on DPM-Solver++ is refused with both
+    sides described: what it was trained as, and the instance it is inside (its base, not only the class name)."""
+    gmm, noise = bed
+    sig = fewstep.get_schedule("polynomial", 4)
+    pred = learned.AMEDPluginSampler(learned.AMEDPluginSampler.make_config(
+        sig, afs=True, base={"solver": "dpmpp", "options": {"max_order": 2}}, options={"c_mode": "data"}))
+    with pytest.raises(ValueError, match=r"trained as plugin on dpmpp \(max_order=2\) \(c_mode=data\).*; "
+                                         r"it is inside [^;]*dpmpp"):
+        fewstep.sample(gmm, noise, sig, AMEDPlugin(base=DPMSolverPP(max_order=2), predictor=pred), afs=True)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda c: c["options"].update(c_mode="data"), r"base/options: .*c_mode='data'.* needs base 'dpmpp', got 'ipndm'"),
+    (lambda c: c["options"].update(c_mode="all"), "options.c_mode must be one of 'increment', 'data'"),
+    (lambda c: c["base"]["options"].update(predictor=1), "base: solver 'ipndm' got unknown option.s. predictor"),
+    (lambda c: c["base"]["options"].update(base="euler"), "base: solver 'ipndm' got unknown option.s. base"),
+    (lambda c: c["options"].update(predictor=1), "options must be an object with exactly"),
+], ids=["data-on-ipndm", "unknown-mode", "predictor-in-base", "base-in-base", "predictor-in-options"])
+def test_checkpoint_with_bad_c_mode_is_refused(bed, tmp_path, mutate, match):
     gmm, _ = bed
-    pred = _train_small(gmm, student="ipndm")
-    pred.config["student"]["options"] = options
+    pred = _train_small(gmm, "ipndm")
     path = pred.save(tmp_path / "bad.safetensors")
+    _rewrite_config(path, mutate)
     with pytest.raises(CheckpointError, match=match):
-        amed.load(path)
+        learned.load(path)

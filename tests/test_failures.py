@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
-from fewstep.amed import AMEDPredictor, CheckpointError
+from fewstep import learned
+from fewstep.learned import AMEDPluginSampler, AMEDSampler, CheckpointError
 from fewstep.solvers import AMEDPlugin, AMEDSolver, get_solver
 
 from conftest import make_gmm
@@ -26,8 +26,14 @@ def gmm():
 
 @pytest.fixture(scope="module")
 def plugin(gmm):
-    return amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=8, total_samples=16,
-                      progress=False)
+    return _train_plugin(gmm, batch=8, total_samples=16)
+
+
+def _train_plugin(gmm, *, shape=SHAPE, batch, total_samples, lr=None, options=None, **kw):
+    """A small AMED-Plugin on iPNDM (4 sigmas, teacher with M = 1)."""
+    return learned.train("plugin", gmm, shape=shape, base="ipndm", num_steps=4, options=options,
+                         teacher=learned.Teacher(M=1), budget=learned.Budget(batch=batch, total_samples=total_samples,
+                                                                             lr=lr), progress=False, **kw)
 
 
 def test_noise_does_not_depend_on_the_global_default_dtype():
@@ -53,10 +59,11 @@ def test_nan_message_with_per_sample_sigma_does_not_crash(gmm, plugin):
 
 
 def test_non_finite_solver_state_blames_the_learned_parameters(gmm):
-    pred = AMEDPredictor(num_intervals=3)
+    sig = fewstep.get_schedule("polynomial", 4)
+    pred = AMEDSampler(AMEDSampler.make_config(sig, afs=True))
+    assert pred.num_intervals == 3
     with torch.no_grad():
         pred.table[1, 1] = float("nan")
-    sig = fewstep.get_schedule("polynomial", 4)
     with pytest.raises(fewstep.NonFiniteError, match="learned parameters or the schedule"):
         fewstep.sample(gmm, fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64), sig,
                        AMEDSolver(predictor=pred), afs=True)
@@ -64,44 +71,42 @@ def test_non_finite_solver_state_blames_the_learned_parameters(gmm):
 
 def test_infinite_learning_rate_is_refused(gmm):
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
-        amed.train(gmm, shape=SHAPE, num_steps=4, lr=float("inf"), progress=False)
-    with pytest.raises(ValueError, match="schedule_lr must be a positive finite number"):
-        amed.train(gmm, shape=SHAPE, num_steps=4, learn_schedule=True, schedule_lr=float("nan"), progress=False)
+        learned.train("amed", gmm, shape=SHAPE, num_steps=4, budget=learned.Budget(lr=float("inf")), progress=False)
+    with pytest.raises(ValueError, match="schedule lr must be a positive finite number"):
+        learned.train("amed", gmm, shape=SHAPE, num_steps=4,
+                      schedule=learned.ScheduleSpec(learn=True, lr=float("nan")), progress=False)
 
 
 def test_diverging_training_is_a_clear_error(gmm):
     with pytest.raises(fewstep.NonFiniteError, match="lower the learning rate"):
-        amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=4, total_samples=16, lr=1e308,
-                   scale_dir=0.5, progress=False)
+        _train_plugin(gmm, batch=4, total_samples=16, lr=1e308, options={"scale_dir": 0.5})
 
 
 def test_failed_final_save_keeps_the_training(gmm, tmp_path, monkeypatch):
     out, state = tmp_path / "p.safetensors", tmp_path / "p.state"
-    kw = dict(shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=4, total_samples=12, progress=False,
-              state_path=state, out=out)
+    kw = dict(batch=4, total_samples=12)
 
     def disk_full(self, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(AMEDPredictor, "save", disk_full)
+    monkeypatch.setattr(AMEDPluginSampler, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        amed.train(gmm, **kw)
+        _train_plugin(gmm, checkpoint=learned.Checkpointing(out=out, state=state), **kw)
     assert state.exists() and not out.exists()  # the finished training is kept
     monkeypatch.undo()
-    log: list = []
-    pred = amed.train(gmm, resume=True, log=log, **kw)
+    pred = _train_plugin(gmm, checkpoint=learned.Checkpointing(out=out, state=state, resume=True), **kw)
     assert out.exists() and not state.exists()
-    assert len(log[0].losses) == 3  # nothing retrained: the state held all 3 iterations
-    ref = amed.train(gmm, **{**kw, "state_path": None, "out": tmp_path / "q.safetensors"})
+    assert len(pred.log.losses) == 3  # nothing retrained: the state held all 3 iterations
+    ref = _train_plugin(gmm, checkpoint=learned.Checkpointing(out=tmp_path / "q.safetensors"), **kw)
     assert torch.equal(pred.table, ref.table)
 
 
 def test_a_predictor_inside_a_solver_instance_is_checked(gmm, plugin):
     noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
     sig = torch.tensor(plugin.config["sigmas"], dtype=torch.float64)
-    with pytest.raises(ValueError, match="trained for amed_plugin on ipndm; it is inside amed"):
+    with pytest.raises(ValueError, match=r"trained as plugin on ipndm \(without time shifts\); it is inside amed;"):
         fewstep.sample(gmm, noise, sig, AMEDSolver(predictor=plugin), afs=True)
-    with pytest.raises(ValueError, match="trained for amed_plugin on ipndm; it is inside amed_plugin on euler"):
+    with pytest.raises(ValueError, match=r"trained as plugin on ipndm \(without time shifts\); it is inside amed_plugin"):
         fewstep.sample(gmm, noise, sig, AMEDPlugin(base=get_solver("euler"), predictor=plugin), afs=True)
     with pytest.raises(ValueError, match="other sigmas"):
         fewstep.sample(gmm, noise, fewstep.get_schedule("logsnr", 4), plugin.solver(), afs=True)
@@ -111,15 +116,24 @@ def test_a_predictor_inside_a_solver_instance_is_checked(gmm, plugin):
     assert torch.equal(x, fewstep.sample(gmm, noise, predictor=plugin))
 
 
+def test_the_refusal_names_the_solver_instance_it_is_inside(gmm, plugin):
+    """The refusal describes the solver instance the sampler was put into (its base), not only its class name:
+    "inside amed_plugin" alone reads like the trained plugin itself."""
+    noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
+    sig = torch.tensor(plugin.config["sigmas"], dtype=torch.float64)
+    with pytest.raises(ValueError, match="trained as plugin on ipndm.*; it is inside [^;]*euler"):
+        fewstep.sample(gmm, noise, sig, AMEDPlugin(base=get_solver("euler"), predictor=plugin), afs=True)
+
+
 def test_float32_copy_of_the_trained_sigmas_is_accepted(gmm, plugin):
     noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
     sig32 = torch.tensor(plugin.config["sigmas"]).float()
     assert torch.equal(fewstep.sample(gmm, noise, sig32, predictor=plugin),
                        fewstep.sample(gmm, noise, predictor=plugin))
-    x = fewstep.k.sample_amed_plugin(gmm, noise * sig32[0].double(), torch.cat([sig32, sig32.new_zeros(1)]),
-                                     predictor=plugin, disable=True)
+    x = fewstep.k.sample_learned(gmm, noise * sig32[0].double(), torch.cat([sig32, sig32.new_zeros(1)]),
+                                 predictor=plugin, disable=True)
     assert torch.isfinite(x).all()
-    with pytest.raises(ValueError, match="differ beyond float32 rounding"):
+    with pytest.raises(ValueError, match="trained for sigmas"):
         fewstep.sample(gmm, noise, sig32 * 1.001, predictor=plugin)
 
 
@@ -129,11 +143,12 @@ def test_checkpoint_with_nan_weights_is_refused(plugin, tmp_path):
 
     bad = {k: v.clone() for k, v in plugin.state_dict().items()}
     bad["table"][0, 0] = float("nan")
-    meta = {"format": "fewstep-amed-predictor", "config": json.dumps(plugin.config), "sha256": tensor_digest(bad)}
+    meta = {"format": learned.FORMAT, "config": json.dumps(plugin.config), "sha256": tensor_digest(bad)}
     write_safetensors(tmp_path / "nan.safetensors", bad, meta)  # digest consistent: only the value is wrong
     with pytest.raises(CheckpointError, match="holds NaN/inf"):
-        amed.load(tmp_path / "nan.safetensors")
-    p = AMEDPredictor(num_intervals=2)
+        learned.load(tmp_path / "nan.safetensors")
+    p = AMEDSampler(AMEDSampler.make_config(fewstep.get_schedule("polynomial", 3), afs=True))
+    assert p.num_intervals == 2
     with torch.no_grad():
         p.table[0, 0] = float("inf")
     with pytest.raises(CheckpointError, match="NaN/inf"):
@@ -183,31 +198,31 @@ def test_forged_huge_config_is_refused_before_allocation(plugin, tmp_path):
     from fewstep.io import tensor_digest, write_safetensors
 
     cfg = json.loads(json.dumps(plugin.config))
-    cfg["features"] = {"source": "adapter", "module": None, "dim": 60000}
-    cfg["architecture"] = {"hidden": 60000, "emb_dim": 8, "feat_proj": 60000}
-    t = {"table": torch.zeros(3, 3)}
+    cfg["options"].update(features="adapter", feature_dim=60000, hidden=60000, feat_proj=60000)
+    t = {"table": torch.zeros(3, 3, dtype=torch.float64)}
     write_safetensors(tmp_path / "big.safetensors", t,
-                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+                      {"format": learned.FORMAT, "config": json.dumps(cfg), "sha256": tensor_digest(t)})
     # The shapes implied by the config are computed on the meta device and compared with the file's header
     # before any module is built (a real 60000 x 60000 float64 layer would need 29 GB).
     with pytest.raises(CheckpointError, match="tensors do not match the configuration"):
-        amed.load(tmp_path / "big.safetensors")
-    cfg["architecture"]["hidden"] = 10**9
+        learned.load(tmp_path / "big.safetensors")
+    cfg["options"]["hidden"] = 10**9
     write_safetensors(tmp_path / "huge.safetensors", t,
-                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
-    with pytest.raises(CheckpointError, match="architecture.hidden must be an int in 1..65536"):
-        amed.load(tmp_path / "huge.safetensors")
+                      {"format": learned.FORMAT, "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+    with pytest.raises(CheckpointError, match=r"options.hidden must be a int in \[1, 65536\]"):
+        learned.load(tmp_path / "huge.safetensors")
 
 
 def test_deeply_nested_or_huge_numbers_in_a_checkpoint_config(plugin, tmp_path):
     from fewstep.io import tensor_digest, write_safetensors
 
     t = {k: v.detach() for k, v in plugin.state_dict().items()}
-    for bad in ("[" * 100000 + "]" * 100000, '{"version": ' + "9" * 5000 + "}"):
-        write_safetensors(tmp_path / "n.safetensors", t, {"format": "fewstep-amed-predictor", "config": bad,
-                                                           "sha256": tensor_digest(t)})
-        with pytest.raises(CheckpointError, match="no valid JSON config"):
-            amed.load(tmp_path / "n.safetensors")
+    for fmt in (learned.FORMAT, "fewstep-amed-predictor"):  # the current format and the old AMED one
+        for bad in ("[" * 100000 + "]" * 100000, '{"version": ' + "9" * 5000 + "}"):
+            write_safetensors(tmp_path / "n.safetensors", t, {"format": fmt, "config": bad,
+                                                               "sha256": tensor_digest(t)})
+            with pytest.raises(CheckpointError, match="no valid JSON config"):
+                learned.load(tmp_path / "n.safetensors")
 
 
 # ------------------------------------------------------------------------------------ the same classes by the CLI
@@ -220,7 +235,7 @@ def _nan_checkpoint(plugin, path):
 
     bad = {k: v.clone() for k, v in plugin.state_dict().items()}
     bad["table"][0, 0] = float("nan")
-    write_safetensors(path, bad, {"format": "fewstep-amed-predictor", "config": json.dumps(plugin.config),
+    write_safetensors(path, bad, {"format": learned.FORMAT, "config": json.dumps(plugin.config),
                                   "sha256": tensor_digest(bad)})
     return path
 
@@ -228,8 +243,7 @@ def _nan_checkpoint(plugin, path):
 def test_cli_refuses_a_nan_predictor_and_writes_nothing(gmm, tmp_path, capsys):
     from fewstep.cli import main
 
-    pred = amed.train(fewstep.bed.gmm_denoiser(), shape=(3, 8, 8), student="ipndm", num_steps=4, M=1, batch=4,
-                      total_samples=4, progress=False)
+    pred = _train_plugin(fewstep.bed.gmm_denoiser(), shape=(3, 8, 8), batch=4, total_samples=4)
     path = _nan_checkpoint(pred, tmp_path / "nan.safetensors")
     assert main(["sample", "--model", "gmm", "--predictor", str(path), "--seeds", "0-1",
                  "--out", str(tmp_path / "x.npz")]) == 2
@@ -241,13 +255,13 @@ def test_cli_failed_final_save_keeps_the_training_and_resumes(tmp_path, monkeypa
     from fewstep.cli import main
 
     out = tmp_path / "p.safetensors"
-    cmd = ["train", "--model", "gmm", "--student", "ipndm", "--nfe", "5", "--M", "1", "--batch", "4",
+    cmd = ["train", "--model", "gmm", "--method", "plugin", "--base", "ipndm", "--nfe", "5", "--M", "1", "--batch", "4",
            "--total-samples", "8", "--out", str(out)]  # no --checkpoint-every: the final state is kept anyway
 
     def disk_full(self, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(AMEDPredictor, "save", disk_full)
+    monkeypatch.setattr(AMEDPluginSampler, "save", disk_full)
     assert main(cmd) == 2
     assert "No space left" in capsys.readouterr().err
     assert (tmp_path / "p.safetensors.train-state").exists() and not out.exists()
@@ -260,17 +274,17 @@ def test_cli_identical_trainings_write_identical_files(tmp_path):
     from fewstep.cli import main
 
     for name in ("a", "b"):
-        assert main(["train", "--model", "gmm", "--student", "ipndm", "--nfe", "5", "--M", "1", "--batch", "4",
-                     "--total-samples", "4", "--out", str(tmp_path / f"{name}.safetensors")]) == 0
+        assert main(["train", "--model", "gmm", "--method", "plugin", "--base", "ipndm", "--nfe", "5", "--M", "1",
+                     "--batch", "4", "--total-samples", "4", "--out", str(tmp_path / f"{name}.safetensors")]) == 0
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
 def test_batch_smaller_than_the_process_count_is_refused(gmm, monkeypatch):
-    import fewstep.amed.distill as distill_mod
+    import fewstep.learned.distill as distill_mod
 
     monkeypatch.setattr(distill_mod, "world", lambda: (0, 2))
     with pytest.raises(ValueError, match="batch 1 is smaller than the 2 processes"):
-        amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, M=1, batch=1, total_samples=2, progress=False)
+        _train_plugin(gmm, batch=1, total_samples=2)
 
 
 def test_cli_refuses_a_forged_checkpoint_config(plugin, tmp_path, capsys):
@@ -280,13 +294,13 @@ def test_cli_refuses_a_forged_checkpoint_config(plugin, tmp_path, capsys):
     from fewstep.io import tensor_digest, write_safetensors
 
     cfg = json.loads(json.dumps(plugin.config))
-    cfg["architecture"] = {"hidden": 10**9, "emb_dim": 8, "feat_proj": 16}
-    t = {"table": torch.zeros(3, 3)}
+    cfg["options"]["hidden"] = 10**9
+    t = {"table": torch.zeros(3, 3, dtype=torch.float64)}
     write_safetensors(tmp_path / "f.safetensors", t,
-                      {"format": "fewstep-amed-predictor", "config": json.dumps(cfg), "sha256": tensor_digest(t)})
+                      {"format": learned.FORMAT, "config": json.dumps(cfg), "sha256": tensor_digest(t)})
     assert main(["sample", "--model", "gmm", "--predictor", str(tmp_path / "f.safetensors"),
                  "--out", str(tmp_path / "x.npz")]) == 2
-    assert "architecture.hidden must be an int" in capsys.readouterr().err
+    assert "options.hidden must be a int in [1, 65536]" in capsys.readouterr().err
 
 
 def test_cli_train_refuses_a_batch_smaller_than_the_processes(tmp_path, monkeypatch, capsys):
@@ -295,7 +309,9 @@ def test_cli_train_refuses_a_batch_smaller_than_the_processes(tmp_path, monkeypa
 
     monkeypatch.setattr(distributed, "init_distributed", lambda device=None: distributed.DistInfo(world_size=2))
     monkeypatch.setattr(distributed, "finish", lambda info, barrier=True: None)
-    assert main(["train", "--model", "gmm", "--batch", "1", "--out", str(tmp_path / "p.safetensors")]) == 2
+    # A tiny budget, so that a missing check fails in seconds rather than after a full training.
+    assert main(["train", "--model", "gmm", "--batch", "1", "--total-samples", "4", "--M", "1",
+                 "--out", str(tmp_path / "p.safetensors")]) == 2
     assert "--batch 1 is smaller than the 2 processes" in capsys.readouterr().err
     assert not (tmp_path / "p.safetensors").exists()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 from fewstep.denoisers import FlowModel, FlowVelocity
 from conftest import make_gmm
 
@@ -72,26 +72,26 @@ def _reference(den, noise, sig):
     return fewstep.sample(den, noise, fine, "deis", max_order=4, deis_mode="logrho")
 
 
-@pytest.mark.parametrize("student", ["ipndm", "amed"])
-def test_amed_trains_on_a_flow_model_and_beats_its_base(gmm, student):
+@pytest.mark.parametrize("method,base", [("plugin", "ipndm"), ("amed", None)])
+def test_amed_trains_on_a_flow_model_and_beats_its_base(gmm, method, base):
     """AMED-Plugin on iPNDM and AMED-Solver, trained on the flow model at NFE 5 (with AFS), beat the same solver
     untrained (r = 0.5, c = 1; for AMED-Solver that is DPM-Solver-2) at equal NFE; the plugin also beats plain
     iPNDM. Measured: plugin 0.20 vs 0.34 untrained vs 0.37 iPNDM; AMED-Solver 0.52 vs 2.13 (mean L2 error)."""
     den = FlowModel(FlowVelocity(gmm))
-    pred = amed.train(den, shape=(3,), student=student, num_steps=amed.steps_for_nfe(student, 5), M=4, batch=64,
-                      total_samples=768, progress=False)
+    pred = learned.train(method, den, shape=(3,), base=base, nfe=5, teacher=learned.Teacher(M=4),
+                         budget=learned.Budget(batch=64, total_samples=768), progress=False)
     sig = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
+    assert len(sig) == 4 and pred.config["afs"] and pred.nfe() == 5
     noise = fewstep.noise_for_seeds(range(10_000, 10_256), (3,), dtype=torch.float64)
     ref = _reference(den, noise, sig)
-    got = fewstep.sample(den, noise, predictor=pred, return_result=True)
-    opts = {} if student == "amed" else {"base": student}
-    base = fewstep.sample(den, noise, sig, "amed" if student == "amed" else "amed_plugin", afs=True,
-                          return_result=True, **opts)
-    assert got.nfe == base.nfe == 5
-    err, err_base = [float((r.x - ref).norm(dim=1).mean()) for r in (got, base)]
+    got = fewstep.solve(den, noise, predictor=pred)
+    opts = {} if method == "amed" else {"base": base}
+    untrained = fewstep.solve(den, noise, sig, "amed" if method == "amed" else "amed_plugin", afs=True, **opts)
+    assert got.nfe == untrained.nfe == 5
+    err, err_base = [float((r.x - ref).norm(dim=1).mean()) for r in (got, untrained)]
     assert err < 0.8 * err_base, (err, err_base)
-    if student == "ipndm":
-        plain = fewstep.sample(den, noise, fewstep.get_schedule("polynomial", 6), "ipndm", return_result=True)
+    if method == "plugin":
+        plain = fewstep.solve(den, noise, fewstep.get_schedule("polynomial", 6), "ipndm")
         assert plain.nfe == 5 and err < 0.8 * float((plain.x - ref).norm(dim=1).mean())
 
 

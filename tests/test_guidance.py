@@ -80,7 +80,7 @@ def test_one_call_on_the_doubled_batch_per_nfe():
     counting = Counting(_cond_model())
     g = Guided(counting, torch.tensor([1, 2]), 4.0)
     sig = fewstep.get_schedule("polynomial", 4, sigma_min=0.002, sigma_max=80.0)
-    res = fewstep.sample(g, _x(2), sig, "heun", return_result=True)
+    res = fewstep.solve(g, _x(2), sig, "heun")
     assert res.nfe == count_nfe(fewstep.SOLVERS["heun"](), 4) == 6
     assert len(counting.batches) == res.nfe  # one call per evaluation of the guided denoiser
     assert all(b == (4, [1, 2, 4, 4]) for b in counting.batches)  # conditional half, then the null half

@@ -1,4 +1,4 @@
-"""Guidance-aware learned samplers (fewstep.scale_basis): one table for every classifier-free guidance scale."""
+"""Guidance-aware learned samplers (fewstep.learned.guidance): one table for every classifier-free guidance scale."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fewstep import learned
 from fewstep.denoisers import Guided
 from fewstep.denoisers.analytic import GaussianMixture
 from fewstep.learned import METHODS, CheckpointError
-from fewstep.scale_basis import legendre
+from fewstep.learned.guidance import legendre
 from learned_helpers import make_sampler, perturb
 
 torch.set_num_threads(1)
@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 D = 6
 SIG = fewstep.get_schedule("polynomial", 5, 0.002, 80.0)
 GUIDE = {"scales": [1.0, 6.0], "degree": 2}
-OPTIONS = {"dyweight": None, "epd": {"K": 2}, "pas": None, "gs": None}
+OPTIONS = {"amed": None, "plugin": None, "dyweight": None, "epd": {"K": 2}, "pas": None, "gs": None}
 
 
 class CondGMM:
@@ -116,20 +116,21 @@ def test_bad_guidance_config_is_refused(bad):
 
 
 def test_bad_training_scales(cond):
-    kw = dict(shape=(D,), nfe=3, total_samples=8, batch=4, M=1, progress=False)
+    kw = dict(shape=(D,), nfe=3, budget=learned.Budget(total_samples=8, batch=4), teacher=learned.Teacher(M=1),
+              progress=False)
     with pytest.raises(ValueError, match="at least two different"):
-        learned.train("dyweight", Guided(cond, 0, 2.0), guidance_scales=[2.0], **kw)
+        learned.train("dyweight", Guided(cond, 0, 2.0), guidance=[2.0], **kw)
     with pytest.raises(TypeError, match="Guided"):
-        learned.train("dyweight", lambda x, s: x, guidance_scales=[1.0, 2.0], **kw)
-    with pytest.raises(ValueError, match="guidance_degree"):
-        learned.train("dyweight", Guided(cond, 0, 2.0), guidance_scales=[1.0, 2.0], guidance_degree=0, **kw)
+        learned.train("dyweight", lambda x, s: x, guidance=[1.0, 2.0], **kw)
+    with pytest.raises(ValueError, match="guidance degree"):
+        learned.train("dyweight", Guided(cond, 0, 2.0), guidance=learned.GuidanceScales([1.0, 2.0], degree=0), **kw)
 
 
 def test_train_over_scales_round_trip_and_unseen_scale(cond, tmp_path):
     den = Guided(cond, torch.arange(8) % 3, 2.0)
-    log: list = []
-    p = learned.train("dyweight", den, shape=(D,), nfe=3, guidance_scales=[1.0, 3.0, 6.0], total_samples=96,
-                      batch=8, M=2, progress=False, log=log, seed=1)
+    p = learned.train("dyweight", den, shape=(D,), nfe=3, guidance=[1.0, 3.0, 6.0],
+                      budget=learned.Budget(total_samples=96, batch=8, seed=1), teacher=learned.Teacher(M=2),
+                      progress=False)
     assert den.scale == 2.0 and p.guidance_scale is None  # restored
     assert p.guidance_aware and p.config["guidance"] == {"scales": [1.0, 6.0], "degree": 2}
     assert p.config["training"]["guidance_scales"] == [1.0, 3.0, 6.0]
@@ -140,8 +141,8 @@ def test_train_over_scales_round_trip_and_unseen_scale(cond, tmp_path):
         warnings.simplefilter("error")
         for w in (2.0, 4.5):  # never trained at
             den.scale = w
-            a = fewstep.sample(den, x, predictor=p, return_result=True)
-            b = fewstep.sample(den, x, predictor=q, return_result=True)
+            a = fewstep.solve(den, x, predictor=p)
+            b = fewstep.solve(den, x, predictor=q)
             assert torch.equal(a.x, b.x) and a.nfe == 3
             ref = fewstep.sample(den, x, get_schedule_sig(), "deis", max_order=4)
             base = fewstep.sample(den, x, torch.tensor(p.config["sigmas"]), "ipndm", afs=True)
@@ -156,17 +157,17 @@ def get_schedule_sig() -> torch.Tensor:
 def test_amed_tables_train_over_scales_and_round_trip(cond, method, tmp_path):
     den = Guided(cond, torch.arange(8) % 3, 2.0)
     x = fewstep.noise_for_seeds(range(10**8, 10**8 + 8), (D,), dtype=torch.float64)
-    kw = dict(shape=(D,), nfe=5, total_samples=8, batch=8, M=1, progress=False, lr=1e-30)
-    neutral = learned.train(method, den, guidance_scales=[1.0, 6.0], **kw)  # one step of ~0: the neutral table
-    plain = learned.train(method, den, **kw)
+    kw = dict(shape=(D,), nfe=5, teacher=learned.Teacher(M=1), progress=False)
+    small = learned.Budget(total_samples=8, batch=8, lr=1e-30)
+    neutral = learned.train(method, den, guidance=[1.0, 6.0], budget=small, **kw)  # one step of ~0: the neutral table
+    plain = learned.train(method, den, budget=small, **kw)
     assert neutral.guidance_aware and not plain.guidance_aware
     for w in (1.5, 5.0):
         den.scale = w
         assert torch.allclose(fewstep.sample(den, x, predictor=neutral), fewstep.sample(den, x, predictor=plain),
                               rtol=0, atol=1e-12)
     den.scale = 2.0
-    kw.update(total_samples=64, lr=None)
-    p = learned.train(method, den, guidance_scales=[1.0, 3.0, 6.0], **kw)
+    p = learned.train(method, den, guidance=[1.0, 3.0, 6.0], budget=learned.Budget(total_samples=64, batch=8), **kw)
     assert den.scale == 2.0 and p.config["guidance"] == {"scales": [1.0, 6.0], "degree": 2}
     q = learned.load(p.save(tmp_path / "a.safetensors"))
     assert q.guidance_aware
@@ -177,10 +178,19 @@ def test_amed_tables_train_over_scales_and_round_trip(cond, method, tmp_path):
         fewstep.sample(lambda x, s: cond(x, s, torch.zeros(len(x), dtype=torch.long)), x, predictor=q)
 
 
-def test_amed_feature_predictor_cannot_be_guidance_aware(cond):
-    with pytest.raises(ValueError, match="features='none'"):
-        fewstep.amed.train(Guided(cond, 0, 2.0), shape=(D,), features="adapter", guidance_scales=[1.0, 2.0],
-                           num_steps=3, total_samples=8, batch=4, M=1, progress=False)
+class FeatCondGMM(CondGMM):
+    """CondGMM with features of its own (the first 4 coordinates of x), so Guided provides them."""
+
+    def denoise_with_features(self, x, sigma, labels):
+        return self(x, sigma, labels), x.flatten(1)[:, :4]
+
+
+@pytest.mark.parametrize("method", ["amed", "plugin"])
+def test_amed_feature_predictor_cannot_be_guidance_aware(method):
+    with pytest.raises(ValueError, match="guidance must be null for a feature-based predictor"):
+        learned.train(method, Guided(FeatCondGMM(), 0, 2.0), shape=(D,), options={"features": "adapter"},
+                      guidance=[1.0, 2.0], num_steps=3, budget=learned.Budget(total_samples=8, batch=4),
+                      teacher=learned.Teacher(M=1), progress=False)
 
 
 

@@ -44,8 +44,8 @@ def test_strength_one_is_plain_sampling(bed, solver):
     """strength 1: the whole schedule from noise * sigma_max, bit for bit plain sampling; x_init is ignored."""
     gmm, images, noise = bed
     sig = fewstep.get_schedule("polynomial", 6)
-    plain = fewstep.sample(gmm, noise, sig, solver, return_result=True)
-    res = fewstep.sample(gmm, noise, sig, solver, x_init=images, strength=1.0, return_result=True)
+    plain = fewstep.solve(gmm, noise, sig, solver)
+    res = fewstep.solve(gmm, noise, sig, solver, x_init=images, strength=1.0)
     assert torch.equal(res.x, plain.x) and res.nfe == plain.nfe
 
 
@@ -60,8 +60,7 @@ def test_partial_nfe_and_start(bed, solver, afs):
     assert sub.numel() == 5
     seen = []
     den = CountingDenoiser(lambda x, s: (seen.append((x.clone(), float(s[0]))), gmm(x, s))[1])
-    res = fewstep.sample(den, noise, sig, solver, x_init=images, strength=0.5, afs=afs, return_result=True,
-                         return_trajectory=True)
+    res = fewstep.solve(den, noise, sig, solver, x_init=images, strength=0.5, afs=afs, trajectory=True)
     want = count_nfe(get_solver(solver), sub.numel(), afs)
     assert res.nfe == den.calls == want
     assert torch.equal(res.sigmas, sub)
@@ -111,10 +110,11 @@ def test_errors(bed):
         fewstep.sample(gmm, noise, sig, "euler", x_init=images * float("nan"))
     with pytest.raises(TypeError, match="x_init"):
         fewstep.sample(gmm, noise, sig, "euler", x_init=images.numpy())
-    pred = fewstep.amed.AMEDPredictor(3, None, 0.2, 0.2, config={
-        "student": {"solver": "amed", "base": None, "options": {}}, "sigmas": [14.0, 2.5, 0.4, 0.03], "afs": False,
-        "features": {"source": "none", "module": None, "dim": None}, "model_id": None})
-    with pytest.raises(ValueError, match="train a predictor for the partial schedule"):
+    from fewstep.learned import AMEDSampler
+
+    pred = AMEDSampler(AMEDSampler.make_config([14.0, 2.5, 0.4, 0.03], afs=False,
+                                               options={"scale_dir": 0.2, "scale_time": 0.2}))
+    with pytest.raises(ValueError, match="train a sampler for the partial schedule"):
         fewstep.sample(gmm, noise, predictor=pred, x_init=images, strength=0.5)
 
 

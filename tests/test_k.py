@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed, k
+from fewstep import k, learned
 from conftest import CountingDenoiser, make_gmm
 
 CASES = [
@@ -76,13 +76,14 @@ def test_callback_dict(bed):
 
 def test_amed_predictor_and_errors(bed):
     gmm, noise = bed
-    pred = amed.train(gmm, shape=(6,), num_steps=3, M=1, batch=4, total_samples=8, progress=False)
+    pred = learned.train("amed", gmm, shape=(6,), num_steps=3, teacher=learned.Teacher(M=1),
+                         budget=learned.Budget(batch=4, total_samples=8), progress=False)
     sig = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
     ref = fewstep.sample(gmm, noise, predictor=pred)
-    assert torch.allclose(k.sample_amed(gmm, noise * sig[0], sig, predictor=pred, disable=True), ref, rtol=1e-12)
-    assert torch.allclose(k.sample_amed(gmm, noise * sig[0], predictor=pred, disable=True), ref, rtol=1e-12)
+    assert torch.allclose(k.sample_learned(gmm, noise * sig[0], sig, predictor=pred, disable=True), ref, rtol=1e-12)
+    assert torch.allclose(k.sample_learned(gmm, noise * sig[0], predictor=pred, disable=True), ref, rtol=1e-12)
     with pytest.raises(ValueError, match="trained for sigmas"):
-        k.sample_amed(gmm, noise * sig[0], fewstep.get_schedule("polynomial", 5), predictor=pred, disable=True)
+        k.sample_learned(gmm, noise * sig[0], fewstep.get_schedule("polynomial", 5), predictor=pred, disable=True)
     with pytest.raises(ValueError, match="sigmas"):
         k.sample_euler(gmm, noise, torch.tensor([1.0]), disable=True)
     with pytest.raises(TypeError, match="x must be"):

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed, k
+from fewstep import k, learned
 from conftest import make_gmm
 
 
@@ -241,18 +241,18 @@ def test_host_img2img_sigmas_below_sigma_max(kd, kname, ours):
     assert _maxdiff(got, ref) < 2e-5 * (1 + float(ref.abs().max()))
 
 
-def _table_predictor() -> amed.AMEDPredictor:
-    """An untrained predictor-free AMED table (no AFS: a host's model may not be near N(0, I) data)."""
-    cfg = {"student": {"solver": "amed", "base": None, "options": {}}, "sigmas": [14.0, 2.5, 0.4, 0.03],
-           "afs": False, "features": {"source": "none", "module": None, "dim": None}, "model_id": None}
-    pred = amed.AMEDPredictor(3, None, 0.2, 0.2, config=cfg)
+def _table_predictor() -> learned.AMEDSampler:
+    """A predictor-free AMED table with set values (no AFS: a host's model may not be near N(0, I) data)."""
+    cfg = learned.AMEDSampler.make_config([14.0, 2.5, 0.4, 0.03], afs=False,
+                                          options={"scale_dir": 0.2, "scale_time": 0.2})
+    pred = learned.AMEDSampler(cfg)
     with torch.no_grad():
         pred.table.copy_(torch.tensor([[0.3, 0.5, -0.4], [-0.2, -0.4, 0.3], [0.1, 0.2, 0.5]]))
     return pred.eval()
 
 
 def test_host_amed_with_predictor(kd):
-    """sample_amed with a predictor in a k-diffusion host: its wrapper, a float32 copy of the trained sigmas with
+    """sample_learned with an AMED sampler in a k-diffusion host: its wrapper, a float32 copy of the trained sigmas with
     k-diffusion's trailing 0, extra_args, callback and disable. Equals fewstep.sample with the predictor (plus
     the final denoising); other sigmas are refused."""
     model = _wrapped_models(kd)["DiscreteEpsDDPMDenoiser"]
@@ -262,24 +262,25 @@ def test_host_amed_with_predictor(kd):
     extra = {"cond": torch.full((16,), 0.1)}
     steps = []
     with torch.no_grad():
-        got = k.sample_amed(model, noise * sigmas[0], sigmas, extra_args=extra, disable=True, predictor=pred,
-                            callback=lambda d: steps.append(d["i"]))
+        got = k.sample_learned(model, noise * sigmas[0], sigmas, extra_args=extra, disable=True, predictor=pred,
+                               callback=lambda d: steps.append(d["i"]))
         ref = fewstep.sample(lambda x, s: model(x, s, **extra), noise, predictor=pred, denoise_to_zero=True)
     assert steps == [0, 1, 2, 3]  # one per interval, the last one to 0 included (k-diffusion)
     assert _maxdiff(got, ref) < 1e-5
     with pytest.raises(ValueError, match="trained for sigmas"):
-        k.sample_amed(model, noise * 14.0, torch.tensor([14.0, 2.0, 0.4, 0.03, 0.0]), predictor=pred)
+        k.sample_learned(model, noise * 14.0, torch.tensor([14.0, 2.0, 0.4, 0.03, 0.0]), predictor=pred)
 
 
 def test_host_amed_trained_table(kd, gmm):
     """A table trained quickly on the analytic model (features="none") runs in a host that passes the float32 copy
     of the trained sigmas with a trailing 0, and equals fewstep.sample with it."""
-    pred = amed.train(gmm, shape=(6,), student="amed", num_steps=3, features="none", afs=False, batch=16,
-                      total_samples=64, sigma_min=0.02, sigma_max=20.0)
+    pred = learned.train("amed", gmm, shape=(6,), num_steps=3, options={"features": "none"}, afs=False,
+                         schedule=learned.ScheduleSpec(sigma_min=0.02, sigma_max=20.0),
+                         budget=learned.Budget(batch=16, total_samples=64))
     sig32 = torch.tensor(pred.config["sigmas"], dtype=torch.float32)
     noise = fewstep.noise_for_seeds(range(4), (6,), dtype=torch.float64)
     model = lambda x, s: gmm(x, s.double())  # noqa: E731
-    got = k.sample_amed(model, noise * float(sig32[0]), torch.cat([sig32, sig32.new_zeros(1)]), predictor=pred,
-                        disable=True)
+    got = k.sample_learned(model, noise * float(sig32[0]), torch.cat([sig32, sig32.new_zeros(1)]), predictor=pred,
+                           disable=True)
     ref = fewstep.sample(gmm, noise, predictor=pred, denoise_to_zero=True)
     assert _maxdiff(got, ref) < 1e-5  # x / float32(sigmas[0]) * sigmas[0]: float32 rounding of the start only

@@ -120,3 +120,48 @@ def test_import_fewstep_exposes_its_subpackages(name):
     code = f"import fewstep; m = fewstep.{name}; print(m.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"fewstep.{name}"
+
+
+def test_the_learned_package_does_not_import_amed():
+    """fewstep.learned is the home of every learned method, AMED's included; fewstep.amed sits above it."""
+    graph, _ = import_graph()
+    bad = sorted(f"{m} -> {t}" for m, ts in graph.items() if m.startswith("fewstep.learned")
+                 for t in ts if t == "fewstep.amed" or t.startswith("fewstep.amed."))
+    assert not bad, bad
+
+
+def test_one_steps_for_nfe():
+    defs = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                  for node in ast.walk(ast.parse(p.read_text()))
+                  if isinstance(node, ast.FunctionDef) and "steps_for_nfe" in node.name)
+    assert defs == ["sampling.py"], defs
+
+
+MAX_LINES = 700
+
+
+def test_no_module_is_too_long():
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def _public_functions():
+    for p in PKG.rglob("*.py"):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                n -= bool(a.args) and a.args[0].arg in ("self", "cls")
+                yield f"{p.relative_to(PKG)}:{node.name}", n
+
+
+def test_no_public_function_takes_more_than_20_parameters():
+    wide = {name: n for name, n in _public_functions() if n > 20}
+    assert not wide, wide
+
+
+def test_the_width_check_counts_parameters():
+    counts = dict(_public_functions())
+    assert counts["learned/train.py:train"] >= 15  # the widest public call: settings objects keep it in bounds
+    assert counts["sampling.py:steps_for_nfe"] == 4

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed, learned
-from fewstep.amed.distill import soft_start_delta
+from fewstep import learned
 from fewstep.cli import main
-from fewstep.learned import CheckpointError, DyWeightSampler, EPDSampler
-from fewstep.solvers import EPD, AMEDSolver, LearnedMultistep, TimeShift
+from fewstep.learned import Budget, CheckpointError, DyWeightSampler, EPDSampler, Teacher
+from fewstep.learned.distill import soft_start_delta
+from fewstep.learned.dyweight import LearnedMultistep
+from fewstep.learned.epd import EPD
+from fewstep.solvers import AMEDSolver, TimeShift
 
 import learned_helpers
 from conftest import CountingDenoiser, make_gmm
@@ -72,28 +74,43 @@ def test_time_shift_calls_the_model_at_the_shifted_sigma(gmm4, noise16):
 
 
 # ------------------------------------------------------------------ NFE accounting
+def _steps_for_nfe(method, nfe, afs, options=None):
+    """Sigmas at which learned ``method`` makes ``nfe`` model evaluations."""
+    return fewstep.steps_for_nfe(learned.METHODS[method].probe_solver(options, None, afs), nfe, afs)
+
+
+# (method, options, evaluations per step, sequential model rounds per step); every method of METHODS is here
+# (test_nfe_cases_cover_every_method): AMED-Solver 2 evaluations per step, the plugin on iPNDM its base's 1 plus
+# one at the intermediate time, EPD K + 1 in 2 rounds.
+NFE_CASES = [("dyweight", {"window": 3}, 1, 1), ("epd", {"K": 1}, 2, 2), ("epd", {"K": 2}, 3, 2),
+             ("epd", {"K": 4}, 5, 2), ("amed", None, 2, 2), ("plugin", None, 2, 2), ("pas", None, 1, 1),
+             ("gs", None, 1, 1)]
+
+
+def test_nfe_cases_cover_every_method():
+    assert {c[0] for c in NFE_CASES} == set(learned.METHODS)
+
+
 @pytest.mark.parametrize("afs", [False, True])
-@pytest.mark.parametrize("method,options,per_step,rounds_per_step",
-                         [("dyweight", {"window": 3}, 1, 1), ("epd", {"K": 1}, 2, 2), ("epd", {"K": 2}, 3, 2),
-                          ("epd", {"K": 4}, 5, 2)])
+@pytest.mark.parametrize("method,options,per_step,rounds_per_step", NFE_CASES)
 def test_nfe_counts_model_evaluations(gmm4, noise16, afs, method, options, per_step, rounds_per_step):
     p = _perturb(_sampler(learned.METHODS[method], afs=afs, options=options, time_shift=True))
     counting = CountingDenoiser(gmm4)
-    res = fewstep.sample(counting, noise16, predictor=p, return_result=True)
+    res = fewstep.solve(counting, noise16, predictor=p)
     steps = len(SIG7) - 1
     assert res.nfe == counting.calls == p.nfe() == per_step * steps - int(afs)
     assert p.rounds() == rounds_per_step * steps - int(afs)
-    n = learned.steps_for_nfe(method, 5, afs, options) if (5 + int(afs)) % per_step == 0 else None
+    n = _steps_for_nfe(method, 5, afs, options) if (5 + int(afs)) % per_step == 0 else None
     if n is not None:
         assert _sampler(learned.METHODS[method], fewstep.get_schedule("polynomial", n), afs=afs,
                         options=options).nfe() == 5
 
 
 def test_steps_for_nfe_names_reachable_counts():
-    with pytest.raises(ValueError, match="cannot make exactly 4"):
-        learned.steps_for_nfe("epd", 4, True, {"K": 2})
-    assert learned.steps_for_nfe("epd", 5, True, {"K": 2}) == 3
-    assert learned.steps_for_nfe("dyweight", 5, True) == 7
+    with pytest.raises(ValueError, match="cannot use exactly nfe=4"):
+        _steps_for_nfe("epd", 4, True, {"K": 2})
+    assert _steps_for_nfe("epd", 5, True, {"K": 2}) == 3
+    assert _steps_for_nfe("dyweight", 5, True) == 7
 
 
 # ------------------------------------------------------------------ gradients
@@ -118,9 +135,13 @@ def test_gradients_reach_every_used_parameter(gmm4, noise16, method, options):
 
 
 # ------------------------------------------------------------------ checkpoints
-@pytest.mark.parametrize("method,options", [("dyweight", {"window": 3}), ("epd", {"K": 2}),
-                                            ("pas", {"order": 4, "coords": 2}), ("gs", {"order": 3})])
-def test_save_load_round_trip(tmp_path, gmm4, noise16, method, options):
+ROUND_TRIP_OPTIONS = {"dyweight": {"window": 3}, "epd": {"K": 2}, "pas": {"order": 4, "coords": 2}, "gs": {"order": 3},
+                      "amed": {"scale_dir": 0.1, "scale_time": 0.1}, "plugin": {"scale_dir": 0.1, "scale_time": 0.1}}
+
+
+@pytest.mark.parametrize("method", list(learned.METHODS))
+def test_save_load_round_trip(tmp_path, gmm4, noise16, method):
+    options = ROUND_TRIP_OPTIONS.get(method)
     p = _perturb(_sampler(learned.METHODS[method], options=options, time_shift=True, model_id="gmm4"))
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     p.save(a)
@@ -135,12 +156,12 @@ def test_save_load_round_trip(tmp_path, gmm4, noise16, method, options):
 
 
 def test_load_dispatches_amed_checkpoints(tmp_path, gmm4, noise16):
-    pred = amed.train(gmm4, shape=(4,), student="ipndm", num_steps=4, batch=8, total_samples=16, M=2,
-                      progress=False)
+    pred = learned.train("plugin", gmm4, shape=(4,), base="ipndm", num_steps=4, teacher=Teacher(M=2),
+                         budget=Budget(batch=8, total_samples=16), progress=False)
     path = tmp_path / "amed.safetensors"
     pred.save(path)
     q = learned.load(path)
-    assert isinstance(q, amed.AMEDPredictor)
+    assert isinstance(q, learned.AMEDPluginSampler) and q.config == pred.config
     assert torch.equal(fewstep.sample(gmm4, noise16, predictor=q), fewstep.sample(gmm4, noise16, predictor=pred))
 
 
@@ -215,9 +236,9 @@ def test_short_training_beats_the_base_solver_at_nfe5(method, options, kw):
     gmm = make_gmm()
     noise = fewstep.noise_for_seeds(range(1000, 1128), (4,), dtype=torch.float64)
     ref = _reference(gmm, noise)
-    p = learned.train(method, gmm, shape=(4,), nfe=5, options=options, batch=32, total_samples=1024, M=4,
-                      progress=False, **kw)
-    res = fewstep.sample(gmm, noise, predictor=p, return_result=True)
+    p = learned.train(method, gmm, shape=(4,), nfe=5, options=options, teacher=Teacher(M=4),
+                      budget=Budget(batch=32, total_samples=1024), progress=False, **kw)
+    res = fewstep.solve(gmm, noise, predictor=p)
     assert res.nfe == 5 == p.nfe()
     base = p.config["base"]
     name = "dpm2" if base["solver"] == "amed" else base["solver"]
@@ -228,8 +249,10 @@ def test_short_training_beats_the_base_solver_at_nfe5(method, options, kw):
 def test_training_with_soft_start_and_learned_schedule(tmp_path):
     gmm = make_gmm()
     out = tmp_path / "dw.safetensors"
-    p = learned.train("dyweight", gmm, shape=(4,), nfe=4, batch=16, total_samples=64, M=2, progress=False,
-                      soft_start=0.01, soft_start_steps=2, learn_schedule=True, out=out)
+    p = learned.train("dyweight", gmm, shape=(4,), nfe=4, teacher=Teacher(M=2),
+                      budget=Budget(batch=16, total_samples=64), progress=False,
+                      objective=learned.Objective(soft_start=0.01, soft_start_steps=2),
+                      schedule=learned.ScheduleSpec(learn=True), checkpoint=learned.Checkpointing(out=out))
     sig = torch.tensor(p.config["sigmas"], dtype=torch.float64)
     init = fewstep.get_schedule("polynomial", len(sig), 0.002, 80.0)
     assert not torch.allclose(sig, init) and bool((sig[1:] < sig[:-1]).all())
@@ -238,13 +261,21 @@ def test_training_with_soft_start_and_learned_schedule(tmp_path):
     assert q.config["sigmas"] == p.config["sigmas"]
 
 
-def test_amed_and_plugin_through_learned_train():
+def test_amed_and_plugin_through_learned_train(noise16):
     gmm = make_gmm()
-    p = learned.train("plugin", gmm, shape=(4,), nfe=5, base="ipndm", batch=8, total_samples=16, M=2,
+    p = learned.train("plugin", gmm, shape=(4,), nfe=5, base="ipndm", teacher=Teacher(M=2),
+                      budget=Budget(batch=8, total_samples=16), progress=False)
+    assert isinstance(p, learned.AMEDPluginSampler) and p.config["base"] == {"solver": "ipndm", "options": {}}
+    assert p.config["method"] == "plugin" and p.nfe() == 5
+    # AMED methods take time shifts and LD3's soft start like every method (they were refused before)
+    q = learned.train("amed", gmm, shape=(4,), nfe=5, time_shift=True, teacher=Teacher(M=2),
+                      budget=Budget(batch=8, total_samples=16), objective=learned.Objective(soft_start=0.01),
                       progress=False)
-    assert isinstance(p, amed.AMEDPredictor) and p.config["student"]["base"] == "ipndm"
-    with pytest.raises(ValueError, match="not available for method"):
-        learned.train("amed", gmm, shape=(4,), time_shift=True, progress=False)
+    assert isinstance(q, learned.AMEDSampler) and q.config["time_shift"] is True
+    assert q.config["training"]["soft_start"] == 0.01 and isinstance(q.solver(), TimeShift)
+    assert bool((q.xi.detach() != 0).any())  # the shifts were trained
+    res = fewstep.solve(CountingDenoiser(gmm), noise16, predictor=q)
+    assert res.nfe == 5 == q.nfe() and bool(torch.isfinite(res.x).all())
 
 
 # ------------------------------------------------------------------ CLI
@@ -268,11 +299,22 @@ def test_cli_plugin_method_and_bad_combinations(tmp_path, capsys):
     ckpt = tmp_path / "plug.safetensors"
     assert main(["train", "--model", "gmm", "--method", "plugin", "--base", "ipndm", "--out", str(ckpt),
                  "--total-samples", "16", "--batch", "8", "--M", "2", "--threads", "1"]) == 0
-    assert amed.read_config(ckpt)["student"]["base"] == "ipndm"
-    for args, msg in ((["--method", "amed", "--time-shift"], "apply to --method dyweight"),
-                      (["--method", "dyweight", "--base", "dpmpp"], "--base applies to --method plugin"),
-                      (["--method", "epd", "--student", "ipndm"], "not both"),
-                      (["--method", "epd", "--nfe", "4", "--method-options", '{"K": 2}'], "cannot make exactly 4")):
+    cfg = learned.read_config(ckpt)
+    assert cfg["method"] == "plugin" and cfg["base"] == {"solver": "ipndm", "options": {}}
+    # AMED methods accept --time-shift and --soft-start (refused before the redesign)
+    ts = tmp_path / "amed_ts.safetensors"
+    assert main(["train", "--model", "gmm", "--method", "amed", "--time-shift", "--soft-start", "0.01", "--out",
+                 str(ts), "--total-samples", "16", "--batch", "8", "--M", "2", "--threads", "1"]) == 0
+    cfg = learned.read_config(ts)
+    assert cfg["method"] == "amed" and cfg["time_shift"] is True and cfg["training"]["soft_start"] == 0.01
+    capsys.readouterr()
+    for args, msg in ((["--method", "dyweight", "--base", "dpmpp"], "--base / --base-options apply to a method "
+                       "built on a solver you pick (plugin), not dyweight"),
+                      (["--method", "epd", "--features", "none"], "--features applies to methods that read network "
+                       "features (amed, plugin), not epd"),
+                      (["--method", "amed", "--features", "none", "--method-options", '{"features": "none"}'],
+                       "not both"),
+                      (["--method", "epd", "--nfe", "4", "--method-options", '{"K": 2}'], "cannot use exactly nfe=4")):
         assert main(["train", "--model", "gmm", "--out", str(tmp_path / "x.safetensors"), *args]) == 2
         assert msg in capsys.readouterr().err
 

@@ -1,5 +1,5 @@
-"""The learned samplers of ``fewstep.learned`` (dyweight, epd, pas, gs, and soft start) under torchrun and resumed,
-as AMED training is (test_distributed.py, test_schedule_learning.py): `fewstep train --method NAME` on 2 gloo
+"""The learned samplers of ``fewstep.learned`` (every method of ``METHODS``, and soft start) under torchrun and
+resumed (AMED's learned schedule also in test_schedule_learning.py): `fewstep train --method NAME` on 2 gloo
 processes equals 1 process up to float rounding, an interrupted run resumed with --resume writes the bitwise
 identical sampler file, and --resume refuses a training state written with other settings, naming what differs.
 
@@ -20,18 +20,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from fewstep.learned import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 COMMON = ["train", "--model", "gmm", "--nfe", "5", "--total-samples", "64", "--batch", "16", "--M", "2",
           "--threads", "1"]
-# Every method with its defaults (dyweight: learned schedule; gs: time shifts and learned schedule), EPD with
-# K = 2 parallel directions, and LD3's soft start (per-sample start offsets, 2 gradient steps) with time shifts.
+# Every method of fewstep.learned.METHODS with its defaults (dyweight: learned schedule; gs: time shifts and learned
+# schedule; amed and plugin (on iPNDM): --features auto, i.e. the feature network on the bed's own features), EPD
+# with K = 2 parallel directions, and LD3's soft start (per-sample start offsets, 2 gradient steps) with time shifts.
+_METHOD_ARGS = {"epd": ["--method-options", '{"K": 2}'], "plugin": ["--base", "ipndm"]}
 CASES: dict[str, list[str]] = {
-    "dyweight": ["--method", "dyweight"],
-    "epd": ["--method", "epd", "--method-options", '{"K": 2}'],
-    "pas": ["--method", "pas"],
-    "gs": ["--method", "gs"],
+    **{m: ["--method", m, *_METHOD_ARGS.get(m, [])] for m in METHODS},
     "soft": ["--method", "dyweight", "--soft-start", "0.05", "--soft-start-steps", "2", "--time-shift"],
 }
 # Resumed under torchrun (prepared by ``prepared``): "gs" from a 1-process state at iteration 2 of 4, "dyweight"
@@ -52,7 +53,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _interrupt_after(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     """Make the next training stop (KeyboardInterrupt, as Ctrl-C) right after saving its state at ``iteration``."""
-    from fewstep.amed.trainstate import TrainState
+    from fewstep.learned.trainstate import TrainState
 
     real = TrainState.save
 
@@ -84,7 +85,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1-process training states for torchrun to resume: gs stopped after iteration 2, dyweight complete but with
     the final sampler file unsaved (a full disk)."""
     from fewstep.cli import main
-    from fewstep.learned.base import LearnedSampler
+    from fewstep.learned import LearnedSampler
 
     d = tmp_path_factory.mktemp("prepared")
     with pytest.MonkeyPatch.context() as mp:
@@ -197,7 +198,7 @@ def test_torchrun_resumes_a_single_process_state(single, multi, prepared):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_interrupted_run_resumes_to_the_identical_file(case, single, tmp_path, monkeypatch):
-    from fewstep.amed.trainstate import TrainState
+    from fewstep.learned.trainstate import TrainState
     from fewstep.cli import main
 
     out = tmp_path / "s.safetensors"
@@ -263,18 +264,20 @@ def test_resume_refuses_a_state_of_another_method(dyweight_state, capsys):
 def test_api_resume_refuses_other_settings(tmp_path, monkeypatch):
     """The same through fewstep.learned.train (settings differ in the learned schedule and the method's options)."""
     from fewstep import learned
-    from fewstep.amed import CheckpointError
     from fewstep.bed import gmm_denoiser
+    from fewstep.learned import CheckpointError
 
-    kw = {"shape": (3, 8, 8), "nfe": 5, "M": 2, "batch": 16, "total_samples": 64, "progress": False,
-          "state_path": tmp_path / "state", "checkpoint_every": 2}
+    kw = {"shape": (3, 8, 8), "nfe": 5, "teacher": learned.Teacher(M=2),
+          "budget": learned.Budget(batch=16, total_samples=64), "progress": False}
     den = gmm_denoiser()
     with monkeypatch.context() as mp:
         _interrupt_after(mp, 2)
         with pytest.raises(KeyboardInterrupt):
-            learned.train("epd", den, options={"K": 2}, **kw)
+            learned.train("epd", den, options={"K": 2}, checkpoint=learned.Checkpointing(state=tmp_path / "state",
+                                                                                         every=2), **kw)
     with pytest.raises(CheckpointError, match=r"schedule\.kind: .* there, \"learned\" now"):
-        learned.train("epd", den, options={"K": 2}, learn_schedule=True, resume=True, **kw)
+        learned.train("epd", den, options={"K": 2}, schedule=learned.ScheduleSpec(learn=True),
+                      checkpoint=learned.Checkpointing(state=tmp_path / "state", every=2, resume=True), **kw)
 
 
 if __name__ == "__main__":  # the torchrun worker of ``multi``

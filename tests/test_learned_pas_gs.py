@@ -8,8 +8,9 @@ import torch
 
 import fewstep
 from fewstep import learned
-from fewstep.learned import CheckpointError, GSSampler, PASSampler
-from fewstep.solvers.learned import PAS, GeneralisedMultistep, pas_basis
+from fewstep.learned import Budget, CheckpointError, GSSampler, PASSampler, Teacher
+from fewstep.learned.gs import GeneralisedMultistep
+from fewstep.learned.pas import PAS, pas_basis
 
 import learned_helpers
 from conftest import CountingDenoiser, make_gmm
@@ -77,10 +78,10 @@ def test_pas_basis_is_orthonormal_and_aligned():
 def test_nfe_counts_model_evaluations(gmm4, noise16, afs, method, options):
     p = _perturb(_sampler(learned.METHODS[method], afs=afs, options=options, time_shift=True))
     counting = CountingDenoiser(gmm4)
-    res = fewstep.sample(counting, noise16, predictor=p, return_result=True)
+    res = fewstep.solve(counting, noise16, predictor=p)
     steps = len(SIG7) - 1
     assert res.nfe == counting.calls == p.nfe() == p.rounds() == steps - int(afs)
-    n = learned.steps_for_nfe(method, 5, afs, options)
+    n = fewstep.steps_for_nfe(learned.METHODS[method].probe_solver(options, None, afs), 5, afs)
     assert n == 6 + int(afs)
     assert _sampler(learned.METHODS[method], fewstep.get_schedule("polynomial", n), afs=afs,
                     options=options).nfe() == 5
@@ -132,9 +133,9 @@ def test_short_training_beats_the_base_solver_at_nfe5(method, options, threshold
     noise = fewstep.noise_for_seeds(range(1000, 1128), (4,), dtype=torch.float64)
     ref = fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", 400, 0.002, 80.0), "deis", max_order=4,
                          deis_mode="logrho")
-    p = learned.train(method, gmm, shape=(4,), nfe=5, options=options, batch=32, total_samples=1024, M=4,
-                      progress=False)
-    res = fewstep.sample(gmm, noise, predictor=p, return_result=True)
+    p = learned.train(method, gmm, shape=(4,), nfe=5, options=options, teacher=Teacher(M=4),
+                      budget=Budget(batch=32, total_samples=1024), progress=False)
+    res = fewstep.solve(gmm, noise, predictor=p)
     assert res.nfe == 5 == p.nfe()
     base = p.config["base"]
     sig0 = fewstep.get_schedule("polynomial", len(p.config["sigmas"]), 0.002, 80.0)  # the base on its schedule
@@ -173,22 +174,28 @@ def test_method_defaults_budget_schedule_and_shifts(monkeypatch):
 
     seen = {}
 
-    def fake_distill(model, solver, sig, tr, afs, sampler, sched, *rest):
-        seen[sampler.config["method"]] = (tr, sched is not None)
+    def fake_distill(model, solver, sig, plan, sampler, sched, *rest):
+        seen[sampler.config["method"]] = (plan, sched is not None)
 
     monkeypatch.setattr(sys.modules["fewstep.learned.train"], "distill", fake_distill)
     gmm = make_gmm()
-    for method in ("dyweight", "pas", "gs", "epd"):
+    for method, cls in learned.METHODS.items():
         p = learned.train(method, gmm, shape=(4,), nfe=5, progress=False)
-        tr, sched = seen[method]
-        budget = learned.DEFAULT_BUDGET.get(method, {"batch": 64, "total_samples": 8192, "M": 8})
-        assert {k: tr[k] for k in ("batch", "total_samples", "M")} == budget
-        assert sched is (method in ("dyweight", "gs")) and tr["learn_schedule"] is sched
-        assert p.config["time_shift"] is (method == "gs")
-    assert learned.DEFAULT_BUDGET["dyweight"] == {"batch": 16, "total_samples": 4096, "M": 4}
-    learned.train("dyweight", gmm, shape=(4,), nfe=5, progress=False, batch=8, M=2, learn_schedule=False)
-    tr, sched = seen["dyweight"]
-    assert (tr["batch"], tr["total_samples"], tr["M"], sched) == (8, 4096, 2, False)
+        plan, sched = seen[method]
+        d = cls.DEFAULTS
+        assert (plan.batch, plan.total_samples, plan.M) == (d.batch, d.total_samples, d.M), method
+        assert plan.lr == cls.default_lr(p.options)
+        assert sched is (method in ("dyweight", "gs")) is d.learn_schedule and plan.learn_schedule is sched
+        assert p.config["time_shift"] is (method == "gs") is d.time_shift
+    for method in ("amed", "plugin", "epd", "pas", "gs"):  # the budget of every method but DyWeight
+        d = learned.METHODS[method].DEFAULTS
+        assert (d.batch, d.total_samples, d.M) == (64, 8192, 8), method
+    d = learned.METHODS["dyweight"].DEFAULTS
+    assert (d.batch, d.total_samples, d.M) == (16, 4096, 4)
+    learned.train("dyweight", gmm, shape=(4,), nfe=5, progress=False, budget=Budget(batch=8), teacher=Teacher(M=2),
+                  schedule=learned.ScheduleSpec(learn=False))
+    plan, sched = seen["dyweight"]
+    assert (plan.batch, plan.total_samples, plan.M, sched) == (8, 4096, 2, False)
 
 
 def test_pas_on_data_with_fewer_dimensions_than_coords():

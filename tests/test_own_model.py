@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 from fewstep.denoisers import HookFeatures, VPModel, model_dtype
 
 SHAPE = (1, 8, 8)
@@ -63,30 +63,35 @@ def test_a_raw_float32_module_gets_float32_under_a_float64_trajectory(net):
                                                              sigma * 10)
 
     noise = fewstep.noise_for_seeds(range(3), SHAPE, dtype=torch.float64)
-    res = fewstep.sample(D(), noise, fewstep.get_schedule("polynomial", 4, sigma_max=14.0), "amed", afs=True,
-                         return_result=True)
+    res = fewstep.solve(D(), noise, fewstep.get_schedule("polynomial", 4, sigma_max=14.0), "amed", afs=True)
     assert res.x.dtype == torch.float64 and torch.isfinite(res.x).all() and res.nfe == 5
 
 
-@pytest.mark.parametrize("student", ["amed", "ipndm"])
+def _num_steps(method, base):
+    """Sigmas for 5 model evaluations with AFS (the AMED-Solver: 4; the plugin on iPNDM: 4)."""
+    return fewstep.steps_for_nfe(learned.METHODS[method].probe_solver(None, base, True), 5, True)
+
+
+@pytest.mark.parametrize("method,base", [("amed", None), ("plugin", "ipndm")])
 @pytest.mark.parametrize("features", ["none", "hook"])
-def test_readme_path_train_sample_eval(net, tmp_path, student, features):
+def test_readme_path_train_sample_eval(net, tmp_path, method, base, features):
     den = VPModel(lambda x, t: net(x, t), alphas_cumprod=_ddpm_alphas())
     den.model_id = "my-eps-net"
     if features == "hook":
         den = HookFeatures(den, network=net, module="mid_block")
-    n = fewstep.steps_for_nfe("amed" if student == "amed" else "amed_plugin", 5, True,
-                              **({} if student == "amed" else {"base": "ipndm"}))
+    n = _num_steps(method, base)
     # float64 trajectories (the default) and float32: both must give the network float32.
     for dtype in (torch.float64, torch.float32):
-        pred = amed.train(den, shape=SHAPE, student=student, num_steps=n, sigma_max=14.0, M=1, batch=4,
-                          total_samples=8, features="none" if features == "none" else "adapter", dtype=dtype,
-                          progress=False)
+        pred = learned.train(method, den, shape=SHAPE, base=base, num_steps=n,
+                             schedule=learned.ScheduleSpec(sigma_max=14.0), teacher=learned.Teacher(M=1),
+                             budget=learned.Budget(batch=4, total_samples=8),
+                             options={"features": "none" if features == "none" else "adapter"}, dtype=dtype,
+                             progress=False)
         assert pred.config["model_id"] == "my-eps-net"  # taken from the denoiser
         path = pred.save(tmp_path / f"p{dtype}.safetensors")
-        loaded = amed.load(path, model_id="my-eps-net")
+        loaded = learned.load(path, model_id="my-eps-net")
         noise = fewstep.noise_for_seeds(range(6), SHAPE, dtype=dtype)
-        res = fewstep.sample(den, noise, predictor=loaded, return_result=True)
+        res = fewstep.solve(den, noise, predictor=loaded)
         assert res.nfe == 5 and res.x.dtype == dtype and torch.isfinite(res.x).all()
     # evaluation of the samples against themselves (the metric pipeline accepts them)
     from fewstep import metrics
@@ -104,11 +109,10 @@ def test_diffusers_unet_through_the_readme_lambda(tmp_path):
                                  down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D")).eval()
     den = VPModel(lambda x, t: unet(x, t).sample, alphas_cumprod=_ddpm_alphas())
-    for student in ("amed", "ipndm"):
-        n = fewstep.steps_for_nfe("amed" if student == "amed" else "amed_plugin", 5, True,
-                                  **({} if student == "amed" else {"base": "ipndm"}))
-        pred = amed.train(den, shape=SHAPE, student=student, num_steps=n, sigma_max=14.0, M=1, batch=2,
-                          total_samples=4, progress=False)
+    for method, base in (("amed", None), ("plugin", "ipndm")):
+        pred = learned.train(method, den, shape=SHAPE, base=base, num_steps=_num_steps(method, base),
+                             schedule=learned.ScheduleSpec(sigma_max=14.0), teacher=learned.Teacher(M=1),
+                             budget=learned.Budget(batch=2, total_samples=4), progress=False)
         noise = fewstep.noise_for_seeds(range(2), SHAPE, dtype=torch.float64)
-        res = fewstep.sample(den, noise, predictor=pred, return_result=True)
+        res = fewstep.solve(den, noise, predictor=pred)
         assert res.nfe == 5 and torch.isfinite(res.x).all()

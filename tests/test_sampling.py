@@ -22,8 +22,7 @@ SINGLE_STEP_2ND = {"heun", "dpm2"}
 def test_nfe_equals_denoiser_calls(gmm4, noise16, solver, opts, afs, denoise_to_zero, num):
     model = CountingDenoiser(gmm4)
     sig = fewstep.get_schedule("polynomial", num)
-    res = fewstep.sample(model, noise16, sig, solver, afs=afs, denoise_to_zero=denoise_to_zero,
-                         return_result=True, **opts)
+    res = fewstep.solve(model, noise16, sig, solver, afs=afs, denoise_to_zero=denoise_to_zero, **opts)
     per_step = 2 if solver in SINGLE_STEP_2ND else 1
     expected = per_step * (num - 1) - int(afs) + int(denoise_to_zero)
     assert model.calls == res.nfe == expected
@@ -45,8 +44,8 @@ def test_steps_for_nfe_unreachable():
 def test_afs_replaces_first_evaluation(gmm4, noise16):
     sig = fewstep.get_schedule("polynomial", 4)
     seen = []
-    res = fewstep.sample(gmm4, noise16, sig, "euler", afs=True, return_trajectory=True,
-                         callback=lambda info: seen.append(info))
+    res = fewstep.solve(gmm4, noise16, sig, "euler", afs=True, trajectory=True,
+                        callback=lambda info: seen.append(info))
     x1 = res.trajectory[1]
     xT = noise16 * sig[0]
     expected = xT + (sig[1] - sig[0]) * xT / (1 + sig[0] ** 2).sqrt()
@@ -56,13 +55,16 @@ def test_afs_replaces_first_evaluation(gmm4, noise16):
 
 def test_trajectory_and_result(gmm4, noise16):
     sig = fewstep.get_schedule("logsnr", 5)
-    res = fewstep.sample(gmm4, noise16, sig, "dpmpp", return_trajectory=True)
+    res = fewstep.solve(gmm4, noise16, sig, "dpmpp", trajectory=True)
+    assert isinstance(res, fewstep.Solution) and res.nfe == 4
     assert res.trajectory.shape == (5, *noise16.shape)
     assert torch.equal(res.trajectory[0], noise16 * sig[0])
     assert torch.equal(res.trajectory[-1], res.x)
     assert torch.equal(res.sigmas, sig)
     plain = fewstep.sample(gmm4, noise16, sig, "dpmpp")
     assert isinstance(plain, torch.Tensor) and torch.equal(plain, res.x)
+    without = fewstep.solve(gmm4, noise16, sig, "dpmpp")
+    assert without.trajectory is None and torch.equal(without.x, res.x)
 
 
 def test_denoise_to_zero_is_final_denoiser_call(gmm4, noise16):

@@ -10,8 +10,8 @@ import torch
 
 import fewstep
 import fewstep.k as fk
-from fewstep import amed
-from fewstep.amed.export import EXPORT_FORMAT, cost_line, export_document, export_schedule
+from fewstep import learned
+from fewstep.learned.export import EXPORT_FORMAT, cost_line, export_document, export_schedule
 from fewstep.cli import main
 from fewstep.schedules import interpolate_schedule, save_schedule
 
@@ -148,8 +148,9 @@ def test_nfe_interpolation_pays_the_new_nfe(tmp_path, capsys):
 
 def _train(features, tmp_path):
     gmm = make_gmm(dim=12, components=4, seed=5)
-    pred = amed.train(gmm, shape=(3, 2, 2), num_steps=3, batch=8, total_samples=16, M=2, progress=False,
-                      features=features, model_id="gmm-test")
+    pred = learned.train("amed", gmm, shape=(3, 2, 2), num_steps=3, options={"features": features},
+                         teacher=learned.Teacher(M=2), budget=learned.Budget(batch=8, total_samples=16),
+                         progress=False, model_id="gmm-test")
     return pred, pred.save(tmp_path / f"p_{features}.safetensors")
 
 
@@ -175,22 +176,26 @@ def test_table_checkpoint_export_states_its_cost(tmp_path):
     def model(x, s):
         m.calls += 1
         return gmm(x, s)
-    fk.sample_amed(model, x, None, predictor=amed.load(path), disable=True)
-    assert m.calls == doc["nfe"] == 3 and "predictor=fewstep.amed.load" in doc["host"]["to_pay_nfe"]
+    fk.sample_learned(model, x, None, predictor=learned.load(path), disable=True)
+    assert m.calls == doc["nfe"] == 3 and "fewstep.k.sample_learned(" in doc["host"]["to_pay_nfe"]
+    assert "predictor=" in doc["host"]["to_pay_nfe"]
     with pytest.raises(ValueError, match="cannot be interpolated"):
         export_document(path, 7)
     assert "steps" not in export_document(path, 7, schedule_only=True)
 
 
-@pytest.mark.parametrize("method,options", [("dyweight", None), ("epd", {"K": 2})])
-def test_learned_sampler_exports_its_sigmas_only(tmp_path, capsys, method, options):
-    """A DyWeight / EPD file: refused without --schedule-only (its parameters act inside fewstep's solver); with it,
-    the sigmas and the trained sampler's true NFE (EPD's parallel evaluations counted), paid by fk.sample_learned."""
-    from fewstep import learned
+# AMED and the plugin are left out: their predictor-free tables do export per-step values (r, c, a), tested in
+# test_table_checkpoint_export_states_its_cost; a feature AMED predictor in test_feature_predictor_export_is_refused.
+@pytest.mark.parametrize("method", [m for m in learned.METHODS if m not in ("amed", "plugin")])
+def test_learned_sampler_exports_its_sigmas_only(tmp_path, capsys, method):
+    """A DyWeight / EPD / PAS / GS file: refused without --schedule-only (its parameters act inside fewstep's
+    solver); with it, the sigmas and the trained sampler's true NFE (EPD's parallel evaluations counted), paid by
+    fk.sample_learned."""
     from learned_helpers import make_sampler, perturb
 
     cls = learned.METHODS[method]
-    n = learned.steps_for_nfe(method, 5, True, options)
+    options = {"K": 2} if method == "epd" else None  # EPD: 2 parallel directions (3 evaluations per step)
+    n = fewstep.steps_for_nfe(cls.probe_solver(options, None, True), 5, True)
     p = perturb(make_sampler(cls, fewstep.get_schedule("polynomial", n), options=options))
     path = p.save(tmp_path / f"{method}.safetensors")
     assert main(["schedule", "export", str(path)]) == 2

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
-from fewstep.amed import CheckpointError, LearnedSchedule
+from fewstep import learned
+from fewstep.learned import CheckpointError, LearnedSchedule
 from fewstep.cli import main
 from fewstep.schedule_search import cost_matrix, dp_schedule, search_schedule
 from fewstep.schedules import load_schedule, save_schedule
@@ -76,7 +76,7 @@ def test_cost_matrix_is_the_euler_error_on_the_teacher_trajectory(gmm, noise):
     C = cost_matrix(gmm, noise, grid)
     lower = torch.ones_like(C).tril().bool()
     assert torch.isinf(C[lower]).all() and (C[~lower] >= 0).all() and (C[1:, 2:][~lower[1:, 2:]] > 0).all()
-    traj = fewstep.sample(gmm, noise, grid, "deis", max_order=4, deis_mode="logrho", return_trajectory=True).trajectory
+    traj = fewstep.solve(gmm, noise, grid, "deis", max_order=4, deis_mode="logrho", trajectory=True).trajectory
     i, j = 3, 7
     d = (traj[i] - gmm(traj[i], grid[i].expand(len(noise)))) / grid[i]
     want = (traj[i] + (grid[j] - grid[i]) * d - traj[j]).flatten(1).norm(dim=1).mean()
@@ -163,44 +163,49 @@ def test_learned_schedule_starts_at_its_init_and_stays_valid():
 def test_learn_schedule_lowers_the_error_of_a_plain_solver(gmm, noise):
     ref = fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", 200), "deis", max_order=4)
     init = fewstep.get_schedule("polynomial", 5)
-    log: list = []
-    sig = amed.learn_schedule(gmm, shape=SHAPE, solver="ipndm", num_steps=5, total_samples=1024, lr=0.1,
-                              progress=False, log=log)
+    found = learned.learn_schedule(gmm, shape=SHAPE, solver="ipndm", num_steps=5,
+                                   budget=learned.Budget(total_samples=1024, lr=0.1), progress=False)
+    sig, log = found.sigmas, found.log
     err = lambda s: float((fewstep.sample(gmm, noise, s, "ipndm") - ref).flatten(1).norm(dim=1).mean())
     assert sig[0] == init[0] and sig[-1] == init[-1] and not torch.equal(sig, init)
     assert err(sig) < 0.8 * err(init)
-    assert sum(log[0].losses[-4:]) < sum(log[0].losses[:4])
+    assert sum(log.losses[-4:]) < sum(log.losses[:4])
 
 
 def test_joint_training_stores_the_learned_schedule(gmm, noise, tmp_path):
-    pred = amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, learn_schedule=True, total_samples=256,
-                      batch=32, progress=False)
-    learned = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
+    pred = learned.train("plugin", gmm, shape=SHAPE, base="ipndm", num_steps=4,
+                         schedule=learned.ScheduleSpec(learn=True),
+                         budget=learned.Budget(total_samples=256, batch=32), progress=False)
+    sigmas = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
     assert pred.config["schedule"]["kind"] == "learned"
     assert pred.config["schedule"]["init_sigmas"] == fewstep.get_schedule("polynomial", 4).tolist()
-    assert not torch.equal(learned, fewstep.get_schedule("polynomial", 4))
+    assert not torch.equal(sigmas, fewstep.get_schedule("polynomial", 4))
     pred.save(tmp_path / "p.safetensors")
-    back = amed.load(tmp_path / "p.safetensors")
-    res = fewstep.sample(gmm, noise, predictor=back, return_result=True)
-    assert torch.equal(res.sigmas, learned)
+    back = learned.load(tmp_path / "p.safetensors")
+    res = fewstep.solve(gmm, noise, predictor=back)
+    assert torch.equal(res.sigmas, sigmas)
     assert torch.equal(res.x, fewstep.sample(gmm, noise, predictor=pred))
     with pytest.raises(ValueError, match="loss='final'"):
-        amed.train(gmm, shape=SHAPE, num_steps=4, learn_schedule=True, loss="per_step", progress=False)
+        learned.train("amed", gmm, shape=SHAPE, num_steps=4, schedule=learned.ScheduleSpec(learn=True),
+                      objective=learned.Objective(loss="per_step"), progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- resume (issue 6)
 
 
-def _train(gmm, tmp_path, **kw):
-    return amed.train(gmm, shape=SHAPE, student="ipndm", num_steps=4, total_samples=6 * 16, batch=16,
-                      learn_schedule=True, progress=False, state_path=tmp_path / "state.safetensors", **kw)
+def _train(gmm, tmp_path, checkpoint_every=0, resume=False, seed=0):
+    return learned.train("plugin", gmm, shape=SHAPE, base="ipndm", num_steps=4,
+                         budget=learned.Budget(total_samples=6 * 16, batch=16, seed=seed),
+                         schedule=learned.ScheduleSpec(learn=True), progress=False,
+                         checkpoint=learned.Checkpointing(state=tmp_path / "state.safetensors",
+                                                          every=checkpoint_every, resume=resume))
 
 
 def test_interrupted_training_resumes_to_the_same_predictor(gmm, tmp_path, monkeypatch):
     full = _train(gmm, tmp_path / "a", checkpoint_every=2)
     assert not (tmp_path / "a" / "state.safetensors").exists()  # removed when training completes
 
-    from fewstep.amed.trainstate import TrainState
+    from fewstep.learned.trainstate import TrainState
 
     real_save = TrainState.save
 
@@ -214,16 +219,15 @@ def test_interrupted_training_resumes_to_the_same_predictor(gmm, tmp_path, monke
         _train(gmm, tmp_path / "b", checkpoint_every=2)
     monkeypatch.setattr(TrainState, "save", real_save)
     assert (tmp_path / "b" / "state.safetensors").exists()
-    log: list = []
-    resumed = _train(gmm, tmp_path / "b", checkpoint_every=2, resume=True, log=log)
-    assert len(log[0].losses) == 6
+    resumed = _train(gmm, tmp_path / "b", checkpoint_every=2, resume=True)
+    assert len(resumed.log.losses) == 6
     assert resumed.config["sigmas"] == full.config["sigmas"]
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 def test_resume_refuses_a_state_from_other_settings(gmm, tmp_path, monkeypatch):
-    from fewstep.amed.trainstate import TrainState
+    from fewstep.learned.trainstate import TrainState
 
     real_save = TrainState.save
 
@@ -252,20 +256,21 @@ def test_cli_schedule_search_learn_export(tmp_path, capsys):
     sig = fewstep.get_schedule("file", path=out)
     assert len(sig) == 5 and json.loads(out.read_text())["info"]["method"] == "search"
     assert main(["schedule", "search", *base, "--out", str(out)]) == 2  # exists, no --overwrite
-    learned = tmp_path / "learned.json"
+    learned_file = tmp_path / "learned.json"
     assert main(["schedule", "learn", *base, "--nfe", "4", "--init", str(out), "--total-samples", "64",
-                 "--out", str(learned)]) == 0
-    assert len(fewstep.get_schedule("file", path=learned)) == 5
+                 "--out", str(learned_file)]) == 0
+    assert len(fewstep.get_schedule("file", path=learned_file)) == 5
     capsys.readouterr()
-    assert main(["schedule", "export", str(learned), "--format", "k"]) == 0
+    assert main(["schedule", "export", str(learned_file), "--format", "k"]) == 0
     ks = json.loads(capsys.readouterr().out)
-    assert ks[-1] == 0.0 and ks[:-1] == fewstep.get_schedule("file", path=learned).tolist()
+    assert ks[-1] == 0.0 and ks[:-1] == fewstep.get_schedule("file", path=learned_file).tolist()
     assert main(["schedule", "export"]) == 2
     assert not any(n.startswith(".") or n.endswith(".tmp") for n in os.listdir(tmp_path))
 
 
 def test_cli_export_of_an_amed_table(gmm, tmp_path, capsys):
-    pred = amed.train(gmm, shape=SHAPE, num_steps=3, total_samples=64, batch=32, progress=False)
+    pred = learned.train("amed", gmm, shape=SHAPE, num_steps=3, budget=learned.Budget(total_samples=64, batch=32),
+                         progress=False)
     pred.save(tmp_path / "p.safetensors")
     capsys.readouterr()
     assert main(["schedule", "export", str(tmp_path / "p.safetensors")]) == 0
@@ -290,16 +295,17 @@ def test_torchrun_training_on_two_gloo_processes_equals_one_process(tmp_path):
 
     tests = Path(__file__).parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent / "src")]))
-    args = ["train", "--model", "factory_model:make", "--shape", "12", "--student", "ipndm", "--nfe", "5",
+    args = ["train", "--model", "factory_model:make", "--shape", "12", "--method", "plugin", "--base", "ipndm",
+            "--nfe", "5",
             "--total-samples", "96", "--batch", "24", "--learn-schedule", "--threads", "1"]
     run = lambda cmd: subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     multi = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fewstep",
                  *args, "--out", str(tmp_path / "multi.safetensors")])
     assert multi.returncode == 0, multi.stderr[-2000:]
-    assert "on 2 process(es)" in multi.stdout and multi.stdout.count("Trained in") == 1
+    assert "on 2 process(es)" in multi.stdout and multi.stdout.count("Trained plugin on ipndm") == 1
     single = run([sys.executable, "-m", "fewstep", *args, "--out", str(tmp_path / "single.safetensors")])
     assert single.returncode == 0, single.stderr[-2000:]
-    a, b = (amed.load(tmp_path / f"{n}.safetensors") for n in ("multi", "single"))
+    a, b = (learned.load(tmp_path / f"{n}.safetensors") for n in ("multi", "single"))
     torch.testing.assert_close(torch.tensor(a.config["sigmas"]), torch.tensor(b.config["sigmas"]), rtol=1e-5, atol=0)  # float32 model
     wa, wb = load_file(tmp_path / "multi.safetensors"), load_file(tmp_path / "single.safetensors")
     assert wa.keys() == wb.keys()
@@ -318,13 +324,13 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickl
     assert read_safetensors_header(p) == ({}, {})  # no error
     with pytest.raises(ValueError, match="not a fewstep SmallUNet file"):  # the U-Net loader reads it, then refuses
         fewstep.denoisers.load_unet(p)
-    with pytest.raises(CheckpointError, match="not a fewstep AMED checkpoint"):
-        amed.load(p)
+    with pytest.raises(CheckpointError, match="not a fewstep learned sampler"):
+        learned.load(p)
     p.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
     with pytest.raises(SafetensorsFileError, match="pickle"):
         read_safetensors_header(p)
     with pytest.raises(CheckpointError, match="pickle"):
-        amed.load(p)
+        learned.load(p)
     with pytest.raises(ValueError, match="pickle"):
         fewstep.denoisers.load_unet(p)
 

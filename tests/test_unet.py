@@ -109,7 +109,7 @@ def test_sigma_scalar_batched_and_dtypes():
 def test_sample_with_unet_float64_noise():
     model = _randomised()
     noise = fewstep.noise_for_seeds(range(2), (3, 16, 16), dtype=torch.float64)
-    res = fewstep.sample(model, noise, fewstep.get_schedule("polynomial", 4), "heun", return_result=True)
+    res = fewstep.solve(model, noise, fewstep.get_schedule("polynomial", 4), "heun")
     assert res.x.dtype == torch.float64 and res.nfe == 6 and torch.isfinite(res.x).all()
 
 

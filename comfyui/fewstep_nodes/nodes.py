@@ -101,23 +101,6 @@ class FewstepSampler:
         return (_comfy_samplers().KSAMPLER(solver_function(solver), extra_options=opts),)
 
 
-def _uses_features(predictor: Any) -> bool:
-    if bool(getattr(predictor, "uses_features", False)):
-        return True
-    feats = getattr(predictor, "config", {}).get("features")
-    return isinstance(feats, dict) and feats.get("source", "none") != "none"
-
-
-def _sample_learned(model, x, sigmas, extra_args=None, callback=None, disable=None, predictor=None):
-    """k-diffusion signature; runs the learned sampler on its trained sigmas (a trailing 0 adds one evaluation to
-    x0). fewstep.k.sample_amed's predictor path works for every learned sampler (it calls fewstep.sample with
-    ``predictor=``, which takes the schedule, solver and AFS from the predictor's config)."""
-    from fewstep import k
-
-    return k.sample_amed(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                         predictor=predictor)
-
-
 def resolve_path(path: str, kind: str) -> str:
     """An absolute/relative file path; inside ComfyUI a bare name is also looked up in ``models/<kind>``."""
     path = os.path.expanduser(str(path).strip())
@@ -142,7 +125,9 @@ def _sigmas_out(sigmas: Any, append_zero: bool) -> torch.Tensor:
 
 
 class FewstepLearnedSampler:
-    """A fewstep learned sampler (DyWeight / EPD / PAS / GS / AMED tables, ``.safetensors``) as SAMPLER + SIGMAS."""
+    """A fewstep learned sampler (any method of ``fewstep.learned.METHODS`` whose predictor does not read network
+    features: AMED / AMED-Plugin tables, DyWeight, EPD, PAS, GS; ``.safetensors``) as SAMPLER + SIGMAS, run by
+    ``fewstep.k.sample_learned``."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -162,14 +147,17 @@ class FewstepLearnedSampler:
 
     def load(self, path, append_zero=False, model_id=""):
         import fewstep.learned
+        from fewstep import k
 
         sampler = fewstep.learned.load(resolve_path(path, "fewstep"), model_id=model_id.strip() or None)
-        if _uses_features(sampler):
+        if sampler.uses_features:
             raise ValueError(f"{path}: this learned sampler's predictor reads the network's features "
                              "(denoise_with_features / a feature hook), which ComfyUI's model wrapper does not "
-                             "provide; only predictor-free tables (DyWeight, EPD, PAS, GS, or AMED trained with "
-                             "features='none') can run in ComfyUI")
-        k_sampler = _comfy_samplers().KSAMPLER(_sample_learned, extra_options={"predictor": sampler})
+                             "provide; only samplers without features (DyWeight, EPD, PAS, GS, or AMED / AMED-Plugin "
+                             "trained with features='none') can run in ComfyUI")
+        # fewstep.k.sample_learned has the k-diffusion signature and runs any learned sampler on its trained sigmas
+        # (a trailing 0 adds one evaluation to x0), with the solver and AFS from the sampler's config.
+        k_sampler = _comfy_samplers().KSAMPLER(k.sample_learned, extra_options={"predictor": sampler})
         return (k_sampler, _sigmas_out(sampler.config["sigmas"], append_zero))
 
 

@@ -4,13 +4,14 @@ from . import denoisers, schedules, solvers
 from .sampling import (
     ModelCall,
     NonFiniteError,
-    SampleResult,
+    Solution,
     Step,
     count_nfe,
     img2img_sigmas,
     iterate,
     noise_for_seeds,
     sample,
+    solve,
     steps_for_nfe,
 )
 from .schedules import SCHEDULES, get_schedule, validate_sigmas
@@ -18,7 +19,7 @@ from .solvers import SOLVERS, get_solver
 
 __version__ = "0.1.0"
 
-# Subpackages and modules that load on first use (``fewstep.amed`` works after a plain ``import fewstep``): the
+# Subpackages and modules that load on first use (``fewstep.learned`` works after a plain ``import fewstep``): the
 # diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.
 _LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed", "paper",
          "demo", "bed", "schedule_search", "analysis", "cli")
@@ -33,15 +34,17 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names and the lazily loaded subpackages (not the module's private helpers)."""
+    return sorted({n for n in globals() if n.startswith("__") or not n.startswith("_")} | set(_LAZY))
 
 
 __all__ = [
     "sample",
+    "solve",
     "iterate",
     "ModelCall",
     "Step",
-    "SampleResult",
+    "Solution",
     "NonFiniteError",
     "noise_for_seeds",
     "count_nfe",

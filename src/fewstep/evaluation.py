@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import sample, steps_for_nfe
+from .sampling import solve, steps_for_nfe
 from .schedules import get_schedule
 from .teacher import REFERENCE_SOLVER, run_teacher, teacher_options
 
@@ -50,7 +50,7 @@ def reference_solution(
     estimated relative error (difference to a run with half the steps, if ``check``)."""
     def run(n: int) -> torch.Tensor:
         sig = get_schedule("polynomial", n, sigma_min, sigma_max)
-        return sample(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1])
+        return solve(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1]).x
 
     ref = run(steps + 1)
     err = float((run(steps // 2 + 1) - ref).norm() / ref.norm()) if check else math.nan
@@ -89,7 +89,7 @@ def solver_table(
                 row[nfe] = None
                 continue
             sig = get_schedule(schedule, n, sigma_min, sigma_max, rho)
-            res = sample(denoiser, noise, sig, spec.solver, afs=spec.afs, return_result=True, **spec.options)
+            res = solve(denoiser, noise, sig, spec.solver, afs=spec.afs, **spec.options)
             assert res.nfe == nfe
             row[nfe] = rmse(res.x, ref)
             if on_sample is not None:
@@ -126,11 +126,11 @@ def trajectory_error(
     """Per-step error of a solver against a teacher on the same sigmas: RMSE and mean per-sample L2 at every
     sigma of the schedule. The teacher is DEIS-logrho order 4 with ``teacher_steps`` log-uniform steps inserted
     per interval (its own accuracy is reported as ``teacher_change``: the difference to half as many steps).
-    With an AMED ``predictor``, its own schedule, solver and AFS are used (give ``sigmas=None``)."""
+    With a learned sampler as ``predictor``, its own schedule, solver and AFS are used (give ``sigmas=None``)."""
     if predictor is not None:
-        res = sample(denoiser, noise, sigmas, predictor=predictor, return_trajectory=True)
+        res = solve(denoiser, noise, sigmas, predictor=predictor, trajectory=True)
     else:
-        res = sample(denoiser, noise, sigmas, solver, afs=afs, return_trajectory=True, **options)
+        res = solve(denoiser, noise, sigmas, solver, afs=afs, trajectory=True, **options)
 
     def teacher(m: int) -> torch.Tensor:
         return run_teacher(denoiser, noise, res.sigmas, m, *REFERENCE_SOLVER, trajectory=True).trajectory

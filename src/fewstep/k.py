@@ -20,10 +20,10 @@ k-diffusion's ``s_churn`` / ``s_tmin`` / ``s_tmax`` / ``s_noise`` are accepted a
 stochastic churn (``s_churn > 0``) is refused. ``sigmas`` may start below the model's sigma_max (image-to-image:
 the host passes ``x = image + noise * sigmas[0]``), which needs nothing special here.
 
-``sample_learned`` runs any learned sampler (``fewstep.learned``: DyWeight, EPD, PAS, GS; ``fewstep.amed``: AMED,
-feature predictors included), given as an object or a checkpoint path, with its trained schedule, solver and AFS
-(``sample_amed`` / ``sample_amed_plugin`` with a ``predictor`` are the same call). The model is called where the
-sampler calls it (time shifts included); the callback's sigma is the schedule's.
+``sample_learned`` runs any learned sampler (:mod:`fewstep.learned`: AMED-Solver, AMED-Plugin, DyWeight, EPD, PAS,
+GS; AMED's feature predictors included), given as an object or a checkpoint path, with its trained schedule, solver
+and AFS. The model is called where the sampler calls it (time shifts included); the callback's sigma is the
+schedule's.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class _KModel:
 
     def __init__(self, model: Model, extra_args: dict[str, Any]) -> None:
         self.model, self.extra_args, self.first = model, extra_args, None
-        self.model_id = getattr(model, "model_id", None)  # checked against an AMED predictor's model
+        self.model_id = getattr(model, "model_id", None)  # checked against a learned sampler's model
         if callable(getattr(model, "denoise_with_features", None)):  # feature-based AMED predictors read these
             self.denoise_with_features = self._with_features
 
@@ -184,53 +184,40 @@ def sample_deis(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | N
                 afs=afs)
 
 
-def sample_amed(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
-                callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
-                afs: bool | None = None) -> torch.Tensor:
-    """AMED-Solver (Zhou et al., CVPR 2024). With a ``predictor`` (fewstep.amed.train / load) this is
-    :func:`sample_learned`: its schedule and AFS setting are used (``sigmas``, if given, must be the trained ones,
-    optionally with a trailing 0); without one r = 0.5, c = a = 1 (DPM-Solver-2)."""
-    return _amed("amed", model, x, sigmas, extra_args, callback, disable, predictor, afs)
+def sample_amed(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                callback: Callable | None = None, disable: bool | None = None, afs: bool = False) -> torch.Tensor:
+    """AMED-Solver (Zhou et al., CVPR 2024) untrained: r = 0.5, c = a = 1 (DPM-Solver-2). A trained one (any
+    learned sampler) runs with :func:`sample_learned`."""
+    return _run("amed", model, x, sigmas, extra_args, callback, disable, afs=afs)
 
 
-def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
-                       callback: Callable | None = None, disable: bool | None = None, predictor: Any = None,
-                       afs: bool | None = None, base: str = "ipndm", **base_options: Any) -> torch.Tensor:
-    """AMED-Plugin (Zhou et al., CVPR 2024) on a ``base`` solver (with its options); with a ``predictor``
-    (:func:`sample_learned`) the base, options, schedule and AFS come from it."""
-    if predictor is not None:
-        return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, predictor, afs)
-    return _amed("amed_plugin", model, x, sigmas, extra_args, callback, disable, None, afs, base=base, **base_options)
-
-
-def _amed(solver: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None, callback: Any,
-          disable: bool | None, predictor: Any, afs: bool | None, **options: Any) -> torch.Tensor:
-    if predictor is not None:
-        return sample_learned(model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)
-    if sigmas is None:
-        raise TypeError(f"sample_{solver} needs sigmas (or a predictor)")
-    return _run(solver, model, x, sigmas, extra_args, callback, disable, afs=bool(afs), **options)
+def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
+                       callback: Callable | None = None, disable: bool | None = None, afs: bool = False,
+                       base: str = "ipndm", **base_options: Any) -> torch.Tensor:
+    """AMED-Plugin (Zhou et al., CVPR 2024) untrained on a ``base`` solver (with its options): the base on the
+    schedule refined at the geometric midpoints. A trained one runs with :func:`sample_learned`."""
+    return _run("amed_plugin", model, x, sigmas, extra_args, callback, disable, afs=afs, base=base, **base_options)
 
 
 def sample_learned(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
                    callback: Callable | None = None, disable: bool | None = None,
                    predictor: Any = None, afs: bool | None = None) -> torch.Tensor:
-    """Any learned sampler (``fewstep.learned``: DyWeight, EPD, PAS, GS; ``fewstep.amed``: AMED-Solver / Plugin),
-    an object or the path of its checkpoint (:func:`fewstep.learned.load`), with its trained schedule, solver and
-    AFS (Zhou et al., 2024; the methods' papers in :mod:`fewstep.learned`). ``x`` is ``noise * sigmas[0]`` of the
+    """Any learned sampler (:mod:`fewstep.learned`: AMED-Solver, AMED-Plugin, DyWeight, EPD, PAS, GS), an object or
+    the path of its checkpoint (:func:`fewstep.learned.load`), with its trained schedule, solver and AFS (Zhou et
+    al., 2024; the methods' papers in :mod:`fewstep.learned`). ``x`` is ``noise * sigmas[0]`` of the
     trained schedule; ``sigmas``, if given, must be the trained ones, optionally with a trailing 0 (then one more
     evaluation returns x0)."""
     if predictor is None:
-        raise ValueError("sample_learned needs predictor= (a learned sampler from fewstep.learned / fewstep.amed, or "
-                         "the path of its checkpoint)")
+        raise ValueError("sample_learned needs predictor= (a learned sampler from fewstep.learned, or the path of its "
+                         "checkpoint)")
     if isinstance(predictor, (str, os.PathLike)):
         from .learned import load
 
         predictor = load(predictor)
     setup, config = getattr(predictor, "sampling_setup", None), getattr(predictor, "config", None)
     if not (callable(setup) and isinstance(config, dict)):
-        raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load, fewstep.amed.train / "
-                        f"load) or the path of its checkpoint, got {type(predictor).__name__}")
+        raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load) or the path of its "
+                        f"checkpoint, got {type(predictor).__name__}")
     if sigmas is None:
         sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
     return _run(None, model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)

@@ -3,7 +3,7 @@
 :class:`ModelCall` is the only way a solver reaches the model: it counts evaluations, performs the analytical
 first step, gives the model the dtype it wants, checks every output and keeps the features of the latest
 evaluation. :func:`iterate` advances a solver over a schedule one step at a time (diffrax-style manual stepping);
-:func:`sample` and every trainer are built on it, so there is one loop.
+:func:`solve` / :func:`sample` and every trainer are built on it, so there is one loop.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .schedules import validate_sigmas
 from .solvers import Solver, get_solver
 
 __all__ = [
-    "sample", "iterate", "ModelCall", "Step", "SampleResult", "NonFiniteError", "noise_for_seeds", "count_nfe",
+    "sample", "solve", "iterate", "ModelCall", "Step", "Solution", "NonFiniteError", "noise_for_seeds", "count_nfe",
     "steps_for_nfe", "detach_state", "all_finite", "img2img_sigmas",
 ]
 
@@ -31,8 +31,8 @@ class NonFiniteError(ValueError):
 
 
 @dataclass
-class SampleResult:
-    """Result of :func:`sample`: final state, model evaluations used, schedule, optional trajectory."""
+class Solution:
+    """Result of :func:`solve`: final state, model evaluations used, schedule run, optional trajectory."""
 
     x: torch.Tensor
     nfe: int
@@ -127,7 +127,7 @@ class ModelCall:
                 if _is_dtype_mismatch(e):
                     raise TypeError(
                         f"the model rejected {dtype} input ({e}); pass model_dtype= (e.g. torch.float32) to "
-                        "fewstep.sample / amed.train, or give the denoiser a .dtype attribute") from e
+                        "fewstep.sample / fewstep.learned.train, or give the denoiser a .dtype attribute") from e
                 raise
             self.nfe += 1
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -215,24 +215,23 @@ def count_nfe(solver: Solver, num_sigmas: int, afs: bool = False, denoise_to_zer
 
 
 def steps_for_nfe(solver: str | Solver, nfe: int, afs: bool = False, **options: Any) -> int:
-    """Number of sigmas (the ``num_steps`` of :func:`fewstep.get_schedule`) that makes ``solver`` use exactly
-    ``nfe`` model evaluations, or ValueError naming the reachable ones. For the AMED-Plugin pass
-    ``"amed_plugin"`` with ``base=...``."""
+    """Number of sigmas (the ``num_steps`` of :func:`fewstep.get_schedule`) at which ``solver`` (a name with its
+    ``options``, or an instance, e.g. a learned sampler's ``solver()``) makes exactly ``nfe`` model evaluations, or
+    a ValueError naming the reachable ones. Computed directly: every solver's cost is affine in the number of steps.
+    For the AMED-Plugin pass ``"amed_plugin"`` with ``base=...``."""
     s = get_solver(solver, **options)
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
-    reachable = []
-    for n in range(2, nfe + 4):
-        k = count_nfe(s, n, afs)
-        if k == nfe:
-            return n
-        if k > 0:
-            reachable.append(k)
-    costs = sorted(set(reachable))[:6]
+    first, per = count_nfe(s, 2, afs), count_nfe(s, 3, afs) - count_nfe(s, 2, afs)
+    if per < 1:
+        raise ValueError(f"solver {s.name!r} makes no model evaluation per step")
+    k, rem = divmod(nfe - first, per)
+    if rem == 0 and k >= 0 and count_nfe(s, k + 2, afs) == nfe:
+        return k + 2
+    costs = [c for c in (first + j * per for j in range(8)) if c > 0][:6]
     raise ValueError(
         f"solver {s.name!r} cannot use exactly nfe={nfe} evaluations with afs={afs}; it can use "
-        f"{', '.join(map(str, costs))}, ... (it costs {s.nfe(3) - s.nfe(2)} per step"
-        f"{', minus 1 with AFS' if afs else ''})")
+        f"{', '.join(map(str, costs))}, ... (it costs {per} per step{', minus 1 with AFS' if afs else ''})")
 
 
 def img2img_sigmas(sigmas: Any, strength: float) -> torch.Tensor:
@@ -265,7 +264,7 @@ def _check_x_init(x_init: Any, noise: torch.Tensor) -> torch.Tensor:
     return x_init.to(device=noise.device, dtype=noise.dtype)
 
 
-def sample(
+def solve(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     noise: torch.Tensor,
     sigmas: torch.Tensor | Iterable[float] | None = None,
@@ -276,40 +275,42 @@ def sample(
     afs: bool | None = None,
     predictor: Any = None,
     denoise_to_zero: bool = False,
-    return_trajectory: bool = False,
-    return_result: bool = False,
+    trajectory: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     enable_grad: bool = False,
     model_dtype: torch.dtype | None = None,
     check_finite: bool = True,
     **options: Any,
-) -> torch.Tensor | SampleResult:
-    """Solve the probability-flow ODE from x_T = noise * sigmas[0] down to sigmas[-1].
+) -> Solution:
+    """Solve the probability-flow ODE from x_T = noise * sigmas[0] down to sigmas[-1]; the :class:`Solution` holds
+    the final state ``x``, the model evaluations made (``nfe``), the schedule run and, with ``trajectory``, the
+    state at every sigma. :func:`sample` is ``solve(...).x``.
 
     ``solver`` is a name in :data:`fewstep.SOLVERS` (options by keyword, named as in the papers) or a
     solver instance. ``afs`` replaces the first model evaluation by d = x / sqrt(1 + sigma^2);
     ``denoise_to_zero`` ends with one more evaluation x0 = D(x, sigma_min). Gradients are off
-    (inference mode) unless ``enable_grad``. Returns the final tensor, or a :class:`SampleResult` with
-    ``.x``, ``.nfe`` and ``.trajectory`` when ``return_trajectory`` or ``return_result`` is set.
-    ``callback`` gets a dict with i, x, sigma, sigma_next, denoised and nfe after every step.
-    ``model_dtype``: the dtype the model is called in (default: its parameters', see :class:`ModelCall`).
+    (inference mode) unless ``enable_grad``. ``callback`` gets a dict with i, x, sigma, sigma_next, denoised and nfe
+    after every step. ``model_dtype``: the dtype the model is called in (default: its parameters', see
+    :class:`ModelCall`).
 
-    With a learned-sampler ``predictor`` (``fewstep.learned.train`` / ``fewstep.learned.load``, AMED included) the schedule, solver
-    and AFS come from its config (its ``sampling_setup``); passing different ones is an error.
+    With a learned sampler as ``predictor`` (:func:`fewstep.learned.train` / :func:`fewstep.learned.load`, any
+    method) the schedule, solver and AFS come from its config (its ``sampling_setup``); passing different ones is an
+    error.
 
     Image-to-image (partial denoising, every solver): with ``x_init`` (images in the model's space, shape of
     ``noise`` or batch 1) the ODE starts at x = x_init + noise * sigmas[0], i.e. the images noised to sigmas[0],
     which is then below the model's sigma_max. ``strength`` (needs ``x_init``) first cuts ``sigmas`` to the tail
     :func:`img2img_sigmas` keeps; strength 1 keeps the whole schedule and starts from noise * sigmas[0] exactly as
-    plain sampling (at sigma_max the images are ignored). NFE is that of the schedule actually run. A predictor
-    was trained from pure noise on one schedule and is refused here. AFS (d = x / sqrt(1 + sigma^2)) assumes pure
-    noise at a large sigma and is a poor first step from a noised image.
+    plain sampling (at sigma_max the images are ignored). NFE is that of the schedule actually run. A learned
+    sampler was trained from pure noise on one schedule and is refused here. AFS (d = x / sqrt(1 + sigma^2))
+    assumes pure noise at a large sigma and is a poor first step from a noised image.
     """
     if (x_init is not None or strength is not None) and predictor is not None:
-        raise ValueError("image-to-image (x_init / strength) cannot use a learned sampler: a predictor is trained "
-                         "from pure noise on its one schedule. Use a plain solver, or train a predictor for the partial "
-                         "schedule (fewstep.amed.train(..., sigma_max=<the start sigma>)) and sample it from noise")
+        raise ValueError("image-to-image (x_init / strength) cannot use a learned sampler: it is trained from pure "
+                         "noise on its one schedule. Use a plain solver, or train a sampler for the partial schedule "
+                         "(fewstep.learned.train(..., schedule=ScheduleSpec(sigma_max=<the start sigma>))) and "
+                         "sample it from noise")
     if strength is not None and x_init is None:
         raise TypeError("strength needs x_init (the images to start from)")
     if predictor is not None:
@@ -321,13 +322,13 @@ def sample(
             raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
         denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs)
     if sigmas is None:
-        raise TypeError("sample() needs sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
+        raise TypeError("solve() / sample() need sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
     solver = "euler" if solver is None else solver
     afs = False if afs is None else afs
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable (x, sigma) -> x0, got {type(denoiser).__name__}")
-    for name, flag in (("afs", afs), ("denoise_to_zero", denoise_to_zero), ("return_trajectory", return_trajectory),
-                       ("return_result", return_result), ("progress", progress), ("enable_grad", enable_grad)):
+    for name, flag in (("afs", afs), ("denoise_to_zero", denoise_to_zero), ("trajectory", trajectory),
+                       ("progress", progress), ("enable_grad", enable_grad)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     noise = _check_noise(noise)
@@ -348,7 +349,7 @@ def sample(
     grad_ctx = torch.enable_grad() if enable_grad else torch.inference_mode()
     with grad_ctx:
         x = noise * sig[0] if x_init is None else x_init + noise * sig[0]
-        traj = [x] if return_trajectory else None
+        traj = [x] if trajectory else None
         for st in iterate(call, solv, x, sig, check_state=check_finite, progress=progress, desc=solv.name):
             x = st.x
             if traj is not None:
@@ -360,11 +361,34 @@ def sample(
             call.begin_step(sig.numel() - 1)
             x = call(x, sig[-1])
     # Learned per-sample parameters (float64) may promote the state; the result has the noise's dtype.
-    x = x.to(noise.dtype)
-    if return_trajectory or return_result:
-        trajectory = torch.stack([t.to(noise.dtype) for t in traj]) if traj is not None else None
-        return SampleResult(x=x, nfe=call.nfe, sigmas=sig, trajectory=trajectory)
-    return x
+    path = torch.stack([t.to(noise.dtype) for t in traj]) if traj is not None else None
+    return Solution(x=x.to(noise.dtype), nfe=call.nfe, sigmas=sig, trajectory=path)
+
+
+def sample(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    sigmas: torch.Tensor | Iterable[float] | None = None,
+    solver: str | Solver | None = None,
+    *,
+    x_init: torch.Tensor | None = None,
+    strength: float | None = None,
+    afs: bool | None = None,
+    predictor: Any = None,
+    denoise_to_zero: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    enable_grad: bool = False,
+    model_dtype: torch.dtype | None = None,
+    check_finite: bool = True,
+    **options: Any,
+) -> torch.Tensor:
+    """The samples x_0 = :func:`solve` (...).x: the probability-flow ODE solved from x_T = noise * sigmas[0] to
+    sigmas[-1] with ``solver`` (a name in :data:`fewstep.SOLVERS` and its options, or an instance) or a learned
+    sampler (``predictor``). Every argument as in :func:`solve`, which also returns the NFE and the trajectory."""
+    return solve(denoiser, noise, sigmas, solver, x_init=x_init, strength=strength, afs=afs, predictor=predictor,
+                 denoise_to_zero=denoise_to_zero, callback=callback, progress=progress, enable_grad=enable_grad,
+                 model_dtype=model_dtype, check_finite=check_finite, **options).x
 
 
 def noise_for_seeds(

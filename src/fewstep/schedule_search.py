@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .teacher import teacher_options as teacher_options_for
-from .sampling import noise_for_seeds, sample, steps_for_nfe
+from .sampling import noise_for_seeds, solve, steps_for_nfe
 from .schedules import get_schedule, validate_sigmas
+from .seeds import GITS_WARMUP
 from .solvers import get_solver
 
 __all__ = ["cost_matrix", "dp_schedule", "search_schedule", "TEACHERS"]
@@ -32,7 +33,7 @@ def _teacher(denoiser: Callable, noise: torch.Tensor, grid: torch.Tensor, teache
     if teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
     denoised: list[torch.Tensor] = []
-    res = sample(denoiser, noise, grid, teacher, return_trajectory=True, progress=progress,
+    res = solve(denoiser, noise, grid, teacher, trajectory=True, progress=progress,
                  callback=lambda info: denoised.append(info["denoised"]), **teacher_options_for(teacher, teacher_options))
     return res.trajectory, torch.stack(denoised)
 
@@ -121,7 +122,8 @@ def search_schedule(
     g = get_schedule(grid_kind, grid, sigma_min, sigma_max, rho) if isinstance(grid, int) else validate_sigmas(grid, "grid")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
         raise ValueError(f"warmup must be a positive int, got {warmup!r}")
-    noise = noise_for_seeds(range(seed * 10**9 + 500_000_000, seed * 10**9 + 500_000_000 + warmup), shape, dtype=dtype)
+    first = seed * 10**9 + GITS_WARMUP
+    noise = noise_for_seeds(range(first, first + warmup), shape, dtype=dtype)
     traj, denoised = _teacher(denoiser, noise, g, teacher, teacher_options, progress)
     cost = _cost(traj, denoised, g)
     solv = get_solver(solver, **options)
@@ -134,7 +136,7 @@ def search_schedule(
         best = None
         for k in range(1, idx[1]):
             cand = [0, k] + idx[1:]
-            x = sample(denoiser, noise, g[cand], solver, afs=True, **options)
+            x = solve(denoiser, noise, g[cand], solver, afs=True, **options).x
             err = float((x - ref).flatten(1).norm(dim=1).mean())
             if best is None or err < best[0]:
                 best = (err, cand)

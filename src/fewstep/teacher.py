@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from .sampling import SampleResult, sample
+from .sampling import Solution, solve
 from .schedules import refine_schedule
 
 __all__ = ["REFERENCE_SOLVER", "teacher_options", "run_teacher"]
@@ -24,13 +24,13 @@ def teacher_options(teacher: str, options: dict[str, Any] | None) -> dict[str, A
 
 def run_teacher(denoiser: Callable, noise: torch.Tensor, sigmas: torch.Tensor, M: int, teacher: str = "deis",
                 options: dict[str, Any] | None = None, *, trajectory: bool = False,
-                **sample_kwargs: Any) -> SampleResult:
+                **sample_kwargs: Any) -> Solution:
     """Run ``teacher`` from noise * sigmas[0] on ``sigmas`` with ``M`` log-uniform points inserted per interval
     (AMED's teacher, Zhou et al., 2024, Sec. 3.4). With ``trajectory`` the result's ``trajectory`` holds the
     teacher's states at the given (coarse) sigmas only."""
     fine = refine_schedule(sigmas, M)
-    res = sample(denoiser, noise, fine, teacher, return_trajectory=trajectory, return_result=True,
-                 **sample_kwargs, **teacher_options(teacher, options))
+    res = solve(denoiser, noise, fine, teacher, trajectory=trajectory, **sample_kwargs,
+                **teacher_options(teacher, options))
     if trajectory:
         res.trajectory = res.trajectory[:: M + 1]
         res.sigmas = sigmas

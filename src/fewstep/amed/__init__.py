@@ -1,34 +1,11 @@
-"""AMED: learned mean directions for few-step sampling (Zhou et al., CVPR 2024).
-
-``train(...)`` distils a predictor from a teacher; ``predictor.save(path)`` / ``load(path)`` keep it in a safe
-checkpoint; ``fewstep.sample(denoiser, noise, predictor=pred)`` samples with the settings it was trained for.
-"""
+"""AMED (Zhou et al., "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps", CVPR 2024): what is AMED's
+own. Its solvers are :class:`fewstep.solvers.AMEDSolver` and :class:`fewstep.solvers.AMEDPlugin`; its predictor
+network (a table or a small network on the U-Net's bottleneck features, giving r_n, c_n, a_n per step) is the
+learned sampler of methods "amed" and "plugin" (:class:`AMEDSampler`, :class:`AMEDPluginSampler`), trained and
+loaded like every other method: ``fewstep.learned.train("amed", ...)``, ``fewstep.learned.load(path)``. Features
+come from an explicit interface (:class:`HookFeatures`, :func:`find_bottleneck`)."""
 
 from ..denoisers.features import HookFeatures, find_bottleneck, provides_features
-from ..sampling import detach_state
-from ..schedules import refine_schedule
-from .checkpoint import load, read_config, save
-from .predictor import AMEDPredictor, CheckpointError, LearnedSchedule, student_solver
-from .train import TrainLog, learn_schedule, steps_for_nfe, student_steps_for_nfe, train
-from .trainstate import TrainState
+from ..learned.amed import AMEDPluginSampler, AMEDSampler
 
-__all__ = [
-    "train",
-    "learn_schedule",
-    "LearnedSchedule",
-    "load",
-    "save",
-    "read_config",
-    "CheckpointError",
-    "AMEDPredictor",
-    "TrainState",
-    "HookFeatures",
-    "find_bottleneck",
-    "provides_features",
-    "refine_schedule",
-    "student_solver",
-    "student_steps_for_nfe",
-    "steps_for_nfe",
-    "detach_state",
-    "TrainLog",
-]
+__all__ = ["AMEDSampler", "AMEDPluginSampler", "HookFeatures", "find_bottleneck", "provides_features"]

@@ -121,11 +121,14 @@ def _pca(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
 
 def _predictor(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """The learned r_n, c_n (and a_n) of a predictor-free AMED table (Fig. 7)."""
-    from .. import amed
+    from .. import learned
 
     if not args.predictor:
         raise ValueError("analyze predictor needs --predictor PATH")
-    pred = amed.load(args.predictor)
+    pred = learned.load(args.predictor)
+    if not isinstance(pred, learned.AMEDSampler):
+        raise ValueError(f"analyze predictor plots AMED's r, c, a tables; {args.predictor} is a "
+                         f"{pred.config['method']} sampler")
     if pred.uses_features:
         raise ValueError("analyze predictor plots predictor-free tables; this predictor reads features")
     table = pred.table_values()
@@ -141,15 +144,15 @@ def _predictor(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
 
 
 def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
-    """Per-step RMSE / L2 of solvers (and an AMED predictor) to a DEIS-4 teacher on the same sigmas."""
-    from .. import amed
+    """Per-step RMSE / L2 of solvers (and a learned sampler) to a DEIS-4 teacher on the same sigmas."""
+    from .. import learned
     from ..analysis import per_step_error
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
     noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
     m = args.teacher_steps or 16
-    pred = amed.load(args.predictor, model_id=model_id) if args.predictor else None
+    pred = learned.load(args.predictor, model_id=model_id) if args.predictor else None
     runs = per_step_error(denoiser, noise, _solvers(args.solver), args.nfe, afs=args.afs, schedule=args.schedule,
                           teacher_steps=m, predictor=pred)
     rows = ["solver,nfe,step,sigma,rmse,l2,teacher_change"]

@@ -1,5 +1,5 @@
 """Argument types and helpers shared by the ``fewstep`` commands: number / seed / shape parsers, ``--model``
-loading and the ``--features auto`` choice."""
+loading and thread choice."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = [
     "MAX_SEEDS", "MODELS", "MODEL_HELP", "parse_nfes", "positive_int", "parse_seeds", "parse_shape", "schedule_arg",
-    "kind_or_file", "json_object", "add_model_args", "load_model", "resolve_features",
+    "kind_or_file", "json_object", "add_model_args", "load_model",
 ]
 
 MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
@@ -241,21 +241,6 @@ def _probe(den: Any, name: str, shape: tuple[int, ...]) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise ValueError(f"model {name} fails on a sample of --shape {','.join(map(str, shape))}: "
                          f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-
-
-def resolve_features(denoiser: object, choice: str) -> tuple[str, object]:
-    """--features auto: the denoiser's own features, else the middle block of a U-Net, else none."""
-    import torch
-
-    from ..denoisers import provides_features
-
-    if choice != "auto":
-        return choice, denoiser if isinstance(denoiser, torch.nn.Module) else None
-    if provides_features(denoiser):
-        return "adapter", None
-    if isinstance(denoiser, torch.nn.Module):
-        return "auto", denoiser
-    return "none", None
 
 
 def class_count(denoiser: object, model: str, needs: str) -> int:

@@ -1,4 +1,4 @@
-"""``fewstep sample``: sample seeds with a solver or a trained AMED predictor."""
+"""``fewstep sample``: sample seeds with a solver or a learned sampler."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .args import (
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``sample`` subcommand."""
-    s = sub.add_parser("sample", help="sample seeds with a solver or a trained AMED predictor")
+    s = sub.add_parser("sample", help="sample seeds with a solver or a learned sampler")
     add_model_args(s)
     s.add_argument("--class", dest="class_label", type=int, default=None, metavar="LABEL",
                    help="class-conditional models (--model digits): sample this class, 0..num_classes-1 "
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed, learned
     from ..io import tensor_digest
-    from ..sampling import count_nfe, noise_for_seeds, sample, steps_for_nfe
+    from ..sampling import count_nfe, noise_for_seeds, solve, steps_for_nfe
     from ..schedules import get_schedule
     from ..solvers import get_solver
 
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         if init is not None:  # image j with the j-th seed of --seeds, whatever the batch or process
             idx = torch.tensor([position[s] % init.shape[0] for s in seeds])
             extra = {"x_init": init[idx].to(info.device), "strength": args.strength}
-        res = sample(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device), return_result=True,
-                     denoise_to_zero=args.denoise_to_zero, **kwargs, **extra)
+        res = solve(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device),
+                    denoise_to_zero=args.denoise_to_zero, **kwargs, **extra)
         nfe[0] = res.nfe
         return res.x
 

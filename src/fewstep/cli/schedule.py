@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """GITS schedule search, schedule learning by distillation, and export of schedules / AMED tables."""
     import torch
 
-    from .. import amed
+    from .. import learned
     from ..schedules import save_schedule
 
     torch.set_num_threads(max(1, args.threads))
@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
         info.update(grid=args.grid, grid_kind=args.grid_kind, warmup=args.warmup, coeff=args.coeff, teacher=args.teacher)
     else:
         init = kind_or_file(args.init)
-        sig = amed.learn_schedule(denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe,
-                                  afs=args.afs, schedule=init, total_samples=args.total_samples, batch=args.batch,
-                                  lr=args.lr, seed=args.seed, dtype=dtype, progress=True)
+        sig = learned.learn_schedule(
+            denoiser, shape=shape, solver=args.solver, solver_options=options, nfe=args.nfe, afs=args.afs,
+            schedule=init, budget=learned.Budget(total_samples=args.total_samples, batch=args.batch, lr=args.lr,
+                                                 seed=args.seed), dtype=dtype, progress=True).sigmas
         info.update(init=args.init, total_samples=args.total_samples, batch=args.batch, lr=args.lr, seed=args.seed)
     save_schedule(out, sig, **info)
     print(f"{args.action}: {', '.join(f'{v:.4g}' for v in sig.tolist())} ({time.perf_counter() - t0:.1f} s); wrote {out}")
@@ -137,16 +138,15 @@ def parse_solver_options(text: str | None) -> dict:
 
 
 def _export(source: Path, fmt: str, out: str | None, nfe: int | None = None, schedule_only: bool = False) -> int:
-    """Print (and with ``out`` write) :func:`fewstep.amed.export.export_schedule` as JSON or a plain list; the
-    cost statement (:func:`fewstep.amed.export.cost_line`: the NFE and how a host pays exactly it) goes to stderr,
-    so stdout stays machine-readable."""
+    """Print (and with ``out`` write) :func:`fewstep.learned.export.export_schedule` as JSON or a plain list; the
+    cost statement (:func:`fewstep.learned.export.cost_line`: the NFE and how a host pays exactly it) goes to
+    stderr, so stdout stays machine-readable."""
     import sys
 
-    from ..amed.export import cost_line, export_document
-
     from ..learned import load
+    from ..learned.export import cost_line, export_document
 
-    sampler = load(source) if source.suffix == ".safetensors" else None  # AMED or fewstep.learned checkpoints
+    sampler = load(source) if source.suffix == ".safetensors" else None  # any learned sampler
     doc = export_document(source, nfe, schedule_only=schedule_only, sampler=sampler)
     value = {"list": doc["sigmas"], "k": doc["k_diffusion_sigmas"], "diffusers": doc["diffusers_sigmas"]}.get(fmt, doc)
     if fmt == "list":

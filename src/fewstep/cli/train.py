@@ -1,4 +1,4 @@
-"""``fewstep train``: train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD, PAS, GS) by distillation."""
+"""``fewstep train``: train a learned sampler (any method of :data:`fewstep.learned.METHODS`) by distillation."""
 
 from __future__ import annotations
 
@@ -16,19 +16,36 @@ from .args import (
     json_object,
     kind_or_file,
     positive_int,
-    resolve_features,
     schedule_arg,
     set_threads,
-    sigma_range,
 )
+
+
+def _methods_help() -> str:
+    from ..learned import METHODS
+
+    return "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``train`` subcommand."""
-    t = sub.add_parser("train",
-                       help="train a learned sampler (AMED, AMED-Plugin, DyWeight, EPD, PAS, GS) by distillation")
+    from ..learned import METHODS
+
+    t = sub.add_parser("train", help=f"train a learned sampler ({', '.join(METHODS)}) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
+    t.add_argument("--method", default="amed", choices=tuple(METHODS),
+                   help=_methods_help() + " (default: %(default)s)")
+    t.add_argument("--base", default=None,
+                   help="base solver of a method built on one you pick (plugin; default: ipndm)")
+    t.add_argument("--base-options", default=None, metavar="JSON",
+                   help='options of --base, e.g. \'{"max_order": 3}\'')
+    t.add_argument("--method-options", default=None, metavar="JSON",
+                   help='the method\'s own options, e.g. \'{"window": 3}\' (dyweight), \'{"K": 2}\' (epd), '
+                        '\'{"scale_dir": 0.05}\' (amed, plugin); a wrong name lists the method\'s options')
+    t.add_argument("--features", default=None,
+                   help="amed / plugin: auto (the model's own features or a U-Net's middle block; the default) | none "
+                        "(a table) | adapter | MODULE name")
     t.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="class-conditional models (--model digits): train under classifier-free guidance at scale W "
                         "(all classes, tiled over each batch, or --class)")
@@ -40,22 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="with --guidance-scales: polynomial degree of the tables in w (default: %(default)s)")
     t.add_argument("--class", dest="class_label", type=int, default=None, metavar="LABEL",
                    help="with --guidance / --guidance-scales: train on this class only (default: all classes)")
-    t.add_argument("--method", default=None, choices=("amed", "plugin", "dyweight", "epd", "pas", "gs"),
-                   help="amed (AMED-Solver), plugin (AMED-Plugin on --base), dyweight (learned multistep), epd "
-                        "(parallel directions), pas (PCA-basis corrections of iPNDM), gs (generalised DPM-Solver++(3M)); "
-                        "default: what --student says")
-    t.add_argument("--base", default=None, help="base solver of --method plugin (default: ipndm)")
-    t.add_argument("--method-options", default=None,
-                   help='JSON options of dyweight / epd, e.g. \'{"window": 3}\' or \'{"K": 2}\'')
     t.add_argument("--time-shift", action="store_true", default=None,
-                   help="also learn per-step model-input time shifts xi (dyweight, epd, pas, gs; gs by default)")
+                   help="also learn per-step model-input time shifts xi (gs by default)")
     t.add_argument("--soft-start", type=float, default=0.0, metavar="R",
-                   help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T "
-                        "(dyweight, epd, pas, gs)")
+                   help="LD3 relaxation: the student may start within R*sigma_max*sqrt(D) of x_T")
     t.add_argument("--soft-start-steps", type=positive_int, default=1,
                    help="gradient steps on the start offset per batch (default: %(default)s)")
-    t.add_argument("--student", default="amed",
-                   help="amed (AMED-Solver) or a base solver for AMED-Plugin (the older spelling of --method)")
     t.add_argument("--nfe", type=positive_int, default=None,
                    help="model evaluations per sample (default: 5, or what --schedule FILE / --num-steps implies)")
     t.add_argument("--num-steps", type=positive_int, default=None,
@@ -70,18 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT.train-state if it exists")
     t.add_argument("--teacher", default="deis", help="teacher solver (default: %(default)s)")
     t.add_argument("--teacher-options", default=None, help="JSON options (default for deis: order 4, logrho)")
-    t.add_argument("--M", type=int, default=None,
-                   help="teacher steps inserted per interval (default: 8 for amed/plugin, the method's own otherwise)")
-    t.add_argument("--features", default="auto",
-                   help="auto (the model's own features or a U-Net's middle block) | none | adapter | MODULE name")
-    t.add_argument("--scale-dir", type=float, default=0.01)
-    t.add_argument("--scale-time", type=float, default=0.0)
-    t.add_argument("--loss", default="final", choices=("per_step", "final"))
-    t.add_argument("--batch", type=positive_int, default=None,
-                   help="training batch (default: 64 for amed/plugin, the method's own otherwise)")
+    t.add_argument("--M", type=int, default=None, help="teacher steps inserted per interval (default: the method's)")
+    t.add_argument("--loss", default="final", choices=("per_step", "final"),
+                   help="final (default) or per_step (AMED's Algorithm 1; amed and plugin only)")
+    t.add_argument("--batch", type=positive_int, default=None, help="training batch (default: the method's)")
     t.add_argument("--total-samples", type=positive_int, default=None,
-                   help="training samples (default: 8192 for amed/plugin, the method's own otherwise)")
-    t.add_argument("--lr", type=float, default=None, help="default: 0.1 (table), 0.02 (features)")
+                   help="training samples (default: the method's)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--overwrite", action="store_true")
     add_sigma_args(t)
@@ -91,89 +93,111 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return t
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train an AMED predictor; under ``torchrun`` the batches are split over the processes (gradients summed),
-    and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same predictor."""
+def _options(args: argparse.Namespace, cls) -> dict:  # noqa: ANN001
+    """The method's options from --method-options and --features; --base only where the method takes one."""
+    options = json_object(args.method_options, "--method-options") if args.method_options else {}
+    if "features" in cls.OPTIONS:
+        if "features" in options and args.features is not None:
+            raise ValueError("give the features with --features or in --method-options, not both")
+        options.setdefault("features", args.features or "auto")
+    elif args.features is not None:
+        raise ValueError(f"--features applies to methods that read network features (amed, plugin), not {cls.method}")
+    if not cls.takes_base and (args.base is not None or args.base_options is not None):
+        raise ValueError(f"--base / --base-options apply to a method built on a solver you pick (plugin), not "
+                         f"{cls.method}")
+    return options
 
-    from .. import amed, distributed
-    from ..sampling import count_nfe
+
+def run(args: argparse.Namespace) -> int:
+    """Train a learned sampler; under ``torchrun`` the batches are split over the processes (gradients summed),
+    and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same sampler."""
+    from .. import distributed, learned
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     if args.checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
-    if not (math.isfinite(args.lr) and args.lr > 0) if args.lr is not None else False:
-        raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
-    _method(args)  # contradictions before loading the model
+    for name in ("lr", "schedule_lr"):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {v}")
+    if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
+        raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
+    cls = learned.method_class(args.method)
+    options = _options(args, cls)  # contradictions before loading the model
+    base = None
+    if cls.takes_base:
+        base_opts = json_object(args.base_options, "--base-options") if args.base_options else {}
+        base = {"solver": args.base or "ipndm", "options": base_opts}
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
-    denoiser, scales = _guided(args, denoiser, method=_method(args))
-    features, network = resolve_features(denoiser, args.features)
+    denoiser, scales = _guided(args, denoiser, cls, options)
     schedule = kind_or_file(args.schedule)
-    method = _method(args)
-    num_steps = _num_steps(args, schedule) if method in ("amed", "plugin") else None
-    sigma_min, sigma_max = sigma_range(args, denoiser)
-    if not isinstance(schedule, str) and (args.sigma_min is not None or args.sigma_max is not None):
+    if isinstance(schedule, str):
+        spec = learned.ScheduleSpec(kind=schedule, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                                    learn=args.learn_schedule, lr=args.schedule_lr)
+    elif args.sigma_min is not None or args.sigma_max is not None:
         raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
+    else:
+        spec = learned.ScheduleSpec(sigmas=schedule, learn=args.learn_schedule, lr=args.schedule_lr)
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
-    if method not in ("amed", "plugin"):
-        return _run_learned(args, method, out, denoiser, shape, model_id, dtype, threads, schedule, sigma_min,
-                            sigma_max, teacher_options, scales)
-    args.M = 8 if args.M is None else args.M
-    args.batch = 64 if args.batch is None else args.batch
-    args.total_samples = 8192 if args.total_samples is None else args.total_samples
-    args.learn_schedule = bool(args.learn_schedule)
-    state = out.with_name(out.name + ".train-state")
+    settings = dict(
+        teacher=learned.Teacher(args.teacher, teacher_options, args.M),
+        budget=learned.Budget(batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed),
+        objective=learned.Objective(loss=args.loss, soft_start=args.soft_start,
+                                    soft_start_steps=args.soft_start_steps),
+        checkpoint=learned.Checkpointing(out=out, state=out.with_name(out.name + ".train-state"),  # always: kept until
+                                         every=args.checkpoint_every, resume=args.resume),  # the sampler is on disk
+        guidance=None if scales is None else learned.GuidanceScales(scales, args.guidance_degree))
     info = distributed.init_distributed("cpu")
-    if args.batch < info.world_size:
+    batch = args.batch or cls.DEFAULTS.batch
+    if batch < info.world_size:
         distributed.finish(info, barrier=False)
-        raise ValueError(f"--batch {args.batch} is smaller than the {info.world_size} processes; every process "
-                         "needs at least one sample of each batch")
+        raise ValueError(f"--batch {batch} is smaller than the {info.world_size} processes; every process needs at "
+                         "least one sample of each batch")
     ok = False
     try:
-        log: list = []
-        pred = amed.train(
-            denoiser, shape=shape, student=args.student, teacher=args.teacher, teacher_options=teacher_options,
-            num_steps=num_steps, M=args.M, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
-            afs=args.afs, scale_dir=args.scale_dir,
-            scale_time=args.scale_time, features=features, network=network, batch=args.batch,
-            total_samples=args.total_samples, lr=args.lr, loss=args.loss, learn_schedule=args.learn_schedule,
-            schedule_lr=args.schedule_lr, seed=args.seed, model_id=model_id, dtype=dtype, progress=True, log=log,
-            state_path=state,  # always: the final state is kept until the predictor file is on disk
-            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out, guidance_scales=scales,
-            guidance_degree=args.guidance_degree,
-        )
+        sampler = learned.train(args.method, denoiser, shape=shape, nfe=args.nfe, num_steps=args.num_steps,
+                                afs=args.afs, options=options, base=base, schedule=spec, time_shift=args.time_shift,
+                                model_id=model_id, dtype=dtype, progress=info.is_main, **settings)
         if info.is_main:
-            nfe = count_nfe(pred.solver(), len(pred.config["sigmas"]), pred.config["afs"])
-            print(f"Trained in {log[0].seconds:.1f} s on {info.world_size} process(es) x {threads} thread(s); final "
-                  f"loss {log[0].losses[-1]:.4f}; wrote {out} ({nfe} model evaluations per sample)")
-            if args.learn_schedule or not isinstance(schedule, str):
-                print("  sigmas: " + ", ".join(f"{v:.4g}" for v in pred.config["sigmas"]))
-            if scales is not None:
-                print(f"  guidance-aware over w in [{min(scales):g}, {max(scales):g}]: sample with --guidance W")
-            elif not pred.uses_features:
-                for i, row in enumerate(pred.table_values()):
-                    print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
-                print("  a predictor-free table: runs in fewstep.sample, fewstep.k and diffusers pipelines "
-                      "(FewstepScheduler; with AFS via run_pipeline_loop or a pipeline that calls scale_model_input)")
-            else:
-                print("  reads the network's features: run it with fewstep sample / fewstep.sample; for a diffusers "
-                      "pipeline train a table with --features none")
+            _report(sampler, out, info.world_size, threads, scales)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
 
 
-def _guided(args: argparse.Namespace, denoiser, method: str) -> tuple[object, list[float] | None]:
+def _report(sampler, out: Path, world_size: int, threads: int, scales: list[float] | None) -> None:  # noqa: ANN001
+    """What was trained and where it went."""
+    log, cfg = sampler.log, sampler.config
+    rounds = sampler.rounds()
+    print(f"Trained {sampler.describe()} in {log.seconds:.1f} s on {world_size} process(es) x {threads} thread(s); "
+          f"final loss {log.losses[-1]:.4f}; wrote {out} ({sampler.nfe()} model evaluations per sample"
+          + (f" in {rounds} sequential rounds" if rounds != sampler.nfe() else "") + ")")
+    if (cfg.get("schedule") or {}).get("kind") in ("learned", "tensor"):
+        print("  sigmas: " + ", ".join(f"{v:.4g}" for v in cfg["sigmas"]))
+    if scales is not None:
+        print(f"  guidance-aware over w in [{min(scales):g}, {max(scales):g}]: sample with --guidance W")
+    steps = sampler.export_steps()
+    if steps is not None:
+        for i, row in enumerate(steps):
+            print(f"  step {i}: r={row['r']:.4f} c={row['c']:.4f} a={row['a']:.4f}")
+        print("  a predictor-free table: runs in fewstep.sample, fewstep.k and diffusers pipelines "
+              "(FewstepScheduler; with AFS via run_pipeline_loop or a pipeline that calls scale_model_input)")
+    elif sampler.uses_features:
+        print("  reads the network's features: run it with fewstep sample / fewstep.sample; for a diffusers "
+              "pipeline train a table with --features none")
+
+
+def _guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tuple[object, list[float] | None]:  # noqa: ANN001
     """(denoiser, guidance scales): the model under classifier-free guidance for --guidance / --guidance-scales
     (:class:`fewstep.denoisers.Guided`, every class tiled over each batch unless --class), else as it is. Without
     --batch, mixed classes take the method's batch rounded up to a multiple of the class count."""
     import torch
 
     from ..denoisers import Guided
-    from ..learned.train import DEFAULT_BUDGET, FALLBACK_BUDGET
 
     if args.guidance is None and args.guidance_scales is None:
         if args.class_label is not None:
@@ -188,117 +212,15 @@ def _guided(args: argparse.Namespace, denoiser, method: str) -> tuple[object, li
             scales = [float(v) for v in args.guidance_scales.split(",")]
         except ValueError:
             raise ValueError(f"--guidance-scales must be numbers separated by commas, got {args.guidance_scales!r}")
-        if method in ("amed", "plugin") and args.features != "none":
-            raise ValueError(f"--guidance-scales with --method {method} trains a guidance-aware table: add "
+        if options.get("features", "none") != "none":
+            raise ValueError(f"--guidance-scales with --method {cls.method} trains a guidance-aware table: add "
                              "--features none")
     w = guidance_scale(args.guidance) if args.guidance is not None else scales[0]
     if args.class_label is not None:
         return Guided(denoiser, check_class(args.class_label, classes, args.model), w), scales
     if args.batch is None:
-        default = {**FALLBACK_BUDGET, **DEFAULT_BUDGET.get(method, {})}["batch"]
-        args.batch = -(-default // classes) * classes
+        args.batch = -(-cls.DEFAULTS.batch // classes) * classes
     elif args.batch % classes:
         raise ValueError(f"--batch {args.batch}: training on all {classes} classes tiles them over each batch; give a "
                          f"multiple of {classes} (or --class LABEL)")
     return Guided(denoiser, torch.arange(classes), w), scales
-
-
-def _method(args: argparse.Namespace) -> str:
-    """--method, or the one --student implies; with --method plugin, --student is set to the base solver (the
-    AMED trainer's name for it). New-method options on AMED are errors."""
-    if getattr(args, "resolved_method", None):
-        return args.resolved_method
-    method = args.method
-    if method is None:
-        if args.base is not None:
-            raise ValueError("--base needs --method plugin")
-        method = "amed" if args.student == "amed" else "plugin"
-    elif args.student != "amed":
-        raise ValueError("give --method (with --base for the plugin) or the older --student, not both")
-    if method == "plugin":
-        if args.method is not None:
-            args.student = args.base or "ipndm"
-    elif args.base is not None:
-        raise ValueError(f"--base applies to --method plugin, not {method}")
-    if method in ("amed", "plugin"):
-        given = [n for n, v in (("--time-shift", args.time_shift), ("--soft-start", args.soft_start),
-                                ("--method-options", args.method_options)) if v]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to --method dyweight / epd / pas / gs, not {method}")
-    if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
-        raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
-    args.resolved_method = method
-    return method
-
-
-def _run_learned(args: argparse.Namespace, method: str, out: Path, denoiser, shape, model_id, dtype, threads: int,
-                 schedule, sigma_min, sigma_max, teacher_options, scales: list[float] | None = None) -> int:
-    """Train dyweight / epd / pas / gs (fewstep.learned.train); under ``torchrun`` data-parallel like AMED (each
-    process takes its share of every global batch, gradients summed; rank 0 writes the state and the sampler)."""
-    from .. import distributed, learned
-
-    if args.loss != "final":
-        raise ValueError(f"--method {method} trains with the final-point loss only")
-    options = json_object(args.method_options, "--method-options") if args.method_options else None
-    num_steps = _num_steps(args, schedule, method, options)
-    info = distributed.init_distributed("cpu")
-    ok = False
-    try:
-        log: list = []
-        sampler = learned.train(
-            method, denoiser, shape=shape, num_steps=num_steps, afs=args.afs, options=options, schedule=schedule,
-            sigma_min=sigma_min, sigma_max=sigma_max, teacher=args.teacher, teacher_options=teacher_options,
-            M=args.M, batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed,
-            soft_start=args.soft_start, soft_start_steps=args.soft_start_steps, time_shift=args.time_shift,
-            learn_schedule=args.learn_schedule, schedule_lr=args.schedule_lr, model_id=model_id, dtype=dtype,
-            progress=True, log=log,
-            state_path=out.with_name(out.name + ".train-state"),  # always: kept until the sampler is on disk
-            checkpoint_every=args.checkpoint_every, resume=args.resume, out=out, guidance_scales=scales,
-            guidance_degree=args.guidance_degree)
-        if info.is_main:
-            print(f"Trained {method} in {log[0].seconds:.1f} s on {info.world_size} process(es) x {threads} "
-                  f"thread(s); final loss {log[0].losses[-1]:.4f}; wrote {out} ({sampler.nfe()} model evaluations "
-                  f"per sample in {sampler.rounds()} sequential rounds)")
-            learned_sched = (sampler.config.get("schedule") or {}).get("kind") == "learned"
-            if learned_sched or not isinstance(schedule, str):
-                print("  sigmas: " + ", ".join(f"{v:.4g}" for v in sampler.config["sigmas"]))
-        ok = True
-    finally:
-        distributed.finish(info, barrier=ok)
-    return 0
-
-
-def _num_steps(args: argparse.Namespace, schedule: object, method: str | None = None,
-               options: dict | None = None) -> int:
-    """Number of sigmas from --nfe / --num-steps / --schedule FILE; contradictions are errors."""
-    from .. import amed, learned
-    from ..sampling import count_nfe
-    from ..solvers import get_solver
-
-    if method in learned.METHODS:
-        cls = learned.METHODS[method]
-        solver = cls(cls.make_config([80.0, 0.002], afs=args.afs, options=options)).make_solver()
-    elif args.student == "amed":
-        solver = get_solver("amed")
-    else:
-        solver = get_solver("amed_plugin", base=args.student)
-
-    def cost(n: int) -> int:
-        return count_nfe(solver, n, args.afs)
-
-    if not isinstance(schedule, str):
-        n = len(schedule)
-        if args.num_steps is not None and args.num_steps != n:
-            raise ValueError(f"--num-steps {args.num_steps} contradicts --schedule {args.schedule} ({n} sigmas)")
-        if args.nfe is not None and args.nfe != cost(n):
-            raise ValueError(f"--schedule {args.schedule} has {n} sigmas: {cost(n)} model evaluations for "
-                             f"{args.student} with afs={args.afs}, not --nfe {args.nfe}")
-        return n
-    if args.num_steps is not None:
-        if args.nfe is not None and args.nfe != cost(args.num_steps):
-            raise ValueError(f"--num-steps {args.num_steps} gives {cost(args.num_steps)} model evaluations, not "
-                             f"--nfe {args.nfe}; give one of them")
-        return args.num_steps
-    if method in learned.METHODS:
-        return learned.steps_for_nfe(method, args.nfe if args.nfe is not None else 5, args.afs, options)
-    return amed.student_steps_for_nfe(args.student, args.nfe if args.nfe is not None else 5, args.afs)

@@ -79,6 +79,21 @@ class Guided(nn.Module):
         """The wrapped model's id (guidance is a sampling setting, not another model)."""
         return getattr(self.denoiser, "model_id", None)
 
+    @property
+    def sigma_min(self) -> float | None:
+        """The wrapped model's smallest trained sigma (None: not stated)."""
+        return getattr(self.denoiser, "sigma_min", None)
+
+    @property
+    def sigma_max(self) -> float | None:
+        """The wrapped model's largest trained sigma (None: not stated)."""
+        return getattr(self.denoiser, "sigma_max", None)
+
+    @property
+    def log_sigmas(self) -> torch.Tensor | None:
+        """The wrapped discrete model's log sigma per training timestep (None: a continuous model)."""
+        return getattr(self.denoiser, "log_sigmas", None)
+
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, null_label={self.null_label}"
 

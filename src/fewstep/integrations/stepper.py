@@ -75,7 +75,7 @@ class Stepper:
             raise ValueError(
                 "a feature-based AMED predictor picks each sample's evaluation time from the network's features "
                 "during sampling, so the timesteps cannot be listed in advance for a scheduler; use a predictor-free "
-                "table (fewstep.amed.train(..., features='none')) or fewstep.sample with the model as a denoiser")
+                "table (fewstep.learned.train('amed', ..., options={'features': 'none'})) or fewstep.sample with the model as a denoiser")
         self.sigmas = validate_sigmas(sigmas)
         self.afs, self.denoise_to_zero = bool(afs), bool(denoise_to_zero)
         self.final_jump_is_step = bool(final_jump_is_step) and self.denoise_to_zero

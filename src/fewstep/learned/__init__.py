@@ -1,17 +1,26 @@
-"""Learned samplers beyond AMED ("Beyond AMED"): DyWeight-style learned multistep, EPD, PAS, GS, with optional
-model-input time shifts, LD3's soft start and a learned schedule, all trained by the one distillation trainer
-(:func:`fewstep.amed.distill.distill`) and stored in one safe checkpoint format.
+"""Learned samplers: AMED-Solver, AMED-Plugin, DyWeight, EPD, PAS, GS (and any method registered in
+:data:`METHODS`), with model-input time shifts, LD3's soft start, a learned schedule and guidance-aware tables as
+options of every method, trained by the one distillation trainer and stored in one safe checkpoint format.
 
-``train(method, denoiser, shape=..., nfe=5)`` returns a sampler; ``sampler.save(path)``; ``load(path)`` reads these
-and AMED checkpoints; ``fewstep.sample(denoiser, noise, predictor=sampler)`` samples with its trained settings.
+``train(method, denoiser, shape=..., nfe=5)`` returns a sampler; ``sampler.save(path)``; ``load(path)`` reads any
+method's file; ``fewstep.sample(denoiser, noise, predictor=sampler)`` samples with its trained settings. Training
+settings are objects (:class:`Teacher`, :class:`Budget`, :class:`Objective`, :class:`ScheduleSpec`,
+:class:`Checkpointing`, :class:`GuidanceScales`); adding a method: docs/adding-a-method.md.
 """
 
-from ..amed.predictor import CheckpointError
-from .base import CONFIG_KEYS, FORMAT, METHODS, VERSION, LearnedSampler, load, read_config, register
-from .methods import DyWeightSampler, EPDSampler, GSSampler, PASSampler
-from .train import DEFAULT_BUDGET, DEFAULT_LR, TRAINABLE, steps_for_nfe, train
+from .amed import AMEDPluginSampler, AMEDSampler
+from .checkpoint import load, read_config
+from .distill import LearnedSchedule, TrainLog
+from .dyweight import DyWeightSampler
+from .epd import EPDSampler
+from .gs import GSSampler
+from .pas import PASSampler
+from .registry import METHODS, method_class
+from .sampler import CONFIG_KEYS, FORMAT, VERSION, CheckpointError, Defaults, LearnedSampler, Option
+from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher
+from .train import TrainedSchedule, learn_schedule, train
 
-__all__ = ["train", "load", "read_config", "steps_for_nfe", "LearnedSampler", "DyWeightSampler", "EPDSampler",
-           "PASSampler", "GSSampler",
-           "METHODS", "TRAINABLE", "DEFAULT_LR", "DEFAULT_BUDGET", "FORMAT", "VERSION", "CONFIG_KEYS",
-           "CheckpointError", "register"]
+__all__ = ["train", "learn_schedule", "load", "read_config", "METHODS", "method_class", "LearnedSampler", "Option",
+           "Defaults", "Teacher", "Budget", "Objective", "ScheduleSpec", "Checkpointing", "GuidanceScales", "TrainLog",
+           "TrainedSchedule", "LearnedSchedule", "AMEDSampler", "AMEDPluginSampler", "DyWeightSampler", "EPDSampler",
+           "PASSampler", "GSSampler", "CheckpointError", "FORMAT", "VERSION", "CONFIG_KEYS"]

@@ -1,49 +1,53 @@
-"""One entry point to train any learned sampler by distillation (:func:`fewstep.amed.distill.distill`)."""
+"""One entry point to train any learned sampler by distillation (:func:`fewstep.learned.distill.distill`), and the
+schedule learner for plain solvers."""
 
 from __future__ import annotations
 
-import math
-import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import amed
-from ..amed.distill import distill, frozen, training_setup
-from ..amed.predictor import LearnedSchedule
-from ..scale_basis import check_guidance_scales, guidance_entry, scale_cycle
+from ..sampling import ModelCall, noise_for_seeds, steps_for_nfe
 from ..schedules import validate_sigmas
-from .base import METHODS, LearnedSampler
+from ..solvers import get_solver
+from .distill import LearnedSchedule, Plan, TrainLog, distill, frozen
+from .guidance import guidance_entry, scale_cycle
+from .registry import method_class
+from .sampler import LearnedSampler
+from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher, checked
 
-__all__ = ["train", "steps_for_nfe", "TRAINABLE", "DEFAULT_LR", "DEFAULT_BUDGET"]
-
-TRAINABLE = ("amed", "plugin", *METHODS)
-# Measured on the natural-patch GMM bed at NFE 5 (docs in the report): Adam with cosine decay.
-DEFAULT_LR = {"dyweight": 0.02, "epd": 0.05, "pas": 0.02, "gs": 0.01}
-# Training budget per method (batch, total_samples, M) where it differs from AMED's 64 / 8192 / 8. DyWeight: batch 16
-# (as in the paper), 4096 samples, M = 4, learned schedule: on the natural-patch bed RMSE 0.0169 @5 / 0.0071 @9
-# against 0.0175 / 0.0077 with 64 / 8192 / 8 at about 0.5x / 0.7x the CPU time (31 s / 57 s of one core).
-DEFAULT_BUDGET = {"dyweight": {"batch": 16, "total_samples": 4096, "M": 4}}
-FALLBACK_BUDGET = {"batch": 64, "total_samples": 8192, "M": 8}
+__all__ = ["train", "learn_schedule", "TrainedSchedule"]
 
 
-def steps_for_nfe(method: str, nfe: int, afs: bool = True, options: dict[str, Any] | None = None) -> int:
-    """Number of sigmas at which ``method`` makes exactly ``nfe`` model evaluations (AFS deducted)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
-    cls = METHODS[method]
-    probe = cls(cls.make_config([80.0, 0.002], afs=afs, options=options))
-    solver = probe.make_solver()
-    costs = []
-    for n in range(2, nfe + 4):
-        k = solver.nfe(n) - int(afs)
-        if k == nfe:
-            return n
-        costs.append(k)
-    raise ValueError(f"{method} with options {probe.options} cannot make exactly {nfe} model evaluations with "
-                     f"afs={afs}; it can make {', '.join(str(c) for c in costs if c > 0)}")
+def _shape(shape: Any) -> tuple[int, ...]:
+    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+    if not isinstance(shape, tuple) or not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                                         for d in shape):
+        raise ValueError(f"shape must be a non-empty sequence of positive ints (one sample, no batch), got {shape!r}")
+    return shape
+
+
+def _num_steps(nfe: int | None, num_steps: int | None, solver: Any, afs: bool) -> int:
+    """Sigmas of the schedule from ``nfe`` (default 5) or ``num_steps``, not both."""
+    if nfe is not None and num_steps is not None:
+        raise ValueError("give nfe or num_steps, not both")
+    if num_steps is not None:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
+        return num_steps
+    return steps_for_nfe(solver, 5 if nfe is None else nfe, afs)
+
+
+def _guidance(guidance: Any, denoiser: Any) -> GuidanceScales | None:
+    if guidance is None:
+        return None
+    g = checked("guidance", guidance, GuidanceScales, lambda v: GuidanceScales(v))
+    w0 = getattr(denoiser, "scale", None)
+    if isinstance(w0, bool) or not isinstance(w0, (int, float)):
+        raise TypeError("guidance scales need a denoiser whose guidance scale can be set per batch: wrap the "
+                        "conditional model in fewstep.denoisers.Guided(model, labels, scale)")
+    return g
 
 
 def train(
@@ -54,122 +58,148 @@ def train(
     nfe: int | None = None,
     num_steps: int | None = None,
     afs: bool = True,
-    base: str = "ipndm",
     options: dict[str, Any] | None = None,
-    schedule: str | torch.Tensor = "polynomial",
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    teacher: str = "deis",
-    teacher_options: dict[str, Any] | None = None,
-    M: int | None = None,
-    batch: int | None = None,
-    total_samples: int | None = None,
-    lr: float | None = None,
-    lr_decay: bool = True,
-    distance: str = "l2",
-    seed: int = 0,
-    soft_start: float = 0.0,
-    soft_start_steps: int = 1,
+    base: str | dict[str, Any] | None = None,
+    schedule: ScheduleSpec | str | Any = ScheduleSpec(),
+    teacher: Teacher = Teacher(),
+    budget: Budget = Budget(),
+    objective: Objective = Objective(),
     time_shift: bool | None = None,
-    learn_schedule: bool | None = None,
-    schedule_lr: float = 0.05,
+    guidance: GuidanceScales | Sequence[float] | None = None,
+    checkpoint: Checkpointing = Checkpointing(),
     model_id: str | None = None,
     dtype: torch.dtype = torch.float64,
-    progress: bool = True,
-    log: list | None = None,
-    state_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    out: str | os.PathLike | None = None,
     model_dtype: torch.dtype | None = None,
-    guidance_scales: Sequence[float] | None = None,
-    guidance_degree: int = 2,
-    **amed_options: Any,
-) -> Any:
-    """Train learned sampler ``method`` by distillation from ``teacher`` (final-point loss, Adam with cosine decay;
-    the one trainer :func:`fewstep.amed.distill.distill`) and return it (``save(path)``; load with
-    :func:`fewstep.learned.load`; sample with ``fewstep.sample(denoiser, noise, predictor=p)``).
+    progress: bool = True,
+) -> LearnedSampler:
+    """Train learned sampler ``method`` (a name in :data:`fewstep.learned.METHODS`: amed, plugin, dyweight, epd, pas,
+    gs) for ``denoiser`` on samples of ``shape`` by distillation from ``teacher`` (final-point loss, Adam with cosine
+    decay; the one trainer :func:`fewstep.learned.distill.distill`) and return it: ``sampler.save(path)``,
+    :func:`fewstep.learned.load`, ``fewstep.sample(denoiser, noise, predictor=sampler)``.
 
-    ``method``: "dyweight" (learned multistep, ``options={"window": 1..4}``), "epd" (``options={"K": 1..8}``),
-    "pas" (PCA-basis correction of iPNDM, ``options={"order": 1..4, "coords": 1..4}``), "gs" (generalised
-    DPM-Solver++(3M), ``options={"order": 1..3}``; time shifts and a learned schedule by default), "amed"
-    (AMED-Solver) or "plugin" (AMED-Plugin on ``base``); the last two call :func:`fewstep.amed.train`
-    (``amed_options`` go there). ``nfe`` counts model evaluations (AFS deducted; EPD's K parallel evaluations count
-    K); or give ``num_steps`` (sigmas). ``time_shift``: also learn per-step model-input time shifts xi_n
-    (zero-initialised; None: the method's default, on for gs only). ``soft_start``: LD3's relaxation radius r (the
-    student starts within ||delta|| <= r sigma_max sqrt(D) of x_T; :func:`fewstep.amed.distill.soft_start_delta`,
-    ``soft_start_steps`` gradient steps per batch). ``learn_schedule``: learn the interior sigmas jointly (AMED's
-    LearnedSchedule; None: the method's default, on for gs and dyweight). ``M`` / ``batch`` / ``total_samples``:
-    None takes the method's budget (:data:`DEFAULT_BUDGET`; otherwise 8 / 64 / 8192). ``guidance_scales``: train
-    one guidance-aware sampler over these classifier-free guidance scales (``denoiser`` a
-    :class:`fewstep.denoisers.Guided`; batch ``it`` uses scale ``guidance_scales[it % len]``): every table becomes
-    a degree-``guidance_degree`` polynomial in the scale over [min, max] (:mod:`fewstep.scale_basis`), and the
-    sampler then works at any scale in that range, read from the denoiser at sampling time."""
-    if method not in TRAINABLE:
-        raise ValueError(f"method must be one of {', '.join(TRAINABLE)}, got {method!r}")
-    cls_default = METHODS.get(method)
-    budget = {**FALLBACK_BUDGET, **DEFAULT_BUDGET.get(method, {})}
-    M = budget["M"] if M is None else M
-    batch = budget["batch"] if batch is None else batch
-    total_samples = budget["total_samples"] if total_samples is None else total_samples
-    if time_shift is None:
-        time_shift = bool(cls_default is not None and cls_default.time_shift_by_default)
-    if learn_schedule is None:
-        learn_schedule = bool(cls_default is not None and cls_default.learns_schedule_by_default)
-    for name, v in (("time_shift", time_shift), ("learn_schedule", learn_schedule), ("afs", afs)):
+    ``nfe`` counts model evaluations (AFS deducted; EPD's K parallel evaluations count K; default 5), or give
+    ``num_steps`` (sigmas). ``options``: the method's own (its ``OPTIONS``, e.g. ``{"window": 3}`` for dyweight,
+    ``{"features": "auto"}`` for amed); ``base``: the base solver of methods built on one the user picks (plugin:
+    a solver name or ``{"solver": name, "options": {...}}``). ``time_shift``: also learn per-step model-input time
+    shifts xi_n (None: the method's default). ``guidance``: train one guidance-aware sampler over these
+    classifier-free guidance scales (:class:`GuidanceScales`; ``denoiser`` a :class:`fewstep.denoisers.Guided`).
+    Settings objects (:mod:`fewstep.learned.settings`): ``schedule`` (kind, sigma range, learned or not),
+    ``teacher`` (solver, M), ``budget`` (batch, samples, lr, seed), ``objective`` (loss, distance, LD3 soft start),
+    ``checkpoint`` (out, training state, resume); None fields take the method's measured :class:`Defaults`.
+    ``dtype`` is the trajectories' dtype, ``model_dtype`` the one the model is called in (default: its own).
+    Under ``torch.distributed`` every rank takes its share of each global batch (gradients summed), so the result
+    matches one process up to rounding. Deterministic given ``budget.seed``. The training log (losses, seconds) is
+    ``sampler.log``."""
+    cls = method_class(method)
+    schedule = ScheduleSpec.of(schedule)
+    teacher = checked("teacher", teacher, Teacher)
+    budget = checked("budget", budget, Budget)
+    objective = checked("objective", objective, Objective)
+    checkpoint = checked("checkpoint", checkpoint, Checkpointing)
+    shape = _shape(shape)
+    for name, v in (("afs", afs), ("progress", progress)):
         if not isinstance(v, bool):
             raise TypeError(f"{name} must be True or False, got {v!r}")
-    if isinstance(soft_start, bool) or not isinstance(soft_start, (int, float)) or not 0 <= soft_start < math.inf:
-        raise ValueError(f"soft_start must be a finite number >= 0, got {soft_start!r}")
-    if isinstance(soft_start_steps, bool) or not isinstance(soft_start_steps, int) or soft_start_steps < 1:
-        raise ValueError(f"soft_start_steps must be a positive int, got {soft_start_steps!r}")
-    if (nfe is None) == (num_steps is None) and not (nfe is None and num_steps is None):
-        raise ValueError("give nfe or num_steps, not both")
-    if nfe is None and num_steps is None:
-        nfe = 5
-    if method in ("amed", "plugin"):
-        if time_shift or soft_start:
-            raise ValueError(f"time_shift and soft_start are not available for method {method!r} yet (its AMED "
-                             "checkpoint has no place for them); use dyweight or epd")
-        if options:
-            raise ValueError(f"method {method!r} takes no options; pass AMED's own keywords (scale_dir, ...)")
-        student = "amed" if method == "amed" else base
-        if num_steps is None:
-            num_steps = amed.student_steps_for_nfe(student, nfe, afs)
-        return amed.train(denoiser, shape=shape, student=student, teacher=teacher, teacher_options=teacher_options,
-                          num_steps=num_steps, M=M, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max,
-                          rho=rho, afs=afs, batch=batch, total_samples=total_samples, lr=lr, distance=distance,
-                          lr_decay=lr_decay, learn_schedule=learn_schedule, schedule_lr=schedule_lr, seed=seed,
-                          model_id=model_id, dtype=dtype, progress=progress, log=log, state_path=state_path,
-                          checkpoint_every=checkpoint_every, resume=resume, out=out, model_dtype=model_dtype,
-                          guidance_scales=guidance_scales, guidance_degree=guidance_degree, **amed_options)
-    scales = check_guidance_scales(guidance_scales, guidance_degree, denoiser)
-    if amed_options:
-        raise TypeError(f"unknown argument(s) for method {method!r}: {', '.join(sorted(amed_options))}")
-    cls: type[LearnedSampler] = METHODS[method]
-    if num_steps is None:
-        num_steps = steps_for_nfe(method, nfe, afs, options)
-    base_cfg = cls.base_solver_config({**{k: v[0] for k, v in cls.OPTIONS.items()}, **(options or {})})
-    val_solver = base_cfg["solver"] if base_cfg["solver"] != "amed" else "dpm2"
-    sig, sched_cfg, tr = training_setup(
-        val_solver, base_cfg["options"], afs, teacher, teacher_options, num_steps, M, schedule, sigma_min, sigma_max,
-        rho, batch, total_samples, lr, "final", distance, lr_decay, learn_schedule, schedule_lr, seed, shape)
-    if tr["lr"] is None:
-        tr["lr"] = DEFAULT_LR[method]
-    tr.update({"soft_start": float(soft_start), "soft_start_steps": soft_start_steps})
-    if scales is not None:
-        tr["guidance_scales"] = scales
-    config = cls.make_config(sig, afs=afs, options=options, time_shift=time_shift, schedule=sched_cfg,
-                             model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
-                             training=tr, guidance=guidance_entry(scales, guidance_degree))
-    torch.manual_seed(seed)
-    sampler = cls(config)  # float64 parameters whatever the trajectory dtype (0-dim: they do not promote x)
-    sched = LearnedSchedule(sig) if learn_schedule else None
-    with frozen(denoiser), scale_cycle(denoiser, sampler, scales) as before_batch:
-        distill(denoiser, sampler.solver(), sig, tr, afs, sampler, sched, None, dtype, f"{method}", progress, log,
-                state_path, checkpoint_every, resume, out, model_dtype, before_batch)
-    if sched is not None:
+    if time_shift is not None and not isinstance(time_shift, bool):
+        raise TypeError(f"time_shift must be True, False or None, got {time_shift!r}")
+    if objective.loss not in cls.LOSSES:
+        raise ValueError(f"method {method!r} trains with loss {' or '.join(map(repr, cls.LOSSES))}, got "
+                         f"{objective.loss!r}")
+    scales = _guidance(guidance, denoiser)
+    if scales is not None and (options or {}).get("features", "none") != "none":
+        raise ValueError("guidance must be null for a feature-based predictor: a guidance-aware sampler is a table "
+                         "(options features 'none')")
+    d = cls.DEFAULTS
+    learn = d.learn_schedule if schedule.learn is None else schedule.learn
+    if learn and objective.loss != "final":
+        raise ValueError("learning the schedule needs loss='final' (per-step targets move with the schedule)")
+    torch.manual_seed(budget.seed)
+
+    def probe(model: Callable) -> torch.Tensor | None:
+        """The features of one model evaluation at the schedule's start (a feature network's input size)."""
+        call = ModelCall(model, features=True, model_dtype=model_dtype)
+        s0 = torch.tensor(schedule.first_sigma(denoiser), dtype=torch.float64)
         with torch.no_grad():
-            sampler.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]
+            call(noise_for_seeds([budget.seed], shape, dtype=dtype) * s0, s0)
+        return call.features
+
+    model, options = cls.for_training(denoiser, options, probe)
+    options = cls.check_options(options)
+    n = _num_steps(nfe, num_steps, cls.probe_solver(options, base, afs), afs)
+    sig, sched_cfg = schedule.make(n, denoiser)
+    if learn:
+        sched_cfg = {"kind": "learned", "num_steps": n, "init": sched_cfg, "init_sigmas": [float(v) for v in sig]}
+    plan = Plan(shape=shape, teacher=teacher.solver, teacher_options=teacher.resolved_options(),
+                M=d.M if teacher.M is None else teacher.M, batch=d.batch if budget.batch is None else budget.batch,
+                total_samples=d.total_samples if budget.total_samples is None else budget.total_samples,
+                lr=cls.default_lr(options) if budget.lr is None else budget.lr, lr_decay=budget.lr_decay,
+                loss=objective.loss, distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=learn,
+                schedule_lr=schedule.lr, soft_start=objective.soft_start, soft_start_steps=objective.soft_start_steps,
+                guidance_scales=None if scales is None else scales.scales, dtype=dtype, model_dtype=model_dtype,
+                desc=method, progress=progress, checkpoint=checkpoint)
+    config = cls.make_config(sig, afs=afs, options=options, base=base,
+                             time_shift=d.time_shift if time_shift is None else time_shift, schedule=sched_cfg,
+                             model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
+                             training=plan.record(),
+                             guidance=None if scales is None else guidance_entry(scales.scales, scales.degree))
+    torch.manual_seed(budget.seed)
+    sampler = cls(config)
+    if cls.PARAM_DTYPE is None:
+        sampler.to(dtype)
+    sched = LearnedSchedule(sig) if learn else None
+    with frozen(denoiser), scale_cycle(denoiser, sampler, None if scales is None else list(scales.scales)) as hook:
+        sampler.log = distill(model, sampler.solver(), sig, plan, sampler, sched, hook)
     return sampler.eval()
+
+
+@dataclass(frozen=True)
+class TrainedSchedule:
+    """What :func:`learn_schedule` found: the sigmas and the training log."""
+
+    sigmas: torch.Tensor
+    log: TrainLog
+
+
+def learn_schedule(
+    denoiser: Callable,
+    *,
+    shape: Sequence[int],
+    solver: str = "ipndm",
+    solver_options: dict[str, Any] | None = None,
+    nfe: int | None = None,
+    num_steps: int | None = None,
+    afs: bool = False,
+    schedule: ScheduleSpec | str | Any = ScheduleSpec(),
+    teacher: Teacher = Teacher(),
+    budget: Budget = Budget(lr=0.05),
+    objective: Objective = Objective(),
+    dtype: torch.dtype = torch.float64,
+    model_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> TrainedSchedule:
+    """Learn the interior sigmas of a schedule for a plain ``solver`` by the same distillation as :func:`train`
+    (final-point loss against ``teacher``, Adam on the log-sigma increments with learning rate ``budget.lr``, end
+    points fixed), starting from ``schedule``. Give ``nfe`` or ``num_steps``. Save the sigmas with
+    :func:`fewstep.schedules.save_schedule`."""
+    options = dict(solver_options or {})
+    if (nfe is None) == (num_steps is None):
+        raise ValueError("give exactly one of nfe and num_steps")
+    schedule = ScheduleSpec.of(schedule)
+    teacher, budget = checked("teacher", teacher, Teacher), checked("budget", budget, Budget)
+    objective = checked("objective", objective, Objective)
+    if objective.loss != "final" or objective.soft_start:
+        raise ValueError("a schedule is learned with the final-point loss and no soft start")
+    solv = get_solver(solver, **options)
+    n = _num_steps(nfe, num_steps, solv, afs)
+    sig, _ = schedule.make(n, denoiser)
+    lr = 0.05 if budget.lr is None else budget.lr
+    plan = Plan(shape=_shape(shape), teacher=teacher.solver, teacher_options=teacher.resolved_options(),
+                M=8 if teacher.M is None else teacher.M, batch=budget.batch or 64,
+                total_samples=budget.total_samples or 8192, lr=lr, lr_decay=budget.lr_decay, loss="final",
+                distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=True, schedule_lr=lr,
+                dtype=dtype, model_dtype=model_dtype, desc=f"schedule {solver}", progress=progress)
+    sched = LearnedSchedule(sig)
+    with frozen(denoiser):
+        log = distill(denoiser, solv, sig, plan, None, sched)
+    with torch.no_grad():
+        return TrainedSchedule(validate_sigmas(sched(), "learned schedule"), log)

@@ -1,10 +1,10 @@
 """Solvers of the probability-flow ODE in the EDM parameterisation, by name."""
 
-from .amed import AMEDPlugin, AMEDSolver
-from .learned import EPD, LearnedMultistep, TimeShift
-from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 from ..schedules import vp_fit
+from .amed import AMEDPlugin, AMEDSolver
+from .base import History, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 from .multistep import DEIS, IPNDM, IPNDMV, DPMSolverPP, UniPC
+from .shift import TimeShift
 from .singlestep import DPM2, Euler, Heun
 
 SOLVERS: dict[str, type[Solver]] = {
@@ -19,15 +19,6 @@ SOLVERS: dict[str, type[Solver]] = {
     "amed": AMEDSolver,
     "amed_plugin": AMEDPlugin,
 }
-
-# Learned solvers beyond AMED (fewstep.learned); their parameters come from a trained module. Kept apart from SOLVERS,
-# whose plain solvers the CLI offers by name and the order tests enumerate.
-LEARNED_SOLVERS: dict[str, type[Solver]] = {
-    "dyweight": LearnedMultistep,
-    "epd": EPD,
-    "time_shift": TimeShift,
-}
-
 
 def get_solver(name: str | Solver, **options: object) -> Solver:
     """Solver instance from a registry name and keyword options (or pass an instance through)."""
@@ -48,7 +39,6 @@ def get_solver(name: str | Solver, **options: object) -> Solver:
 
 __all__ = [
     "SOLVERS",
-    "LEARNED_SOLVERS",
     "get_solver",
     "Solver",
     "History",
@@ -62,8 +52,6 @@ __all__ = [
     "DEIS",
     "AMEDSolver",
     "AMEDPlugin",
-    "LearnedMultistep",
-    "EPD",
     "TimeShift",
     "phi",
     "taylor_terms",

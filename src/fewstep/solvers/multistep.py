@@ -15,7 +15,7 @@ import torch
 from ..schedules import VP_BETA_D, VP_BETA_MIN, vp_sigma_inv
 from .base import History, Model, Solver, lagrange_integrals, phi, step_order, taylor_terms, to_d
 
-__all__ = ["DPMSolverPP", "UniPC", "IPNDM", "IPNDMV", "DEIS", "UniPCState"]
+__all__ = ["DPMSolverPP", "UniPC", "IPNDM", "IPNDMV", "DEIS", "UniPCState", "ADAMS_BASHFORTH"]
 
 
 def _check_choice(solver: str, name: str, value: Any, allowed: tuple) -> None:
@@ -156,8 +156,9 @@ class UniPC(Solver):
         return self._update(x, t, hist, order, m_new=None), UniPCState(hist, x, order)
 
 
-# Adams-Bashforth weights for equal steps, newest first (iPNDM; Zhang & Chen, 2023, eq. 16-18).
-_AB_FIXED = {
+# Adams-Bashforth weights for equal steps, newest first (iPNDM; Zhang & Chen, 2023, eq. 16-18); also the neutral
+# rows of the learned multistep samplers (DyWeight, PAS).
+ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
     1: (1.0,),
     2: (3 / 2, -1 / 2),
     3: (23 / 12, -16 / 12, 5 / 12),
@@ -179,7 +180,7 @@ class IPNDM(Solver):
         return History()
 
     def weights(self, hist: History, order: int, s: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
-        return [(t - s) * c for c in _AB_FIXED[order]]
+        return [(t - s) * c for c in ADAMS_BASHFORTH[order]]
 
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: torch.Tensor, state: History) -> tuple[torch.Tensor, History]:
         s, t = sigmas[i], sigmas[i + 1]

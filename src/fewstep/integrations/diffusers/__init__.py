@@ -22,7 +22,7 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     default on without a predictor. As in diffusers, this jump counts as the last (first-order) step for
     ``lower_order_final``, so DPM-Solver++ and UniPC reproduce DPMSolverMultistep / UniPCMultistep (below 15
     steps, where diffusers stops lowering the order; order 2 matches at every step count). A predictor (a
-    learned sampler of :mod:`fewstep.learned` or :mod:`fewstep.amed`, or the path of its checkpoint, read by
+    learned sampler of :mod:`fewstep.learned`, or the path of its checkpoint, read by
     :func:`fewstep.learned.load`) brings its own schedule, solver and AFS, keeps the steps it was trained with
     and ends at its last sigma unless ``denoise_to_zero=True``.
   * Learned samplers whose model calls differ from their solver's sigmas are scheduled by their calls: with time

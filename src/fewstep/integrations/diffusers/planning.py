@@ -24,9 +24,8 @@ SPACINGS = ("linspace", "leading", "trailing")
 
 
 def method_name(predictor: Any) -> str:
-    """How messages name a predictor: its learned method (``dyweight``, ``epd``, ...) or AMED."""
-    method = getattr(predictor, "config", {}).get("method")
-    return str(method) if method else "AMED"
+    """How messages name a predictor: its learned method (``dyweight``, ``epd``, ``amed``, ...)."""
+    return str(getattr(predictor, "config", {}).get("method", "learned"))
 
 
 def flow_shift(config: Any, t: Any, mu: float | None) -> Any:

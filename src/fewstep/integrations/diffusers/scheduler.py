@@ -43,8 +43,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         ``use_karras_sigmas`` in a source config selects "polynomial";
       * ``denoise_to_zero``: end with x0 of the last evaluation (None: yes unless a predictor is given);
       * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
-    ``predictor``: a learned sampler (:mod:`fewstep.learned`: DyWeight, EPD, PAS, GS; :mod:`fewstep.amed`: an AMED
-    table) or the path of its checkpoint (:func:`fewstep.learned.load`, any format); it replaces ``solver``,
+    ``predictor``: a learned sampler (:mod:`fewstep.learned`: an AMED table, DyWeight, EPD, PAS, GS) or the path of
+    its checkpoint (:func:`fewstep.learned.load`); it replaces ``solver``,
     ``afs`` and the schedule, and is not part of the saved config.
     """
 
@@ -128,14 +128,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
             predictor = load(predictor)
         if not (callable(getattr(predictor, "sampling_setup", None)) and hasattr(predictor, "config")):
-            raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load, fewstep.amed.train / "
-                            f"load) or the path of its checkpoint, got {type(predictor).__name__}")
+            raise TypeError("predictor must be a learned sampler (fewstep.learned.train / load) or the path of its "
+                            f"checkpoint, got {type(predictor).__name__}")
         if getattr(predictor, "uses_features", False):
             raise ValueError(
                 f"predictor: a feature-based {method_name(predictor)} predictor picks each sample's evaluation times "
                 "from the network's features during sampling, so a scheduler cannot list its timesteps in advance; "
-                "train a predictor-free table (fewstep.amed.train(..., features='none')) for pipelines, or use "
-                "fewstep.sample with DiffusersDenoiser for this one")
+                "train a predictor-free table (fewstep.learned.train('amed', ..., options={'features': 'none'})) "
+                "for pipelines, or use fewstep.sample with DiffusersDenoiser for this one")
         _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor

@@ -42,65 +42,51 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
                     schedule_only: bool = False, sampler: Any = None) -> dict[str, Any]:
     """Everything :func:`export_schedule` can give, as one JSON-ready dict.
 
-    ``source``: a schedule .json (:func:`fewstep.schedules.save_schedule`, ``{"sigmas": ...}`` or a plain list) or an
-    AMED checkpoint (.safetensors). ``nfe``: resample the schedule (:func:`fewstep.schedules.interpolate_schedule`)
-    to the number of sigmas at which its solver, with its AFS setting, makes ``nfe`` model calls; a file without
-    a solver in its info is counted as one call per step without AFS. A checkpoint's per-step values belong to
-    its trained steps: with another ``nfe``, or for a feature predictor (its r, c, a are computed per sample from
-    the network's features, so there are no per-step numbers to export), the export is refused unless
-    ``schedule_only`` (then only the sigmas are exported, and the document says that the host does not reproduce
-    the trained sampler). ``sampler``: the checkpoint already loaded (e.g. by :func:`fewstep.learned.load`, which
-    also reads DyWeight / EPD / PAS / GS files: their per-step parameters act inside fewstep's own solver, so only
-    their sigmas export, with ``schedule_only``).
+    ``source``: a schedule .json (:func:`fewstep.schedules.save_schedule`, ``{"sigmas": ...}`` or a plain list) or a
+    learned sampler (.safetensors, any method). ``nfe``: resample the schedule
+    (:func:`fewstep.schedules.interpolate_schedule`) to the number of sigmas at which its solver, with its AFS
+    setting, makes ``nfe`` model calls; a file without a solver in its info is counted as one call per step without
+    AFS. A learned sampler's per-step parameters belong to its trained steps, and only AMED's predictor-free tables
+    have per-step numbers a host can apply (r, c, a; a feature predictor computes them per sample, DyWeight / EPD /
+    PAS / GS act inside fewstep's own solvers): with another ``nfe``, or without such a table, the export is refused
+    unless ``schedule_only`` (then only the sigmas are exported, and the document says that the host does not
+    reproduce the trained sampler). ``sampler``: the checkpoint already loaded (:func:`fewstep.learned.load`).
 
     Keys: ``format``, ``model_id``, ``sigma_max``, ``sigma_min``, ``num_sigmas``, ``nfe`` and ``nfe_counting``
     (solver, options, afs, denoise_to_zero, evals_per_step, rule), ``source``, ``sigmas``, ``k_diffusion_sigmas``
     (ending in 0), ``diffusers_sigmas`` (no 0: diffusers appends its final sigma itself), ``host`` (how to pay
-    ``nfe`` exactly and the model calls of each host family) and, for a checkpoint, ``afs``, ``student`` and
-    (table predictors) ``steps``."""
+    ``nfe`` exactly and the model calls of each host family) and, for a learned sampler, ``afs``, ``method``,
+    ``options``, ``base`` and (AMED tables) ``steps``."""
     from ..schedules import interpolate_schedule, load_schedule
     from ..solvers import get_solver
     from ..solvers.base import geometric_time
     from .checkpoint import load
-    from .predictor import AMEDPredictor, student_solver
 
     if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     source = Path(source)
     table = None
     notes: list[str] = []
-    if sampler is not None and not isinstance(sampler, AMEDPredictor):  # a fewstep.learned sampler
+    if sampler is not None or source.suffix == ".safetensors":  # a learned sampler, any method
+        sampler = sampler if sampler is not None else load(source)
         cfg = sampler.config
-        if not schedule_only:
-            raise ValueError(
-                f"{source} is a {cfg['method']} sampler: its per-step parameters act inside fewstep's {cfg['method']} "
-                "solver, which no host sampler has. Sample it with fewstep.sample, fewstep.k.sample_learned or "
-                "FewstepScheduler(predictor=path), or pass schedule_only (--schedule-only) to export its sigmas "
-                "alone (a host sampler on them is not the trained sampler)")
         sig = [float(v) for v in cfg["sigmas"]]
         afs, model_id = bool(cfg["afs"]), cfg.get("model_id")
         solver, solver_name, options = sampler.solver(), cfg["method"], dict(cfg["options"])
         kind, method = "learned_sampler", cfg["method"]
-        notes.append(f"sigmas only: a host sampler on them does not apply the trained {method} parameters")
-    elif source.suffix == ".safetensors":
-        pred = sampler if sampler is not None else load(source)
-        cfg = pred.config
-        sig = [float(v) for v in cfg["sigmas"]]
-        afs, model_id = bool(cfg["afs"]), cfg.get("model_id")
-        solver = student_solver(cfg, pred)
-        st = cfg["student"]
-        solver_name, options = st["solver"], ({"base": st["base"], **st.get("options", {})} if st.get("base")
-                                              else dict(st.get("options", {})))
-        kind, method = "amed_checkpoint", "amed"
-        if pred.uses_features and not schedule_only:
+        table = sampler.export_steps()
+        if table is None and not schedule_only:
+            why = (f"{source} is a feature-based AMED predictor: its r, c, a are computed per sample from the "
+                   "network's features while sampling, so there are no per-step values to export"
+                   if getattr(sampler, "uses_features", False) else
+                   f"{source} is a {method} sampler: its per-step parameters act inside fewstep's {method} solver, "
+                   "which no host sampler has")
             raise ValueError(
-                f"{source} is a feature-based AMED predictor: its r, c, a are computed per sample from the network's "
-                "features while sampling, so there are no per-step values to export. Sample with "
-                "fewstep.k.sample_amed / sample_amed_plugin(predictor=fewstep.amed.load(path)), or pass "
-                "schedule_only (--schedule-only) to export its sigmas alone (a host sampler on them is not the "
-                "trained sampler)")
-        if not pred.uses_features:
-            table = pred.table_values()
+                f"{why}. Sample it with fewstep.sample, fewstep.k.sample_learned or FewstepScheduler(predictor=path), "
+                "or pass schedule_only (--schedule-only) to export its sigmas alone (a host sampler on them is not "
+                "the trained sampler)")
+        if table is None:
+            notes.append(f"sigmas only: a host sampler on them does not apply the trained {method} parameters")
     else:
         sig = load_schedule(source).tolist()
         info = _read_info(source)
@@ -114,9 +100,9 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     doc: dict[str, Any] = {"format": EXPORT_FORMAT, "version": 1}
     if nfe is not None and nfe != src_nfe:
         if kind != "schedule" and not schedule_only:
-            raise ValueError(f"{source} holds one (r, c, a) per trained step (NFE {src_nfe}); its table cannot be "
+            raise ValueError(f"{source} holds parameters for each trained step (NFE {src_nfe}); they cannot be "
                              f"interpolated to NFE {nfe}. Pass schedule_only (--schedule-only) to export the "
-                             "interpolated sigmas alone, or train a predictor at that NFE")
+                             "interpolated sigmas alone, or train a sampler at that NFE")
         from ..sampling import steps_for_nfe
 
         num = steps_for_nfe(solver, nfe, afs)
@@ -142,29 +128,27 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
         },
         "source": {"path": str(source), "kind": kind, "method": method},
     })
-    if kind == "amed_checkpoint":
-        doc["afs"], doc["student"] = afs, cfg["student"]
-        if table is not None:
+    if kind == "learned_sampler":
+        doc["afs"], doc["method"], doc["options"], doc["base"] = afs, method, options, cfg["base"]
+        if table is not None:  # AMED tables: r, c, a per step
             steps = []
             for i, v in enumerate(table):
                 s_n = geometric_time(sig[i], sig[i + 1], v["r"])  # AMED eq. 10
                 steps.append({"t_cur": sig[i], "t_next": sig[i + 1], "r": v["r"], "s": s_n,
                               "eval_sigma": v["a"] * s_n, "c": v["c"]})
             doc["steps"] = steps
-        else:
-            notes.append("sigmas only: a host sampler on them does not apply the trained AMED corrections")
     doc["sigmas"] = sig
     doc["k_diffusion_sigmas"] = sig + [0.0]
     doc["diffusers_sigmas"] = list(sig)
     doc["host"] = _host(solver_name, "schedule" if "interpolated_from" in doc else kind, afs, len(sig), out_nfe,
-                        per_step, table is not None)
+                        per_step)
     if notes:
         doc["notes"] = notes
     return doc
 
 
-def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: int, per_step: int,
-          has_table: bool) -> dict[str, Any]:
+def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: int,
+          per_step: int) -> dict[str, Any]:
     """How a host pays exactly ``nfe`` on these sigmas, and the model calls of each host family."""
     steps = num_sigmas - 1
     name = solver_name or "euler"
@@ -172,9 +156,6 @@ def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: i
     if kind == "learned_sampler":
         exact = (f"fewstep.k.sample_learned(model, x, predictor=checkpoint) (the trained sampler, {nfe} model calls; "
                  "a host sampler on 'sigmas' is not it)")
-    elif kind == "amed_checkpoint" and has_table:
-        exact = (f"fewstep.k.{fn}(model, x, sigmas, predictor=fewstep.amed.load(checkpoint)) with sigmas = "
-                 f"'sigmas' (no trailing 0; AFS={afs} comes from the checkpoint): {nfe} model calls")
     else:
         exact = (f"fewstep.k.{fn}(model, x, sigmas, afs={afs}) with sigmas = 'sigmas' (no trailing 0): "
                  f"{nfe} model calls")
@@ -217,7 +198,7 @@ def cost_line(doc: dict[str, Any]) -> str:
 
 def export_schedule(source: str | os.PathLike, fmt: str = "json", nfe: int | None = None, *,
                     schedule_only: bool = False) -> dict[str, Any] | list[float]:
-    """A schedule file (.json) or an AMED checkpoint (.safetensors) as plain numbers.
+    """A schedule file (.json) or a learned sampler (.safetensors) as plain numbers.
 
     ``fmt="list"``: the sigmas; ``"k"``: the sigmas ending in 0, as k-diffusion / ComfyUI SIGMAS take them (the 0
     costs one more model call); ``"diffusers"``: the sigmas without 0 for diffusers' ``sigmas=`` (the scheduler

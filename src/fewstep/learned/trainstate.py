@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..io import SafetensorsFileError, read_safetensors, write_safetensors
-from .predictor import CheckpointError
+from .sampler import CheckpointError
 
 __all__ = ["TrainState", "settings_diff", "world"]
 
