@@ -43,7 +43,8 @@ import fewstep  # noqa: E402
 from benchmarks.diffusers_harness import diffusers_sampler  # noqa: E402
 from fewstep import amed, data, evaluation, metrics  # noqa: E402
 from fewstep.amed import AMEDPredictor, HookFeatures  # noqa: E402
-from fewstep.bed import Bed, gmm_denoiser  # noqa: E402
+from fewstep.bed import Bed  # noqa: E402
+from fewstep.denoisers import gmm_denoiser  # noqa: E402
 from fewstep.evaluation import BASELINES, SolverSpec  # noqa: E402
 from fewstep.io import write_text_atomic  # noqa: E402
 from fewstep.solvers import AMEDPlugin, AMEDSolver  # noqa: E402
@@ -705,8 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         lambda: bed_on(device, gmm, (3, 8, 8), range(BED_SEED0, BED_SEED0 + a.bed_seeds),
                                        a.bed_ref_steps, gmm.model_id, "analytic natural-patch bed"),
                         a.bed_ref_steps, fd, nfes=nfes, progress=progress)
-            q["note"] = (f"`fewstep.bed.gmm_denoiser()`: {components} full-covariance components fitted to {count} "
-                         "8×8×3 patches of the training photos (`fewstep.data.gmm_bed`), whose exact denoiser "
+            q["note"] = (f"`fewstep.denoisers.gmm_denoiser()`: {components} full-covariance components fitted to "
+                         f"{count} 8×8×3 patches of the training photos (`fewstep.data.gmm_bed`), whose exact denoiser "
                          "(`denoisers.GaussianMixture`) makes the reference the exact ODE solution up to the quoted "
                          "solver error.")
             q["fd_ref"] = f"{a.fd_ref} draws from the mixture"

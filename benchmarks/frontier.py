@@ -35,8 +35,8 @@ import torch
 
 import fewstep
 from fewstep import learned
-from fewstep.bed import Bed, gmm_denoiser
-from fewstep.denoisers import FlowModel, FlowVelocity
+from fewstep.bed import Bed
+from fewstep.denoisers import FlowModel, FlowVelocity, gmm_denoiser
 
 EVAL_SEED0 = 10**8
 

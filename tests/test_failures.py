@@ -228,7 +228,7 @@ def _nan_checkpoint(plugin, path):
 def test_cli_refuses_a_nan_predictor_and_writes_nothing(gmm, tmp_path, capsys):
     from fewstep.cli import main
 
-    pred = amed.train(fewstep.bed.gmm_denoiser(), shape=(3, 8, 8), student="ipndm", num_steps=4, M=1, batch=4,
+    pred = amed.train(fewstep.denoisers.gmm_denoiser(), shape=(3, 8, 8), student="ipndm", num_steps=4, M=1, batch=4,
                       total_samples=4, progress=False)
     path = _nan_checkpoint(pred, tmp_path / "nan.safetensors")
     assert main(["sample", "--model", "gmm", "--predictor", str(path), "--seeds", "0-1",

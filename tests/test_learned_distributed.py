@@ -264,7 +264,7 @@ def test_api_resume_refuses_other_settings(tmp_path, monkeypatch):
     """The same through fewstep.learned.train (settings differ in the learned schedule and the method's options)."""
     from fewstep import learned
     from fewstep.amed import CheckpointError
-    from fewstep.bed import gmm_denoiser
+    from fewstep.denoisers import gmm_denoiser
 
     kw = {"shape": (3, 8, 8), "nfe": 5, "M": 2, "batch": 16, "total_samples": 64, "progress": False,
           "state_path": tmp_path / "state", "checkpoint_every": 2}
