@@ -1,5 +1,5 @@
 """Library functions behind ``fewstep analyze`` and ``fewstep schedule export``: fewstep.metrics.trajectory_pca_table,
-fewstep.analysis and fewstep.amed.export."""
+fewstep.experiments.analysis and fewstep.amed.export."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from fewstep import amed, analysis, evaluation, metrics
+from fewstep import amed, evaluation, metrics
 from fewstep.amed.export import export_schedule
 from fewstep.cli import main
+from fewstep.experiments import analysis
 from fewstep.sampling import sample
 from fewstep.schedules import get_schedule, save_schedule
 

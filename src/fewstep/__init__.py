@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # Subpackages and modules that load on first use (``fewstep.amed`` works after a plain ``import fewstep``): the
 # diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.
 _LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed", "paper",
-         "demo", "bed", "schedule_search", "analysis", "cli")
+         "schedule_search", "experiments", "cli")
 
 
 def __getattr__(name: str):

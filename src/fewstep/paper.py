@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import amed
-from .bed import Bed
+from .experiments.bed import Bed
 from .evaluation import SolverSpec, rmse, solver_table
 from .sampling import ModelCall, sample
 from .teacher import REFERENCE_SOLVER, run_teacher
@@ -185,7 +185,7 @@ SCHEDULES: tuple[tuple[str, str, float], ...] = (
 def make_bed(denoiser: Callable, shape: Sequence[int], *, seeds: int = 1000, ref_steps: int = 256,
              model_id: str | None = None, dtype: torch.dtype = torch.float64, description: str = "",
              fd_reference: torch.Tensor | None = None) -> Bed:
-    """:meth:`fewstep.bed.Bed.build` (kept for existing callers)."""
+    """:meth:`fewstep.experiments.bed.Bed.build` (kept for existing callers)."""
     return Bed.build(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
                      description=description, fd_reference=fd_reference)
 

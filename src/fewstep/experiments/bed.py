@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .denoisers import GMM_MODEL_ID, gmm_denoiser
-from .evaluation import BASELINES, SolverSpec, reference_solution, rmse, solver_table
-from .sampling import noise_for_seeds
+from ..denoisers import GMM_MODEL_ID, gmm_denoiser
+from ..evaluation import BASELINES, SolverSpec, reference_solution, rmse, solver_table
+from ..sampling import noise_for_seeds
 
 __all__ = ["Bed", "gmm_denoiser", "GMM_MODEL_ID"]
 
@@ -47,7 +47,7 @@ class Bed:
         ``ref_steps`` polynomial steps; ``ref_error`` is its change against half the steps when ``check``). With
         ``fd_reference`` (real images), ``bed.fd(x)`` is the Fréchet distance in a fixed 64-D random feature space
         (:class:`fewstep.metrics.RandomFeatures`)."""
-        from . import metrics
+        from .. import metrics
 
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             if seeds < 2:
@@ -88,8 +88,8 @@ class Bed:
              progress: bool = False) -> "Bed":
         """The shipped U-Net (or ``model``, a SmallUNet): RMSE to a DEIS-4 teacher with ``ref_steps`` steps and a
         Fréchet distance to ``fd_patches`` training patches."""
-        from . import data
-        from .denoisers import default_unet
+        from .. import data
+        from ..denoisers import default_unet
 
         model = default_unet() if model is None else model
         model.eval().requires_grad_(False)
