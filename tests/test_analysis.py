@@ -108,7 +108,7 @@ def test_cli_schedule_export_list_writes_out(tmp_path, capsys):
 
 
 def test_relative_alignment_is_the_papers_protocol(gmm4, noise16):
-    from fewstep import paper
+    from fewstep.experiments import paper
 
     res = analysis.relative_alignment(gmm4, noise16, "amed", points=3, grid=3, gt_nfe=4)
     assert res == paper.relative_alignment(gmm4, noise16, ["amed"], 3, grid=3, gt_nfe=4)

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 # Subpackages and modules that load on first use (``fewstep.amed`` works after a plain ``import fewstep``): the
 # diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.
-_LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed", "paper",
+_LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed",
          "schedule_search", "experiments", "cli")
 
 

@@ -1,8 +1,9 @@
-"""Experiments built on the core: the evaluation :class:`~fewstep.experiments.bed.Bed`, the demo and the analyses
-behind ``fewstep analyze``. Nothing in the core imports this package."""
+"""Experiments built on the core: the evaluation :class:`~fewstep.experiments.bed.Bed`, the demo, the AMED paper's
+tables, studies and reports (:mod:`.paper`), and the analyses behind ``fewstep analyze``. Nothing in the core imports
+this package."""
 
-# Submodules load on first use (``fewstep.experiments.bed`` after ``import fewstep``).
-_LAZY = ("bed", "demo", "analysis")
+# Submodules load on first use (``fewstep.experiments.paper`` after ``import fewstep``).
+_LAZY = ("bed", "demo", "paper", "analysis")
 
 
 def __getattr__(name: str):
