@@ -19,7 +19,7 @@ import torch
 
 import fewstep
 from fewstep import amed
-from fewstep.bed import Bed
+from fewstep.experiments.bed import Bed
 
 EVAL_SEED0 = 10**8
 

@@ -43,8 +43,9 @@ import fewstep  # noqa: E402
 from benchmarks.diffusers_harness import diffusers_sampler  # noqa: E402
 from fewstep import amed, data, evaluation, metrics  # noqa: E402
 from fewstep.amed import AMEDPredictor, HookFeatures  # noqa: E402
-from fewstep.bed import Bed, gmm_denoiser  # noqa: E402
+from fewstep.denoisers import gmm_denoiser  # noqa: E402
 from fewstep.evaluation import BASELINES, SolverSpec  # noqa: E402
+from fewstep.experiments.bed import Bed  # noqa: E402
 from fewstep.io import write_text_atomic  # noqa: E402
 from fewstep.solvers import AMEDPlugin, AMEDSolver  # noqa: E402
 
@@ -137,7 +138,8 @@ def _fd_fn(extractor: metrics.FeatureExtractor, ref_stats: tuple[np.ndarray, np.
 def bed_on(device: torch.device, denoiser: Callable, shape: tuple[int, ...], seeds: Sequence[int], ref_steps: int,
            model_id: str | None, description: str) -> Bed:
     """The quality bed (float64 noise for ``seeds``, DEIS-4 reference with ``ref_steps`` steps) with its noise and
-    reference on ``device``, where ``denoiser`` already is. On the CPU this is :meth:`fewstep.bed.Bed.build`.
+    reference on ``device``, where ``denoiser`` already is. On the CPU this is
+    :meth:`fewstep.experiments.bed.Bed.build`.
     ``Bed.build`` draws its noise on the CPU and has no device argument, so elsewhere the same seeds are drawn
     (on the CPU, as always) and moved to ``device`` first and the reference is solved there, as before the bed
     existed: one ``Bed`` with the same fields."""
@@ -596,7 +598,8 @@ def report(res: dict[str, Any]) -> str:
         out += [
             "", f"## 1. Quality: {q['title']}", "",
             q["note"],
-            f"Reference: DEIS-logrho order 4 with {q['ref_steps']} polynomial steps (`fewstep.bed.Bed`, i.e. "
+            f"Reference: DEIS-logrho order 4 with {q['ref_steps']} polynomial steps "
+            "(`fewstep.experiments.bed.Bed`, i.e. "
             f"`evaluation.reference_solution`; its change against half the steps: {q['ref_rel_error']:.1e} relative). {q['seeds']} seeds; polynomial "
             "schedule rho=7 from 80 to 0.002 for every sampler; the diffusers rows run the same sigmas, seeds and "
             "model through the scheduler's own `step` (float64 state, benchmarks/diffusers_harness.py).",
@@ -705,8 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         lambda: bed_on(device, gmm, (3, 8, 8), range(BED_SEED0, BED_SEED0 + a.bed_seeds),
                                        a.bed_ref_steps, gmm.model_id, "analytic natural-patch bed"),
                         a.bed_ref_steps, fd, nfes=nfes, progress=progress)
-            q["note"] = (f"`fewstep.bed.gmm_denoiser()`: {components} full-covariance components fitted to {count} "
-                         "8×8×3 patches of the training photos (`fewstep.data.gmm_bed`), whose exact denoiser "
+            q["note"] = (f"`fewstep.denoisers.gmm_denoiser()`: {components} full-covariance components fitted to "
+                         f"{count} 8×8×3 patches of the training photos (`fewstep.data.gmm_bed`), whose exact denoiser "
                          "(`denoisers.GaussianMixture`) makes the reference the exact ODE solution up to the quoted "
                          "solver error.")
             q["fd_ref"] = f"{a.fd_ref} draws from the mixture"

@@ -5,10 +5,11 @@ reference solution on held-out seeds (and FD where the bed has one), with traini
         [--nfes 3,5,7,9] [--out docs/frontier.md] [--json FILE]
     .venv/bin/python benchmarks/frontier.py --from-json a.json b.json --out docs/frontier.md   # merge split runs
 
-Beds (chosen once, at the top of :func:`run`): ``gmm`` (:meth:`fewstep.bed.Bed.gmm`, exact reference), ``unet`` (the
-shipped U-Net, :meth:`fewstep.bed.Bed.unet`: RMSE to its high-NFE teacher, and FD) and ``flow`` (the same mixture as
-a rectified-flow velocity model, ``FlowModel(FlowVelocity(gmm))``, sampled on the schedule a flow user takes: uniform
-flow time t = sigma / (1 + sigma) after SD3's shift, the same endpoints, so the reference is as exact as on gmm).
+Beds (chosen once, at the top of :func:`run`): ``gmm`` (:meth:`fewstep.experiments.bed.Bed.gmm`, exact reference),
+``unet`` (the shipped U-Net, :meth:`fewstep.experiments.bed.Bed.unet`: RMSE to its high-NFE teacher, and FD) and
+``flow`` (the same mixture as a rectified-flow velocity model, ``FlowModel(FlowVelocity(gmm))``, sampled on the
+schedule a flow user takes: uniform flow time t = sigma / (1 + sigma) after SD3's shift, the same endpoints, so the
+reference is as exact as on gmm).
 
 Learned samplers (all with AFS, the bed's schedule as initial schedule, final-point L2 loss, DEIS teacher with M
 inserted steps; ``--budget shared``: one budget for all, ``--batch`` x ``--total-samples``; ``--budget default``:
@@ -35,8 +36,8 @@ import torch
 
 import fewstep
 from fewstep import learned
-from fewstep.bed import Bed, gmm_denoiser
-from fewstep.denoisers import FlowModel, FlowVelocity
+from fewstep.denoisers import FlowModel, FlowVelocity, gmm_denoiser
+from fewstep.experiments.bed import Bed
 
 EVAL_SEED0 = 10**8
 
@@ -98,7 +99,7 @@ def flow_schedule(n: int, shift: float = FLOW_SHIFT, sigma_min: float = 0.002, s
 
 
 def make_bed(name: str, seeds: range, ref_steps: int, quick: bool, flow_shift: float) -> tuple[Bed, Any]:
-    """(bed, schedule(n) -> sigmas) for ``--bed``; every bed is a :class:`fewstep.bed.Bed`."""
+    """(bed, schedule(n) -> sigmas) for ``--bed``; every bed is a :class:`fewstep.experiments.bed.Bed`."""
     if name == "unet":
         return (Bed.unet(seeds=seeds, ref_steps=ref_steps, fd_patches=500 if quick else 10000),
                 lambda n: fewstep.get_schedule("polynomial", n))

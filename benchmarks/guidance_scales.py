@@ -31,7 +31,7 @@ import torch
 
 import fewstep
 from fewstep import learned
-from fewstep.bed import Bed
+from fewstep.experiments.bed import Bed
 from fewstep.data import digit_classifier
 from fewstep.io import write_text_atomic
 from fewstep.denoisers import Guided, digits_unet

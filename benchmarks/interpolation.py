@@ -15,7 +15,7 @@ import time
 import torch
 
 import fewstep
-from fewstep.bed import Bed
+from fewstep.experiments.bed import Bed
 from fewstep.io import write_text_atomic
 from fewstep.schedule_search import search_schedule
 from fewstep.schedules import interpolate_schedule

@@ -26,7 +26,7 @@ import torch
 
 import fewstep
 from fewstep import amed
-from fewstep.bed import Bed
+from fewstep.experiments.bed import Bed
 from fewstep.io import write_text_atomic
 from fewstep.schedule_search import search_schedule
 

@@ -197,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> int:
             print(f"guidance {w:g}, {name}: mean {np.mean(per):.3f}; per class " + " ".join(f"{a:.2f}" for a in per)
                   + f" ({time.perf_counter() - t:.0f} s)", flush=True)
     if args.grid:
-        from fewstep.demo import _grid, _save_png
+        from fewstep.experiments.demo import image_grid, save_png
 
         lab10 = torch.arange(NUM_CLASSES).repeat_interleave(10)
         noise10 = fewstep.noise_for_seeds(range(len(lab10)), (1, 16, 16))
@@ -206,7 +206,7 @@ def evaluate(args: argparse.Namespace) -> int:
             for name, (sigmas, solver, opts) in {"teacher": runs.get("teacher") or (
                     teacher_sig, "deis", {"max_order": 4, "deis_mode": "logrho"}), tag: runs["solver"]}.items():
                 x = fewstep.sample(Guided(model, lab10, w), noise10, sigmas, solver, **opts)
-                _save_png(Path(args.grid) / f"{name}_w{w:g}.png", _grid(x.repeat(1, 3, 1, 1), cols=10))
+                save_png(Path(args.grid) / f"{name}_w{w:g}.png", image_grid(x.repeat(1, 3, 1, 1), cols=10))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     return 0

@@ -10,7 +10,7 @@ import pytest
 
 import fewstep
 from fewstep import amed, evaluation
-from fewstep.bed import Bed
+from fewstep.experiments.bed import Bed
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """Library functions behind ``fewstep analyze`` and ``fewstep schedule export``: fewstep.metrics.trajectory_pca_table,
-fewstep.analysis and fewstep.amed.export."""
+fewstep.experiments.analysis and fewstep.amed.export."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from fewstep import amed, analysis, evaluation, metrics
+from fewstep import amed, evaluation, metrics
 from fewstep.amed.export import export_schedule
 from fewstep.cli import main
+from fewstep.experiments import analysis
 from fewstep.sampling import sample
 from fewstep.schedules import get_schedule, save_schedule
 
@@ -107,7 +108,7 @@ def test_cli_schedule_export_list_writes_out(tmp_path, capsys):
 
 
 def test_relative_alignment_is_the_papers_protocol(gmm4, noise16):
-    from fewstep import paper
+    from fewstep.experiments import paper
 
     res = analysis.relative_alignment(gmm4, noise16, "amed", points=3, grid=3, gt_nfe=4)
     assert res == paper.relative_alignment(gmm4, noise16, ["amed"], 3, grid=3, gt_nfe=4)

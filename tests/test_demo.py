@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewstep import evaluation, metrics
-from fewstep.demo import DemoConfig, DigitsDemoConfig, run_demo
+from fewstep.experiments.demo import DemoConfig, DigitsDemoConfig, run_demo
 from fewstep.denoisers.unet import SmallUNet, UNetConfig
 from fewstep.io import pyplot
 
@@ -65,10 +65,10 @@ def test_demo_end_to_end_reduced(tmp_path):
 
 
 def test_demo_cli_digits_switch(monkeypatch, tmp_path):
-    import fewstep.demo
+    import fewstep.experiments.demo
     from fewstep.cli import main
 
     seen: list[DemoConfig] = []
-    monkeypatch.setattr(fewstep.demo, "run_demo", seen.append)
+    monkeypatch.setattr(fewstep.experiments.demo, "run_demo", seen.append)
     assert main(["demo", "--out", str(tmp_path)]) == 0 and main(["demo", "--no-digits", "--out", str(tmp_path)]) == 0
     assert isinstance(seen[0].digits, DigitsDemoConfig) and seen[1].digits is None

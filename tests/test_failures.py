@@ -243,7 +243,7 @@ def _nan_checkpoint(plugin, path):
 def test_cli_refuses_a_nan_predictor_and_writes_nothing(gmm, tmp_path, capsys):
     from fewstep.cli import main
 
-    pred = _train_plugin(fewstep.bed.gmm_denoiser(), shape=(3, 8, 8), batch=4, total_samples=4)
+    pred = _train_plugin(fewstep.denoisers.gmm_denoiser(), shape=(3, 8, 8), batch=4, total_samples=4)
     path = _nan_checkpoint(pred, tmp_path / "nan.safetensors")
     assert main(["sample", "--model", "gmm", "--predictor", str(path), "--seeds", "0-1",
                  "--out", str(tmp_path / "x.npz")]) == 2

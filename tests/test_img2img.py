@@ -128,7 +128,7 @@ def _cli(argv):
 def test_cli_round_trip(tmp_path):
     """fewstep sample --init-images FILE.npz --strength S: strength 1 equals plain sampling; strength 0.4 equals
     fewstep.sample(x_init=...) with image j for the j-th seed (cyclically)."""
-    from fewstep.bed import gmm_denoiser
+    from fewstep.denoisers import gmm_denoiser
 
     rng = np.random.default_rng(0)
     imgs = rng.uniform(-0.9, 0.9, size=(2, 3, 8, 8)).astype(np.float32)

@@ -115,7 +115,8 @@ def test_one_sampling_loop():
     assert set(loops) <= allowed, loops
 
 
-@pytest.mark.parametrize("name", ["amed", "k", "integrations", "evaluation", "teacher", "metrics", "io"])
+@pytest.mark.parametrize("name", ["amed", "k", "integrations", "evaluation", "teacher", "metrics", "io",
+                                  "experiments"])
 def test_import_fewstep_exposes_its_subpackages(name):
     code = f"import fewstep; m = fewstep.{name}; print(m.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

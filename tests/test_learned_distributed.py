@@ -264,7 +264,7 @@ def test_resume_refuses_a_state_of_another_method(dyweight_state, capsys):
 def test_api_resume_refuses_other_settings(tmp_path, monkeypatch):
     """The same through fewstep.learned.train (settings differ in the learned schedule and the method's options)."""
     from fewstep import learned
-    from fewstep.bed import gmm_denoiser
+    from fewstep.denoisers import gmm_denoiser
     from fewstep.learned import CheckpointError
 
     kw = {"shape": (3, 8, 8), "nfe": 5, "teacher": learned.Teacher(M=2),

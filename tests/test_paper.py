@@ -10,8 +10,10 @@ import torch
 from conftest import make_gmm
 
 import fewstep
-from fewstep import amed, cli, metrics, paper
+from fewstep import amed, cli, metrics
 from fewstep.evaluation import reference_solution, rmse
+from fewstep.experiments import paper
+from fewstep.experiments.bed import Bed
 from fewstep.sampling import noise_for_seeds, sample
 from fewstep.schedules import get_schedule
 
@@ -356,7 +358,7 @@ def test_bench_table2_rows_dpm2_plugin_only(small_model, tmp_path):
 
 
 def test_table2_without_afs_reaches_even_nfe_only_and_paper_schedules(gmm4):
-    bed = paper.make_bed(gmm4, (4,), seeds=8, ref_steps=16)
+    bed = Bed.build(gmm4, (4,), seeds=8, ref_steps=16)
     res = paper.table2(bed, [4, 5], total_samples=16, plugin_base="dpm2", M=1, rows_only=["dpm2", "ipndm", "amed",
                                                                                            "plugin"], afs=False)
     by = {r["solver"]: r for r in res["rows"]}

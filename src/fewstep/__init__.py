@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 
 # Subpackages and modules that load on first use (``fewstep.learned`` works after a plain ``import fewstep``): the
 # diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.
-_LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed", "paper",
-         "demo", "bed", "schedule_search", "analysis", "cli")
+_LAZY = ("amed", "learned", "k", "integrations", "evaluation", "teacher", "metrics", "data", "io", "distributed",
+         "schedule_search", "experiments", "cli")
 
 
 def __getattr__(name: str):

@@ -102,7 +102,7 @@ def _solvers(text: str) -> list[str]:
 
 def _pca(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """Relative projection error and explained variance of trajectories against the number of components."""
-    from ..analysis import trajectory_pca
+    from ..experiments.analysis import trajectory_pca
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
@@ -146,7 +146,7 @@ def _predictor(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
 def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """Per-step RMSE / L2 of solvers (and a learned sampler) to a DEIS-4 teacher on the same sigmas."""
     from .. import learned
-    from ..analysis import per_step_error
+    from ..experiments.analysis import per_step_error
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
@@ -175,7 +175,7 @@ def _align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
     """Grid-searched intermediate times vs r = 0.5 per step and solver (paper Fig. 5)."""
     from matplotlib.ticker import MaxNLocator
 
-    from ..analysis import step_alignment
+    from ..experiments.analysis import step_alignment
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
@@ -213,7 +213,7 @@ def _align_paper(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN00
     to a Heun ground truth, per step and form."""
     from matplotlib.ticker import MaxNLocator
 
-    from ..analysis import relative_alignment
+    from ..experiments.analysis import relative_alignment
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)

@@ -188,11 +188,10 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
     import torch
 
     from .. import denoisers
-    from ..bed import gmm_denoiser
 
     if name in MODELS or name.endswith(".safetensors") or name.startswith("diffusers:"):
         if name == "gmm":
-            den, shp, dtype = gmm_denoiser(), (3, 8, 8), torch.float64
+            den, shp, dtype = denoisers.gmm_denoiser(), (3, 8, 8), torch.float64
         elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
             from ..integrations.diffusers import load_denoiser
 

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """The AMED paper's Tables 2, 4, 5 regenerated on the analytic bed (or a model): Markdown + JSON."""
     import torch
 
-    from .. import data, paper
+    from .. import data
+    from ..experiments import paper
+    from ..experiments.bed import Bed
 
     torch.set_num_threads(max(1, args.threads))
     which = args.which.replace("paper-", "")
@@ -109,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
                + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
                + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
     print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)
-    bed = paper.make_bed(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
-                         description=desc, fd_reference=fd_ref)
+    bed = Bed.build(denoiser, shape, seeds=seeds, ref_steps=ref_steps, model_id=model_id, dtype=dtype,
+                    description=desc, fd_reference=fd_ref)
     result, seconds = paper.run_table(which, bed, args.nfe, args.train_samples, args.M, args.plugin_base,
                                       progress=True, teachers=args.teachers, students=students,
                                       **({"rows_only": rows_only, "batch": args.batch, "afs": not args.no_afs,

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     if not args.bed:
-        from ..demo import DemoConfig, DigitsDemoConfig, run_demo
+        from ..experiments.demo import DemoConfig, DigitsDemoConfig, run_demo
 
         out = Path(args.out or "fewstep-out/demo")
         seeds = args.seeds or 256
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _bed_demo(args: argparse.Namespace) -> int:
     from .. import evaluation
-    from ..bed import Bed
+    from ..experiments.bed import Bed
 
     out = Path(args.out or "fewstep-out/bed")
     args.seeds = args.seeds or 1000

@@ -1,7 +1,8 @@
-"""Denoisers: the protocol, feature interface, adapters for other parameterisations, and closed-form test models."""
+"""Denoisers: the protocol, feature interface, adapters for other parameterisations, closed-form test models (among
+them the analytic natural-patch model, :func:`gmm_denoiser`) and the shipped U-Nets."""
 
 from .adapters import PREDICTIONS, FlowModel, VPModel
-from .analytic import EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture
+from .analytic import GMM_MODEL_ID, EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture, gmm_denoiser
 from .base import Denoiser, model_dtype, sigma_like
 from .guidance import Guided
 from .features import BOTTLENECK_NAMES, HookFeatures, find_bottleneck, provides_features
@@ -22,6 +23,8 @@ __all__ = [
     "GaussianMixture",
     "EmpiricalDenoiser",
     "FlowVelocity",
+    "gmm_denoiser",
+    "GMM_MODEL_ID",
     "SmallUNet",
     "UNetConfig",
     "default_unet",

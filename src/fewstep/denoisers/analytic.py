@@ -12,7 +12,7 @@ import torch
 
 from .base import sigma_like
 
-__all__ = ["GaussianMixture", "Gaussian", "EmpiricalDenoiser", "FlowVelocity"]
+__all__ = ["GaussianMixture", "Gaussian", "EmpiricalDenoiser", "FlowVelocity", "gmm_denoiser", "GMM_MODEL_ID"]
 
 
 def _as64(t: torch.Tensor | object, name: str) -> torch.Tensor:
@@ -207,3 +207,17 @@ class FlowVelocity:
         tc = tt.clamp(max=1 - 1e-9)
         x0 = self.denoiser(x_t / (1 - tc), (tc / (1 - tc)).reshape(-1))
         return (x_t - x0) / tt
+
+
+GMM_MODEL_ID = "gmm-bed:{size}x{size}x3:k{k}:seed{seed}"
+
+
+def gmm_denoiser(size: int = 8, n_components: int = 10, count: int = 20000, seed: int = 0):
+    """The exact denoiser of the Gaussian mixture fitted to ``count`` natural-image patches
+    (:func:`fewstep.data.gmm_bed`, cached on disk), with its ``model_id``."""
+    from .. import data
+
+    fit = data.gmm_bed(size=size, n_components=n_components, count=count, seed=seed)
+    gmm = GaussianMixture(fit["means"], fit["covariances"], fit["weights"])
+    gmm.model_id = GMM_MODEL_ID.format(size=size, k=n_components, seed=seed) + ("" if count == 20000 else f":n{count}")
+    return gmm

@@ -21,9 +21,9 @@ def trajectory_pca(
     """Sample one trajectory per noise with ``solver`` on the polynomial schedule of ``steps`` steps and return
     :func:`fewstep.metrics.trajectory_pca_table` of them: per k = 1 .. ``max_k`` the relative projection error
     onto the top-k principal components and their explained variance. ``max_k`` is checked before sampling."""
-    from .metrics import trajectory_pca_table
-    from .sampling import sample
-    from .schedules import get_schedule
+    from ..metrics import trajectory_pca_table
+    from ..sampling import sample
+    from ..schedules import get_schedule
 
     if isinstance(noise, torch.Tensor) and noise.ndim >= 1 and isinstance(steps, int):
         T, D = steps + 1, noise[0].numel()  # the trajectory holds x at every sigma
@@ -51,9 +51,9 @@ def per_step_error(
     on its own schedule. One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, ``"AMED-Solver"``,
     ``"AMED-Plugin on BASE"``) and trajectory_error's per-sigma lists ``sigma``, ``rmse``, ``l2``,
     ``teacher_change`` and ``nfe``."""
-    from .evaluation import trajectory_error
-    from .sampling import steps_for_nfe
-    from .schedules import get_schedule
+    from ..evaluation import trajectory_error
+    from ..sampling import steps_for_nfe
+    from ..schedules import get_schedule
 
     if isinstance(solvers, str):
         solvers = [solvers]
@@ -75,8 +75,9 @@ def step_alignment(
     grid: int = 49, schedule: str = "polynomial", teacher_steps: int = 8,
 ) -> list[dict[str, Any]]:
     """Grid-searched intermediate time r_n against r = 0.5 per step of each two-evaluation form, with the analytical
-    first step (the paper's Fig. 5): :func:`fewstep.paper.alignment` with ``M=teacher_steps``. One dict per step."""
-    from .paper import alignment
+    first step (the paper's Fig. 5): :func:`fewstep.experiments.paper.alignment` with ``M=teacher_steps``. One dict
+    per step."""
+    from .paper.fig5 import alignment
 
     if isinstance(solvers, str):
         solvers = [solvers]
@@ -90,8 +91,9 @@ def relative_alignment(
 ) -> list[dict[str, Any]]:
     """The paper's Fig. 5 protocol: relative alignment ||x^B - x^G|| - ||x^S - x^G|| per step on a schedule of
     ``points`` times (N = 6 in the paper), ground truth Heun with ``gt_nfe`` = 80 evaluations, baseline r = 0.5,
-    searched r by a greedy grid search: :func:`fewstep.paper.relative_alignment`. One dict per step."""
-    from .paper import relative_alignment as _rel
+    searched r by a greedy grid search: :func:`fewstep.experiments.paper.relative_alignment`. One dict per
+    step."""
+    from .paper.fig5 import relative_alignment as _rel
 
     if isinstance(solvers, str):
         solvers = [solvers]

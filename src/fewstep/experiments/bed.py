@@ -2,8 +2,9 @@
 the demo, the paper tables, the CLI and the benchmarks (there is no other place that builds one).
 
 Two beds ship: :meth:`Bed.gmm`, a Gaussian mixture fitted to natural-image patches whose exact denoiser makes the
-ODE solution exact up to the reference solver's tiny error, and :meth:`Bed.unet`, the shipped U-Net with a
-high-NFE teacher solution and a Fréchet distance to training patches.
+ODE solution exact up to the reference solver's tiny error (the model, :func:`fewstep.denoisers.gmm_denoiser`, is
+re-exported here), and :meth:`Bed.unet`, the shipped U-Net with a high-NFE teacher solution and a Fréchet distance
+to training patches.
 """
 
 from __future__ import annotations
@@ -14,24 +15,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .evaluation import BASELINES, SolverSpec, reference_solution, rmse, solver_table
-from .sampling import noise_for_seeds
+from ..denoisers import GMM_MODEL_ID, gmm_denoiser
+from ..evaluation import BASELINES, SolverSpec, reference_solution, rmse, solver_table
+from ..sampling import noise_for_seeds
 
 __all__ = ["Bed", "gmm_denoiser", "GMM_MODEL_ID"]
-
-GMM_MODEL_ID = "gmm-bed:{size}x{size}x3:k{k}:seed{seed}"
-
-
-def gmm_denoiser(size: int = 8, n_components: int = 10, count: int = 20000, seed: int = 0):
-    """The exact denoiser of the Gaussian mixture fitted to ``count`` natural-image patches
-    (:func:`fewstep.data.gmm_bed`, cached on disk), with its ``model_id``."""
-    from . import data
-    from .denoisers import GaussianMixture
-
-    fit = data.gmm_bed(size=size, n_components=n_components, count=count, seed=seed)
-    gmm = GaussianMixture(fit["means"], fit["covariances"], fit["weights"])
-    gmm.model_id = GMM_MODEL_ID.format(size=size, k=n_components, seed=seed) + ("" if count == 20000 else f":n{count}")
-    return gmm
 
 
 @dataclass
@@ -59,7 +47,7 @@ class Bed:
         ``ref_steps`` polynomial steps; ``ref_error`` is its change against half the steps when ``check``). With
         ``fd_reference`` (real images), ``bed.fd(x)`` is the Fréchet distance in a fixed 64-D random feature space
         (:class:`fewstep.metrics.RandomFeatures`)."""
-        from . import metrics
+        from .. import metrics
 
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             if seeds < 2:
@@ -100,8 +88,8 @@ class Bed:
              progress: bool = False) -> "Bed":
         """The shipped U-Net (or ``model``, a SmallUNet): RMSE to a DEIS-4 teacher with ``ref_steps`` steps and a
         Fréchet distance to ``fd_patches`` training patches."""
-        from . import data
-        from .denoisers import default_unet
+        from .. import data
+        from ..denoisers import default_unet
 
         model = default_unet() if model is None else model
         model.eval().requires_grad_(False)

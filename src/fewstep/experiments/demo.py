@@ -19,14 +19,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import amed, evaluation, metrics
+from .. import amed, evaluation, metrics
+from ..data import digit_classifier
+from ..io import atomic_path, pyplot, save_figure, write_text_atomic
+from ..sampling import noise_for_seeds, sample
+from ..schedules import get_schedule
 from .bed import Bed
-from .data import digit_classifier
-from .io import atomic_path, pyplot, save_figure, write_text_atomic
-from .sampling import noise_for_seeds, sample
-from .schedules import get_schedule
 
-__all__ = ["DemoConfig", "DigitsDemoConfig", "run_demo", "run_digits_demo"]
+__all__ = ["DemoConfig", "DigitsDemoConfig", "run_demo", "run_digits_demo", "image_grid", "save_png"]
 
 
 # On the guided digits model second-order multistep solvers beat the higher orders at NFE 5 (w = 2: iPNDM order 2
@@ -82,7 +82,7 @@ def _slug(label: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", label.lower()))
 
 
-def _grid(x: torch.Tensor, cols: int = 8, rows: int | None = None) -> np.ndarray:
+def image_grid(x: torch.Tensor, cols: int = 8, rows: int | None = None) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> one uint8 image of the first cols * rows (default cols^2) samples, row by row."""
     x = x[: cols * (cols if rows is None else rows)].float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
     n, c, h, w = x.shape
@@ -94,7 +94,8 @@ def _grid(x: torch.Tensor, cols: int = 8, rows: int | None = None) -> np.ndarray
     return canvas.permute(1, 2, 0).numpy()
 
 
-def _save_png(path: Path, img: np.ndarray, scale: int = 4) -> None:
+def save_png(path: Path, img: np.ndarray, scale: int = 4) -> None:
+    """Write an (H, W, 3) uint8 image as a PNG, each pixel ``scale`` x ``scale``, atomically."""
     big = np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
     with atomic_path(path, suffix=".png") as tmp:
         pyplot().imsave(tmp, big, format="png")
@@ -125,8 +126,8 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     per class; the teacher, the best of ``cfg.specs`` at ``cfg.nfe`` and the learned ``cfg.method`` trained for it.
     Writes ``out/digits_nfe{nfe}.png`` (rows: classes 0-9; column groups: teacher, classic, learned) and the
     predictor; returns (summary, markdown section)."""
-    from . import learned
-    from .denoisers import Guided, digits_unet
+    from .. import learned
+    from ..denoisers import Guided, digits_unet
 
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -171,7 +172,7 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     groups = [x.reshape(10, cfg.per_class, 1, 16, 16)[:, :k] for _, _, x in columns]
     tiles = torch.cat([groups[0], white, groups[1], white, groups[2]], dim=1)
     png = out / f"digits_nfe{cfg.nfe}.png"
-    _save_png(png, _grid(tiles.flatten(0, 1).expand(-1, 3, -1, -1), cols=tiles.shape[1], rows=10))
+    save_png(png, image_grid(tiles.flatten(0, 1).expand(-1, 3, -1, -1), cols=tiles.shape[1], rows=10))
 
     train = {"method": cfg.method, "options": dict(cfg.options), "samples": cfg.train_samples,
              "batch": cfg.train_batch, "M": cfg.M, "seconds": log[0].seconds}
@@ -197,7 +198,7 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
 
 
 def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
-    from .denoisers.unet import default_unet
+    from ..denoisers.unet import default_unet
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -234,10 +235,10 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
         predictors[student].save(out / "predictors" / f"{kind}_{student}_nfe{cfg.amed_nfe}.safetensors")
 
     grids = out / "grids"
-    _save_png(grids / "teacher.png", _grid(ref))
+    save_png(grids / "teacher.png", image_grid(ref))
 
     def grid(row: dict[str, Any], nfe: int, x: torch.Tensor) -> None:
-        _save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", _grid(x))
+        save_png(grids / f"{_slug(row['label'])}_nfe{nfe}.png", image_grid(x))
 
     rows = bed.solver_table(cfg.nfes, cfg.specs, on_sample=grid, progress=cfg.progress)
     for row in rows:
@@ -246,7 +247,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
         res_ = sample(model, noise, predictor=predictors[student], return_result=True)
         row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: bed.rmse(res_.x)}
         rows.append(row)
-        _save_png(grids / f"{_slug(label)}_nfe{res_.nfe}.png", _grid(res_.x))
+        save_png(grids / f"{_slug(label)}_nfe{res_.nfe}.png", image_grid(res_.x))
 
     digits, digits_md = run_digits_demo(cfg.digits, out, cfg.progress) if cfg.digits else (None, "")
 
