@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="with --class: classifier-free guidance scale w, D_w = D(null) + w (D(class) - D(null)); "
                         "1 is the conditional model (default: 1); one NFE is one model call on the doubled batch")
     s.add_argument("--predictor", default=None,
-                   help="learned-sampler checkpoint (AMED, DyWeight, EPD, ...); its schedule, solver and AFS are used (do not combine with --solver, --nfe, "
-                        "--afs, --schedule, --sigma-min/--sigma-max)")
+                   help="a learned sampler (.safetensors from fewstep train) or a recipe (.json from fewstep tune); its "
+                        "schedule, solver and AFS are used (do not combine with --solver, --nfe, --afs, --schedule, "
+                        "--sigma-min/--sigma-max)")
     s.add_argument("--solver", default=None, help="solver when no predictor is given (default: ipndm)")
     s.add_argument("--nfe", type=positive_int, default=None,
                    help="model evaluations per sample (default: 5, or what --schedule FILE implies)")
@@ -101,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{', '.join(given)} cannot be combined with --predictor: the predictor fixes its "
                              "solver, schedule and AFS")
-        pred = learned.load(args.predictor, model_id=model_id)  # any learned sampler: AMED, DyWeight, EPD, ...
+        pred = learned.load(args.predictor, model_id=model_id)  # any learned sampler, or a tuned recipe
         kwargs: dict = {"predictor": pred}
-        run_settings = {"predictor": tensor_digest(pred.state_dict()), "predictor_config": pred.config,
+        weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
+        run_settings = {"predictor": weights, "predictor_config": pred.config,
                         "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
     else:
         solver = args.solver or "ipndm"

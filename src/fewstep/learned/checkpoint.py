@@ -21,6 +21,7 @@ from ..io import (
     read_safetensors_header,
     tensor_digest,
 )
+from ..recipe import Recipe
 from .registry import METHODS
 from .sampler import FORMAT, CheckpointError, LearnedSampler, check_config
 
@@ -95,10 +96,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return _read(Path(path))[0]
 
 
-def load(path: str | os.PathLike, model_id: str | None = None) -> LearnedSampler:
-    """Load any learned sampler. Refuses pickles, forged configs, weights of other shapes (checked on the header
-    before allocation), non-finite weights, a wrong digest and files trained for another ``model_id``."""
+def load(path: str | os.PathLike, model_id: str | None = None) -> LearnedSampler | Recipe:
+    """Load any learned sampler, or the tuned classic configuration of a recipe file (``.json``, written by
+    ``fewstep tune``: :class:`fewstep.recipe.Recipe`, used the same way). Refuses pickles, forged configs, weights of
+    other shapes (checked on the header before allocation), non-finite weights, a wrong digest and files trained for
+    another ``model_id``."""
     path = Path(path)
+    if path.suffix.lower() == ".json":
+        return Recipe.load(path, model_id=model_id)
     cfg, fmt = _read(path)
     if model_id is not None and cfg.get("model_id") not in (None, model_id):
         raise CheckpointError(f"{path} was trained for model {cfg['model_id']!r}, not {model_id!r}")

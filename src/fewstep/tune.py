@@ -1,0 +1,247 @@
+"""Measured choices on the user's model: the classic solver, its options and the schedule that come closest to an
+accurate teacher at a given NFE, measured on held-out seeds of that model (``fewstep tune``).
+
+:func:`tune` compares, in three stages, every solver configuration of :data:`SOLVER_GRID` with and without AFS on a
+few schedules (polynomial rho 7, uniform log-SNR, uniform VP time and, for a discrete model, its own timesteps);
+then the best few over a sweep of each schedule's rho; then the best three on a schedule searched for them (GITS,
+:func:`fewstep.schedule_search.search_schedule`). The winner is a :class:`Recipe` (solver, options, AFS, sigmas,
+model id, NFE), saved as a schedule file that ``fewstep sample --schedule``, ``fewstep train --tuned``, the
+diffusers scheduler and :mod:`fewstep.k` read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .recipe import Recipe, option_label
+from .sampling import noise_for_seeds, solve, steps_for_nfe
+from .schedules import get_schedule
+from .seeds import tune_seeds
+from .teacher import REFERENCE_SOLVER
+
+__all__ = ["TuneResult", "tune", "SOLVER_GRID", "model_sigma_range", "model_timesteps", "make_sigmas",
+           "teacher_solution", "rmse_to"]
+
+# Classic solver configurations compared by tune (names and options as in fewstep.SOLVERS).
+SOLVER_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("euler", {}),
+    ("heun", {}),
+    ("dpm2", {}),
+    ("dpmpp", {"max_order": 2}),
+    ("dpmpp", {"max_order": 3}),
+    ("dpmpp", {"max_order": 2, "lower_order_final": False}),
+    ("dpmpp", {"max_order": 3, "lower_order_final": False}),
+    ("unipc", {"max_order": 2}),
+    ("unipc", {"max_order": 3}),
+    ("unipc", {"max_order": 2, "variant": "bh1"}),
+    ("unipc", {"max_order": 3, "variant": "bh1"}),
+    ("unipc", {"max_order": 3, "lower_order_final": False}),
+    ("ipndm", {"max_order": 2}),
+    ("ipndm", {"max_order": 3}),
+    ("ipndm", {"max_order": 4}),
+    ("ipndm_v", {"max_order": 2}),
+    ("ipndm_v", {"max_order": 3}),
+    ("ipndm_v", {"max_order": 4}),
+    ("deis", {"max_order": 3, "deis_mode": "tab"}),
+    ("deis", {"max_order": 2, "deis_mode": "logrho"}),
+    ("deis", {"max_order": 3, "deis_mode": "logrho"}),
+)
+FIRST_SCHEDULES = (("polynomial", 7.0), ("logsnr", 1.0), ("discrete", 1.0))
+RHO_SWEEP = {"polynomial": (1.0, 1.5, 2.0, 3.0, 5.0, 10.0), "discrete": (1.5, 2.0, 3.0),
+             "time_uniform": (1.0, 2.0)}
+GITS_GRID = 61  # points of the fine grid the searched schedule is picked from
+KEEP_AFTER_FIRST = 6  # (solver, AFS) pairs carried to the rho sweep
+KEEP_FOR_SEARCH = 3  # (solver, AFS) pairs given a searched (GITS) schedule
+
+
+def model_sigma_range(denoiser: Any, sigma_min: float | None = None,
+                      sigma_max: float | None = None) -> tuple[float, float]:
+    """(sigma_min, sigma_max): the given values, else the model's own (its ``sigma_min`` / ``sigma_max``), else
+    EDM's 0.002 and 80 (:func:`fewstep.learned.settings.sigma_range`)."""
+    from .learned.settings import sigma_range
+
+    return sigma_range(denoiser, sigma_min, sigma_max)
+
+
+def model_timesteps(denoiser: Any) -> torch.Tensor | None:
+    """The alphas_cumprod of a discrete model's training timesteps (from its ``log_sigmas``), else None."""
+    logs = getattr(denoiser, "log_sigmas", None)
+    if not isinstance(logs, torch.Tensor) or logs.ndim != 1 or logs.numel() < 2:
+        return None
+    return 1 / (1 + logs.double().exp() ** 2)
+
+
+def make_sigmas(kind: str, num: int, lo: float, hi: float, rho: float, denoiser: Any) -> torch.Tensor | None:
+    """A schedule of ``num`` sigmas of ``kind`` on [lo, hi], or None where it cannot be made (a discrete schedule of
+    a continuous model, more steps than timesteps, ends that miss the range)."""
+    try:
+        if kind == "discrete":
+            ac = model_timesteps(denoiser)
+            if ac is None:
+                return None
+            s = get_schedule("discrete", num, lo, hi, rho, alphas_cumprod=ac)
+            if abs(math.log(float(s[0]) / hi)) > 1e-6 or abs(math.log(float(s[-1]) / lo)) > 1e-6:
+                return None  # its ends are the nearest timesteps: comparable only when they are the range's
+            s[0], s[-1] = hi, lo
+            return s
+        return get_schedule(kind, num, lo, hi, rho)
+    except ValueError:
+        return None
+
+
+def teacher_solution(denoiser: Callable, noise: torch.Tensor, lo: float, hi: float, steps: int = 256,
+                     progress: bool = False) -> torch.Tensor:
+    """The reference x at ``lo`` from x_T = noise * ``hi``: DEIS-logrho order 4 (:data:`fewstep.teacher.
+    REFERENCE_SOLVER`) on ``steps`` polynomial (rho 7) sigmas."""
+    sig = get_schedule("polynomial", steps, lo, hi, 7.0)
+    return solve(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1]).x
+
+
+def rmse_to(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Root-mean-square difference per element (the unit of every table of fewstep)."""
+    return float((x.double() - ref.double()).square().mean().sqrt())
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` measured: every configuration's row (label, solver, options, afs, schedule, rmse), the
+    best :class:`Recipe`, the teacher's own error estimate and the seeds used."""
+
+    best: Recipe
+    rows: list[dict[str, Any]]
+    teacher_error: float
+    seeds: list[int]
+    sigma_range: tuple[float, float]
+    model_evaluations: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, top: int = 12) -> str:
+        """The best ``top`` rows and the reference rows (Euler; iPNDM +AFS on polynomial rho 7) as text."""
+        rows = sorted((r for r in self.rows if r["rmse"] is not None), key=lambda r: r["rmse"])
+        show = rows[:top]
+        for ref in rows[top:]:
+            if ref["reference"]:
+                show.append(ref)
+        best = self.best.rmse or float("nan")
+        lines = [f"{'configuration':<58} {'RMSE':>9} {'/ best':>7}"]
+        for r in show:
+            lines.append(f"{r['label'][:58]:<58} {r['rmse']:>9.4g} {r['rmse'] / best:>7.2f}")
+        return "\n".join(lines)
+
+
+def _schedule_label(kind: str, rho: float) -> str:
+    return "logsnr" if kind == "logsnr" else f"{kind} rho={rho:g}"
+
+
+def tune(
+    denoiser: Callable,
+    shape: Sequence[int],
+    nfe: int,
+    *,
+    seeds: Iterable[int] | int = 32,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    teacher_steps: int = 64,
+    search: bool = True,
+    solvers: Sequence[tuple[str, dict[str, Any]]] = SOLVER_GRID,
+    dtype: torch.dtype = torch.float32,
+    model_id: str | None = None,
+    guidance: float | None = None,
+    progress: bool = True,
+) -> TuneResult:
+    """Measure the classic configurations on ``denoiser`` at ``nfe`` model evaluations and return the best.
+
+    ``seeds``: a count of held-out tuning seeds (:func:`fewstep.seeds.tune_seeds`) or the seeds themselves; the
+    error of each configuration is the RMSE of its samples at sigma_min to the teacher's (:func:`teacher_solution`,
+    ``teacher_steps`` DEIS-4 steps; its own error, against half as many steps, is ``teacher_error``). The range is
+    the model's own unless given. ``search``: also search a schedule for the best three (GITS' dynamic programme
+    on the Euler cost matrix of the teacher on a fine grid, made once from the tuning seeds). ``guidance``: the
+    guidance scale of a :class:`fewstep.denoisers.Guided` denoiser, recorded in the recipe."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    seeds = tune_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+    lo, hi = model_sigma_range(denoiser, sigma_min, sigma_max)
+    noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
+    count = {"evals": 0}
+    ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps, progress)
+    coarse = teacher_solution(denoiser, noise, lo, hi, teacher_steps // 2)
+    count["evals"] += teacher_steps + teacher_steps // 2
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def run(solver: str, options: dict[str, Any], afs: bool, kind: str, rho: float,
+            sigmas: torch.Tensor | None = None, label: str | None = None) -> dict[str, Any] | None:
+        try:
+            n = steps_for_nfe(solver, nfe, afs, **options)
+        except ValueError:
+            return None
+        sig = sigmas if sigmas is not None else make_sigmas(kind, n, lo, hi, rho, denoiser)
+        if sig is None:
+            return None
+        sched = label or _schedule_label(kind, rho)
+        key = (solver, json.dumps(options, sort_keys=True), afs, sched)
+        if key in seen:
+            return seen[key]
+        try:
+            x = solve(denoiser, noise, sig, solver, afs=afs, **options).x
+            err = rmse_to(x, ref)
+        except ValueError:  # e.g. a NaN from an unstable configuration: it is simply not a candidate
+            err = None
+        count["evals"] += nfe
+        row = {"label": option_label(solver, options, afs, sched), "solver": solver, "options": dict(options), "afs": afs,
+               "schedule": sched, "sigmas": [float(v) for v in sig], "rmse": err,
+               "reference": (solver == "euler" and not afs and sched == "polynomial rho=7")
+               or (solver == "ipndm" and options == {"max_order": 4} and afs and sched == "polynomial rho=7")}
+        seen[key] = row
+        rows.append(row)
+        return row
+
+    pairs = [(s, o, a) for s, o in solvers for a in (False, True)]
+    first = [(p, k, r) for p in pairs for k, r in FIRST_SCHEDULES]
+    sweep_n = KEEP_AFTER_FIRST * sum(len(v) for v in RHO_SWEEP.values())
+    bar = tqdm(total=len(first) + sweep_n + (KEEP_FOR_SEARCH if search else 0), desc=f"tune NFE {nfe}",
+               disable=not progress)
+    for (s, o, a), k, r in first:
+        run(s, o, a, k, r)
+        bar.update(1)
+
+    def ranked_pairs() -> list[tuple[str, dict[str, Any], bool]]:
+        best: dict[tuple, float] = {}
+        for row in rows:
+            if row["rmse"] is not None:
+                key = (row["solver"], json.dumps(row["options"], sort_keys=True), row["afs"])
+                best[key] = min(best.get(key, math.inf), row["rmse"])
+        order = sorted(best, key=best.get)
+        return [(s, json.loads(o), a) for s, o, a in order]
+
+    for s, o, a in ranked_pairs()[:KEEP_AFTER_FIRST]:
+        for kind, rhos in RHO_SWEEP.items():
+            for r in rhos:
+                run(s, o, a, kind, r)
+                bar.update(1)
+    if search:  # GITS: one Euler cost matrix on a fine grid (solver-independent), one programme per solver
+        from .schedule_search import cost_matrix, dp_schedule
+
+        grid = get_schedule("polynomial", GITS_GRID, lo, hi, 7.0)
+        cost = cost_matrix(denoiser, noise, grid)
+        count["evals"] += GITS_GRID - 1
+        for s, o, a in ranked_pairs()[:KEEP_FOR_SEARCH]:
+            n = steps_for_nfe(s, nfe, a, **o)
+            run(s, o, a, "gits", 0.0, sigmas=grid[dp_schedule(cost, n - 1)].clone(), label="searched (GITS)")
+            bar.update(1)
+    bar.close()
+    good = [r for r in rows if r["rmse"] is not None]
+    if not good:
+        raise ValueError(f"no classic configuration could sample this model at NFE {nfe} (every one gave NaN/inf)")
+    win = min(good, key=lambda r: r["rmse"])
+    best = Recipe(solver=win["solver"], options=win["options"], afs=win["afs"], sigmas=tuple(win["sigmas"]),
+                  schedule=win["schedule"], nfe=nfe, model_id=model_id if model_id is not None else
+                  getattr(denoiser, "model_id", None), guidance=guidance, rmse=win["rmse"])
+    return TuneResult(best=best, rows=rows, teacher_error=rmse_to(coarse, ref), seeds=seeds, sigma_range=(lo, hi),
+                      model_evaluations=count["evals"] * len(seeds))
