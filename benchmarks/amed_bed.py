@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 from fewstep.experiments.bed import Bed
 
 EVAL_SEED0 = 10**8
@@ -35,7 +35,8 @@ def main() -> int:
     quick = args.quick
     nfes = (5,) if quick else (3, 5, 7, 9)
     n_seeds = 16 if quick else args.seeds
-    train_kw = dict(total_samples=64, batch=32, M=2) if quick else {}
+    budget, teacher = ((learned.Budget(batch=32, total_samples=64), learned.Teacher(M=2)) if quick
+                       else (learned.Budget(), learned.Teacher()))
     bed = Bed.gmm(seeds=range(EVAL_SEED0, EVAL_SEED0 + n_seeds), ref_steps=64 if quick else 256,
                   count=2000 if quick else 20000)
     gmm, noise, ref_err = bed.denoiser, bed.noise, bed.ref_error
@@ -44,14 +45,14 @@ def main() -> int:
         n = fewstep.steps_for_nfe(solver, nfe, True)
         return bed.rmse(fewstep.sample(gmm, noise, fewstep.get_schedule("polynomial", n), solver, afs=True))
 
-    def trained(student: str, nfe: int, features: str) -> tuple[float, float, amed.AMEDPredictor]:
-        n = amed.student_steps_for_nfe(student, nfe)
-        log: list = []
-        pred = amed.train(gmm, shape=(3, 8, 8), student=student, num_steps=n, features=features,
-                          progress=not quick, log=log, **train_kw)
-        res = fewstep.sample(gmm, noise, predictor=pred, return_result=True)
+    def trained(student: str, nfe: int, features: str) -> tuple[float, float, learned.AMEDSampler]:
+        """AMED-Solver (``student="amed"``) or AMED-Plugin on ``student``, trained for ``nfe`` with AFS."""
+        method, base = ("amed", None) if student == "amed" else ("plugin", student)
+        pred = learned.train(method, gmm, shape=(3, 8, 8), nfe=nfe, base=base, options={"features": features},
+                             teacher=teacher, budget=budget, progress=not quick)
+        res = fewstep.solve(gmm, noise, predictor=pred)
         assert res.nfe == nfe
-        return bed.rmse(res.x), log[0].seconds, pred
+        return bed.rmse(res.x), pred.log.seconds, pred
 
     rows, times, tables = [], {}, {}
     for nfe in nfes:
@@ -78,7 +79,8 @@ def main() -> int:
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, "
         f"{args.threads} threads  ",
         f"RMSE to the exact ODE solution at sigma_min = 0.002 on {n_seeds} held-out seeds; all with AFS; polynomial "
-        f"schedule rho = 7; reference error {ref_err:.1e}. Training: `fewstep.amed.train` defaults.",
+        f"schedule rho = 7; reference error {ref_err:.1e}. Training: `fewstep.learned.train` defaults (methods amed, "
+        "plugin).",
         "",
         "| NFE | DPM-Solver-2 | iPNDM | AMED-Solver (table) | AMED-Solver (features) | AMED-Plugin iPNDM (table) "
         "| AMED-Plugin iPNDM (features) |",

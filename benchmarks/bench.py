@@ -41,13 +41,11 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 
 import fewstep  # noqa: E402
 from benchmarks.diffusers_harness import diffusers_sampler  # noqa: E402
-from fewstep import amed, data, evaluation, metrics  # noqa: E402
-from fewstep.amed import AMEDPredictor, HookFeatures  # noqa: E402
-from fewstep.denoisers import gmm_denoiser  # noqa: E402
+from fewstep import data, evaluation, learned, metrics  # noqa: E402
+from fewstep.denoisers import HookFeatures, gmm_denoiser  # noqa: E402
 from fewstep.evaluation import BASELINES, SolverSpec  # noqa: E402
 from fewstep.experiments.bed import Bed  # noqa: E402
 from fewstep.io import write_text_atomic  # noqa: E402
-from fewstep.solvers import AMEDPlugin, AMEDSolver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (3, 5, 7, 9)
@@ -181,7 +179,7 @@ def diffusers_table(bed: Bed, nfes: Sequence[int], specs: Sequence[DiffusersSpec
 
 def quality(title: str, make_bed: Callable[[], Bed], ref_steps: int, fd: Callable,
             extra: Sequence[tuple[str, Any]] = (), nfes: Sequence[int] = NFES, progress: bool = True) -> dict[str, Any]:
-    """RMSE / FD rows of fewstep's baselines, diffusers and ``extra`` (label, AMED predictor) on the bed that
+    """RMSE / FD rows of fewstep's baselines, diffusers and ``extra`` (label, learned sampler) on the bed that
     ``make_bed`` builds (its reference solution, with ``ref_steps`` steps, is part of the section's time)."""
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -195,7 +193,7 @@ def quality(title: str, make_bed: Callable[[], Bed], ref_steps: int, fd: Callabl
     say(f"[quality] {title}: fewstep solvers ...", flush=True)
     rows = bed.solver_table(nfes, BASELINES, on_sample=add_fd)
     for label, pred in extra:
-        res = fewstep.sample(denoiser, noise, predictor=pred, return_result=True)
+        res = fewstep.solve(denoiser, noise, predictor=pred)
         row = {"label": label, res.nfe: bed.rmse(res.x)}
         add_fd(row, res.nfe, res.x)
         rows.append(row)
@@ -269,16 +267,17 @@ def speed_jobs(model: Callable, network: torch.nn.Module, noise: torch.Tensor) -
     hooked = HookFeatures(model, network)
     with torch.inference_mode():
         _, f = hooked.denoise_with_features(noise[:1], torch.ones(1, device=noise.device))
-    fdim = f.reshape(1, -1).shape[1]
-    for student, name in (("amed", "AMED-Solver"), ("ipndm", "AMED-Plugin iPNDM")):
-        n = amed.student_steps_for_nfe(student, SPEED_NFE)
+    fdim = int(f.reshape(1, -1).shape[1])
+    for cls, name in ((learned.AMEDSampler, "AMED-Solver"), (learned.AMEDPluginSampler, "AMED-Plugin iPNDM")):
+        base = "ipndm" if cls.takes_base else None
+        n = fewstep.steps_for_nfe(cls.probe_solver(None, base, True), SPEED_NFE, True)
         sig = fewstep.get_schedule("polynomial", n)
         for feats in (None, fdim):
-            pred = AMEDPredictor(n - 1, feats, scale_dir=0.01).to(noise.device).eval()
-            solver = AMEDSolver(predictor=pred) if student == "amed" else AMEDPlugin(
-                base=fewstep.get_solver(student), predictor=pred)
+            opts = {"scale_dir": 0.01} if feats is None else {
+                "scale_dir": 0.01, "features": "hook", "feature_module": hooked.module_name, "feature_dim": feats}
+            pred = cls(cls.make_config(sig, afs=True, base=base, options=opts)).to(noise.device).eval()
             label = f"{name} +AFS, {'table' if feats is None else 'feature predictor'}"
-            add_fewstep(label, SPEED_NFE, model if feats is None else hooked, sig, solver, True)
+            add_fewstep(label, SPEED_NFE, model if feats is None else hooked, sig, pred.solver(), True)
 
     by_label = {j.label: j for j in jobs}
     for d in DIFFUSERS:
@@ -369,7 +368,8 @@ def speed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, batc
 
 def train_cost(students: Sequence[str], samples: int, batch: int, M: int, threads: int, save_dir: Path,
                progress: bool = True) -> list[dict[str, Any]]:
-    """benchmarks/train_cost.py once per student, each in a fresh process (its own peak RSS)."""
+    """benchmarks/train_cost.py once per student (``amed``: AMED-Solver, else AMED-Plugin on that base), each in a
+    fresh process (its own peak RSS)."""
     out = []
     for student in students:
         if progress:
@@ -580,7 +580,8 @@ def report(res: dict[str, Any]) -> str:
         out += ["", "## Summary", ""] + [f"- {line}" for line in summary]
     if res.get("train"):
         out += ["", "## 3. AMED training cost (CPU, shipped U-Net)", "",
-                "Each predictor is trained in a fresh process (`benchmarks/train_cost.py`): `fewstep.amed.train` with "
+                "Each predictor is trained in a fresh process (`benchmarks/train_cost.py`): `fewstep.learned.train` "
+                "(method amed / plugin) with "
                 "the feature predictor on the U-Net's middle block, AFS, polynomial schedule, teacher DEIS-logrho "
                 "order 4 (the default), float32, Adam with cosine decay. Peak memory is the peak resident set size "
                 "(`resource.getrusage(RUSAGE_SELF).ru_maxrss`) of that process; in brackets its growth during "
@@ -695,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "train" in sections:
             res["train"] = train_cost(a.train_students.split(","), a.train_samples, a.train_batch, a.train_M,
                                       a.threads, Path(tmp), progress)
-            preds = [(f"{r['label']} +AFS (trained above, {r['samples']} samples)", amed.load(r["path"]))
+            preds = [(f"{r['label']} +AFS (trained above, {r['samples']} samples)", learned.load(r["path"]))
                      for r in res["train"]]
         if "quality" in sections:
             res["quality"] = []

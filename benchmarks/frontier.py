@@ -13,7 +13,7 @@ reference is as exact as on gmm).
 
 Learned samplers (all with AFS, the bed's schedule as initial schedule, final-point L2 loss, DEIS teacher with M
 inserted steps; ``--budget shared``: one budget for all, ``--batch`` x ``--total-samples``; ``--budget default``:
-each method's own default, ``fewstep.learned.DEFAULT_BUDGET`` / ``FALLBACK_BUDGET``): AMED-Solver and AMED-Plugin
+each method's own default, ``fewstep.learned.METHODS[method].DEFAULTS``): AMED-Solver and AMED-Plugin
 on iPNDM (tables, no network features), DyWeight (window 4, learned schedule), EPD (K = 2 where the NFE allows, else
 K = 1), PAS (iPNDM-4, 2 coordinates) and GS (DPM-Solver++(3M) corrections, time shifts, learned schedule). Evaluation
 seeds (10^8 ...) are disjoint from the training seeds (1 ...). Columns: RMSE (and FD), trainable parameters, training
@@ -55,7 +55,7 @@ CLASSIC: tuple[tuple[str, str, dict, bool], ...] = (
     ("iPNDM-v +AFS", "ipndm_v", {"max_order": 4}, True),
 )
 
-# method -> (label, extra train() keywords)
+# method -> (label, extra train() keywords; "learn_schedule" goes into the ScheduleSpec)
 LEARNED: dict[str, tuple[str, dict[str, Any]]] = {
     "amed": ("AMED-Solver (table)", {}),
     "plugin": ("AMED-Plugin on iPNDM (table)", {"base": "ipndm"}),
@@ -114,12 +114,9 @@ def make_bed(name: str, seeds: range, ref_steps: int, quick: bool, flow_shift: f
             lambda n: fewstep.get_schedule("polynomial", n))
 
 
-def _num_steps(method: str, nfe: int, options: dict | None) -> int:
+def _num_steps(method: str, nfe: int, options: dict | None, base: str | None = None) -> int:
     """Sigmas of ``method``'s schedule at ``nfe`` (AFS), for the bed's initial schedule."""
-    if method in ("amed", "plugin"):
-        return fewstep.steps_for_nfe("amed" if method == "amed" else "amed_plugin", nfe, True,
-                                     **({} if method == "amed" else {"base": "ipndm"}))
-    return learned.steps_for_nfe(method, nfe, True, options)
+    return fewstep.steps_for_nfe(learned.METHODS[method].probe_solver(options, base, True), nfe, True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,26 +148,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kw = dict(kw)
             if method == "epd":
                 try:
-                    learned.steps_for_nfe("epd", nfe, True, {"K": 2})
+                    _num_steps("epd", nfe, {"K": 2})
                     kw["options"] = {"K": 2}
                 except ValueError:
                     kw["options"] = {"K": 1}
             if args.soft_start and method not in ("amed", "plugin"):
                 kw["soft_start"] = args.soft_start
             budget = ({} if args.budget == "default" else shared) | ({"lr": args.lr} if args.lr else {})
-            log: list = []
+            sched = schedule(_num_steps(method, nfe, kw.get("options"), kw.get("base")))
             cpu0 = time.process_time()
-            p = learned.train(method, bed.denoiser, shape=bed.shape, nfe=nfe, progress=False, log=log,
-                              schedule=schedule(_num_steps(method, nfe, kw.get("options"))), dtype=bed.dtype,
-                              **budget, **kw)
+            p = learned.train(
+                method, bed.denoiser, shape=bed.shape, nfe=nfe, progress=False, dtype=bed.dtype,
+                options=kw.get("options"), base=kw.get("base"),
+                schedule=learned.ScheduleSpec(sigmas=sched, learn=kw.get("learn_schedule")),
+                teacher=learned.Teacher(M=budget.get("M")),
+                budget=learned.Budget(batch=budget.get("batch"), total_samples=budget.get("total_samples"),
+                                      lr=budget.get("lr")),
+                objective=learned.Objective(soft_start=kw.get("soft_start", 0.0)))
             cpu = time.process_time() - cpu0
-            res = fewstep.sample(bed.denoiser, bed.noise, predictor=p, return_result=True)
+            res = fewstep.solve(bed.denoiser, bed.noise, predictor=p)
             assert res.nfe == nfe, (method, res.nfe, nfe)
             tr = p.config["training"]
-            losses = log[0].losses
+            losses = p.log.losses
             rows.append({"kind": "learned", "method": method, "label": label, "nfe": nfe, "rmse": bed.rmse(res.x),
-                         "params": _params(p), "seconds": log[0].seconds, "cpu_seconds": cpu,
-                         "teacher_evals": log[0].teacher_nfe_per_sample * tr["total_samples"],
+                         "params": _params(p), "seconds": p.log.seconds, "cpu_seconds": cpu,
+                         "teacher_evals": p.log.teacher_nfe_per_sample * tr["total_samples"],
                          "budget": {k: tr[k] for k in ("batch", "total_samples", "M", "lr")},
                          "train_loss": sum(losses[-max(1, len(losses) // 10):]) / max(1, len(losses) // 10),
                          "heldout_l2": float((res.x - bed.ref).flatten(1).norm(dim=1).mean()),
@@ -247,10 +249,10 @@ def render(res: dict[str, Any], level: int = 1) -> str:
         tr = m0["train"]
         train = (f"Training (every learned method, same budget): DEIS teacher with M = {tr['M']}, batch {tr['batch']}, "
                  f"{tr['total_samples']} samples, final-point L2 loss, Adam with cosine decay, the method's default "
-                 "learning rate (`fewstep.learned.DEFAULT_LR`).")
+                 "learning rate (`fewstep.learned.METHODS[method].default_lr(options)`).")
     else:
-        train = ("Training: each method with its own default budget (`fewstep.learned.DEFAULT_BUDGET`, else "
-                 "`FALLBACK_BUDGET`) and learning rate (`DEFAULT_LR`; AMED 0.1), DEIS teacher, final-point L2 loss, "
+        train = ("Training: each method with its own default budget and learning rate "
+                 "(`fewstep.learned.METHODS[method].DEFAULTS`; AMED 0.1), DEIS teacher, final-point L2 loss, "
                  "Adam with cosine decay; the budgets are in the training-cost table.")
     lines = [
         f"{h} The few-step frontier on {BED_TITLES[bed]}",

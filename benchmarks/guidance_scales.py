@@ -1,4 +1,4 @@
-"""One learned sampler for every guidance scale: guidance-aware tables (fewstep.scale_basis) on the digits model.
+"""One learned sampler for every guidance scale: guidance-aware tables (fewstep.learned.guidance) on the digits model.
 
     .venv/bin/python benchmarks/guidance_scales.py [--quick] [--methods plugin,dyweight] [--out docs/guidance_scales.md]
 
@@ -80,22 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.arange(10).repeat(args.per_class)
     seeds = range(EVAL_SEED0, EVAL_SEED0 + len(labels))
     train_den = Guided(model, torch.arange(10).repeat(args.batch // 10), train_scales[0])
-    kw = dict(shape=shape, nfe=args.nfe, M=args.M, batch=args.batch, progress=False, dtype=torch.float32)
+    kw = dict(shape=shape, nfe=args.nfe, teacher=learned.Teacher(M=args.M), progress=False, dtype=torch.float32)
 
     def acc(x: torch.Tensor) -> float:
         pred = clf.predict(x.clamp(-1, 1).reshape(len(x), -1).double().numpy())
         return float(np.mean(pred == labels.numpy()))
 
-    def trained(method: str, **extra) -> tuple[object, float]:
+    def trained(method: str, total_samples: int, **extra) -> tuple[object, float]:
         t = time.perf_counter()
-        smp = learned.train(method, train_den, **kw, **extra, **({"options": OPTIONS[method]} if method in OPTIONS
-                                                                 else {}))
+        smp = learned.train(method, train_den, **kw, **extra, options=OPTIONS.get(method),
+                            budget=learned.Budget(batch=args.batch, total_samples=total_samples))
         return smp, time.perf_counter() - t
 
     aware, aware_secs = {}, {}
     for m in methods:
-        aware[m], aware_secs[m] = trained(m, guidance_scales=train_scales,
-                                          total_samples=args.total_samples * args.aware_factor)
+        aware[m], aware_secs[m] = trained(m, args.total_samples * args.aware_factor,
+                                          guidance=learned.GuidanceScales(train_scales))
         print(json.dumps({"aware": m, "seconds": aware_secs[m]}), flush=True)
     rows = []
     for w in eval_scales:
@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"w": w, "teacher_acc": acc(bed.ref), "ref_error": bed.ref_error}
         n = fewstep.steps_for_nfe("ipndm", args.nfe, True)
         sig = fewstep.get_schedule("polynomial", n, sigma_min=0.002, sigma_max=80.0, rho=7.0)
-        base = fewstep.sample(den, bed.noise, sig, "ipndm", afs=True, return_result=True)
+        base = fewstep.solve(den, bed.noise, sig, "ipndm", afs=True)
         row["base"] = {"rmse": bed.rmse(base.x), "acc": acc(base.x), "nfe": base.nfe}
         for m in methods:
             train_den.scale = w
-            single, secs = trained(m, total_samples=args.total_samples)
+            single, secs = trained(m, args.total_samples)
             for name, smp in (("aware", aware[m]), ("single", single)):
-                res = fewstep.sample(den, bed.noise, predictor=smp, return_result=True)
+                res = fewstep.solve(den, bed.noise, predictor=smp)
                 assert res.nfe == args.nfe, (res.nfe, args.nfe)
                 row[f"{m}_{name}"] = {"rmse": bed.rmse(res.x), "acc": acc(res.x)}
             row[f"{m}_single"]["train_seconds"] = secs

@@ -5,10 +5,10 @@
 The paper (Zhou et al., CVPR 2024, Table 3) samples Stable Diffusion v1.4 at guidance 7.5 with DPM-Solver++(2M),
 with and without the AMED-Plugin, at NFE 8/12/16/20 (FID on MS-COCO prompts). Here: the guided digits model
 (``Guided(digits_unet(), labels, w)``, w = 7.5 and 2), DPM-Solver++(2M) (``solver="dpmpp", max_order=2``,
-polynomial schedule rho = 7, sigma 80 -> 0.002) against AMED-Plugin on it (predictor-free table,
-``features="none"``, distilled from DEIS-4). The even NFE 8/12/16/20 are reached without AFS (a plugin step costs 2
-NFE, AFS makes the count odd), as the paper's even-NFE Table 3; NFE 5 uses AFS for the plugin (and for
-DPM-Solver++(2M) both with and without AFS are shown). Metrics on held-out seeds (10^8 ...; training seeds are
+polynomial schedule rho = 7, sigma 80 -> 0.002) against AMED-Plugin on it (method ``plugin``, a predictor-free
+table, ``options={"features": "none"}``, distilled from DEIS-4). The even NFE 8/12/16/20 are reached without AFS
+(a plugin step costs 2 NFE, AFS makes the count odd), as the paper's even-NFE Table 3; NFE 5 uses AFS for the
+plugin (and for DPM-Solver++(2M) both with and without AFS are shown). Metrics on held-out seeds (10^8 ...; training seeds are
 1 ...) with mixed labels (``--per-class`` of each digit): RMSE to the guided teacher (DEIS-4, ``--ref-steps``
 polynomial steps) and the accuracy of the logistic-regression classifier of docs/digits.md
 (``fewstep.data.digit_classifier``) on the samples.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 from fewstep.experiments.bed import Bed
 from fewstep.data import digit_classifier
 from fewstep.io import write_text_atomic
@@ -85,18 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"w": w, "nfe": nfe}
             for afs in ((False, True) if nfe % 2 else (False,)):
                 n = fewstep.steps_for_nfe("dpmpp", nfe, afs, max_order=2)
-                res = fewstep.sample(D, bed.noise, poly(n), "dpmpp", max_order=2, afs=afs, return_result=True)
+                res = fewstep.solve(D, bed.noise, poly(n), "dpmpp", max_order=2, afs=afs)
                 assert res.nfe == nfe, (res.nfe, nfe)
                 row["dpmpp2m" + ("_afs" if afs else "")] = {"rmse": bed.rmse(res.x), "acc": acc(res.x), "steps": n}
             afs = nfe % 2 == 1
-            n = fewstep.steps_for_nfe("amed_plugin", nfe, afs, base="dpmpp", max_order=2)
+            base = {"solver": "dpmpp", "options": {"max_order": 2}}  # AMED-Plugin on DPM-Solver++(2M)
+            n = fewstep.steps_for_nfe(learned.METHODS["plugin"].probe_solver(None, base, afs), nfe, afs)
             t = time.perf_counter()
-            log: list = []
-            pred = amed.train(Guided(model, train_labels, w), shape=shape, student="dpmpp",
-                              student_options={"max_order": 2}, num_steps=n, afs=afs, features="none",
-                              M=args.M, batch=args.batch, total_samples=args.total_samples, progress=False, log=log)
+            pred = learned.train("plugin", Guided(model, train_labels, w), shape=shape, base=base, num_steps=n,
+                                 afs=afs, options={"features": "none"}, teacher=learned.Teacher(M=args.M),
+                                 budget=learned.Budget(batch=args.batch, total_samples=args.total_samples),
+                                 progress=False)
             secs = time.perf_counter() - t
-            res = fewstep.sample(D, bed.noise, predictor=pred, return_result=True)
+            res = fewstep.solve(D, bed.noise, predictor=pred)
             assert res.nfe == nfe, (res.nfe, nfe)
             row["amed_plugin"] = {"rmse": bed.rmse(res.x), "acc": acc(res.x), "steps": n, "afs": afs,
                                   "train_seconds": secs}

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     den, shape = bed.denoiser, bed.shape
 
     def err(sig: torch.Tensor) -> float:
-        res = fewstep.sample(den, bed.noise, sig, SOLVER, afs=AFS, return_result=True, **OPTS)
-        return bed.rmse(res.x)
+        return bed.rmse(fewstep.sample(den, bed.noise, sig, SOLVER, afs=AFS, **OPTS))
 
     searched = {n: search_schedule(den, shape, nfe=n, solver=SOLVER, solver_options=OPTS, afs=AFS,
                                    warmup=a.warmup, dtype=bed.dtype) for n in nfes}

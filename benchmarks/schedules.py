@@ -8,7 +8,8 @@ Every row uses AFS. Columns:
   * searched: the GITS schedule for that solver and NFE (61-point polynomial grid, 256 warm-up trajectories,
     coeff 1.15; ``fewstep.schedule_search``); AMED is then trained on it;
   * learned: the schedule learned by distillation from the polynomial one: alone for the plain solvers
-    (``fewstep.amed.learn_schedule``), jointly with the AMED predictor for AMED (``train(learn_schedule=True)``).
+    (``fewstep.learned.learn_schedule``), jointly with the AMED table for AMED
+    (``fewstep.learned.train(..., schedule=ScheduleSpec(learn=True))``).
 RMSE to the exact ODE solution (bed) or to a DEIS-4 teacher with 128 steps (U-Net) on held-out seeds 10^8...,
 disjoint from the training seeds and the search's warm-up seeds. The last column is the best plain baseline at
 NFE 9 (polynomial schedule), the issue's goal for NFE 5.
@@ -25,13 +26,14 @@ from pathlib import Path
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 from fewstep.experiments.bed import Bed
 from fewstep.io import write_text_atomic
 from fewstep.schedule_search import search_schedule
 
 EVAL_SEED0 = 10**8
-ROWS = (  # label, solver for sampling/search, options, AMED student (None: plain solver)
+ROWS = (  # label, solver for sampling/search, options, AMED student (None: plain solver; "amed": AMED-Solver, else
+    # AMED-Plugin on that base)
     ("iPNDM", "ipndm", {}, None),
     ("DPM-Solver++(3M)", "dpmpp", {"max_order": 3}, None),
     ("AMED-Solver", "amed", {}, "amed"),
@@ -139,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     bed, ref_name, model_name = load(args.model, quick, n_seeds)
     den, shape, dtype, noise, ref_err = bed.denoiser, bed.shape, bed.dtype, bed.noise, bed.ref_error
     samples = 64 if quick else args.total_samples or (8192 if args.model == "gmm" else 4096)
-    train_kw = {"total_samples": samples, "batch": 32 if quick else args.batch or 64, "M": 2 if quick else 8, "progress": False,
-                "dtype": dtype}
+    batch = 32 if quick else args.batch or 64
+    train_kw = {"teacher": learned.Teacher(M=2 if quick else 8), "progress": False, "dtype": dtype}
     search_kw = {"grid": 13 if quick else 61, "warmup": 8 if quick else 256, "coeff": 1.15, "dtype": dtype}
     err = bed.rmse  # RMSE in float64 to the bed's reference solution
 
@@ -156,15 +158,18 @@ def main(argv: list[str] | None = None) -> int:
             if student is None:
                 cells["polynomial"] = err(fewstep.sample(den, noise, poly, solver, afs=True, **opts))
                 cells["searched"] = err(fewstep.sample(den, noise, searched, solver, afs=True, **opts))
-                learned = amed.learn_schedule(den, shape=shape, solver=solver, solver_options=opts, num_steps=n,
-                                              afs=True, **train_kw)
-                cells["learned"] = err(fewstep.sample(den, noise, learned, solver, afs=True, **opts))
-                scheds["learned"] = learned
+                sig = learned.learn_schedule(den, shape=shape, solver=solver, solver_options=opts, num_steps=n,
+                                             afs=True, budget=learned.Budget(batch=batch, total_samples=samples,
+                                                                             lr=0.05), **train_kw).sigmas
+                cells["learned"] = err(fewstep.sample(den, noise, sig, solver, afs=True, **opts))
+                scheds["learned"] = sig
             else:
-                for col, sched, learn in (("polynomial", "polynomial", False), ("searched", searched, False),
-                                          ("learned", "polynomial", True)):
-                    pred = amed.train(den, shape=shape, student=student, num_steps=n, schedule=sched, afs=True,
-                                      learn_schedule=learn, **train_kw)
+                method, base = ("amed", None) if student == "amed" else ("plugin", student)
+                for col, sched in (("polynomial", learned.ScheduleSpec(learn=False)),
+                                   ("searched", learned.ScheduleSpec(sigmas=searched, learn=False)),
+                                   ("learned", learned.ScheduleSpec(learn=True))):
+                    pred = learned.train(method, den, shape=shape, num_steps=n, base=base, schedule=sched, afs=True,
+                                         budget=learned.Budget(batch=batch, total_samples=samples), **train_kw)
                     cells[col] = err(fewstep.sample(den, noise, predictor=pred))
                     scheds[col] = torch.tensor(pred.config["sigmas"])
             results["rows"].setdefault(label, {})[nfe] = cells
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     results["baselines_nfe9"] = base9
 
     results["meta"] = {"model_name": model_name, "ref_name": ref_name, "ref_err": ref_err, "seeds": n_seeds,
-                       "samples": samples, "batch": train_kw["batch"], "nfes": nfes, "threads": args.threads,
+                       "samples": samples, "batch": batch, "nfes": nfes, "threads": args.threads,
                        "command": "benchmarks/schedules.py " + " ".join(sys.argv[1:] if argv is None else argv),
                        "seconds": round(time.perf_counter() - t_start)}
     out = Path(args.out or f"docs/schedules_{args.model}.md")

@@ -2,8 +2,9 @@
 
     .venv/bin/python -m benchmarks.train_cost --student amed --out cost.json [--save-dir DIR] [--samples 256]
 
-For one student (``amed``: AMED-Solver, or a base solver name for AMED-Plugin; feature predictor on the U-Net's
-middle block, NFE 5 with AFS) it records the wall time of ``fewstep.amed.train``, the peak resident set size
+For one student (``amed``: AMED-Solver, method ``amed``; or a base solver name for AMED-Plugin, method ``plugin``;
+feature predictor on the U-Net's middle block, NFE 5 with AFS) it records the wall time of
+``fewstep.learned.train``, the peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; Linux reports KiB) and its growth during training over the
 process with the model loaded and run once at the training batch size (tensor memory is invisible to
 tracemalloc, which sees only Python objects), the teacher
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fewstep import amed, count_nfe, get_solver
+from fewstep import count_nfe, get_solver, learned, steps_for_nfe
 from fewstep.denoisers.unet import default_unet
 from fewstep.schedules import get_schedule, refine_schedule
 from fewstep.teacher import teacher_options
@@ -31,21 +32,22 @@ LABELS = {"amed": "AMED-Solver", "ipndm": "AMED-Plugin iPNDM"}
 
 
 class CallCounter:
-    """Passes calls to the model and counts samples evaluated, split by who called: the teacher's sampling
-    loop runs in inference mode, the student's steps with gradients on."""
+    """Counts the samples ``model`` evaluates (a forward pre-hook, so the model itself is trained on and its middle
+    block hooked for features as usual), split by who called: the teacher's sampling loop runs in inference mode,
+    the student's steps with gradients on."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.model_id = model, model.model_id
         self.teacher = self.student = self.other = 0
+        self.handle = model.register_forward_pre_hook(self._count)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def _count(self, module: torch.nn.Module, args: tuple) -> None:
+        n = args[0].shape[0]
         if torch.is_inference_mode_enabled():
-            self.teacher += x.shape[0]
+            self.teacher += n
         elif torch.is_grad_enabled():
-            self.student += x.shape[0]
+            self.student += n
         else:
-            self.other += x.shape[0]  # e.g. the feature-size probe
-        return self.model(x, sigma)
+            self.other += n  # e.g. the feature-size probe
 
 
 def _peak_rss_mib() -> float:
@@ -58,20 +60,22 @@ def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: 
     shape = (model.config.channels, model.config.img_resolution, model.config.img_resolution)
     with torch.inference_mode():  # warm-up at the training batch size, so the growth below is training's own
         model(torch.zeros(batch, *shape), torch.ones(batch))
-    teacher = "deis"  # fewstep.amed.train's default, with its default options
+    teacher = "deis"  # fewstep.learned.Teacher's default, with its default options
     teacher_opts = teacher_options(teacher, None)
     label = LABELS.get(student, f"AMED-Plugin {student}")
-    n = amed.student_steps_for_nfe(student, nfe)
+    method, base = ("amed", None) if student == "amed" else ("plugin", student)
+    n = steps_for_nfe(learned.METHODS[method].probe_solver(None, base, True), nfe, True)
     teacher_sigmas = refine_schedule(get_schedule("polynomial", n), M)
     computed = count_nfe(get_solver(teacher, **teacher_opts), len(teacher_sigmas))
     counter = CallCounter(model)
-    log: list = []
     rss0 = _peak_rss_mib()
     t0 = time.perf_counter()
-    pred = amed.train(counter, network=model, shape=shape, student=student, num_steps=n, features="auto", M=M,
-                      teacher=teacher, teacher_options=teacher_opts, total_samples=samples, batch=batch,
-                      dtype=torch.float32, model_id=model.model_id, progress=False, log=log)
+    pred = learned.train(method, model, shape=shape, num_steps=n, base=base, options={"features": "auto"},
+                         teacher=learned.Teacher(teacher, teacher_opts, M=M),
+                         budget=learned.Budget(batch=batch, total_samples=samples), dtype=torch.float32,
+                         model_id=model.model_id, progress=False)
     seconds = time.perf_counter() - t0
+    counter.handle.remove()
     rss1 = _peak_rss_mib()
     iters = -(-samples // batch)
     seen = iters * batch
@@ -82,7 +86,7 @@ def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: 
         "teacher": f"{teacher} {teacher_opts}", "teacher_sigmas": len(teacher_sigmas),
         "teacher_evals_per_sample_computed": computed,
         "teacher_evals_per_sample_counted": counter.teacher / seen,
-        "teacher_evals_per_sample_logged": log[0].teacher_nfe_per_sample if log else None,
+        "teacher_evals_per_sample_logged": pred.log.teacher_nfe_per_sample,
         "student_evals_per_sample_counted": counter.student / seen,
         "predictor_parameters": sum(p.numel() for p in pred.parameters()),
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fewstep
-from fewstep import amed, evaluation
+from fewstep import evaluation, learned
 from fewstep.experiments.bed import Bed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_amed_solver_beats_dpm_solver_2_threefold(bed):
     gmm, noise, ref = bed
     for nfe in (3, 5, 7, 9):
         n = fewstep.steps_for_nfe("amed", nfe, True)
-        pred = amed.train(gmm, shape=(3, 8, 8), num_steps=n, progress=False)
+        pred = learned.train("amed", gmm, shape=(3, 8, 8), num_steps=n, progress=False)
         err = evaluation.rmse(fewstep.sample(gmm, noise, predictor=pred), ref)
         assert err * 3 <= _plain(gmm, noise, ref, "dpm2", nfe), nfe
 
@@ -48,7 +48,7 @@ def test_amed_solver_beats_dpm_solver_2_threefold(bed):
 def test_amed_plugin_improves_ipndm(bed):
     gmm, noise, ref = bed
     n = fewstep.steps_for_nfe("amed_plugin", 5, True, base="ipndm")
-    pred = amed.train(gmm, shape=(3, 8, 8), student="ipndm", num_steps=n, progress=False)
+    pred = learned.train("plugin", gmm, shape=(3, 8, 8), base="ipndm", num_steps=n, progress=False)
     err = evaluation.rmse(fewstep.sample(gmm, noise, predictor=pred), ref)
     assert err <= 0.85 * _plain(gmm, noise, ref, "ipndm", 5)
 
@@ -64,7 +64,8 @@ def test_amed_plugin_with_learned_schedule_meets_the_issue_ratios(bed):
     learned jointly; 0.64x on the fixed polynomial schedule), and no worse than plain iPNDM at NFE 7."""
     gmm, noise, ref = bed
     n = fewstep.steps_for_nfe("amed_plugin", 5, True, base="ipndm")
-    pred = amed.train(gmm, shape=(3, 8, 8), student="ipndm", num_steps=n, learn_schedule=True, progress=False)
+    pred = learned.train("plugin", gmm, shape=(3, 8, 8), base="ipndm", num_steps=n,
+                         schedule=learned.ScheduleSpec(learn=True), progress=False)
     err = evaluation.rmse(fewstep.sample(gmm, noise, predictor=pred), ref)
     assert err <= 0.6 * _plain_no_afs(gmm, noise, ref, "ipndm", 5)
     assert err <= _plain_no_afs(gmm, noise, ref, "ipndm", 7)

@@ -1,5 +1,5 @@
 """Library functions behind ``fewstep analyze`` and ``fewstep schedule export``: fewstep.metrics.trajectory_pca_table,
-fewstep.experiments.analysis and fewstep.amed.export."""
+fewstep.experiments.analysis and fewstep.learned.export."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import json
 import pytest
 import torch
 
-from fewstep import amed, evaluation, metrics
-from fewstep.amed.export import export_schedule
+from fewstep import evaluation, learned, metrics
 from fewstep.cli import main
 from fewstep.experiments import analysis
-from fewstep.sampling import sample
+from fewstep.learned.export import export_schedule
+from fewstep.sampling import solve
 from fewstep.schedules import get_schedule, save_schedule
 
 
 @pytest.fixture(scope="module")
 def trajectory(gmm4, noise16):
-    return sample(gmm4, noise16, get_schedule("polynomial", 7), "heun", return_trajectory=True).trajectory
+    return solve(gmm4, noise16, get_schedule("polynomial", 7), "heun", trajectory=True).trajectory
 
 
 def test_trajectory_pca_table_matches_projection_error_and_svd(trajectory):
@@ -54,7 +54,8 @@ def test_trajectory_pca_samples_on_the_polynomial_schedule(gmm4, noise16, trajec
 
 
 def test_per_step_error_runs_and_labels(gmm4, noise16):
-    pred = amed.train(gmm4, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False)
+    pred = learned.train("amed", gmm4, shape=(4,), num_steps=3, teacher=learned.Teacher(M=2),
+                         budget=learned.Budget(total_samples=16), progress=False)
     runs = analysis.per_step_error(gmm4, noise16, ["ipndm", "euler"], 3, afs=True, teacher_steps=2, predictor=pred)
     assert [r["label"] for r in runs] == ["ipndm +AFS", "euler +AFS", "AMED-Solver"]
     sig = get_schedule("polynomial", 5)  # ipndm with AFS: 4 steps, the first free
@@ -62,6 +63,10 @@ def test_per_step_error_runs_and_labels(gmm4, noise16):
     assert {k: v for k, v in runs[0].items() if k != "label"} == ref
     assert all(r["nfe"][0] == 3 for r in runs)
     assert analysis.predictor_label(pred) == "AMED-Solver"
+    plugin = learned.AMEDPluginSampler(learned.AMEDPluginSampler.make_config(sig, afs=True, base="dpm2"))
+    assert analysis.predictor_label(plugin) == "AMED-Plugin on dpm2"
+    dyw = learned.DyWeightSampler(learned.DyWeightSampler.make_config(sig, afs=True, options={"window": 3}))
+    assert analysis.predictor_label(dyw) == dyw.describe() == "dyweight (window=3)"
 
 
 def test_step_alignment_is_paper_alignment_with_afs(gmm4, noise16):
@@ -81,7 +86,8 @@ def test_export_schedule_formats(tmp_path):
 
 
 def test_export_schedule_of_an_amed_table(gmm4, tmp_path):
-    pred = amed.train(gmm4, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False)
+    pred = learned.train("amed", gmm4, shape=(4,), num_steps=3, teacher=learned.Teacher(M=2),
+                         budget=learned.Budget(total_samples=16), progress=False)
     pred.save(tmp_path / "p.safetensors")
     doc = export_schedule(tmp_path / "p.safetensors")
     assert doc["sigmas"] == pred.config["sigmas"] and doc["afs"] is True

@@ -10,12 +10,12 @@ import torch
 from conftest import make_gmm
 
 import fewstep
-from fewstep import amed, cli, metrics
+from fewstep import cli, learned, metrics
 from fewstep.evaluation import reference_solution, rmse
 from fewstep.experiments import paper
 from fewstep.experiments.bed import Bed
-from fewstep.sampling import noise_for_seeds, sample
-from fewstep.schedules import get_schedule
+from fewstep.sampling import noise_for_seeds, sample, solve
+from fewstep.schedules import get_schedule, refine_schedule
 
 TINY = ["--seeds", "8", "--ref-steps", "32", "--nfe", "3", "--train-samples", "16", "--M", "2"]
 
@@ -258,8 +258,8 @@ def test_alignment_half_matches_dpm_solver_2_and_grid_never_worse(gmm4, noise16)
     # Step 0 at r = 0.5 is one DPM-Solver-2 step with AFS, measured against the teacher at sigma_1.
     sig = get_schedule("polynomial", 4)
     x1 = sample(gmm4, noise16, sig[:2], "dpm2", afs=True)
-    teach = sample(gmm4, noise16, amed.refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho",
-                   return_trajectory=True).trajectory[3]
+    teach = solve(gmm4, noise16, refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho",
+                  trajectory=True).trajectory[3]
     assert res[0]["rmse_half"] == pytest.approx(rmse(x1, teach), rel=1e-10)
     # On this bed the first step of DPM-Solver-2 wants an intermediate time far from the midpoint (r << 0.5).
     assert res[0]["r_opt"] < 0.3 and res[0]["ratio"] > 1.5
@@ -272,8 +272,8 @@ def test_analyze_align_and_error_cli(small_model, tmp_path):
     assert lines[0].startswith("solver,nfe,step,sigma_cur") and len(lines) == 1 + 3 * 2
     assert (tmp_path / "align.png").stat().st_size > 0
 
-    pred = amed.train(small_model, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False,
-                      model_id="test-gmm")
+    pred = learned.train("amed", small_model, shape=(4,), num_steps=3, teacher=learned.Teacher(M=2),
+                         budget=learned.Budget(total_samples=16), progress=False, model_id="test-gmm")
     pred.save(tmp_path / "p.safetensors")
     assert cli.main(["analyze", "error", "--solver", "ipndm,euler", "--nfe", "3", "--seeds", "0-7",
                      "--teacher-steps", "2", "--predictor", str(tmp_path / "p.safetensors"),
@@ -291,11 +291,12 @@ def test_analyze_align_and_error_cli(small_model, tmp_path):
 
 
 def test_trajectory_error_with_predictor_matches_sampling(gmm4, noise16):
-    pred = amed.train(gmm4, shape=(4,), num_steps=3, total_samples=16, M=2, progress=False)
+    pred = learned.train("amed", gmm4, shape=(4,), num_steps=3, teacher=learned.Teacher(M=2),
+                         budget=learned.Budget(total_samples=16), progress=False)
     e = fewstep.evaluation.trajectory_error(gmm4, noise16, None, predictor=pred, teacher_steps=2)
     x = sample(gmm4, noise16, predictor=pred)
     sig = torch.tensor(pred.config["sigmas"], dtype=torch.float64)
-    teach = sample(gmm4, noise16, amed.refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho")
+    teach = sample(gmm4, noise16, refine_schedule(sig, 2), "deis", max_order=4, deis_mode="logrho")
     assert e["nfe"] == [3] and e["rmse"][-1] == pytest.approx(rmse(x, teach), rel=1e-10)
 
 
@@ -313,8 +314,8 @@ def test_relative_alignment_follows_the_papers_protocol(gmm4, noise16):
     assert [r["form"] for r in res] == ["amed"] * 3 + ["dpm2"] * 3 + ["ipndm"] * 3
     assert all(r["gt_nfe"] == 12 for r in res)  # Heun, 2 evaluations per step, 2 steps per interval
     sig = get_schedule("polynomial", 4)
-    gt = sample(gmm4, noise16, amed.refine_schedule(sig, 1), "heun", return_trajectory=True).trajectory[::2]
-    base = sample(gmm4, noise16, sig, "dpm2", return_trajectory=True).trajectory  # r = 0.5, no AFS
+    gt = solve(gmm4, noise16, refine_schedule(sig, 1), "heun", trajectory=True).trajectory[::2]
+    base = solve(gmm4, noise16, sig, "dpm2", trajectory=True).trajectory  # r = 0.5, no AFS
     for r in res:
         assert r["rel_align"] == pytest.approx(r["l2_base"] - r["l2_searched"], abs=1e-15)
         assert 0 < r["r_opt"] < 1

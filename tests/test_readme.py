@@ -17,10 +17,10 @@ A command with a non-zero exit status, or a snippet that raises, fails the test 
 fail with "an earlier block failed".
 
 Sizes (the whole file took 35 s on a 2-core CPU at load average 1.2, 3.5 min at load average 8): the tables
-below set or replace options of ``fewstep`` commands (SIZE_OPTIONS) and keyword arguments of calls in python
-snippets (SIZE_KEYWORDS, by an AST rewrite): training sets, seed ranges, grids, teacher steps and the torch thread
-count shrink; NFEs, solvers, schedules, models, file names and everything else run as written. TORCHRUN_PROCESSES
-caps torchrun's process count. SKIP_LINES / SKIP_BLOCKS list what does not run, each with its reason; a skipped
+below set or replace options of ``fewstep`` commands (SIZE_OPTIONS), keyword arguments of calls in python
+snippets (SIZE_KEYWORDS) and fields of their training-settings objects (SIZE_SETTINGS; both by an AST rewrite):
+training sets, seed ranges, grids, teacher steps and the torch thread count shrink; NFEs, solvers, schedules,
+models, file names and everything else run as written. TORCHRUN_PROCESSES caps torchrun's process count. SKIP_LINES / SKIP_BLOCKS list what does not run, each with its reason; a skipped
 python block is still compiled, a skipped ``fewstep`` line still parsed, and a skipped ``make`` target must exist.
 Every entry of these tables must match the README (no stale entries).
 """
@@ -82,9 +82,15 @@ SIZE_OPTIONS: dict[tuple[str, ...], dict[str, str]] = {
 # small models; on a shared 2-core machine all cores are several times slower.)
 # function name (as called: the last attribute) -> {keyword: value}: set, or replace the README's value.
 SIZE_KEYWORDS: dict[str, dict[str, object]] = {
-    "train": {"total_samples": 20, "batch": 10, "M": 2},  # batch 10: mixed digit labels need a multiple of 10
-    "learn_schedule": {"total_samples": 8, "batch": 8, "M": 2},
     "search_schedule": {"warmup": 4, "grid": 13},
+}
+# function name -> {keyword: (settings class in fewstep.learned, {field: value})}: the settings object the call passes
+# as that keyword (written as a call, e.g. ``budget=learned.Budget(lr=0.1)``) gets these fields, set or replaced; a
+# call that passes none gets ``fewstep.learned.<class>(fields)``.
+SIZE_SETTINGS: dict[str, dict[str, tuple[str, dict[str, object]]]] = {
+    # batch 10: mixed digit labels need a multiple of 10
+    "train": {"budget": ("Budget", {"total_samples": 20, "batch": 10}), "teacher": ("Teacher", {"M": 2})},
+    "learn_schedule": {"budget": ("Budget", {"total_samples": 8, "batch": 8}), "teacher": ("Teacher", {"M": 2})},
 }
 TORCHRUN_PROCESSES = 2  # --nproc_per_node above this is lowered to it (gloo processes on CPU)
 TIMEOUT = 300  # seconds for one subprocess command
@@ -172,18 +178,32 @@ def shrink_args(args: list[str]) -> list[str]:
     return args
 
 
+def _set_keywords(call: ast.Call, values: dict[str, object]) -> None:
+    """Set or replace keyword arguments of ``call`` by constants."""
+    call.keywords = [k for k in call.keywords if k.arg not in values] + [
+        ast.keyword(kw, ast.Constant(v)) for kw, v in values.items()]
+
+
 class _Shrink(ast.NodeTransformer):
     def visit_Call(self, node: ast.Call) -> ast.Call:
         self.generic_visit(node)
         f = node.func
         name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
-        for kw, value in SIZE_KEYWORDS.get(name, {}).items():
-            node.keywords = [k for k in node.keywords if k.arg != kw] + [ast.keyword(kw, ast.Constant(value))]
+        _set_keywords(node, SIZE_KEYWORDS.get(name, {}))
+        for kw, (cls, fields) in SIZE_SETTINGS.get(name, {}).items():
+            given = next((k.value for k in node.keywords if k.arg == kw), None)
+            if given is None:  # the method's defaults: pass the settings object with the small fields
+                given = ast.parse(f"__import__('fewstep.learned', fromlist=['{cls}']).{cls}()", mode="eval").body
+                node.keywords.append(ast.keyword(kw, given))
+            elif not (isinstance(given, ast.Call) and isinstance(given.func, (ast.Attribute, ast.Name))
+                      and (given.func.attr if isinstance(given.func, ast.Attribute) else given.func.id) == cls):
+                raise ValueError(f"cannot shrink {name}({kw}={ast.unparse(given)}): write it as {cls}(...)")
+            _set_keywords(given, fields)
         return node
 
 
 def shrink_python(code: str) -> str:
-    """``code`` with SIZE_KEYWORDS applied to its calls."""
+    """``code`` with SIZE_KEYWORDS and SIZE_SETTINGS applied to its calls."""
     return ast.unparse(ast.fix_missing_locations(_Shrink().visit(ast.parse(code))))
 
 
@@ -337,8 +357,8 @@ def test_skip_and_size_tables_match_the_readme():
     args = [w[w.index("fewstep") + 1:] for w in (words_of(c)[1] for c in bash) if "fewstep" in w]
     for cmd in SIZE_OPTIONS:
         assert any(tuple(a[: len(cmd)]) == cmd for a in args), f"SIZE_OPTIONS {cmd} matches no README command"
-    for name in SIZE_KEYWORDS:
-        assert re.search(rf"\b{name}\(", python), f"SIZE_KEYWORDS {name!r} matches no call in the README"
+    for name in [*SIZE_KEYWORDS, *SIZE_SETTINGS]:
+        assert re.search(rf"\b{name}\(", python), f"SIZE_KEYWORDS / SIZE_SETTINGS {name!r} matches no README call"
     assert any(words_of(c)[1][0] == "torchrun" for c in bash)
 
 
@@ -346,5 +366,12 @@ def test_size_rewrites():
     assert shrink_args(["sample", "--seeds", "0-49999", "--out", "x.npz"]) == [
         "sample", "--seeds", "0-5", "--out", "x.npz", "--batch", "4"]
     assert shrink_args(["train", "--M=8"])[:3] == ["train", "--M", "2"]
-    assert "total_samples=20" in shrink_python("amed.train(d, shape=(3,), total_samples=8192)")
+    small = "budget=__import__('fewstep.learned', fromlist=['Budget']).Budget(total_samples=20, batch=10)"
+    assert small in shrink_python("learned.train('amed', d, shape=(3,))")
+    assert "budget=learned.Budget(lr=0.1, total_samples=20, batch=10)" in shrink_python(
+        "learned.train('amed', d, shape=(3,), budget=learned.Budget(total_samples=8192, lr=0.1))")
+    assert "teacher=Teacher('heun', M=2)" in shrink_python("train('amed', d, teacher=Teacher('heun', M=8))")
+    assert "warmup=4, grid=13" in shrink_python("search_schedule(d, s, warmup=256)")
+    with pytest.raises(ValueError, match="write it as Budget"):
+        shrink_python("learned.train('amed', d, budget=b)")
     assert [shlex.split(c, comments=True) for c in commands("a \\\n  b  # c\n# d\n\ne\n")] == [["a", "b"], ["e"]]

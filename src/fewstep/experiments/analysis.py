@@ -1,5 +1,5 @@
 """Analyses behind ``fewstep analyze``: PCA of sampling trajectories (Zhou et al., 2024, Fig. 4), the per-step
-error of solvers (and of an AMED predictor) to a teacher, and grid-searched intermediate times (Fig. 5), both as
+error of solvers (and of a learned sampler) to a teacher, and grid-searched intermediate times (Fig. 5), both as
 we measure them (:func:`step_alignment`) and with the paper's own protocol (:func:`relative_alignment`).
 
 Each takes a denoiser and a batch of noise (e.g. ``fewstep.noise_for_seeds(seeds, shape)``) and returns plain rows;
@@ -22,7 +22,7 @@ def trajectory_pca(
     :func:`fewstep.metrics.trajectory_pca_table` of them: per k = 1 .. ``max_k`` the relative projection error
     onto the top-k principal components and their explained variance. ``max_k`` is checked before sampling."""
     from ..metrics import trajectory_pca_table
-    from ..sampling import sample
+    from ..sampling import solve
     from ..schedules import get_schedule
 
     if isinstance(noise, torch.Tensor) and noise.ndim >= 1 and isinstance(steps, int):
@@ -32,14 +32,19 @@ def trajectory_pca(
             raise ValueError(f"max_k must be an int in 1..{n} (trajectories of {T} points in {D} dimensions "
                              f"have {n} principal components), got {max_k!r}")
     sig = get_schedule("polynomial", steps + 1)
-    traj = sample(denoiser, noise, sig, solver, return_trajectory=True, progress=progress).trajectory
+    traj = solve(denoiser, noise, sig, solver, trajectory=True, progress=progress).trajectory
     return trajectory_pca_table(traj, max_k)
 
 
 def predictor_label(predictor: Any) -> str:
-    """'AMED-Solver' or 'AMED-Plugin on BASE' for an AMED predictor, from its student config."""
-    st = predictor.config["student"]
-    return "AMED-Solver" if st["solver"] == "amed" else f"AMED-Plugin on {st['base']}"
+    """'AMED-Solver' or 'AMED-Plugin on BASE' for an AMED sampler, else the sampler's ``describe()`` (e.g.
+    'dyweight (window=3)'), from its config."""
+    cfg = predictor.config
+    if cfg["method"] == "amed":
+        return "AMED-Solver"
+    if cfg["method"] == "plugin":
+        return f"AMED-Plugin on {cfg['base']['solver']}"
+    return predictor.describe()
 
 
 def per_step_error(
@@ -47,10 +52,10 @@ def per_step_error(
     afs: bool = False, schedule: str = "polynomial", teacher_steps: int = 16, predictor: Any = None,
 ) -> list[dict[str, Any]]:
     """Per-step RMSE / L2 to a DEIS-4 teacher (:func:`fewstep.evaluation.trajectory_error`) of each solver at
-    ``nfe`` on the ``schedule`` of the matching number of steps, then, with an AMED ``predictor``, of the predictor
-    on its own schedule. One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, ``"AMED-Solver"``,
-    ``"AMED-Plugin on BASE"``) and trajectory_error's per-sigma lists ``sigma``, ``rmse``, ``l2``,
-    ``teacher_change`` and ``nfe``."""
+    ``nfe`` on the ``schedule`` of the matching number of steps, then, with a learned sampler ``predictor``, of
+    the sampler on its own schedule. One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, or the sampler's
+    :func:`predictor_label`: ``"AMED-Solver"``, ``"AMED-Plugin on BASE"``, ...) and trajectory_error's per-sigma lists
+    ``sigma``, ``rmse``, ``l2``, ``teacher_change`` and ``nfe``."""
     from ..evaluation import trajectory_error
     from ..sampling import steps_for_nfe
     from ..schedules import get_schedule

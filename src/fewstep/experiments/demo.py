@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import amed, evaluation, metrics
+from .. import evaluation, learned, metrics
 from ..data import digit_classifier
 from ..io import atomic_path, pyplot, save_figure, write_text_atomic
-from ..sampling import noise_for_seeds, sample
+from ..sampling import noise_for_seeds, sample, solve
 from ..schedules import get_schedule
 from .bed import Bed
 
@@ -126,7 +126,6 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     per class; the teacher, the best of ``cfg.specs`` at ``cfg.nfe`` and the learned ``cfg.method`` trained for it.
     Writes ``out/digits_nfe{nfe}.png`` (rows: classes 0-9; column groups: teacher, classic, learned) and the
     predictor; returns (summary, markdown section)."""
-    from .. import learned
     from ..denoisers import Guided, digits_unet
 
     t0 = time.perf_counter()
@@ -147,10 +146,10 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     # Training batches repeat the labels 0..9 (the trainer draws exactly train_batch noises per iteration, so one
     # label per sample lines up); the noise differs per batch.
     say(f"Training {cfg.method} on the guided model for NFE {cfg.nfe} ...", flush=True)
-    log: list = []
     pred = learned.train(cfg.method, Guided(model, torch.arange(cfg.train_batch) % 10, cfg.scale), shape=(1, 16, 16),
-                         nfe=cfg.nfe, options=cfg.options, batch=cfg.train_batch, total_samples=cfg.train_samples,
-                         M=cfg.M, progress=progress, log=log)
+                         nfe=cfg.nfe, options=cfg.options, teacher=learned.Teacher(M=cfg.M),
+                         budget=learned.Budget(batch=cfg.train_batch, total_samples=cfg.train_samples),
+                         progress=progress)
     pred.save(out / "predictors" / f"digits_{cfg.method}_w{cfg.scale:g}_nfe{cfg.nfe}.safetensors")
     x_learned = sample(guided, noise, predictor=pred)
 
@@ -175,7 +174,7 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     save_png(png, image_grid(tiles.flatten(0, 1).expand(-1, 3, -1, -1), cols=tiles.shape[1], rows=10))
 
     train = {"method": cfg.method, "options": dict(cfg.options), "samples": cfg.train_samples,
-             "batch": cfg.train_batch, "M": cfg.M, "seconds": log[0].seconds}
+             "batch": cfg.train_batch, "M": cfg.M, "seconds": pred.log.seconds}
     summary = {"model_id": model.model_id, "scale": cfg.scale, "nfe": cfg.nfe, "per_class": cfg.per_class,
                "teacher_error": ref_err, "classifier_held_out_accuracy": clf_acc, "columns": cols,
                "classic_rmse": {r["label"]: r[cfg.nfe] for r in classic}, "train": train,
@@ -215,22 +214,22 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     say(f"  teacher relative error vs. half the steps: {ref_err:.1e}", flush=True)
 
     # Geometry: how close the sampling trajectories stay to a 2-D plane (paper, Fig. 4).
-    traj = sample(model, noise[:64], get_schedule("polynomial", 33), "heun", return_trajectory=True).trajectory
+    traj = solve(model, noise[:64], get_schedule("polynomial", 33), "heun", trajectory=True).trajectory
     pca_err = metrics.trajectory_pca_error(traj, k=2)
 
-    predictors: dict[str, amed.AMEDPredictor] = {}
+    predictors: dict[str, learned.LearnedSampler] = {}
     train_secs: dict[str, float] = {}
-    for student in ("amed", "ipndm"):
-        n = amed.student_steps_for_nfe(student, cfg.amed_nfe)
+    # AMED-Solver (method amed) and AMED-Plugin on iPNDM (method plugin), features hooked on the U-Net's middle block.
+    for student, method, base in (("amed", "amed", None), ("ipndm", "plugin", "ipndm")):
         say(f"Training AMED {'Solver' if student == 'amed' else 'Plugin on iPNDM'} for NFE {cfg.amed_nfe} ...",
             flush=True)
-        log: list = []
-        predictors[student] = amed.train(
-            model, network=model, shape=shape, student=student, num_steps=n, features="auto", M=cfg.M,
-            total_samples=cfg.train_samples, batch=cfg.train_batch, dtype=torch.float32, model_id=model.model_id,
-            progress=cfg.progress, log=log,
+        predictors[student] = learned.train(
+            method, model, shape=shape, nfe=cfg.amed_nfe, base=base, options={"features": "auto"},
+            teacher=learned.Teacher(M=cfg.M),
+            budget=learned.Budget(batch=cfg.train_batch, total_samples=cfg.train_samples),
+            dtype=torch.float32, model_id=model.model_id, progress=cfg.progress,
         )
-        train_secs[student] = log[0].seconds
+        train_secs[student] = predictors[student].log.seconds
         kind = "amed" if student == "amed" else "amed_plugin"
         predictors[student].save(out / "predictors" / f"{kind}_{student}_nfe{cfg.amed_nfe}.safetensors")
 
@@ -244,7 +243,7 @@ def run_demo(cfg: DemoConfig, model: torch.nn.Module | None = None) -> dict[str,
     for row in rows:
         row.setdefault("fd", {})
     for student, label in (("amed", "AMED-Solver +AFS"), ("ipndm", "AMED-Plugin iPNDM +AFS")):
-        res_ = sample(model, noise, predictor=predictors[student], return_result=True)
+        res_ = solve(model, noise, predictor=predictors[student])
         row = {"label": label, "amed": True, "fd": {res_.nfe: fd(res_.x)}, res_.nfe: bed.rmse(res_.x)}
         rows.append(row)
         save_png(grids / f"{_slug(label)}_nfe{res_.nfe}.png", image_grid(res_.x))

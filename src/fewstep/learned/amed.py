@@ -13,6 +13,7 @@ more evaluation at the geometric midpoint of every interval.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -95,6 +96,9 @@ class AMEDSampler(LearnedSampler):
             elif not (isinstance(denoiser, nn.Module) and any(n in BOTTLENECK_NAMES
                                                                for n, _ in denoiser.named_modules())):
                 feats = "none"
+                warnings.warn(f"features='auto': {type(denoiser).__name__} provides no features and has no known "
+                              f"middle block ({', '.join(BOTTLENECK_NAMES)}); training a predictor-free table",
+                              UserWarning, stacklevel=3)
             opts["features"] = feats
         if feats == "none":
             return denoiser, opts

@@ -4,7 +4,7 @@ with and without AMED-Plugin), and the grid-searched intermediate times of Fig. 
 
 Every table is RMSE to a high-accuracy ODE solution on held-out seeds (seeds 0..S-1; AMED trains on seeds from
 10^9 + 1 on), optionally with a Fréchet distance in a fixed random feature space (``fd``). AMED predictors are
-predictor-free tables (``features="none"``, final-point loss) trained per NFE with a small budget.
+predictor-free tables (``options={"features": "none"}``, final-point loss) trained per NFE with a small budget.
 
 Modules: :mod:`.reference` (the paper's numbers), :mod:`.tables` (the runners), :mod:`.fig5` (the alignment
 studies), :mod:`.comparison` (ours beside the paper's, with verdicts), :mod:`.reports` (Markdown) and :mod:`.rows`
@@ -36,6 +36,8 @@ from .tables import (
     amed_row,
     paper_schedule,
     run_table,
+    student_method,
+    student_steps,
     table2,
     table4,
     table5,
@@ -47,4 +49,5 @@ __all__ = [
     "PAPER_TABLE2", "PAPER_TABLE3_SD", "PAPER_TABLE4", "PAPER_TABLE5", "PAPER_TEACHERS", "STUDENTS",
     "TABLE2_BASELINES", "TEACHERS", "SCHEDULES", "format_rows", "report", "render", "compare", "run_table",
     "json_safe", "int_keys", "bed_info", "machine", "NFES", "TITLES", "UNITS", "PaperRow", "TABLE2_PAIRS",
+    "student_method", "student_steps",
 ]

@@ -8,11 +8,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ... import amed
 from ...sampling import ModelCall
 from ...schedules import get_schedule
 from ...solvers import AMEDPlugin, AMEDSolver, get_solver
 from ...teacher import REFERENCE_SOLVER, run_teacher
+from .tables import student_steps
 
 __all__ = ["alignment", "relative_alignment", "PAPER_FIG5_FORMS"]
 
@@ -62,7 +62,7 @@ def alignment(
     out: list[dict[str, Any]] = []
     for name in solvers:
         label, make = _form(name)
-        n = amed.student_steps_for_nfe(name, nfe, afs)
+        n = student_steps(name, nfe, afs)
         sig = get_schedule(schedule, n)
         teach = run_teacher(denoiser, noise, sig, M, *REFERENCE_SOLVER, trajectory=True).trajectory
         x = noise * sig[0]

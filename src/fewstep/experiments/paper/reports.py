@@ -43,8 +43,9 @@ def report(which: str, result: dict[str, Any], bed: Bed | dict[str, Any], nfes: 
         f"Bed: {info['description']}; {info['seeds']} held-out seeds (0..{info['seeds'] - 1}); reference: "
         f"DEIS-4 logrho with {info['ref_steps']} polynomial steps (relative change vs half the steps "
         f"{info['ref_error']:.1e}).  ",
-        f"AMED: predictor-free table (features none, r/c/a per step), trained per NFE by `fewstep.amed.train` with "
-        f"final-point loss, batch {settings.get('batch', 64)}, {settings['total_samples']} training samples, teacher "
+        "AMED: predictor-free table (features none, r/c/a per step), trained per NFE by `fewstep.learned.train` "
+        f"(method amed / plugin) with final-point loss, batch {settings.get('batch', 64)}, "
+        f"{settings['total_samples']} training samples, teacher "
         + teacher_desc.format(M=settings["M"]) + (", AFS on" if afs else ", AFS off") + ", scale_dir 0.01.  ",
         "Cells: RMSE to the reference at sigma_min = 0.002 (lower is better; best per NFE in bold; — = NFE not "
         "reachable by the solver).", "",

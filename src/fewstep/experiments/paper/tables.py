@@ -9,15 +9,15 @@ import time
 from dataclasses import replace
 from typing import Any, Sequence
 
-from ... import amed
+from ... import learned
 from ...evaluation import SolverSpec, rmse, solver_table
-from ...sampling import sample
+from ...sampling import solve, steps_for_nfe
 from ...schedules import get_schedule, refine_schedule
 from ..bed import Bed
 from .reference import NFES, TITLES
 
 __all__ = ["TABLE2_BASELINES", "TEACHERS", "PAPER_TEACHERS", "STUDENTS", "SCHEDULES", "TABLE2_ROWS", "amed_row",
-           "table2", "paper_schedule", "table4", "table5", "run_table"]
+           "student_method", "student_steps", "table2", "paper_schedule", "table4", "table5", "run_table"]
 
 # Table 2's rows. Single-step second-order solvers use AFS (as the paper's odd NFEs need); multistep without.
 TABLE2_BASELINES: tuple[SolverSpec, ...] = (
@@ -66,6 +66,21 @@ SCHEDULES: tuple[tuple[str, str, float], ...] = (
 )
 
 
+def student_method(student: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+    """(learned method, base) of a table's AMED student: ``"amed"`` is the AMED-Solver (method ``amed``), any other
+    name the AMED-Plugin (method ``plugin``) on that base solver with ``options``."""
+    if student == "amed":
+        return "amed", None
+    return "plugin", {"solver": student, "options": dict(options or {})}
+
+
+def student_steps(student: str, nfe: int, afs: bool = True, options: dict[str, Any] | None = None) -> int:
+    """Sigmas at which ``student`` (see :func:`student_method`) makes exactly ``nfe`` model evaluations, or a
+    ValueError (an unreachable NFE, or a base the plugin does not take)."""
+    method, base = student_method(student, options)
+    return steps_for_nfe(learned.METHODS[method].probe_solver(None, base, afs), nfe, afs)
+
+
 def amed_row(
     bed: Bed, label: str, student: str = "amed", *, student_options: dict[str, Any] | None = None,
     nfes: Sequence[int] = NFES, afs: bool = True, schedule: str = "polynomial", rho: float = 7.0,
@@ -78,23 +93,25 @@ def amed_row(
     opts = dict(student_options or {})
     row: dict[str, Any] = {"label": label, "solver": "amed" if student == "amed" else f"amed_plugin:{student}",
                            "options": opts, "afs": afs, "train_s": {}, "tables": {}}
+    method, base = student_method(student, opts)
     for nfe in nfes:
         try:
-            n = amed.student_steps_for_nfe(student, nfe, afs, **opts)
+            n = student_steps(student, nfe, afs, opts)
         except ValueError:
             row[nfe] = None
             continue
-        log: list = []
-        pred = amed.train(
-            bed.denoiser, shape=bed.shape, student=student, student_options=opts, teacher=teacher,
-            teacher_options=teacher_options, num_steps=n, M=M, schedule=schedule, rho=rho, afs=afs,
-            features="none", total_samples=total_samples, batch=batch, seed=seed, model_id=bed.model_id,
-            dtype=bed.dtype, progress=progress, log=log,
+        # The bed's reference and baselines run from 80 to 0.002 whatever range the model states: so does AMED.
+        pred = learned.train(
+            method, bed.denoiser, shape=bed.shape, num_steps=n, afs=afs, base=base, options={"features": "none"},
+            schedule=learned.ScheduleSpec(kind=schedule, sigma_min=0.002, sigma_max=80.0, rho=rho),
+            teacher=learned.Teacher(teacher, teacher_options, M=M),
+            budget=learned.Budget(batch=batch, total_samples=total_samples, seed=seed),
+            model_id=bed.model_id, dtype=bed.dtype, progress=progress,
         )
-        res = sample(bed.denoiser, bed.noise, predictor=pred, return_result=True)
+        res = solve(bed.denoiser, bed.noise, predictor=pred)
         assert res.nfe == nfe, (res.nfe, nfe)
         row[nfe] = rmse(res.x, bed.ref)
-        row["train_s"][nfe] = round(log[0].seconds, 1)
+        row["train_s"][nfe] = round(pred.log.seconds, 1)
         row["tables"][nfe] = [[round(v[k], 4) for k in ("r", "c", "a")] for v in pred.table_values()]
         bed.on_sample(row, nfe, res.x)
     return row
@@ -203,12 +220,12 @@ def table4(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, M: i
             trow: dict[str, Any] = {"label": label, "student": student, "teacher": name, "M": m}
             for nfe in nfes:
                 try:
-                    n = amed.student_steps_for_nfe(student, nfe, True, **opts_s)
+                    n = student_steps(student, nfe, True, opts_s)
                 except ValueError:
                     trow[nfe] = None
                     continue
                 fine = refine_schedule(get_schedule("polynomial", n), m)
-                res = sample(bed.denoiser, bed.noise, fine, name, return_result=True, **opts)
+                res = solve(bed.denoiser, bed.noise, fine, name, **opts)
                 trow[nfe] = rmse(res.x, bed.ref)
                 trow.setdefault("teacher_nfe", {})[nfe] = res.nfe
             teacher_rows.append(trow)
