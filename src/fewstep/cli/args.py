@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = [
     "MAX_SEEDS", "MODELS", "MODEL_HELP", "parse_nfes", "positive_int", "parse_seeds", "parse_shape", "schedule_arg",
-    "kind_or_file", "json_object", "add_model_args", "load_model", "resolve_features",
+    "kind_or_file", "json_object", "add_model_args", "load_model", "resolve_features", "factory_model_id",
 ]
 
 MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
@@ -225,8 +225,21 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
         if shape is None:
             raise ValueError("--shape is required with a model factory (e.g. --shape 3,32,32)")
         _probe(den, name, tuple(shape))
-        return den, tuple(shape), getattr(den, "model_id", name), torch.float32
+        return den, tuple(shape), factory_model_id(name, den), torch.float32
     raise ValueError(f"unknown model {name!r}; use {MODEL_HELP}")
+
+
+def factory_model_id(name: str, den: object) -> str:
+    """The id of the model a factory ``name`` returned: its own non-empty ``model_id`` if it sets one, else
+    ``name@digest`` with :func:`fewstep.denoisers.model_digest` of its weights (so retrained weights behind the same
+    factory are another model), else ``name`` (no network to digest, e.g. an analytic model)."""
+    from ..denoisers import model_digest
+
+    own = getattr(den, "model_id", None)
+    if isinstance(own, str) and own:
+        return own
+    digest = model_digest(den)
+    return name if digest is None else f"{name}@{digest}"
 
 
 def _probe(den: Any, name: str, shape: tuple[int, ...]) -> None:
