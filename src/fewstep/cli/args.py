@@ -12,7 +12,8 @@ from typing import Any
 
 __all__ = [
     "MAX_SEEDS", "MODELS", "MODEL_HELP", "parse_nfes", "positive_int", "parse_seeds", "parse_shape", "schedule_arg",
-    "kind_or_file", "json_object", "add_model_args", "load_model", "resolve_features", "factory_model_id",
+    "kind_or_file", "json_object", "add_model_args", "load_model", "resolve_features", "sigma_range",
+    "model_sigma_range", "describe_sigma_range", "factory_model_id", "EDM_SIGMA_RANGE",
 ]
 
 MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
@@ -127,26 +128,73 @@ def add_model_args(p: Any) -> None:
 def add_sigma_args(p: Any) -> None:
     """Add --sigma-min / --sigma-max (default: the model's own noise range)."""
     p.add_argument("--sigma-min", type=float, default=None,
-                   help="end of the schedule (default: the model's own smallest sigma, else 0.002)")
+                   help="end of the schedule (default: the model's own smallest sigma, else 0.002; a value below the "
+                        "model's own is refused)")
     p.add_argument("--sigma-max", type=float, default=None,
-                   help="start of the schedule (default: the model's own largest sigma, else 80)")
+                   help="start of the schedule (default: the model's own largest sigma, else 80; a value above the "
+                        "model's own is refused)")
+
+
+EDM_SIGMA_RANGE = (0.002, 80.0)  # EDM's range (Karras et al., 2022): the default for a model with none of its own
+RANGE_SLACK = 1e-3  # an option may pass the model's own range by this relative amount (0.01 for 0.0100005)
+
+
+UNBOUNDED_SIGMA = 1e3  # a model's sigma_max from here up (a flow model near t = 1) is no schedule start
+
+
+def model_sigma_range(denoiser: object) -> tuple[float | None, float | None]:
+    """The model's own training range as (sigma_min, sigma_max) from its ``sigma_min`` / ``sigma_max`` attributes
+    (those of :class:`fewstep.denoisers.VPModel`, a diffusers model, ...); an end the model does not declare (or
+    declares as no positive finite number) is None."""
+    ends = []
+    for v in (getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        ends.append(float(v) if ok else None)
+    lo, hi = ends
+    return (lo, hi) if lo is None or hi is None or lo < hi else (None, None)
 
 
 def sigma_range(args: argparse.Namespace, denoiser: object) -> tuple[float, float]:
-    """(sigma_min, sigma_max): the options if given, else the model's own training range (``sigma_min`` /
-    ``sigma_max`` attributes, e.g. a diffusers model's), else EDM's 0.002 and 80. An unbounded range (flow models
-    reach sigma = inf at t = 1) starts at 80."""
-    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
-    lo = float(lo) if isinstance(lo, (int, float)) and lo > 0 else 0.002
-    hi = float(hi) if isinstance(hi, (int, float)) and hi < 1e3 else 80.0
-    lo = args.sigma_min if getattr(args, "sigma_min", None) is not None else lo
-    hi = args.sigma_max if getattr(args, "sigma_max", None) is not None else hi
-    for name, v in (("--sigma-min", lo), ("--sigma-max", hi)):
-        if not (isinstance(v, float) and math.isfinite(v) and v > 0):
+    """(sigma_min, sigma_max): the options if given, else the model's own training range
+    (:func:`model_sigma_range`), else EDM's 0.002 and 80. An option outside the model's own range (by more than a
+    relative 1e-3) is refused: the network would be called at noise levels it was never trained on."""
+    return _sigma_range(args, denoiser)[:2]
+
+
+def describe_sigma_range(args: argparse.Namespace, denoiser: object) -> str:
+    """Where :func:`sigma_range`'s values come from, in words: 'the model's own range', 'EDM's default range', or
+    which options replaced which."""
+    return _sigma_range(args, denoiser)[2]
+
+
+def _sigma_range(args: argparse.Namespace, denoiser: object) -> tuple[float, float, str]:
+    own_lo, own_hi = model_sigma_range(denoiser)
+    lo = own_lo if own_lo is not None else EDM_SIGMA_RANGE[0]
+    # An unbounded model (a flow model reaches sigma = inf at t = 1) starts at EDM's 80.
+    hi = own_hi if own_hi is not None and own_hi < UNBOUNDED_SIGMA else EDM_SIGMA_RANGE[1]
+    given = {name: getattr(args, key, None) for name, key in (("--sigma-min", "sigma_min"), ("--sigma-max", "sigma_max"))}
+    for name, v in given.items():
+        if v is not None and not (isinstance(v, float) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    lo = given["--sigma-min"] if given["--sigma-min"] is not None else lo
+    hi = given["--sigma-max"] if given["--sigma-max"] is not None else hi
     if not lo < hi:
         raise ValueError(f"--sigma-min ({lo:g}) must be below --sigma-max ({hi:g})")
-    return lo, hi
+    if own_lo is not None or own_hi is not None:
+        low = own_lo * (1 - RANGE_SLACK) if own_lo is not None else 0.0
+        high = own_hi * (1 + RANGE_SLACK) if own_hi is not None else math.inf
+        for name, v in given.items():
+            if v is not None and not low <= v <= high:
+                ends = f"{own_lo if own_lo is not None else 0:.6g} .. {own_hi if own_hi is not None else math.inf:.6g}"
+                raise ValueError(f"{name} {v:g} is outside the model's own noise range, sigma {ends} (the noise levels "
+                                 "it was trained on): give a value inside it, or leave the option out to use the "
+                                 "model's range")
+    uses = [own_lo is not None, own_hi is not None and own_hi < UNBOUNDED_SIGMA]
+    base = ("the model's own range" if all(uses) else "EDM's default range (the model declares none)" if not any(uses)
+            else f"the model's own sigma_{'min' if uses[0] else 'max'}, EDM's default for the other end")
+    opts = [n for n, v in given.items() if v is not None]
+    source = base if not opts else f"{' and '.join(opts)} as given" + ("" if len(opts) == 2 else f", else {base}")
+    return lo, hi, source
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this one thread is fastest on CPU (see README "Speed")
