@@ -84,6 +84,22 @@ def test_digest_sees_parameters_buffers_dtypes_and_finds_wrapped_networks():
     assert model_digest(analytic()) is None and model_digest(lambda x, s: x) is None
 
 
+def test_digest_looks_through_a_wrapper_module_holding_an_adapter():
+    from fewstep.denoisers import Guided
+
+    class Labelled:  # a class-conditional adapter-like object (not a module) around a network
+        null_label = 3
+
+        def __init__(self, net):
+            self.model = net
+
+        def __call__(self, x, sigma, class_labels=None):
+            return x
+
+    a, b = Guided(Labelled(Net()), 1, 2.0), Guided(Labelled(Net(offset=1.0)), 1, 2.0)
+    assert model_digest(a) != model_digest(b)  # Guided's own state dict is empty: the weights come from inside
+
+
 def test_factory_ids_follow_the_weights():
     a, a2, b = _id("ddpm_a"), _id("ddpm_a_again"), _id("ddpm_b")
     assert a == f"test_model_digest:ddpm_a@{NET_DIGEST}"

@@ -114,25 +114,28 @@ def model_digest(obj: object) -> str | None:
 
 
 def _modules(obj: object, depth: int, seen: set[int], out: list[torch.nn.Module]) -> None:
-    """Collect into ``out`` the outermost nn.Modules reachable from ``obj`` (a module's submodules are its own)."""
+    """Collect into ``out`` the outermost nn.Modules reachable from ``obj`` (a module's submodules are in its own
+    state dict, so they are not collected again)."""
     if obj is None or id(obj) in seen or depth > 4 or isinstance(obj, (int, float, str, bytes, bool, type)):
         return
     seen.add(id(obj))
+    inner: list[object] = []
     if isinstance(obj, torch.nn.Module):
         out.append(obj)
-        return
-    inner: list[object] = []
-    if isinstance(obj, functools.partial):
-        inner += [obj.func, *obj.args, *obj.keywords.values()]
-    if hasattr(obj, "__self__"):
-        inner.append(obj.__self__)
-    fn = getattr(obj, "__func__", obj)
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        inner += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
-        glb = getattr(fn, "__globals__", {})
-        inner += [glb[n] for n in code.co_names if isinstance(glb.get(n), torch.nn.Module)]
+        # Its submodules are in its state dict; a wrapper module (Guided) may also hold a plain-object denoiser.
+        inner += [v for v in (getattr(obj, n, None) for n in _HOLDERS) if not isinstance(v, torch.nn.Module)]
     else:
-        inner += [getattr(obj, n, None) for n in _HOLDERS]
+        if isinstance(obj, functools.partial):
+            inner += [obj.func, *obj.args, *obj.keywords.values()]
+        if hasattr(obj, "__self__"):
+            inner.append(obj.__self__)
+        fn = getattr(obj, "__func__", obj)
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            inner += [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+            glb = getattr(fn, "__globals__", {})
+            inner += [glb[n] for n in code.co_names if isinstance(glb.get(n), torch.nn.Module)]
+        else:
+            inner += [getattr(obj, n, None) for n in _HOLDERS]
     for o in inner:
         _modules(o, depth + 1, seen, out)
