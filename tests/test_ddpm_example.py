@@ -1,9 +1,10 @@
 """The third-party-style DDPM of examples/ddpm_digits: its factory through the CLI, its identity and range, its
-independence from fewstep."""
+independence from fewstep, and the hand sweep run on it (benchmarks/ddpm_sweep.py, at tiny size)."""
 
 from __future__ import annotations
 
 import ast
+import json
 import math
 from pathlib import Path
 
@@ -72,3 +73,19 @@ def test_example_ddpm_through_the_cli(tmp_path, capsys):
     settings = "".join(p.read_text() for p in out.rglob("*.json"))
     assert f"{FACTORY}@" in settings
 
+
+def test_sweep_runs_and_writes_page_and_json(tmp_path, monkeypatch):
+    from benchmarks import ddpm_sweep
+
+    monkeypatch.setattr(ddpm_sweep, "SOLVERS", (("Euler", "euler", {}), ("iPNDM4", "ipndm", {"max_order": 4})))
+    monkeypatch.setattr(ddpm_sweep, "SCHEDULES", (("polynomial", 7.0), ("logsnr", 7.0)))
+    monkeypatch.setattr(ddpm_sweep, "DISCRETE", (("discrete", 1.0),))
+    page, js = tmp_path / "s.md", tmp_path / "s.json"
+    assert ddpm_sweep.main(["--quick", "--models", "ddpm", "--out", str(page), "--json", str(js)]) == 0
+    doc = json.loads(js.read_text())
+    rows = doc["results"][0]["rows"]
+    assert len(rows) == 2 * 2 * 3 and {r["nfe"] for r in rows} == {5}
+    assert all(r["rmse"] is None or r["rmse"] >= 0 for r in rows)
+    text = page.read_text()
+    assert "### NFE 5 (12 configurations)" in text and "load average" in text
+    assert "iPNDM4 +AFS" in text and "Default / best" in text
