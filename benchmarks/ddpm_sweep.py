@@ -139,8 +139,7 @@ def sweep_model(name: str, seeds: int, ref_steps: int, nfes: tuple[int, ...], lo
 
 
 def row_name(r: dict) -> str:
-    sched = r["schedule"] + ("" if r["schedule"] == "logsnr" else f" rho {r['rho']:g}")
-    return f"{r['label']}{' +AFS' if r['afs'] else ''}, {sched}"
+    return f"{r['label']}{' +AFS' if r['afs'] else ''}, {_sched(r)}"
 
 
 def _is(r: dict, spec: tuple) -> bool:
@@ -160,6 +159,20 @@ def render(results: list[dict], total_s: float, argv: list[str]) -> str:
            "(iPNDM4 + AFS, polynomial rho 7) and plain Euler (DDIM) on the same schedule with their ranks. "
            f"Run time {total_s / 60:.1f} min in all (the models' times below) on 1 CPU thread (torch {torch.__version__}); the machine is "
            "shared, so the times vary with its load (`uptime` below).", ""]
+    out += ["## Summary", "", "| model | NFE | best configuration | RMSE | default (rank) | Euler rho 7 (rank) | "
+            "best Euler | reference's error |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for res in results:
+        for nfe in sorted({r["nfe"] for r in res["rows"]}):
+            rows = sorted((r for r in res["rows"] if r["nfe"] == nfe), key=lambda r: r["rmse"])
+            cells = []
+            for spec in (DEFAULT, EULER):
+                i = next((i for i, r in enumerate(rows) if _is(r, spec)), None)
+                cells.append("—" if i is None else f"{rows[i]['rmse']:.4f} ({i + 1})")
+            eul = next(r for r in rows if r["solver"] == "euler")
+            out.append(f"| {res['model']} | {nfe} | {row_name(rows[0])} | {rows[0]['rmse']:.4f} | {cells[0]} | "
+                       f"{cells[1]} | {eul['rmse']:.4f} ({_sched(eul)}{' +AFS' if eul['afs'] else ''}) | "
+                       f"{res['reference']['half_steps_rmse']:.1e} |")
+    out.append("")
     for res in results:
         ref = res["reference"]
         out += [f"## {res['model']}: {res['description']}", "",
@@ -172,26 +185,45 @@ def render(results: list[dict], total_s: float, argv: list[str]) -> str:
             rows = sorted((r for r in res["rows"] if r["nfe"] == nfe), key=lambda r: r["rmse"])
             out += [f"### NFE {nfe} ({len(rows)} configurations)", "", "| rank | solver | schedule | RMSE |",
                     "|---:|---|---|---:|"]
-            shown = set()
-            for i, r in enumerate(rows[:10]):
-                shown.add(i)
-                out.append(_line(i, r))
-            for spec, what in ((DEFAULT, "default"), (EULER, "= DDIM")):
-                for i, r in enumerate(rows):
-                    if _is(r, spec) and i not in shown:
-                        out.append(_line(i, r, f" ({what})"))
+            notes = {i: f" ({what})" for spec, what in ((DEFAULT, "default"), (EULER, "= DDIM"))
+                     for i, r in enumerate(rows) if _is(r, spec)}
+            out += [_line(i, rows[i], notes.get(i, "")) for i in sorted(set(range(min(10, len(rows)))) | set(notes))]
             best = rows[0]["rmse"]
             dflt = next((r for r in rows if _is(r, DEFAULT)), None)
             if dflt is not None:
                 out += ["", f"Default / best: {dflt['rmse'] / best:.2f}x; a tuner within 1.1x of the best must reach "
                             f"RMSE {1.1 * best:.4f}."]
+            out += ["", "By schedule: the best configuration on it, and the default solver and Euler on it.", "",
+                    "| schedule | best on it | RMSE | iPNDM4 +AFS | Euler |", "|---|---|---:|---:|---:|"]
+            for kind, rho in dict.fromkeys((r["schedule"], r["rho"]) for r in rows):
+                on = [r for r in rows if (r["schedule"], r["rho"]) == (kind, rho)]
+                cell = {what: next((f"{r['rmse']:.4f}" for r in on if _is(r, spec[:3] + (kind, rho))), "—")
+                        for spec, what in ((DEFAULT, "default"), (EULER, "euler"))}
+                out.append(f"| {_sched(on[0])} | {on[0]['label']}{' +AFS' if on[0]['afs'] else ''} | "
+                           f"{on[0]['rmse']:.4f} | {cell['default']} | {cell['euler']} |")
             out.append("")
     return "\n".join(out) + "\n"
 
 
+def _sched(r: dict) -> str:
+    return r["schedule"] + ("" if r["schedule"] == "logsnr" else f" rho {r['rho']:g}")
+
+
 def _line(i: int, r: dict, note: str = "") -> str:
-    sched = r["schedule"] + ("" if r["schedule"] == "logsnr" else f" rho {r['rho']:g}")
-    return f"| {i + 1} | {r['label']}{' +AFS' if r['afs'] else ''}{note} | {sched} | {r['rmse']:.4f} |"
+    return f"| {i + 1} | {r['label']}{' +AFS' if r['afs'] else ''}{note} | {_sched(r)} | {r['rmse']:.4f} |"
+
+
+def dump_json(doc: dict) -> str:
+    """``doc`` as JSON with one line per sweep row (NaN / inf refused: a diverged run is null)."""
+    rows = {}
+    for i, res in enumerate(doc["results"]):
+        rows[f"@rows{i}@"], res["rows"] = res["rows"], f"@rows{i}@"
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    for key, value in rows.items():
+        text = text.replace(json.dumps(key), "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in value) + "\n]")
+    for i, res in enumerate(doc["results"]):
+        res["rows"] = rows[f"@rows{i}@"]
+    return text + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     nfes = (5,) if args.quick else NFES
     t0 = time.time()
     results = []
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m]:  # --models "" --keep: only render the JSON again
         seeds = 4 if args.quick else args.seeds if name.startswith("ddpm") else args.other_seeds
         results.append(sweep_model(name, seeds, 16 if args.quick else args.ref_steps, nfes,
                                    lambda s: print(s, file=sys.stderr, flush=True)))
@@ -230,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:  # a diverged run (inf) is null in the JSON
         for r in res["rows"]:
             r["rmse"] = r["rmse"] if math.isfinite(r["rmse"]) else None
-    write_text_atomic(Path(args.json), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(Path(args.json), dump_json(doc))
     write_text_atomic(Path(args.out), page)
     print(f"wrote {args.out} and {args.json} in {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
