@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .denoisers import sigma_range
 from .recipe import Recipe, option_label
 from .sampling import noise_for_seeds, solve, steps_for_nfe
 from .schedules import get_schedule
-from .seeds import tune_seeds
+from .seeds import report_seeds, tune_seeds
 from .teacher import REFERENCE_SOLVER
 
-__all__ = ["TuneResult", "tune", "SOLVER_GRID", "model_sigma_range", "model_timesteps", "make_sigmas",
+__all__ = ["TuneResult", "tune", "report", "SOLVER_GRID", "model_timesteps", "make_sigmas",
            "teacher_solution", "rmse_to"]
 
 # Classic solver configurations compared by tune (names and options as in fewstep.SOLVERS).
@@ -52,21 +53,11 @@ SOLVER_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
     ("deis", {"max_order": 2, "deis_mode": "logrho"}),
     ("deis", {"max_order": 3, "deis_mode": "logrho"}),
 )
-FIRST_SCHEDULES = (("polynomial", 7.0), ("logsnr", 1.0), ("discrete", 1.0))
-RHO_SWEEP = {"polynomial": (1.0, 1.5, 2.0, 3.0, 5.0, 10.0), "discrete": (1.5, 2.0, 3.0),
-             "time_uniform": (1.0, 2.0)}
+FIRST_SCHEDULES = (("polynomial", 7.0), ("logsnr", 1.0), ("time_uniform", 1.0), ("discrete", 1.0))
+RHO_SWEEP = {"polynomial": (1.0, 1.5, 2.0, 3.0, 5.0, 10.0), "discrete": (1.5, 2.0, 3.0), "time_uniform": (1.5, 2.0)}
 GITS_GRID = 61  # points of the fine grid the searched schedule is picked from
 KEEP_AFTER_FIRST = 6  # (solver, AFS) pairs carried to the rho sweep
 KEEP_FOR_SEARCH = 3  # (solver, AFS) pairs given a searched (GITS) schedule
-
-
-def model_sigma_range(denoiser: Any, sigma_min: float | None = None,
-                      sigma_max: float | None = None) -> tuple[float, float]:
-    """(sigma_min, sigma_max): the given values, else the model's own (its ``sigma_min`` / ``sigma_max``), else
-    EDM's 0.002 and 80 (:func:`fewstep.learned.settings.sigma_range`)."""
-    from .learned.settings import sigma_range
-
-    return sigma_range(denoiser, sigma_min, sigma_max)
 
 
 def model_timesteps(denoiser: Any) -> torch.Tensor | None:
@@ -166,7 +157,7 @@ def tune(
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     seeds = tune_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
-    lo, hi = model_sigma_range(denoiser, sigma_min, sigma_max)
+    lo, hi, _ = sigma_range(denoiser, sigma_min, sigma_max)
     noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
     count = {"evals": 0}
     ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps, progress)
@@ -245,3 +236,40 @@ def tune(
                   getattr(denoiser, "model_id", None), guidance=guidance, rmse=win["rmse"])
     return TuneResult(best=best, rows=rows, teacher_error=rmse_to(coarse, ref), seeds=seeds, sigma_range=(lo, hi),
                       model_evaluations=count["evals"] * len(seeds))
+
+
+def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Recipe | None = None,
+           seeds: Iterable[int] | int = 64, teacher_steps: int = 128, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The training report: on held-out seeds (:func:`fewstep.seeds.report_seeds`), the RMSE to the teacher of the
+    trained ``sampler``, of its base (the same method untrained on its initial schedule: its neutral
+    initialisation) and of the best classic configuration at its NFE (``recipe``, e.g. from :func:`tune`).
+    Returns {"rows": [{"label", "rmse", "nfe"}], "seeds", "ratio" (trained / best classic), "gain"}."""
+    from .learned.sampler import LearnedSampler
+
+    seeds = report_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+    noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
+    refs: dict[tuple[float, float], torch.Tensor] = {}
+
+    def err(pred: Any) -> float:
+        sig = pred.config["sigmas"]
+        key = (float(sig[-1]), float(sig[0]))
+        if key not in refs:
+            refs[key] = teacher_solution(denoiser, noise, key[0], key[1], teacher_steps)
+        return rmse_to(solve(denoiser, noise, predictor=pred).x, refs[key])
+
+    rows = [{"label": f"trained {sampler.describe()}", "rmse": err(sampler), "nfe": sampler.nfe()}]
+    if isinstance(sampler, LearnedSampler):
+        cfg = dict(sampler.config)
+        init = (cfg.get("schedule") or {}).get("init_sigmas") or cfg["sigmas"]
+        neutral = type(sampler)(type(sampler).make_config(
+            init, afs=cfg["afs"], options=cfg["options"], base=cfg["base"] if sampler.takes_base else None,
+            time_shift=cfg["time_shift"], guidance=cfg.get("guidance"))).to(next(sampler.parameters()).dtype)
+        if sampler.guidance_aware:
+            neutral.guidance_scale = sampler.guidance_scale
+        rows.append({"label": f"its base, untrained ({neutral.solver().name}, {len(init)} sigmas)",
+                     "rmse": err(neutral), "nfe": neutral.nfe()})
+    if recipe is not None:
+        rows.append({"label": f"best classic: {recipe.label()}", "rmse": err(recipe), "nfe": recipe.nfe})
+    best_classic = rows[-1]["rmse"] if recipe is not None else None
+    ratio = rows[0]["rmse"] / best_classic if best_classic else None
+    return {"rows": rows, "seeds": seeds, "ratio": ratio, "teacher_steps": teacher_steps}

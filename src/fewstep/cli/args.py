@@ -12,7 +12,8 @@ from typing import Any
 
 __all__ = [
     "MAX_SEEDS", "MODELS", "MODEL_HELP", "parse_nfes", "positive_int", "parse_seeds", "parse_shape", "schedule_arg",
-    "kind_or_file", "json_object", "add_model_args", "load_model",
+    "kind_or_file", "json_object", "add_model_args", "load_model", "sigma_range", "describe_sigma_range",
+    "factory_model_id",
 ]
 
 MAX_SEEDS = 10**7  # a list of seeds is materialised: refuse ranges that would exhaust memory
@@ -127,26 +128,29 @@ def add_model_args(p: Any) -> None:
 def add_sigma_args(p: Any) -> None:
     """Add --sigma-min / --sigma-max (default: the model's own noise range)."""
     p.add_argument("--sigma-min", type=float, default=None,
-                   help="end of the schedule (default: the model's own smallest sigma, else 0.002)")
+                   help="end of the schedule (default: the model's own smallest sigma, else 0.002; a value below the "
+                        "model's own is refused)")
     p.add_argument("--sigma-max", type=float, default=None,
-                   help="start of the schedule (default: the model's own largest sigma, else 80)")
+                   help="start of the schedule (default: the model's own largest sigma, else 80; a value above the "
+                        "model's own is refused)")
+
+
+def _range(args: argparse.Namespace, denoiser: object) -> tuple[float, float, str]:
+    from ..denoisers import sigma_range as model_range
+
+    return model_range(denoiser, getattr(args, "sigma_min", None), getattr(args, "sigma_max", None),
+                       names=("--sigma-min", "--sigma-max"))
 
 
 def sigma_range(args: argparse.Namespace, denoiser: object) -> tuple[float, float]:
-    """(sigma_min, sigma_max): the options if given, else the model's own training range (``sigma_min`` /
-    ``sigma_max`` attributes, e.g. a diffusers model's), else EDM's 0.002 and 80. An unbounded range (flow models
-    reach sigma = inf at t = 1) starts at 80."""
-    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
-    lo = float(lo) if isinstance(lo, (int, float)) and lo > 0 else 0.002
-    hi = float(hi) if isinstance(hi, (int, float)) and hi < 1e3 else 80.0
-    lo = args.sigma_min if getattr(args, "sigma_min", None) is not None else lo
-    hi = args.sigma_max if getattr(args, "sigma_max", None) is not None else hi
-    for name, v in (("--sigma-min", lo), ("--sigma-max", hi)):
-        if not (isinstance(v, float) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    if not lo < hi:
-        raise ValueError(f"--sigma-min ({lo:g}) must be below --sigma-max ({hi:g})")
-    return lo, hi
+    """(sigma_min, sigma_max) from --sigma-min / --sigma-max, else the model's own range
+    (:func:`fewstep.denoisers.sigma_range`, which refuses options outside the model's range)."""
+    return _range(args, denoiser)[:2]
+
+
+def describe_sigma_range(args: argparse.Namespace, denoiser: object) -> str:
+    """Where :func:`sigma_range`'s values come from, in words ('the model's own range', ...)."""
+    return _range(args, denoiser)[2]
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this one thread is fastest on CPU (see README "Speed")
@@ -224,8 +228,21 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
         if shape is None:
             raise ValueError("--shape is required with a model factory (e.g. --shape 3,32,32)")
         _probe(den, name, tuple(shape))
-        return den, tuple(shape), getattr(den, "model_id", name), torch.float32
+        return den, tuple(shape), factory_model_id(name, den), torch.float32
     raise ValueError(f"unknown model {name!r}; use {MODEL_HELP}")
+
+
+def factory_model_id(name: str, den: object) -> str:
+    """The id of the model a factory ``name`` returned: its own non-empty ``model_id`` if it sets one, else
+    ``name@digest`` with :func:`fewstep.denoisers.model_digest` of its weights (so retrained weights behind the same
+    factory are another model), else ``name`` (no network to digest, e.g. an analytic model)."""
+    from ..denoisers import model_digest
+
+    own = getattr(den, "model_id", None)
+    if isinstance(own, str) and own:
+        return own
+    digest = model_digest(den)
+    return name if digest is None else f"{name}@{digest}"
 
 
 def _probe(den: Any, name: str, shape: tuple[int, ...]) -> None:

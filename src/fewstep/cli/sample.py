@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
@@ -10,6 +11,7 @@ from .args import (
     add_model_args,
     add_sigma_args,
     check_class,
+    describe_sigma_range,
     class_count,
     guidance_scale,
     kind_or_file,
@@ -107,14 +109,17 @@ def run(args: argparse.Namespace) -> int:
         weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
         run_settings = {"predictor": weights, "predictor_config": pred.config,
                         "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
+        used = "the predictor's schedule"
     else:
         solver = args.solver or "ipndm"
         afs = bool(args.afs)
         sigmas = kind_or_file(args.schedule or "polynomial")  # a searched / learned schedule fixes the steps
         if isinstance(sigmas, str):
             lo, hi = sigma_range(args, denoiser)
+            used = f"{sigmas} schedule{' (rho 7)' if sigmas != 'logsnr' else ''}, {describe_sigma_range(args, denoiser)}"
             sigmas = get_schedule(sigmas, steps_for_nfe(solver, args.nfe or 5, afs), sigma_min=lo, sigma_max=hi)
         else:
+            used = f"schedule file {args.schedule}"
             if args.sigma_min is not None or args.sigma_max is not None:
                 raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
             cost = count_nfe(get_solver(solver), len(sigmas), afs)
@@ -124,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs}
         run_settings = {"solver": solver, "sigmas": sigmas.tolist(), "afs": afs}
     run_settings.update(guidance_settings)
+    sig_used = [float(v) for v in run_settings["sigmas"]]
+    print(f"sigmas: {len(sig_used)} from {sig_used[0]:.6g} to {sig_used[-1]:.6g} ({used})", file=sys.stderr, flush=True)
     if init is not None:
         if args.predictor:
             raise ValueError("--init-images cannot be used with --predictor: a predictor is trained from pure noise on "

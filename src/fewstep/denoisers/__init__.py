@@ -3,7 +3,7 @@ them the analytic natural-patch model, :func:`gmm_denoiser`) and the shipped U-N
 
 from .adapters import PREDICTIONS, FlowModel, VPModel
 from .analytic import GMM_MODEL_ID, EmpiricalDenoiser, FlowVelocity, Gaussian, GaussianMixture, gmm_denoiser
-from .base import Denoiser, model_dtype, sigma_like
+from .base import EDM_SIGMA_RANGE, Denoiser, model_digest, model_dtype, model_sigma_range, sigma_like, sigma_range
 from .guidance import Guided
 from .features import BOTTLENECK_NAMES, HookFeatures, find_bottleneck, provides_features
 from .unet import SmallUNet, UNetConfig, default_unet, digits_unet, load_unet, save_unet
@@ -12,6 +12,10 @@ __all__ = [
     "Denoiser",
     "sigma_like",
     "model_dtype",
+    "model_digest",
+    "model_sigma_range",
+    "sigma_range",
+    "EDM_SIGMA_RANGE",
     "HookFeatures",
     "find_bottleneck",
     "provides_features",

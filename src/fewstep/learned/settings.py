@@ -14,18 +14,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..denoisers import sigma_range
 from ..schedules import get_schedule, validate_sigmas
 from ..solvers import SOLVERS, get_solver
 from ..teacher import teacher_options
 from .guidance import MAX_DEGREE
 
 __all__ = ["Teacher", "Budget", "Objective", "ScheduleSpec", "Checkpointing", "GuidanceScales", "LOSSES",
-           "DISTANCES", "SCHEDULE_KINDS", "sigma_range"]
+           "DISTANCES", "SCHEDULE_KINDS"]
 
 LOSSES = ("final", "per_step")
 DISTANCES = ("l2", "mse")
 SCHEDULE_KINDS = ("polynomial", "logsnr", "time_uniform")
-DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0  # EDM's range, for models that do not state their own
 
 
 def _int(name: str, v: Any, lo: int, none: bool = True) -> None:
@@ -45,22 +45,6 @@ def _positive(name: str, v: Any, none: bool = True) -> None:
 def _flag(name: str, v: Any, none: bool = False) -> None:
     if not (isinstance(v, bool) or (none and v is None)):
         raise TypeError(f"{name} must be True or False{' or None' if none else ''}, got {v!r}")
-
-
-def sigma_range(denoiser: Any, sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[float, float]:
-    """(sigma_min, sigma_max): the given values, else the model's own training range (its ``sigma_min`` /
-    ``sigma_max`` attributes, e.g. a discrete VP model's), else EDM's 0.002 and 80. An unbounded model range (flow
-    models reach sigma = inf at t = 1) starts at 80."""
-    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
-    lo = float(lo) if isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo > 0 else DEFAULT_SIGMA_MIN
-    hi = float(hi) if isinstance(hi, (int, float)) and not isinstance(hi, bool) and hi < 1e3 else DEFAULT_SIGMA_MAX
-    lo = lo if sigma_min is None else sigma_min
-    hi = hi if sigma_max is None else sigma_max
-    _positive("sigma_min", lo, none=False)
-    _positive("sigma_max", hi, none=False)
-    if not lo < hi:
-        raise ValueError(f"sigma_min ({lo:g}) must be below sigma_max ({hi:g})")
-    return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -185,7 +169,7 @@ class ScheduleSpec:
                 raise ValueError(f"schedule has {sig.numel()} sigmas but num_steps={num_steps}")
             cfg: dict[str, Any] = {"kind": "tensor", "num_steps": num_steps}
         else:
-            lo, hi = sigma_range(denoiser, self.sigma_min, self.sigma_max)
+            lo, hi, _ = sigma_range(denoiser, self.sigma_min, self.sigma_max)
             sig = get_schedule(self.kind, num_steps, lo, hi, self.rho)
             cfg = {"kind": self.kind, "num_steps": num_steps, "sigma_min": lo, "sigma_max": hi, "rho": self.rho}
         return sig, cfg
