@@ -13,7 +13,7 @@ import pytest
 import fewstep.cli
 from fewstep.cli import build_parser, main
 
-COMMANDS = ("demo", "tune", "train", "sample", "eval", "analyze", "bench", "schedule")
+COMMANDS = ("demo", "tune", "train", "sample", "compare", "eval", "analyze", "bench", "schedule")
 NOT_COMMANDS = {"args"}  # shared argument types and helpers
 
 

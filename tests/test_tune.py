@@ -12,7 +12,8 @@ import fewstep
 from fewstep import k
 from fewstep.learned import load
 from fewstep.recipe import Recipe
-from fewstep.tune import make_sigmas, model_timesteps, tune
+from fewstep.recipe import make_sigmas, model_timesteps
+from fewstep.tune import tune
 from conftest import make_gmm
 
 SHAPE = (6,)

@@ -17,7 +17,7 @@ import torch
 __all__ = [
     "gaussian_stats", "frechet_distance", "RandomFeatures", "trajectory_pca_error", "trajectory_pca_table",
     "load_images", "FeatureExtractor", "feature_stats", "kid", "load_stats", "knn_radii", "precision_recall",
-    "check_images", "FewSamplesWarning", "save_stats", "STATS_FORMAT",
+    "check_images", "FewSamplesWarning", "save_stats", "STATS_FORMAT", "read_npz",
 ]
 
 STATS_FORMAT = "fewstep-ref-stats"
@@ -181,7 +181,7 @@ def _regular_file(path: Path, what: str) -> None:
         raise ValueError(f"{path} is not a regular file (a {what} must be one)")
 
 
-def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """All arrays of an .npz file (no pickles); ValueError naming the file if it is not a readable one."""
     _regular_file(path, what)
     try:
@@ -212,7 +212,7 @@ def load_images(path: str | Path) -> np.ndarray:
         return check_images(np.stack(arrs).transpose(0, 3, 1, 2), str(path))
     if path.suffix != ".npz" or not path.is_file():
         raise ValueError(f"{path} must be a folder of PNG files or an .npz file")
-    z = _read_npz(path, "image file")
+    z = read_npz(path, "image file")
     key = "images" if "images" in z else (next(iter(z)) if len(z) == 1 else None)
     if key is None:
         raise ValueError(f"{path} has no 'images' array (arrays: {', '.join(z) or 'none'})")
@@ -257,7 +257,7 @@ def load_stats(path: str | Path, features: str | "FeatureExtractor",
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return None
-    z = _read_npz(path, "reference statistics file")
+    z = read_npz(path, "reference statistics file")
     if "mu" not in z:
         return None
     kind = features if isinstance(features, str) else features.kind

@@ -15,13 +15,39 @@ from typing import Any, Callable
 
 import torch
 
-from .schedules import load_schedule, same_sigmas, save_schedule, validate_sigmas
+from .schedules import get_schedule, load_schedule, same_sigmas, save_schedule, validate_sigmas
 from .solvers import SOLVERS, Solver, get_solver
 
-__all__ = ["Recipe", "option_label", "RECIPE_FORMAT"]
+__all__ = ["Recipe", "option_label", "make_sigmas", "model_timesteps", "RECIPE_FORMAT"]
 
 RECIPE_FORMAT = "fewstep-recipe"
 NOT_CLASSIC = ("amed_plugin",)  # needs a base solver instance: not a recipe's solver
+
+
+def model_timesteps(denoiser: Any) -> torch.Tensor | None:
+    """The alphas_cumprod of a discrete model's training timesteps (from its ``log_sigmas``), else None."""
+    logs = getattr(denoiser, "log_sigmas", None)
+    if not isinstance(logs, torch.Tensor) or logs.ndim != 1 or logs.numel() < 2:
+        return None
+    return 1 / (1 + logs.double().exp() ** 2)
+
+
+def make_sigmas(kind: str, num: int, lo: float, hi: float, rho: float, denoiser: Any) -> torch.Tensor | None:
+    """A schedule of ``num`` sigmas of ``kind`` on [lo, hi], or None where it cannot be made (a discrete schedule of
+    a continuous model, more steps than timesteps, ends that miss the range)."""
+    try:
+        if kind == "discrete":
+            ac = model_timesteps(denoiser)
+            if ac is None:
+                return None
+            s = get_schedule("discrete", num, lo, hi, rho, alphas_cumprod=ac)
+            if abs(math.log(float(s[0]) / hi)) > 1e-6 or abs(math.log(float(s[-1]) / lo)) > 1e-6:
+                return None  # its ends are the nearest timesteps: comparable only when they are the range's
+            s[0], s[-1] = hi, lo
+            return s
+        return get_schedule(kind, num, lo, hi, rho)
+    except ValueError:
+        return None
 
 
 def option_label(solver: str, options: dict[str, Any], afs: bool, schedule: str) -> str:

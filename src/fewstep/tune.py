@@ -20,13 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .denoisers import sigma_range
-from .recipe import Recipe, option_label
+from .recipe import Recipe, make_sigmas, model_timesteps, option_label
 from .sampling import noise_for_seeds, solve, steps_for_nfe
 from .schedules import get_schedule
 from .seeds import report_seeds, tune_seeds
 from .teacher import REFERENCE_SOLVER
 
-__all__ = ["TuneResult", "tune", "report", "SOLVER_GRID", "model_timesteps", "make_sigmas",
+__all__ = ["TuneResult", "tune", "report", "training_start", "SOLVER_GRID",
            "teacher_solution", "rmse_to"]
 
 # Classic solver configurations compared by tune (names and options as in fewstep.SOLVERS).
@@ -58,32 +58,6 @@ RHO_SWEEP = {"polynomial": (1.0, 1.5, 2.0, 3.0, 5.0, 10.0), "discrete": (1.5, 2.
 GITS_GRID = 61  # points of the fine grid the searched schedule is picked from
 KEEP_AFTER_FIRST = 6  # (solver, AFS) pairs carried to the rho sweep
 KEEP_FOR_SEARCH = 3  # (solver, AFS) pairs given a searched (GITS) schedule
-
-
-def model_timesteps(denoiser: Any) -> torch.Tensor | None:
-    """The alphas_cumprod of a discrete model's training timesteps (from its ``log_sigmas``), else None."""
-    logs = getattr(denoiser, "log_sigmas", None)
-    if not isinstance(logs, torch.Tensor) or logs.ndim != 1 or logs.numel() < 2:
-        return None
-    return 1 / (1 + logs.double().exp() ** 2)
-
-
-def make_sigmas(kind: str, num: int, lo: float, hi: float, rho: float, denoiser: Any) -> torch.Tensor | None:
-    """A schedule of ``num`` sigmas of ``kind`` on [lo, hi], or None where it cannot be made (a discrete schedule of
-    a continuous model, more steps than timesteps, ends that miss the range)."""
-    try:
-        if kind == "discrete":
-            ac = model_timesteps(denoiser)
-            if ac is None:
-                return None
-            s = get_schedule("discrete", num, lo, hi, rho, alphas_cumprod=ac)
-            if abs(math.log(float(s[0]) / hi)) > 1e-6 or abs(math.log(float(s[-1]) / lo)) > 1e-6:
-                return None  # its ends are the nearest timesteps: comparable only when they are the range's
-            s[0], s[-1] = hi, lo
-            return s
-        return get_schedule(kind, num, lo, hi, rho)
-    except ValueError:
-        return None
 
 
 def teacher_solution(denoiser: Callable, noise: torch.Tensor, lo: float, hi: float, steps: int = 256,
@@ -266,10 +240,33 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
             time_shift=cfg["time_shift"], guidance=cfg.get("guidance"))).to(next(sampler.parameters()).dtype)
         if sampler.guidance_aware:
             neutral.guidance_scale = sampler.guidance_scale
-        rows.append({"label": f"its base, untrained ({neutral.solver().name}, {len(init)} sigmas)",
+        rows.append({"label": f"untrained {neutral.describe()} (its neutral start, = its base solver)",
                      "rmse": err(neutral), "nfe": neutral.nfe()})
     if recipe is not None:
         rows.append({"label": f"best classic: {recipe.label()}", "rmse": err(recipe), "nfe": recipe.nfe})
     best_classic = rows[-1]["rmse"] if recipe is not None else None
     ratio = rows[0]["rmse"] / best_classic if best_classic else None
     return {"rows": rows, "seeds": seeds, "ratio": ratio, "teacher_steps": teacher_steps}
+
+
+def training_start(method: type, recipe: Recipe, options: dict[str, Any] | None = None, base: Any = None,
+                   afs: bool | None = None) -> tuple[dict[str, Any] | None, Any, bool, torch.Tensor]:
+    """How learned ``method`` (a class of :data:`fewstep.learned.METHODS`) starts from a tuned classic configuration:
+    (options, base, afs, initial sigmas). A method built on a solver the user picks takes the recipe's solver as its
+    base; a method built on a fixed one takes the recipe's options where it can (:meth:`options_for_base`, e.g.
+    DyWeight's window = iPNDM's order); every method starts from the recipe's AFS and its sigmas, resampled to the
+    method's number of steps at the recipe's NFE (:func:`fewstep.schedules.interpolate_schedule`). Options, a base
+    or ``afs`` given explicitly win."""
+    from .schedules import interpolate_schedule
+
+    afs = recipe.afs if afs is None else afs
+    if method.takes_base:
+        if base is None and recipe.solver in method.BASES:
+            base = {"solver": recipe.solver, "options": dict(recipe.options)}
+    else:
+        mapped = method.options_for_base(recipe.solver, recipe.options)
+        if mapped is not None:
+            options = {**mapped, **(options or {})}
+    probe_options = {k: v for k, v in (options or {}).items() if k != "features"}  # resolved at training time
+    n = steps_for_nfe(method.probe_solver(probe_options, base, afs), recipe.nfe, afs)
+    return options, base, afs, interpolate_schedule(list(recipe.sigmas), n)

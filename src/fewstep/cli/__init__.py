@@ -1,4 +1,4 @@
-"""Command-line interface: ``fewstep demo | tune | train | sample | eval | analyze | bench | schedule``.
+"""Command-line interface: ``fewstep demo | tune | train | sample | compare | eval | analyze | bench | schedule``.
 
 One module per command, each with ``add_parser(sub)`` (its options) and ``run(args)``; the shared argument types
 and ``load_model`` are in :mod:`fewstep.cli.args`. The library does the work: a command only parses, calls,
@@ -10,13 +10,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import analyze, bench, demo, sample, schedule, train, tune
+from . import analyze, bench, compare, demo, sample, schedule, train, tune
 from . import eval as eval_
 from .args import load_model
 
 __all__ = ["main", "load_model", "build_parser", "COMMANDS"]
 
-COMMANDS = (demo, tune, train, sample, eval_, analyze, bench, schedule)  # in the order of ``fewstep --help``
+COMMANDS = (demo, tune, train, sample, compare, eval_, analyze, bench, schedule)  # in the order of ``fewstep --help``
 
 
 def build_parser() -> argparse.ArgumentParser:

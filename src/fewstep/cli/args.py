@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "MAX_SEEDS", "MODELS", "MODEL_HELP", "parse_nfes", "positive_int", "parse_seeds", "parse_shape", "schedule_arg",
     "kind_or_file", "json_object", "add_model_args", "load_model", "sigma_range", "describe_sigma_range",
+    "add_solver_args", "solver_options", "schedule_rho", "data_range", "SCHEDULE_KINDS",
     "factory_model_id",
 ]
 
@@ -85,11 +86,53 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+SCHEDULE_KINDS = ("polynomial", "logsnr", "time_uniform", "discrete")
+DEFAULT_RHO = {"polynomial": 7.0, "time_uniform": 1.0, "discrete": 1.0, "logsnr": 1.0}  # without --rho
+
+
 def schedule_arg(text: str) -> str:
-    """A ``--schedule`` value: polynomial, logsnr, time_uniform or a .json schedule file."""
-    if text in ("polynomial", "logsnr", "time_uniform") or text.endswith(".json"):
+    """A ``--schedule`` value: polynomial, logsnr, time_uniform, discrete or a .json schedule file."""
+    if text in SCHEDULE_KINDS or text.endswith(".json"):
         return text
-    raise argparse.ArgumentTypeError(f"expected polynomial, logsnr, time_uniform or a .json schedule file, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected {', '.join(SCHEDULE_KINDS)} or a .json schedule file, got {text!r}")
+
+
+def add_solver_args(p: Any) -> None:
+    """--solver-options / --max-order / --rho: the solver's options and the schedule's rho."""
+    p.add_argument("--solver-options", default=None, metavar="JSON",
+                   help='keyword options of --solver, e.g. \'{"max_order": 3, "lower_order_final": false}\'')
+    p.add_argument("--max-order", type=positive_int, default=None, help="the solver's order (multistep solvers)")
+    p.add_argument("--rho", type=float, default=None,
+                   help="the schedule's rho (default: 7 for polynomial, 1 for time_uniform and discrete)")
+
+
+def solver_options(args: argparse.Namespace) -> dict:
+    """--solver-options with --max-order merged in; contradictions are errors."""
+    options = json_object(args.solver_options, "--solver-options") if args.solver_options else {}
+    if args.max_order is not None:
+        if "max_order" in options and options["max_order"] != args.max_order:
+            raise ValueError("--max-order contradicts max_order in --solver-options")
+        options["max_order"] = args.max_order
+    return options
+
+
+def schedule_rho(args: argparse.Namespace, kind: str) -> float:
+    """--rho, else the kind's usual rho; a positive finite number."""
+    rho = DEFAULT_RHO.get(kind, 7.0) if args.rho is None else args.rho
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"--rho must be a positive finite number, got {rho}")
+    return rho
+
+
+def data_range(text: str) -> tuple[float, float]:
+    """--data-range LO,HI: the range of the model's data (finite, LO < HI)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI like -1,1 or -0.5,0.5, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"expected finite LO < HI, got {text!r}")
+    return lo, hi
 
 
 def kind_or_file(text: str):  # noqa: ANN201 (str or a float64 tensor)

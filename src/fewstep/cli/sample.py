@@ -10,16 +10,20 @@ from . import args as cli_args  # cli_args.load_model is looked up when called: 
 from .args import (
     add_model_args,
     add_sigma_args,
+    add_solver_args,
     check_class,
-    describe_sigma_range,
     class_count,
+    data_range,
+    describe_sigma_range,
     guidance_scale,
     kind_or_file,
     parse_seeds,
     positive_int,
     schedule_arg,
+    schedule_rho,
     set_threads,
     sigma_range,
+    solver_options,
 )
 
 
@@ -37,14 +41,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="a learned sampler (.safetensors from fewstep train) or a recipe (.json from fewstep tune); its "
                         "schedule, solver and AFS are used (do not combine with --solver, --nfe, --afs, --schedule, "
                         "--sigma-min/--sigma-max)")
-    s.add_argument("--solver", default=None, help="solver when no predictor is given (default: ipndm)")
+    s.add_argument("--solver", default=None,
+                   help="a classic solver (euler, heun, dpm2, dpmpp, unipc, ipndm, ipndm_v, deis, ...); default: the "
+                        "measured default for the NFE and guidance scale (docs/defaults.md; fewstep tune finds the "
+                        "best for your model)")
+    add_solver_args(s)
     s.add_argument("--nfe", type=positive_int, default=None,
                    help="model evaluations per sample (default: 5, or what --schedule FILE implies)")
-    s.add_argument("--afs", action="store_true", default=None)
+    s.add_argument("--afs", action="store_true", default=None, help="the analytical first step (one evaluation fewer)")
     s.add_argument("--schedule", default=None, type=schedule_arg,
-                   help="polynomial (default) | logsnr | time_uniform | FILE.json (fewstep schedule search/learn; "
-                        "fixes the NFE)")
+                   help="polynomial | logsnr | time_uniform (uniform VP time) | discrete (a discrete model's own "
+                        "timesteps) | FILE.json (fewstep schedule search/learn; fixes the NFE); default: the "
+                        "default's, else polynomial")
     add_sigma_args(s)
+    s.add_argument("--data-range", type=data_range, default=(-1.0, 1.0), metavar="LO,HI",
+                   help="the range of the model's data (default: -1,1): samples are clipped to it and mapped to "
+                        "[-1, 1] in the .npz / [0, 255] in PNGs")
+    s.add_argument("--allow-other-model", action="store_true",
+                   help="sample with a --predictor trained or tuned for another model id (refused otherwise)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out FILE.npz")
     s.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"), help="e.g. 0-99 (default: 0-63)")
     s.add_argument("--batch", type=positive_int, default=64,
@@ -80,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed, learned
     from ..io import tensor_digest
     from ..sampling import count_nfe, noise_for_seeds, solve, steps_for_nfe
-    from ..schedules import get_schedule
     from ..solvers import get_solver
 
     out = Path(args.out)
@@ -98,37 +111,63 @@ def run(args: argparse.Namespace) -> int:
     if not single_file:
         distributed.check_image_shape(shape, fmt)
     init = _init_images(args, shape, dtype)
+    explicit = [f"--{k.replace('_', '-')}" for k in ("solver", "solver_options", "max_order", "rho", "nfe", "afs",
+                                                     "schedule", "sigma_min", "sigma_max") if getattr(args, k) is not None]
     if args.predictor:
-        given = [f"--{k.replace('_', '-')}" for k in ("solver", "nfe", "afs", "schedule", "sigma_min", "sigma_max")
-                 if getattr(args, k) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} cannot be combined with --predictor: the predictor fixes its "
+        if explicit:
+            raise ValueError(f"{', '.join(explicit)} cannot be combined with --predictor: the predictor fixes its "
                              "solver, schedule and AFS")
-        pred = learned.load(args.predictor, model_id=model_id)  # any learned sampler, or a tuned recipe
+        pred = learned.load(args.predictor, model_id=None if args.allow_other_model else model_id)
+        if args.allow_other_model:
+            denoiser = _OtherModel(denoiser)
         kwargs: dict = {"predictor": pred}
         weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
         run_settings = {"predictor": weights, "predictor_config": pred.config,
                         "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
-        used = "the predictor's schedule"
+        used = f"{args.predictor}: {pred.describe()}"
+    elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule"}:
+        from ..defaults import default_recipe
+
+        rec = default_recipe(denoiser, args.nfe or 5, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                             model_id=model_id)
+        kwargs = {"predictor": rec}
+        run_settings = {"solver": rec.solver, "options": rec.options, "sigmas": list(rec.sigmas), "afs": rec.afs}
+        guided = f" at guidance {rec.guidance:g}" if rec.guidance is not None and rec.guidance != 1 else ""
+        used = (f"fewstep's measured default for NFE {rec.nfe}{guided}: {rec.label()}, "
+                f"{describe_sigma_range(args, denoiser)} (docs/defaults.md; fewstep tune measures the best for this "
+                "model)")
     else:
-        solver = args.solver or "ipndm"
+        from ..recipe import make_sigmas
+
+        solver, options = args.solver or "ipndm", solver_options(args)
         afs = bool(args.afs)
+        get_solver(solver, **options)  # its own option checks, before any work
         sigmas = kind_or_file(args.schedule or "polynomial")  # a searched / learned schedule fixes the steps
         if isinstance(sigmas, str):
             lo, hi = sigma_range(args, denoiser)
-            used = f"{sigmas} schedule{' (rho 7)' if sigmas != 'logsnr' else ''}, {describe_sigma_range(args, denoiser)}"
-            sigmas = get_schedule(sigmas, steps_for_nfe(solver, args.nfe or 5, afs), sigma_min=lo, sigma_max=hi)
+            kind, rho = sigmas, schedule_rho(args, sigmas)
+            sigmas = make_sigmas(kind, steps_for_nfe(solver, args.nfe or 5, afs, **options), lo, hi, rho, denoiser)
+            if sigmas is None:
+                raise ValueError(f"--schedule {kind} needs a discrete model (one with its training timesteps, e.g. "
+                                 "VPModel(alphas_cumprod=...)) whose timesteps reach the sigma range, and more "
+                                 "timesteps than steps")
+            used = (f"{solver}{f' {options}' if options else ''}{' +AFS' if afs else ''}, {kind} schedule"
+                    f"{f' (rho {rho:g})' if kind != 'logsnr' else ''}, {describe_sigma_range(args, denoiser)}")
         else:
             used = f"schedule file {args.schedule}"
             if args.sigma_min is not None or args.sigma_max is not None:
                 raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
-            cost = count_nfe(get_solver(solver), len(sigmas), afs)
+            if args.rho is not None:
+                raise ValueError("--rho does not apply to a --schedule FILE (its sigmas are given)")
+            cost = count_nfe(get_solver(solver, **options), len(sigmas), afs)
             if args.nfe is not None and args.nfe != cost:
                 raise ValueError(f"--schedule {args.schedule} has {len(sigmas)} sigmas: {cost} model evaluations "
                                  f"with {solver} (afs={afs}), not --nfe {args.nfe}")
-        kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs}
-        run_settings = {"solver": solver, "sigmas": sigmas.tolist(), "afs": afs}
+        kwargs = {"sigmas": sigmas, "solver": solver, "afs": afs, **options}
+        run_settings = {"solver": solver, "options": options, "sigmas": sigmas.tolist(), "afs": afs}
     run_settings.update(guidance_settings)
+    if args.data_range != (-1.0, 1.0):
+        run_settings["data_range"] = list(args.data_range)
     sig_used = [float(v) for v in run_settings["sigmas"]]
     print(f"sigmas: {len(sig_used)} from {sig_used[0]:.6g} to {sig_used[-1]:.6g} ({used})", file=sys.stderr, flush=True)
     if init is not None:
@@ -161,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         res = solve(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device),
                     denoise_to_zero=args.denoise_to_zero, **kwargs, **extra)
         nfe[0] = res.nfe
-        return res.x
+        lo, hi = args.data_range
+        return res.x if (lo, hi) == (-1.0, 1.0) else (res.x.clamp(lo, hi) - lo) * (2 / (hi - lo)) - 1
 
     ok = False
     try:
@@ -186,6 +226,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+class _OtherModel:
+    """The denoiser with no model id (--allow-other-model: the predictor's model id is not checked)."""
+
+    model_id = None
+
+    def __init__(self, denoiser) -> None:  # noqa: ANN001
+        self.denoiser = denoiser
+
+    def __call__(self, x, sigma):  # noqa: ANN001, ANN204
+        return self.denoiser(x, sigma)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        if name == "denoiser":
+            raise AttributeError(name)
+        return getattr(self.denoiser, name)
 
 
 def _guide(args: argparse.Namespace, denoiser):

@@ -67,9 +67,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="model evaluations per sample (default: 5, or what --schedule FILE / --num-steps implies)")
     t.add_argument("--num-steps", type=positive_int, default=None,
                    help="number of sigmas of the schedule (instead of --nfe)")
+    t.add_argument("--afs", dest="afs", action="store_true", default=None,
+                   help="use the analytical first step (default: the tuned configuration's choice, else on)")
     t.add_argument("--no-afs", dest="afs", action="store_false", help="disable the analytical first step")
-    t.add_argument("--schedule", default="polynomial", type=schedule_arg,
-                   help="polynomial | logsnr | time_uniform | FILE.json (e.g. from fewstep schedule search)")
+    t.add_argument("--tuned", default=None, metavar="FILE.json",
+                   help="start from this tuned classic configuration (fewstep tune --out): its solver as the base "
+                        "where the method can be built on it, its AFS and its schedule (default: tune now, about a "
+                        "minute, unless --no-tune, --schedule or --base is given)")
+    t.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="do not tune first: start from the method's own base on --schedule; the closing report then "
+                        "has no best classic solver to compare with")
+    t.add_argument("--report-seeds", type=positive_int, default=64,
+                   help="held-out seeds of the closing report (RMSE to the teacher of the trained sampler, its base "
+                        "and the best classic configuration; default: %(default)s)")
+    t.add_argument("--schedule", default=None, type=schedule_arg,
+                   help="polynomial | logsnr | time_uniform | FILE.json (e.g. from fewstep schedule search); "
+                        "default: the tuned configuration's, else polynomial")
     t.add_argument("--learn-schedule", action="store_true", default=None,
                    help="learn the schedule's sigmas jointly (dyweight and gs do by default)")
     t.add_argument("--schedule-lr", type=float, default=0.05, help="learning rate of the schedule (default: %(default)s)")
@@ -133,14 +146,23 @@ def run(args: argparse.Namespace) -> int:
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
     denoiser, scales = _guided(args, denoiser, cls, options)
-    schedule = kind_or_file(args.schedule)
+    recipe = _recipe(args, denoiser, shape, model_id, dtype, scales)
+    afs = True if args.afs is None else args.afs
+    if recipe is not None:
+        from ..tune import training_start
+
+        options, base, afs, schedule = training_start(cls, recipe, options, base, args.afs)
+    else:
+        schedule = kind_or_file(args.schedule or "polynomial")
     if isinstance(schedule, str):
         spec = learned.ScheduleSpec(kind=schedule, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                                     learn=args.learn_schedule, lr=args.schedule_lr)
     elif args.sigma_min is not None or args.sigma_max is not None:
-        raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE (its sigmas are given)")
+        raise ValueError("--sigma-min/--sigma-max do not apply to a --schedule FILE or a tuned configuration (its "
+                         "sigmas are given)")
     else:
         spec = learned.ScheduleSpec(sigmas=schedule, learn=args.learn_schedule, lr=args.schedule_lr)
+    nfe = args.nfe if args.nfe is not None or args.num_steps is not None or recipe is None else recipe.nfe
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     settings = dict(
         teacher=learned.Teacher(args.teacher, teacher_options, args.M),
@@ -158,23 +180,101 @@ def run(args: argparse.Namespace) -> int:
                          "least one sample of each batch")
     ok = False
     try:
-        sampler = learned.train(args.method, denoiser, shape=shape, nfe=args.nfe, num_steps=args.num_steps,
-                                afs=args.afs, options=options, base=base, schedule=spec, time_shift=args.time_shift,
+        if info.is_main:
+            _plan(args, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base, info.world_size, threads)
+        sampler = learned.train(args.method, denoiser, shape=shape, nfe=nfe, num_steps=args.num_steps,
+                                afs=afs, options=options, base=base, schedule=spec, time_shift=args.time_shift,
                                 model_id=model_id, dtype=dtype, progress=info.is_main, **settings)
         if info.is_main:
-            _report(sampler, out, info.world_size, threads, scales)
+            _report(sampler, out, info.world_size, threads, scales, shape)
+            _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
 
 
-def _report(sampler, out: Path, world_size: int, threads: int, scales: list[float] | None) -> None:  # noqa: ANN001
+def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):  # noqa: ANN001, ANN202
+    """The tuned classic configuration to start from: --tuned FILE, else measured now (fewstep.tune), unless
+    --no-tune, --schedule, --base or --num-steps asks for something else; None then."""
+    from ..recipe import Recipe
+
+    if args.tuned is not None:
+        if args.schedule is not None or args.base is not None:
+            raise ValueError("--tuned gives the schedule and the base; do not combine it with --schedule or --base")
+        recipe = Recipe.load(args.tuned, model_id=model_id)
+        if args.nfe is not None and args.nfe != recipe.nfe:
+            raise ValueError(f"--tuned {args.tuned} was tuned at NFE {recipe.nfe}, not --nfe {args.nfe}")
+        return recipe
+    if not args.tune or args.schedule is not None or args.base is not None or args.num_steps is not None or \
+            scales is not None:
+        return None
+    from ..tune import tune
+
+    print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
+          flush=True)
+    res = tune(denoiser, shape, args.nfe or 5, sigma_min=args.sigma_min, sigma_max=args.sigma_max, dtype=dtype,
+               model_id=model_id, guidance=getattr(denoiser, "scale", None), progress=True)
+    print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
+    return res.best
+
+
+def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base,  # noqa: ANN001
+          world_size: int, threads: int) -> None:
+    """What is about to be trained, in a few lines."""
+    from ..denoisers import sigma_range
+
+    d = cls.DEFAULTS
+    budget, teacher = settings["budget"], settings["teacher"]
+    batch, total = budget.batch or d.batch, budget.total_samples or d.total_samples
+    if spec.sigmas is not None:
+        where = f"{len(spec.sigmas)} given sigmas {spec.sigmas[0]:.4g} .. {spec.sigmas[-1]:.4g}" + \
+            (" (the tuned configuration's, resampled)" if recipe is not None else f" ({args.schedule})")
+    else:
+        lo, hi, source = sigma_range(denoiser, spec.sigma_min, spec.sigma_max)
+        where = f"{spec.kind} rho {spec.rho:g} on sigma {hi:.4g} .. {lo:.4g} ({source})"
+    if cls.takes_base:
+        b = base or {"solver": "ipndm", "options": {}}
+        on = b["solver"] + "".join(f" {k}={v}" for k, v in b["options"].items())
+    else:
+        on = "its own"
+    learn = d.learn_schedule if spec.learn is None else spec.learn
+    print(f"training {cls.method} for model {model_id} at NFE {nfe if nfe is not None else 5}, AFS "
+          f"{'on' if afs else 'off'}; base: {on}; schedule: {where}, {'learned' if learn else 'fixed'}"
+          f"; teacher {teacher.solver} with M = {teacher.M if teacher.M is not None else d.M}; {total} samples in batches "
+          f"of {batch}; {world_size} process(es) x {threads} thread(s)", flush=True)
+
+
+def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int) -> None:  # noqa: ANN001
+    """The closing report: trained vs its base vs the best classic configuration on held-out seeds."""
+    from ..tune import report
+
+    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=seeds, dtype=dtype)
+    s = rep["seeds"]
+    print(f"held-out report: RMSE to the teacher (DEIS-4, {rep['teacher_steps']} steps) on seeds {s[0]}-{s[-1]}:")
+    for row in rep["rows"]:
+        print(f"  {row['label'][:70]:<70} NFE {row['nfe']:>2}  {row['rmse']:.4g}")
+    if rep["ratio"] is None:
+        print("  (no best classic configuration to compare with: run fewstep tune, or train without --no-tune)")
+    elif rep["ratio"] < 1:
+        print(f"  the trained sampler is {1 / rep['ratio']:.2f}x closer to the teacher than the best classic solver "
+              "at its NFE")
+    else:
+        print(f"WARNING: the trained sampler is NOT better than the best classic solver at NFE {sampler.nfe()} "
+              f"({rep['ratio']:.2f}x its error); sample with the tuned configuration instead (fewstep tune --out "
+              "FILE; fewstep sample --predictor FILE), or train longer / another --method", flush=True)
+
+
+def _report(sampler, out: Path, world_size: int, threads: int, scales: list[float] | None,  # noqa: ANN001
+            shape: tuple[int, ...]) -> None:
     """What was trained and where it went."""
     log, cfg = sampler.log, sampler.config
     rounds = sampler.rounds()
-    print(f"Trained {sampler.describe()} in {log.seconds:.1f} s on {world_size} process(es) x {threads} thread(s); "
-          f"final loss {log.losses[-1]:.4f}; wrote {out} ({sampler.nfe()} model evaluations per sample"
+    unit = math.prod(shape) ** 0.5 if cfg["training"]["distance"] == "l2" else None
+    loss = log.losses[-1] / unit if unit else log.losses[-1] ** 0.5
+    print(f"Trained {sampler.describe()} in {log.seconds:.1f} s ({log.cpu_seconds:.1f} CPU s) on {world_size} "
+          f"process(es) x {threads} thread(s); final training loss {loss:.4g} (RMS distance to the teacher per "
+          f"element); wrote {out} ({sampler.nfe()} model evaluations per sample"
           + (f" in {rounds} sequential rounds" if rounds != sampler.nfe() else "") + ")")
     if (cfg.get("schedule") or {}).get("kind") in ("learned", "tensor"):
         print("  sigmas: " + ", ".join(f"{v:.4g}" for v in cfg["sigmas"]))

@@ -112,6 +112,10 @@ class DyWeightSampler(LearnedSampler):
     def base_solver_config(cls, options: dict[str, Any]) -> dict[str, Any]:
         return {"solver": "ipndm", "options": {"max_order": options["window"]}}
 
+    @classmethod
+    def options_for_base(cls, solver: str, options: dict[str, Any]) -> dict[str, Any] | None:
+        return {"window": options.get("max_order", 4)} if solver == "ipndm" else None
+
     def build_parameters(self, num_intervals: int, options: dict[str, Any]) -> None:
         self.dw = nn.Parameter(torch.zeros(num_intervals, options["window"], dtype=torch.float64))
         self.log_s = nn.Parameter(torch.zeros(num_intervals, dtype=torch.float64))

@@ -63,6 +63,11 @@ class GSSampler(LearnedSampler):
     def base_solver_config(cls, options: dict[str, Any]) -> dict[str, Any]:
         return {"solver": "dpmpp", "options": {"max_order": options["order"]}}
 
+    @classmethod
+    def options_for_base(cls, solver: str, options: dict[str, Any]) -> dict[str, Any] | None:
+        plain = set(options) <= {"max_order"}  # DPM-Solver++ with its other options at their defaults
+        return {"order": options.get("max_order", 2)} if solver == "dpmpp" and plain else None
+
     def build_parameters(self, num_intervals: int, options: dict[str, Any]) -> None:
         self.dc = nn.Parameter(torch.zeros(num_intervals, options["order"], dtype=torch.float64))
 

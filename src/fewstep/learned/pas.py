@@ -144,6 +144,10 @@ class PASSampler(LearnedSampler):
     def base_solver_config(cls, options: dict[str, Any]) -> dict[str, Any]:
         return {"solver": "ipndm", "options": {"max_order": options["order"]}}
 
+    @classmethod
+    def options_for_base(cls, solver: str, options: dict[str, Any]) -> dict[str, Any] | None:
+        return {"order": options.get("max_order", 4)} if solver == "ipndm" else None
+
     def build_parameters(self, num_intervals: int, options: dict[str, Any]) -> None:
         self.coords = nn.Parameter(torch.zeros(num_intervals, options["coords"], dtype=torch.float64))
 

@@ -254,6 +254,12 @@ class LearnedSampler(ScaleAware, nn.Module):
         return cls.DEFAULTS.lr
 
     @classmethod
+    def options_for_base(cls, solver: str, options: dict[str, Any]) -> dict[str, Any] | None:
+        """The method's options that make its base the classic ``solver`` with ``options`` (so that training starts
+        from a tuned configuration, ``fewstep train --tuned``), or None where the method cannot be built on it."""
+        return None
+
+    @classmethod
     def for_training(cls, denoiser: Callable, options: dict[str, Any] | None,
                      probe: Callable[[Callable], torch.Tensor | None]) -> tuple[Callable, dict[str, Any] | None]:
         """(the denoiser to train with, the options to store) from the options given to :func:`train`; ``probe(model)``

@@ -1,0 +1,73 @@
+"""The classic configuration fewstep samples with when none is given (no solver, no tuned recipe): chosen by NFE and
+guidance scale, measured on every model we have so that its worst ratio to each model's best configuration is
+smallest (docs/defaults.md, ``benchmarks/defaults.py``). The sigma range is always the model's own. ``fewstep tune``
+measures the best configuration for one model instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .denoisers import sigma_range
+from .recipe import Recipe, make_sigmas
+from .sampling import steps_for_nfe
+
+__all__ = ["Choice", "RULES", "default_choice", "default_recipe"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A classic configuration: ``solver`` with ``options`` and ``afs`` on a ``schedule`` kind with ``rho``."""
+
+    solver: str
+    options: dict[str, Any] = field(default_factory=dict)
+    afs: bool = True
+    schedule: str = "polynomial"
+    rho: float = 7.0
+
+    def label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        sched = "logsnr" if self.schedule == "logsnr" else f"{self.schedule} rho={self.rho:g}"
+        return f"{self.solver}{f' ({opts})' if opts else ''}{' +AFS' if self.afs else ''}, {sched}"
+
+
+# (largest NFE, largest guidance scale, choice): the first rule that fits is used. Guidance None or <= 1 counts as
+# unguided. Measured: docs/defaults.md.
+RULES: tuple[tuple[int, float, Choice], ...] = (
+    (6, 1.0, Choice("ipndm", {"max_order": 2}, True, "polynomial", 5.0)),
+    (10**9, 1.0, Choice("ipndm", {"max_order": 3}, True, "polynomial", 7.0)),
+    (10**9, float("inf"), Choice("dpmpp", {"max_order": 2}, True, "time_uniform", 1.0)),
+)
+
+
+def default_choice(nfe: int, guidance: float | None = None) -> Choice:
+    """The measured default configuration at ``nfe`` model evaluations and classifier-free guidance scale
+    ``guidance`` (None or 1: unguided)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    w = 1.0 if guidance is None else float(guidance)
+    for max_nfe, max_w, choice in RULES:
+        if nfe <= max_nfe and w <= max_w:
+            return choice
+    raise AssertionError("RULES end with a rule for every NFE and scale")
+
+
+def default_recipe(denoiser: Callable, nfe: int, guidance: float | None = None, *, sigma_min: float | None = None,
+                   sigma_max: float | None = None, model_id: str | None = None) -> Recipe:
+    """The default configuration as a :class:`Recipe` on the model's own sigma range (or the given one), ready for
+    ``fewstep.sample(denoiser, noise, predictor=...)``. ``guidance`` defaults to the denoiser's own scale (a
+    :class:`fewstep.denoisers.Guided`)."""
+    if guidance is None:
+        w = getattr(denoiser, "scale", None)
+        guidance = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None
+    c = default_choice(nfe, guidance)
+    lo, hi, source = sigma_range(denoiser, sigma_min, sigma_max)
+    n = steps_for_nfe(c.solver, nfe, c.afs, **c.options)
+    sig = make_sigmas(c.schedule, n, lo, hi, c.rho, denoiser)
+    if sig is None:
+        raise ValueError(f"the default {c.label()} cannot make {n} sigmas on {hi:g} .. {lo:g}")
+    return Recipe(solver=c.solver, options=dict(c.options), afs=c.afs, sigmas=tuple(sig.tolist()),
+                  schedule=f"{c.schedule} rho={c.rho:g}" if c.schedule != "logsnr" else "logsnr", nfe=nfe,
+                  model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
+                  guidance=guidance)
+
