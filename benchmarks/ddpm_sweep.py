@@ -14,7 +14,7 @@ Models:
     32 seeds.
 
 Rows: every solver of fewstep with its orders (euler, heun, dpm2, dpmpp 1-3, unipc 1-3, ipndm 1-4, ipndm_v, deis
-tAB3 and logrho3), with and without AFS where the NFE is reachable (``fewstep.steps_for_nfe``), on the schedules
+tAB2 and logrho with 3 points), with and without AFS where the NFE is reachable (``fewstep.steps_for_nfe``), on the schedules
 polynomial rho 1, 2, 3, 5, 7, logsnr, time_uniform (rho 1: uniform in the standard VP time, beta 0.1 .. 20) and,
 for the DDPM, ``discrete`` rho 1 and 7 (only the model's own timesteps). The measure is the RMSE (all pixels, data
 in [-1, 1]) to a reference: DEIS-logrho order 4 on the polynomial rho-7 schedule with 512 steps over the same
@@ -51,8 +51,8 @@ SOLVERS: tuple[tuple[str, str, dict[str, Any]], ...] = (  # label, solver, optio
     *((f"UniPC({k}M)", "unipc", {"max_order": k}) for k in (1, 2, 3)),
     *((f"iPNDM{k}", "ipndm", {"max_order": k}) for k in (1, 2, 3, 4)),
     ("iPNDM-v4", "ipndm_v", {"max_order": 4}),
-    ("DEIS tAB3", "deis", {"max_order": 3}),
-    ("DEIS logrho3", "deis", {"max_order": 3, "deis_mode": "logrho"}),
+    ("DEIS tAB2", "deis", {"max_order": 3}),  # tABk extrapolates through k + 1 points: max_order counts points
+    ("DEIS logrho, 3 points", "deis", {"max_order": 3, "deis_mode": "logrho"}),
 )
 SCHEDULES: tuple[tuple[str, float], ...] = (
     *(("polynomial", r) for r in (1.0, 2.0, 3.0, 5.0, 7.0)), ("logsnr", 7.0), ("time_uniform", 1.0))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 
 diffusers = pytest.importorskip("diffusers")
 from fewstep.integrations.diffusers import DiffusersDenoiser, FewstepScheduler
@@ -135,8 +135,8 @@ def test_one_eval_solver_equals_fewstep_sample_on_the_sub_schedule(unet, strengt
     ours, calls, t_start = img2img(unet, sched, nfe, strength, x0, noise)
     assert t_start > 0 and calls == nfe - t_start
     sub = sched._stepper.sigmas[t_start:]  # one call per interval: call k opens interval k
-    res = fewstep.sample(DiffusersDenoiser(unet, CFG), noise.double(), sub, "ipndm", x_init=x0.double(),
-                         denoise_to_zero=True, return_result=True)
+    res = fewstep.solve(DiffusersDenoiser(unet, CFG), noise.double(), sub, "ipndm", x_init=x0.double(),
+                        denoise_to_zero=True)
     assert res.nfe == calls
     assert rel(ours.double(), res.x) <= 1e-5
 
@@ -162,9 +162,9 @@ def test_two_eval_start_is_an_euler_step_to_the_next_schedule_point(unet):
 
 
 def test_predictor_refuses_a_begin_index_above_zero():
-    cfg = {"student": {"solver": "amed", "base": None, "options": {}}, "sigmas": [14.0, 2.5, 0.4, 0.03],
-           "afs": False, "features": {"source": "none", "module": None, "dim": None}, "model_id": None}
-    pred = amed.AMEDPredictor(3, None, 0.2, 0.2, config=cfg).eval()
+    cfg = learned.AMEDSampler.make_config([14.0, 2.5, 0.4, 0.03], afs=False,
+                                          options={"scale_dir": 0.2, "scale_time": 0.2, "features": "none"})
+    pred = learned.AMEDSampler(cfg).eval()
     sched = FewstepScheduler.from_config(CFG, predictor=pred)
     sched.set_timesteps(sched_nfe := 6)
     assert sched.num_inference_steps == sched_nfe

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 
 diffusers = pytest.importorskip("diffusers")
 from fewstep.integrations.diffusers import (  # noqa: E402
@@ -178,13 +178,13 @@ def test_model_sigma_range(bare_folder):
 
 
 # ----------------------------------------------------------------------------------------------- AFS at the trained NFE
-def _table_predictor(student: str, model_id: str | None = None) -> amed.AMEDPredictor:
-    """An untrained predictor-free table with AFS (3 intervals: NFE 5), with clearly non-default entries."""
-    cfg = {"student": {"solver": "amed" if student == "amed" else "amed_plugin",
-                       "base": None if student == "amed" else student, "options": {}},
-           "sigmas": [14.0, 2.5, 0.4, 0.03], "afs": True,
-           "features": {"source": "none", "module": None, "dim": None}, "model_id": model_id}
-    pred = amed.AMEDPredictor(3, None, 0.2, 0.2, config=cfg)
+def _table_predictor(solver: str, model_id: str | None = None) -> learned.AMEDSampler:
+    """An untrained predictor-free table with AFS (3 intervals: NFE 5), with clearly non-default entries: the
+    AMED-Solver for ``solver="amed"``, else the AMED-Plugin on that base solver."""
+    cls = learned.AMEDSampler if solver == "amed" else learned.AMEDPluginSampler
+    cfg = cls.make_config([14.0, 2.5, 0.4, 0.03], afs=True, options={"scale_dir": 0.2, "scale_time": 0.2},
+                          base=None if solver == "amed" else solver, model_id=model_id)
+    pred = cls(cfg)
     with torch.no_grad():
         pred.table.copy_(torch.tensor([[0.3, 0.5, -0.4], [-0.2, -0.4, 0.3], [0.1, 0.2, 0.5]]))
     return pred.eval()
@@ -196,15 +196,15 @@ def _count_calls(module: torch.nn.Module) -> list:
     return calls
 
 
-@pytest.mark.parametrize("student", ["amed", "ipndm"])
-def test_afs_predictor_pipeline_loop_makes_the_trained_nfe(student):
+@pytest.mark.parametrize("solver", ["amed", "ipndm"])
+def test_afs_predictor_pipeline_loop_makes_the_trained_nfe(solver):
     unet = tiny_unet()
     cfg = diffusers.DDPMScheduler().config
-    pred = _table_predictor(student)
+    pred = _table_predictor(solver)
     den = DiffusersDenoiser(unet, cfg)
     latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     s0 = torch.tensor(pred.config["sigmas"][0], dtype=torch.float64)
-    res = fewstep.sample(den, latents.double() * (1 + s0**2).sqrt() / s0, predictor=pred, return_result=True)
+    res = fewstep.solve(den, latents.double() * (1 + s0**2).sqrt() / s0, predictor=pred)
     assert res.nfe == 5  # 3 intervals x 2 calls, minus 1 for the analytical first step
     sched = FewstepScheduler.from_config(cfg, predictor=pred)
     calls = _count_calls(unet)
@@ -239,7 +239,7 @@ def test_pipeline_loop_with_guidance_equals_sample():
     pred = _table_predictor("ipndm")
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     s0 = torch.tensor(pred.config["sigmas"][0], dtype=torch.float64)
-    res = fewstep.sample(den, latents.double() * (1 + s0**2).sqrt() / s0, predictor=pred, return_result=True)
+    res = fewstep.solve(den, latents.double() * (1 + s0**2).sqrt() / s0, predictor=pred)
     sched = FewstepScheduler.from_config(cfg, predictor=pred)
     calls = _count_calls(unet)
     out = run_pipeline_loop(unet, sched, latents, res.nfe, **kw)

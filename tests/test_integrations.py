@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed
+from fewstep import learned
 
 diffusers = pytest.importorskip("diffusers")
 from fewstep.integrations.diffusers import DiffusersDenoiser, FewstepScheduler, load_denoiser  # noqa: E402
@@ -113,8 +113,7 @@ def test_ddpm_pipeline_equals_fewstep_sample(unet, solver, opts, nfe):
     sig = sched._stepper.sigmas
     noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0)).double()
     noise = noise * (1 + sig[0] ** 2).sqrt() / sig[0]  # VP latents ~ N(0, 1): x_edm = n sqrt(1 + sigma^2)
-    res = fewstep.sample(DiffusersDenoiser(unet, cfg), noise, sig, solver, denoise_to_zero=True, return_result=True,
-                         **opts)
+    res = fewstep.solve(DiffusersDenoiser(unet, cfg), noise, sig, solver, denoise_to_zero=True, **opts)
     assert res.nfe == nfe
     assert rel(ours.double(), res.x) <= 1e-5
 
@@ -215,12 +214,14 @@ def test_cfg_amed_plugin_table_with_afs(cfg_denoiser, prompts):
     """A predictor-free AMED-Plugin table trained on the CFG denoiser, used through the scheduler with AFS (first
     model call after the analytical step, via scale_model_input), equals fewstep.sample with the predictor."""
     cfg, den = cfg_denoiser
-    pred = amed.train(den, shape=(4, 8, 8), student="ipndm", num_steps=4, M=1, sigma_max=14.0, sigma_min=0.03,
-                      batch=2, total_samples=4, afs=True, features="none", progress=False, dtype=torch.float32)
+    pred = learned.train("plugin", den, shape=(4, 8, 8), base="ipndm", num_steps=4, afs=True,
+                         options={"features": "none"}, schedule=learned.ScheduleSpec(sigma_min=0.03, sigma_max=14.0),
+                         teacher=learned.Teacher(M=1), budget=learned.Budget(batch=2, total_samples=4), progress=False,
+                         dtype=torch.float32)
     with torch.no_grad():
         pred.table.add_(torch.tensor([[0.3, 0.5, 0.0], [-0.2, -0.4, 0.0], [0.1, 0.2, 0.0]]))  # a clearly non-default table
     sched = FewstepScheduler.from_config(cfg, predictor=pred)
-    res = fewstep.sample(den, _vp_noise(torch.tensor(pred.config["sigmas"])), predictor=pred, return_result=True)
+    res = fewstep.solve(den, _vp_noise(torch.tensor(pred.config["sigmas"])), predictor=pred)
     assert sched.config.solver == "dpmpp"  # the config is untouched; the predictor decides
     with pytest.raises(ValueError, match=f"num_inference_steps={res.nfe}"):
         sched.set_timesteps(res.nfe + 1)
@@ -233,10 +234,9 @@ def test_cfg_amed_plugin_table_with_afs(cfg_denoiser, prompts):
 
 def test_feature_predictor_is_refused(cfg_denoiser):
     cfg, den = cfg_denoiser
-    pred = amed.AMEDPredictor(2, feature_dim=16, config={"student": {"solver": "amed", "base": None, "options": {}},
-                                                         "sigmas": [14.0, 1.0, 0.03], "afs": False,
-                                                         "features": {"source": "adapter", "module": None, "dim": 16}})
-    with pytest.raises(ValueError, match="feature-based AMED predictor"):
+    pred = learned.AMEDSampler(learned.AMEDSampler.make_config([14.0, 1.0, 0.03], afs=False,
+                                                               options={"features": "adapter", "feature_dim": 16}))
+    with pytest.raises(ValueError, match="feature-based amed predictor"):
         FewstepScheduler.from_config(cfg, predictor=pred)
 
 
@@ -267,8 +267,9 @@ def test_cli_train_and_sample_diffusers(unet, tmp_path):
     args = ["train", "--diffusers", str(tmp_path / "pipe"), "--out", str(ckpt), "--num-steps", "3", "--M", "1",
             "--batch", "2", "--total-samples", "2", "--threads", "1"]
     assert main(args) == 0
-    pred = amed.load(ckpt)
-    assert pred.uses_features and pred.config["features"]["source"] == "adapter"
+    pred = learned.load(ckpt)
+    assert pred.config["method"] == "amed"  # the default method
+    assert pred.uses_features and pred.config["options"]["features"] == "adapter"
     out = tmp_path / "s.npz"
     assert main(["sample", "--diffusers", str(tmp_path / "pipe"), "--predictor", str(ckpt), "--seeds", "0-1",
                  "--out", str(out), "--threads", "1"]) == 0

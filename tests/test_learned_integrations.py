@@ -1,6 +1,6 @@
 """Every learned sampler (fewstep.learned: DyWeight, EPD, PAS, GS; and AMED tables) in the integrations: the diffusers
 FewstepScheduler driven by a pipeline-like loop, and the k-diffusion-style fewstep.k.sample_learned, each equal to
-fewstep.sample(denoiser, noise, predictor=p) on an analytic Gaussian mixture, with the sampler's NFE as the number
+fewstep.solve(denoiser, noise, predictor=p) on an analytic Gaussian mixture, with the sampler's NFE as the number
 of model calls, from the object or from its checkpoint path. Nothing is trained: parameters are random, non-zero."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep import amed, k, learned
+from fewstep import k, learned
 from fewstep.denoisers import VPModel
 from conftest import make_gmm
 from learned_helpers import make_sampler, perturb
@@ -48,14 +48,32 @@ def sampler(case, seed=1):
 
 def amed_table():
     """A predictor-free AMED-Plugin table on iPNDM with clearly non-default entries (no AFS)."""
-    cfg = {"version": 1, "student": {"solver": "amed_plugin", "base": "ipndm", "options": {}}, "sigmas": SIG.tolist(),
-           "afs": False, "scale_dir": 0.2, "scale_time": 0.2,
-           "features": {"source": "none", "module": None, "dim": None},
-           "architecture": {"hidden": 128, "emb_dim": 8, "feat_proj": 16}, "model_id": None}
-    pred = amed.AMEDPredictor(3, None, 0.2, 0.2, config=cfg)
+    cfg = learned.AMEDPluginSampler.make_config(SIG, afs=False, base="ipndm", options={
+        "scale_dir": 0.2, "scale_time": 0.2, "features": "none", "hidden": 128, "emb_dim": 8, "feat_proj": 16})
+    pred = learned.AMEDPluginSampler(cfg)
     with torch.no_grad():
         pred.table.copy_(torch.tensor([[0.3, 0.5, -0.4], [-0.2, -0.4, 0.3], [0.1, 0.2, 0.5]]))
     return pred.eval()
+
+
+def save_legacy_amed(pred, path):
+    """``pred`` (amed_table) written as AMED files were before the learned-package redesign (format
+    fewstep-amed-predictor, its own config schema; tests/data/legacy/README.md), which fewstep.learned.load converts."""
+    import json
+
+    from fewstep.io import tensor_digest, write_safetensors
+
+    o = pred.options
+    cfg = {"version": 1, "student": {"solver": "amed_plugin", "base": pred.config["base"]["solver"],
+                                     "options": dict(pred.config["base"]["options"])},
+           "sigmas": pred.config["sigmas"], "afs": pred.config["afs"], "scale_dir": o["scale_dir"],
+           "scale_time": o["scale_time"], "features": {"source": "none", "module": None, "dim": None},
+           "architecture": {"hidden": o["hidden"], "emb_dim": o["emb_dim"], "feat_proj": o["feat_proj"]},
+           "model_id": None}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in pred.state_dict().items()}
+    write_safetensors(path, tensors, {"format": "fewstep-amed-predictor", "config": json.dumps(cfg, sort_keys=True),
+                                      "sha256": tensor_digest(tensors)})
+    return path
 
 
 class Recorder:
@@ -112,12 +130,12 @@ def pipeline_loop(sched, net, nfe, latents, scale=True):
 
 
 def reference(gmm, p, latents, flow=False, denoise_to_zero=False):
-    """fewstep.sample with the predictor from the EDM state of the pipeline's initial latents, and the sigmas of its
+    """fewstep.solve with the predictor from the EDM state of the pipeline's initial latents, and the sigmas of its
     model calls."""
     s0 = SIG[0]
     x_T = latents * (1 + s0) if flow else latents * (1 + s0**2).sqrt()
     rec = Recorder(gmm)
-    res = fewstep.sample(rec, x_T / s0, predictor=p, denoise_to_zero=denoise_to_zero, return_result=True)
+    res = fewstep.solve(rec, x_T / s0, predictor=p, denoise_to_zero=denoise_to_zero)
     return res, rec.sigmas
 
 
@@ -183,12 +201,17 @@ def test_denoise_to_zero(gmm):
     assert float((out - res.x).abs().max()) < 1e-10  # x0: the same in every space
 
 
-@pytest.mark.parametrize("which", ["dyweight-w2-shift-afs", "epd-k2-shift", "pas-c3-shift", "gs-o2", "amed"])
+@pytest.mark.parametrize("which", ["dyweight-w2-shift-afs", "epd-k2-shift", "pas-c3-shift", "gs-o2", "amed",
+                                   "amed-legacy"])
 def test_checkpoint_path_equals_object(gmm, tmp_path, which):
-    """predictor= a checkpoint path (fewstep.learned.load: learned and AMED formats) gives the object's result."""
-    p = amed_table() if which == "amed" else sampler(next(c for c in CASES if c[0] == which))
+    """predictor= a checkpoint path (fewstep.learned.load: every method's format and AMED's format from before the
+    redesign) gives the object's result."""
+    p = amed_table() if which.startswith("amed") else sampler(next(c for c in CASES if c[0] == which))
     path = tmp_path / "p.safetensors"
-    p.save(path)
+    if which == "amed-legacy":
+        save_legacy_amed(p, path)
+    else:
+        p.save(path)
     lat = latents()
     res, sigmas = reference(gmm, p, lat)
     outs = []
@@ -196,7 +219,7 @@ def test_checkpoint_path_equals_object(gmm, tmp_path, which):
         sched = FewstepScheduler.from_config(VP_CFG, predictor=pred)
         net = Net(gmm, sigmas)
         outs.append(pipeline_loop(sched, net, res.nfe, lat))
-        assert net.calls == res.nfe == (6 if which == "amed" else p.nfe())  # AMED-Plugin: 3 steps + 3 inserted
+        assert net.calls == res.nfe == (6 if which.startswith("amed") else p.nfe())  # AMED-Plugin: 3 steps + 3 inserted
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert float((to_edm_end(outs[0]) - res.x).abs().max()) < 1e-10
     assert FewstepScheduler(predictor=path).predictor.config == p.config  # the constructor takes a path too
@@ -236,10 +259,9 @@ def test_scheduler_errors(tmp_path):
         FewstepScheduler.from_config(VP_CFG, predictor=object())
     with pytest.raises(FileNotFoundError):
         FewstepScheduler.from_config(VP_CFG, predictor=tmp_path / "missing.safetensors")
-    feat = amed.AMEDPredictor(2, feature_dim=16, config={"student": {"solver": "amed", "base": None, "options": {}},
-                                                         "sigmas": [14.0, 1.0, 0.03], "afs": False,
-                                                         "features": {"source": "adapter", "module": None, "dim": 16}})
-    with pytest.raises(ValueError, match="predictor: a feature-based AMED predictor"):
+    feat = learned.AMEDSampler(learned.AMEDSampler.make_config([14.0, 1.0, 0.03], afs=False,
+                                                               options={"features": "adapter", "feature_dim": 16}))
+    with pytest.raises(ValueError, match="predictor: a feature-based amed predictor"):
         FewstepScheduler.from_config(VP_CFG, predictor=feat)
 
 
@@ -265,7 +287,7 @@ def test_k_sample_learned_equals_sample(gmm, case):
     steps = []
     got = k.sample_learned(model, x, extra_args={"shift": 0.01}, callback=lambda d: steps.append(d["i"]),
                            disable=True, predictor=p)
-    ref = fewstep.sample(lambda x, s: gmm(x, s) + 0.01, x / SIG[0], predictor=p, return_result=True)
+    ref = fewstep.solve(lambda x, s: gmm(x, s) + 0.01, x / SIG[0], predictor=p)
     assert torch.equal(got, ref.x)  # the same call of fewstep.sample
     assert model.calls == ref.nfe == p.nfe()
     assert steps == [0, 1, 2]  # one callback per step of the schedule
@@ -283,8 +305,11 @@ def test_k_path_trailing_zero_and_errors(gmm, tmp_path):
         model = KModel(gmm)
         got = k.sample_learned(model, x, sig32, disable=True, predictor=pred)
         assert float((got - ref).abs().max()) < 1e-10 and model.calls == p.nfe() + 1
-    assert torch.equal(k.sample_amed(gmm, x, predictor=p, disable=True),
-                       k.sample_learned(gmm, x, predictor=p, disable=True))  # one code path
+    # without sigmas: the trained ones (no trailing zero), the same call of fewstep.sample
+    assert torch.equal(k.sample_learned(gmm, x, predictor=p, disable=True),
+                       fewstep.sample(gmm, x / SIG[0], predictor=p))
+    with pytest.raises(TypeError, match="predictor"):  # k.sample_amed runs the untrained solver only
+        k.sample_amed(gmm, x, SIG, predictor=p, disable=True)
     with pytest.raises(ValueError, match="trained for sigmas"):
         k.sample_learned(gmm, x, fewstep.get_schedule("polynomial", 5), predictor=p, disable=True)
     with pytest.raises(ValueError, match="needs predictor="):

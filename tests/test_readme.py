@@ -34,6 +34,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ if importlib.util.find_spec("diffusers") is None:  # an optional extra (installe
 # ------------------------------------------------------------------------------------------------ sizes
 # fewstep (sub)command -> {option: value}: set, or replace the README's value.
 SIZE_OPTIONS: dict[tuple[str, ...], dict[str, str]] = {
-    ("train",): {"--total-samples": "16", "--batch": "8", "--M": "2"},
+    ("train",): {"--total-samples": "16", "--batch": "8", "--M": "2", "--tune-seeds": "2", "--report-seeds": "2"},
+    ("tune",): {"--seeds": "900000000-900000001"},
     ("sample",): {"--seeds": "0-5", "--batch": "4"},
     ("eval",): {"--ref-count": "64", "--threads": "1"},
     ("schedule", "search"): {"--warmup": "4", "--grid": "13", "--threads": "1"},
@@ -331,7 +333,9 @@ class _Runner:
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    return _Runner(tmp_path_factory.mktemp("readme"))
+    folder = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "examples", folder / "examples")  # the README's commands run from the repository root
+    return _Runner(folder)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])

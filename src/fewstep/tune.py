@@ -254,11 +254,12 @@ def training_start(method: type, recipe: Recipe, options: dict[str, Any] | None 
     """How learned ``method`` (a class of :data:`fewstep.learned.METHODS`) starts from a tuned classic configuration:
     (options, base, afs, initial sigmas). A method built on a solver the user picks takes the recipe's solver as its
     base; a method built on a fixed one takes the recipe's options where it can (:meth:`options_for_base`, e.g.
-    DyWeight's window = iPNDM's order); every method starts from the recipe's AFS and its sigmas, resampled to the
-    method's number of steps at the recipe's NFE (:func:`fewstep.schedules.interpolate_schedule`). Options, a base
-    or ``afs`` given explicitly win."""
+    DyWeight's window = iPNDM's order); every method starts from the recipe's AFS (unless the method cannot make the
+    recipe's NFE with it) and its sigmas, resampled to the method's number of steps at the recipe's NFE
+    (:func:`fewstep.schedules.interpolate_schedule`). Options, a base or ``afs`` given explicitly win."""
     from .schedules import interpolate_schedule
 
+    explicit_afs = afs is not None
     afs = recipe.afs if afs is None else afs
     if method.takes_base:
         if base is None and recipe.solver in method.BASES:
@@ -268,5 +269,12 @@ def training_start(method: type, recipe: Recipe, options: dict[str, Any] | None 
         if mapped is not None:
             options = {**mapped, **(options or {})}
     probe_options = {k: v for k, v in (options or {}).items() if k != "features"}  # resolved at training time
-    n = steps_for_nfe(method.probe_solver(probe_options, base, afs), recipe.nfe, afs)
+    solver = method.probe_solver(probe_options, base, afs)
+    try:
+        n = steps_for_nfe(solver, recipe.nfe, afs)
+    except ValueError:
+        if explicit_afs:
+            raise
+        afs = not afs  # e.g. a two-evaluation method at an odd NFE needs AFS whatever the recipe did
+        n = steps_for_nfe(method.probe_solver(probe_options, base, afs), recipe.nfe, afs)
     return options, base, afs, interpolate_schedule(list(recipe.sigmas), n)

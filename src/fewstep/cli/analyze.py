@@ -166,7 +166,9 @@ def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     ax.invert_xaxis()
     ax.set_xlabel("sigma (sampling runs right)")
     ax.set_ylabel("RMSE to the teacher")
-    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule;\n"
+    sig = runs[0]["sigma"]
+    ax.set_title(f"{model_id}: per-step error, {len(args.seeds)} seeds, {args.schedule} schedule on sigma "
+                 f"{sig[0]:.4g} .. {sig[-1]:.4g} (every row);\n"
                  f"teacher DEIS-4 with {m} steps inserted per interval", fontsize=8)
     return rows
 

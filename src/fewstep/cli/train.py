@@ -77,6 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--no-tune", dest="tune", action="store_false",
                    help="do not tune first: start from the method's own base on --schedule; the closing report then "
                         "has no best classic solver to compare with")
+    t.add_argument("--tune-seeds", type=positive_int, default=32,
+                   help="held-out seeds of the tuning before training (default: %(default)s)")
     t.add_argument("--report-seeds", type=positive_int, default=64,
                    help="held-out seeds of the closing report (RMSE to the teacher of the trained sampler, its base "
                         "and the best classic configuration; default: %(default)s)")
@@ -209,13 +211,19 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):
     if not args.tune or args.schedule is not None or args.base is not None or args.num_steps is not None or \
             scales is not None:
         return None
+    import os
+
     from ..tune import tune
 
-    print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
-          flush=True)
-    res = tune(denoiser, shape, args.nfe or 5, sigma_min=args.sigma_min, sigma_max=args.sigma_max, dtype=dtype,
-               model_id=model_id, guidance=getattr(denoiser, "scale", None), progress=True)
-    print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun every process tunes alike; one of them speaks
+    if main_rank:
+        print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
+              flush=True)
+    res = tune(denoiser, shape, args.nfe or 5, seeds=args.tune_seeds, sigma_min=args.sigma_min,
+               sigma_max=args.sigma_max, dtype=dtype, model_id=model_id, guidance=getattr(denoiser, "scale", None),
+               progress=main_rank)
+    if main_rank:
+        print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
     return res.best
 
 

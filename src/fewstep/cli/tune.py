@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     print(res.table())
     res.best.save(out)
     print(f"best: {res.best.label()}: RMSE {res.best.rmse:.4g}; wrote {out}")
-    print(f"  use it: fewstep sample --model {args.model} --schedule {out} ... | fewstep train ... --tuned {out}",
+    print(f"  use it: fewstep sample --model {args.model} --predictor {out} ... | fewstep train ... --tuned {out}",
           file=sys.stderr)
     if args.json:
         write_text_atomic(Path(args.json), json.dumps({"rows": res.rows, "best": res.best.label(),

@@ -50,21 +50,29 @@ def predictor_label(predictor: Any) -> str:
 def per_step_error(
     denoiser: Callable, noise: torch.Tensor, solvers: Sequence[str] = ("ipndm",), nfe: int = 5, *,
     afs: bool = False, schedule: str = "polynomial", teacher_steps: int = 16, predictor: Any = None,
+    sigma_min: float | None = None, sigma_max: float | None = None,
 ) -> list[dict[str, Any]]:
     """Per-step RMSE / L2 to a DEIS-4 teacher (:func:`fewstep.evaluation.trajectory_error`) of each solver at
     ``nfe`` on the ``schedule`` of the matching number of steps, then, with a learned sampler ``predictor``, of
-    the sampler on its own schedule. One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, or the sampler's
+    the sampler on its own schedule. Every row runs over one sigma range: the predictor's if given, else
+    ``sigma_min`` / ``sigma_max``, else the model's own (:func:`fewstep.denoisers.sigma_range`). One dict per run: ``label`` (``"ipndm"``, ``"ipndm +AFS"``, or the sampler's
     :func:`predictor_label`: ``"AMED-Solver"``, ``"AMED-Plugin on BASE"``, ...) and trajectory_error's per-sigma lists
     ``sigma``, ``rmse``, ``l2``, ``teacher_change`` and ``nfe``."""
+    from ..denoisers import sigma_range
     from ..evaluation import trajectory_error
     from ..sampling import steps_for_nfe
     from ..schedules import get_schedule
 
     if isinstance(solvers, str):
         solvers = [solvers]
+    if predictor is not None:
+        own = predictor.config["sigmas"]
+        lo, hi = float(own[-1]), float(own[0])
+    else:
+        lo, hi, _ = sigma_range(denoiser, sigma_min, sigma_max)
     runs: list[dict[str, Any]] = []
     for name in solvers:
-        sig = get_schedule(schedule, steps_for_nfe(name, nfe, afs))
+        sig = get_schedule(schedule, steps_for_nfe(name, nfe, afs), lo, hi)
         label = name + (" +AFS" if afs else "")
         runs.append({"label": label, **trajectory_error(denoiser, noise, sig, name, afs=afs,
                                                         teacher_steps=teacher_steps)})
