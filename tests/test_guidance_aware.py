@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -20,7 +21,8 @@ torch.set_num_threads(1)
 D = 6
 SIG = fewstep.get_schedule("polynomial", 5, 0.002, 80.0)
 GUIDE = {"scales": [1.0, 6.0], "degree": 2}
-OPTIONS = {"amed": None, "plugin": None, "dyweight": None, "epd": {"K": 2}, "pas": None, "gs": None}
+OPTIONS = {"amed": None, "plugin": None, "dyweight": None, "epd": {"K": 2}, "pas": None, "gs": None,
+           "residual": {"channels": D, "width": 8}}
 
 
 class CondGMM:
@@ -75,8 +77,8 @@ def test_tables_follow_the_denoiser_scale(cond, method):
         p.guidance_scale = w
         plain = make_sampler(METHODS[method], SIG, options=OPTIONS[method], time_shift=True)
         with torch.no_grad():
-            for name, param in plain.named_parameters():
-                param.copy_(getattr(p, name))
+            for name, param in plain.named_parameters():  # the value at scale w (parametrized) or the weight itself
+                param.copy_(functools.reduce(getattr, name.split("."), p))
         p.guidance_scale = None  # the denoiser's scale is used
         a = fewstep.sample(Guided(cond, 0, w), x, predictor=p)
         b = fewstep.sample(Guided(cond, 0, w), x, predictor=plain)

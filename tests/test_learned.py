@@ -84,7 +84,7 @@ def _steps_for_nfe(method, nfe, afs, options=None):
 # one at the intermediate time, EPD K + 1 in 2 rounds.
 NFE_CASES = [("dyweight", {"window": 3}, 1, 1), ("epd", {"K": 1}, 2, 2), ("epd", {"K": 2}, 3, 2),
              ("epd", {"K": 4}, 5, 2), ("amed", None, 2, 2), ("plugin", None, 2, 2), ("pas", None, 1, 1),
-             ("gs", None, 1, 1)]
+             ("gs", None, 1, 1), ("residual", {"channels": 4}, 1, 1)]
 
 
 def test_nfe_cases_cover_every_method():
@@ -136,7 +136,8 @@ def test_gradients_reach_every_used_parameter(gmm4, noise16, method, options):
 
 # ------------------------------------------------------------------ checkpoints
 ROUND_TRIP_OPTIONS = {"dyweight": {"window": 3}, "epd": {"K": 2}, "pas": {"order": 4, "coords": 2}, "gs": {"order": 3},
-                      "amed": {"scale_dir": 0.1, "scale_time": 0.1}, "plugin": {"scale_dir": 0.1, "scale_time": 0.1}}
+                      "amed": {"scale_dir": 0.1, "scale_time": 0.1}, "plugin": {"scale_dir": 0.1, "scale_time": 0.1},
+                      "residual": {"channels": 4, "width": 8}}
 
 
 @pytest.mark.parametrize("method", list(learned.METHODS))

@@ -185,7 +185,7 @@ def test_method_defaults_budget_schedule_and_shifts(monkeypatch):
         d = cls.DEFAULTS
         assert (plan.batch, plan.total_samples, plan.M) == (d.batch, d.total_samples, d.M), method
         assert plan.lr == cls.default_lr(p.options)
-        assert sched is (method in ("dyweight", "gs")) is d.learn_schedule and plan.learn_schedule is sched
+        assert sched is (method in ("dyweight", "gs", "residual")) is d.learn_schedule and plan.learn_schedule is sched
         assert p.config["time_shift"] is (method == "gs") is d.time_shift
     for method in ("amed", "plugin", "epd", "pas", "gs"):  # the budget of every method but DyWeight
         d = learned.METHODS[method].DEFAULTS

@@ -218,6 +218,7 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
     trained ``sampler``, of its base (the same method untrained on its initial schedule: its neutral
     initialisation) and of the best classic configuration at its NFE (``recipe``, e.g. from :func:`tune`).
     Returns {"rows": [{"label", "rmse", "nfe"}], "seeds", "ratio" (trained / best classic), "gain"}."""
+    from .learned.registry import method_class
     from .learned.sampler import LearnedSampler
 
     seeds = report_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
@@ -235,7 +236,8 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
     if isinstance(sampler, LearnedSampler):
         cfg = dict(sampler.config)
         init = (cfg.get("schedule") or {}).get("init_sigmas") or cfg["sigmas"]
-        neutral = type(sampler)(type(sampler).make_config(
+        cls = method_class(cfg["method"])  # type(sampler) is a parametrized subclass for guidance-aware samplers
+        neutral = cls(cls.make_config(
             init, afs=cfg["afs"], options=cfg["options"], base=cfg["base"] if sampler.takes_base else None,
             time_shift=cfg["time_shift"], guidance=cfg.get("guidance"))).to(next(sampler.parameters()).dtype)
         if sampler.guidance_aware:

@@ -1,4 +1,5 @@
-"""``fewstep analyze pca | predictor | error | align``: the paper's figures as a .png plot and a .csv table."""
+"""``fewstep analyze pca | predictor | error | align | span``: the paper's figures, and how far coefficient learning
+can go on a model, as a .png plot and a .csv table."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from .args import add_model_args, parse_seeds, positive_int
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``analyze`` subcommand."""
     a = sub.add_parser("analyze", help="trajectory PCA (paper Fig. 4), grid-searched intermediate steps (Fig. 5), "
-                                       "a predictor's learned r, c (Fig. 7), per-step error to a teacher")
-    a.add_argument("what", choices=("pca", "predictor", "error", "align"))
+                                       "a predictor's learned r, c (Fig. 7), per-step error to a teacher, the span "
+                                       "bound of coefficient learning")
+    a.add_argument("what", choices=("pca", "predictor", "error", "align", "span"),
+                   help="span: at one solver's evaluation points (--solver, --nfe, --afs, --schedule; default the "
+                        "measured default at --nfe, or --predictor RECIPE.json from fewstep tune), the RMSE to the "
+                        "teacher of the solver, of the best per-sample combination of x_T and its denoiser outputs "
+                        "(what learned coefficients can reach at best) and of the default solver at about twice the "
+                        "NFE")
     add_model_args(a)
     a.add_argument("--predictor", default=None, help="AMED checkpoint (for 'predictor'; for 'error' an extra row)")
     a.add_argument("--solver", default=None,
@@ -61,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--solver must not be empty")
     paper_protocol = args.what == "align" and getattr(args, "protocol", "ours") == "paper"
     args.solver = args.solver or ("amed,dpm2,ipndm,dpmpp,unipc" if paper_protocol else
-                                  {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp"}.get(args.what))
+                                  {"pca": "heun", "error": "ipndm", "align": "amed,ipndm,dpmpp",
+                                   "span": "default"}.get(args.what))
     if args.what in ("error", "align"):
         _solvers(args.solver)  # checked before the model is loaded or any output is made
     elif args.what == "pca" and "," in args.solver:
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         fig, ax = pyplot().subplots(figsize=(6, 4))
     if args.what == "pca":
         rows = _pca(args, ax)
+    elif args.what == "span":
+        rows = _span(args, ax)
     elif args.what in ("error", "align"):
         rows = _error(args, ax) if args.what == "error" else (
             _align_paper(args, ax, ax2) if paper_protocol else _align(args, ax, ax2))
@@ -85,6 +95,39 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(rows))
     print(f"Wrote {out.with_suffix('.png')} and {out.with_suffix('.csv')}")
     return 0
+
+
+def _span(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
+    """The span bound of coefficient learning at one configuration's points (:func:`experiments.analysis.span_bound`)."""
+    from ..defaults import default_recipe
+    from ..denoisers import sigma_range
+    from ..experiments.analysis import span_bound
+    from ..recipe import Recipe, make_sigmas
+    from ..sampling import noise_for_seeds, steps_for_nfe
+
+    denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
+    if args.predictor:
+        recipe = Recipe.load(args.predictor, model_id=model_id)
+    elif args.solver == "default":
+        recipe = default_recipe(denoiser, args.nfe)
+    else:
+        (name,) = _solvers(args.solver)
+        lo, hi, _ = sigma_range(denoiser)
+        n = steps_for_nfe(name, args.nfe, args.afs)
+        sig = make_sigmas(args.schedule, n, lo, hi, 7.0 if args.schedule == "polynomial" else 1.0, denoiser)
+        recipe = Recipe(name, {}, args.afs, tuple(sig.tolist()), args.schedule, args.nfe, model_id=model_id)
+    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    r = span_bound(denoiser, noise, recipe, teacher_steps=args.teacher_steps or 128)
+    labels = [f"{recipe.label()} (NFE {recipe.nfe})", f"best in span of its {r['outputs']} outputs + x_T",
+              f"{r['higher_label']} (NFE {r['higher_nfe']})"]
+    values = [r["solver"], r["span"], r["higher"]]
+    ax.bar(range(3), values, color=["C0", "C1", "C2"])
+    ax.set_xticks(range(3), ["solver", "span bound", f"NFE {r['higher_nfe']}"])
+    ax.set_ylabel("RMSE to the teacher")
+    ax.set_title(f"{model_id}: {len(args.seeds)} seeds; learned coefficients stay at or above the span bound",
+                 fontsize=8)
+    ax.plot([], [], " ", label=labels[0][:60])
+    return ["row,rmse"] + [f"\"{lab}\",{v:.6g}" for lab, v in zip(labels, values)]
 
 
 def _solvers(text: str) -> list[str]:

@@ -219,7 +219,7 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):
     if main_rank:
         print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
               flush=True)
-    res = tune(denoiser, shape, args.nfe or 5, seeds=args.tune_seeds, sigma_min=args.sigma_min,
+    res = tune(denoiser, shape, args.nfe or 5, seeds=_per_label(denoiser, args.tune_seeds), sigma_min=args.sigma_min,
                sigma_max=args.sigma_max, dtype=dtype, model_id=model_id, guidance=getattr(denoiser, "scale", None),
                progress=main_rank)
     if main_rank:
@@ -257,7 +257,7 @@ def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int) -> None:  # no
     """The closing report: trained vs its base vs the best classic configuration on held-out seeds."""
     from ..tune import report
 
-    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=seeds, dtype=dtype)
+    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=_per_label(denoiser, seeds), dtype=dtype)
     s = rep["seeds"]
     print(f"held-out report: RMSE to the teacher (DEIS-4, {rep['teacher_steps']} steps) on seeds {s[0]}-{s[-1]}:")
     for row in rep["rows"]:
@@ -271,6 +271,15 @@ def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int) -> None:  # no
         print(f"WARNING: the trained sampler is NOT better than the best classic solver at NFE {sampler.nfe()} "
               f"({rep['ratio']:.2f}x its error); sample with the tuned configuration instead (fewstep tune --out "
               "FILE; fewstep sample --predictor FILE), or train longer / another --method", flush=True)
+
+
+def _per_label(denoiser, n: int) -> int:  # noqa: ANN001
+    """``n`` rounded up to a multiple of a guided model's label count (every label equally often)."""
+    import torch
+
+    labels = getattr(denoiser, "labels", None)
+    k = labels.numel() if isinstance(labels, torch.Tensor) else 1
+    return -(-n // k) * k
 
 
 def _report(sampler, out: Path, world_size: int, threads: int, scales: list[float] | None,  # noqa: ANN001

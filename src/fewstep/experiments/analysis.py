@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["trajectory_pca", "per_step_error", "predictor_label", "step_alignment", "relative_alignment"]
+__all__ = ["trajectory_pca", "per_step_error", "predictor_label", "step_alignment", "relative_alignment", "span_bound"]
 
 
 def trajectory_pca(
@@ -111,3 +111,38 @@ def relative_alignment(
     if isinstance(solvers, str):
         solvers = [solvers]
     return _rel(denoiser, noise, list(solvers), points, grid=grid, gt_nfe=gt_nfe, schedule=schedule, afs=afs)
+
+
+def span_bound(denoiser: Callable, noise: torch.Tensor, recipe: Any, *, teacher_steps: int = 128,
+               higher_nfe: int | None = None) -> dict[str, Any]:
+    """How far learning coefficients can go at ``recipe``'s evaluation points (a :class:`fewstep.recipe.Recipe`:
+    solver, options, AFS, sigmas): the RMSE to the teacher's solution of (1) the recipe itself, (2) the best
+    per-sample least-squares combination of the start x_T and every denoiser output the recipe computes (the span
+    every learned method except the residual one stays in: AMED, DyWeight, PAS, GS, EPD), and (3) the measured
+    default configuration at ``higher_nfe`` (default: about twice the recipe's NFE) on the same sigma range. Returns
+    {"solver", "span", "higher", "higher_nfe", "outputs"} (RMSEs per element)."""
+    from ..defaults import default_recipe
+    from ..sampling import solve
+    from ..tune import rmse_to, teacher_solution
+
+    lo, hi = float(recipe.sigmas[-1]), float(recipe.sigmas[0])
+    ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps)
+    outputs: list[torch.Tensor] = []
+
+    def record(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = denoiser(x, sigma)
+        outputs.append(out.detach())
+        return out
+
+    record.model_id = getattr(denoiser, "model_id", None)  # type: ignore[attr-defined]
+    x = solve(record, noise, predictor=recipe).x
+    B = noise.shape[0]
+    basis = torch.stack([(noise * hi).reshape(B, -1)] + [o.reshape(B, -1).to(noise.dtype) for o in outputs], -1)
+    target = ref.reshape(B, -1, 1).to(basis.dtype)
+    coef = torch.linalg.lstsq(basis.double(), target.double()).solution
+    span = (basis.double() @ coef).reshape(ref.shape)
+    higher_nfe = higher_nfe or 2 * recipe.nfe - 1
+    default = default_recipe(denoiser, higher_nfe, sigma_min=lo, sigma_max=hi)
+    higher = solve(denoiser, noise, predictor=default).x
+    return {"solver": rmse_to(x, ref), "span": rmse_to(span, ref), "higher": rmse_to(higher, ref),
+            "higher_nfe": higher_nfe, "higher_label": default.label(), "outputs": len(outputs)}

@@ -15,6 +15,7 @@ from .dyweight import DyWeightSampler
 from .epd import EPDSampler
 from .gs import GSSampler
 from .pas import PASSampler
+from .residual import ResidualSampler
 from .registry import METHODS, method_class
 from .sampler import CONFIG_KEYS, FORMAT, VERSION, CheckpointError, Defaults, LearnedSampler, Option
 from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher
@@ -23,4 +24,4 @@ from .train import TrainedSchedule, learn_schedule, train
 __all__ = ["train", "learn_schedule", "load", "read_config", "METHODS", "method_class", "LearnedSampler", "Option",
            "Defaults", "Teacher", "Budget", "Objective", "ScheduleSpec", "Checkpointing", "GuidanceScales", "TrainLog",
            "TrainedSchedule", "LearnedSchedule", "AMEDSampler", "AMEDPluginSampler", "DyWeightSampler", "EPDSampler",
-           "PASSampler", "GSSampler", "CheckpointError", "FORMAT", "VERSION", "CONFIG_KEYS"]
+           "PASSampler", "GSSampler", "ResidualSampler", "CheckpointError", "FORMAT", "VERSION", "CONFIG_KEYS"]

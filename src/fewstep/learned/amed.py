@@ -82,7 +82,8 @@ class AMEDSampler(LearnedSampler):
 
     @classmethod
     def for_training(cls, denoiser: Callable, options: dict[str, Any] | None,
-                     probe: Callable[[Callable], torch.Tensor | None]) -> tuple[Callable, dict[str, Any] | None]:
+                     probe: Callable[[Callable], torch.Tensor | None],
+                     shape: tuple[int, ...] = ()) -> tuple[Callable, dict[str, Any] | None]:
         """Resolve ``features``: "auto" takes the best available (the denoiser's own ``denoise_with_features``, else
         the middle block of a known U-Net, else none: a table), a module name hooks that module of the denoiser,
         "adapter" needs ``denoise_with_features``; the feature size comes from one probe evaluation."""

@@ -8,6 +8,7 @@ from .dyweight import DyWeightSampler
 from .epd import EPDSampler
 from .gs import GSSampler
 from .pas import PASSampler
+from .residual import ResidualSampler
 from .sampler import LearnedSampler
 
 __all__ = ["METHODS", "method_class"]
@@ -19,6 +20,7 @@ METHODS: dict[str, type[LearnedSampler]] = {
     "epd": EPDSampler,
     "pas": PASSampler,
     "gs": GSSampler,
+    "residual": ResidualSampler,
 }
 assert all(cls.method == name for name, cls in METHODS.items()), "a method is registered under its own name"
 

@@ -261,9 +261,10 @@ class LearnedSampler(ScaleAware, nn.Module):
 
     @classmethod
     def for_training(cls, denoiser: Callable, options: dict[str, Any] | None,
-                     probe: Callable[[Callable], torch.Tensor | None]) -> tuple[Callable, dict[str, Any] | None]:
+                     probe: Callable[[Callable], torch.Tensor | None],
+                     shape: tuple[int, ...] = ()) -> tuple[Callable, dict[str, Any] | None]:
         """(the denoiser to train with, the options to store) from the options given to :func:`train`; ``probe(model)``
-        makes one model evaluation and returns its features. As given by default."""
+        makes one model evaluation and returns its features; ``shape``: one sample's. As given by default."""
         return denoiser, options
 
     @classmethod

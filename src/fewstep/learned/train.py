@@ -123,7 +123,7 @@ def train(
             call(noise_for_seeds([budget.seed], shape, dtype=dtype) * s0, s0)
         return call.features
 
-    model, options = cls.for_training(denoiser, options, probe)
+    model, options = cls.for_training(denoiser, options, probe, shape)
     options = cls.check_options(options)
     n = _num_steps(nfe, num_steps, cls.probe_solver(options, base, afs), afs)
     sig, sched_cfg = schedule.make(n, denoiser)
