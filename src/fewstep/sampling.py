@@ -116,6 +116,10 @@ class ModelCall:
             out = x - sigma * x / (1 + sigma**2).sqrt()
             self._features = None
         else:
+            if not bool((sigma > 0).all()):
+                raise ValueError(f"the model was asked to denoise at sigma {_sigma_text(sigma)} (step {self._step}): "
+                                 "sigma must be positive; a learned sampler whose time parameters give this is not "
+                                 "usable (retrain it, e.g. with a smaller learning rate)")
             dtype = self.model_dtype or x.dtype
             sig = sigma.to(device=x.device, dtype=dtype).reshape(-1).expand(x.shape[0])
             try:

@@ -13,9 +13,9 @@ from torch import nn
 from ..solvers import History, Solver
 from ..solvers.base import Model
 from ..solvers.multistep import ADAMS_BASHFORTH
-from .sampler import Defaults, LearnedSampler, Option
+from .sampler import Defaults, LearnedSampler, Option, positive_factor
 
-__all__ = ["DyWeightSampler", "LearnedMultistep", "MultistepState", "positive_floor", "FLOOR"]
+__all__ = ["DyWeightSampler", "LearnedMultistep", "MultistepState", "positive_floor", "calibrated_time", "FLOOR"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,17 @@ FLOOR = 0.1
 
 def positive_floor(y: torch.Tensor) -> torch.Tensor:
     """y for y >= FLOOR, FLOOR exp(y - FLOOR) below: DyWeight's calibrated time t~ / t_{i+1}, positive, with a
-    gradient everywhere (a hard clamp stalled guidance-aware training on the clamp)."""
-    return torch.where(y >= FLOOR, y, FLOOR * torch.exp(torch.clamp(y, max=FLOOR) - FLOOR))
+    gradient everywhere (a hard clamp stalled guidance-aware training on the clamp); y is taken at -30 at the least,
+    where exp would underflow to 0."""
+    return torch.where(y >= FLOOR, y, FLOOR * torch.exp(torch.clamp(y, min=-30.0, max=FLOOR) - FLOOR))
+
+
+def calibrated_time(t_next: torch.Tensor, inc: torch.Tensor) -> torch.Tensor:
+    """t_next + inc where that stays at or above FLOOR t_next, else t_next times the positive tail of
+    :func:`positive_floor`: a carried-forward time that is positive by construction (PAS's along-direction
+    coordinate)."""
+    y = 1 + inc / t_next
+    return torch.where(y >= FLOOR, t_next + inc, t_next * positive_floor(y))
 
 
 class DyWeightSampler(LearnedSampler):
@@ -121,7 +130,7 @@ class DyWeightSampler(LearnedSampler):
         self.log_s = nn.Parameter(torch.zeros(num_intervals, dtype=torch.float64))
 
     def multistep_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dw[i], self.log_s[i].exp()
+        return self.dw[i], positive_factor(self.log_s[i])
 
     def make_solver(self) -> Solver:
         return LearnedMultistep(max_order=self.options["window"], predictor=self,

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..solvers import Solver
 from ..solvers.base import Model, geometric_time, to_d
-from .sampler import Defaults, LearnedSampler, Option
+from .sampler import Defaults, LearnedSampler, Option, positive_factor
 
 __all__ = ["EPDSampler", "EPD", "epd_initial_r"]
 
@@ -105,7 +105,7 @@ class EPDSampler(LearnedSampler):
         r = torch.sigmoid(self.r_logit[i])
         rest = self.lam[i]
         lam = [1 - rest.sum()] + list(rest.unbind())
-        return list(r.unbind()), lam, self.log_c[i].exp(), self.log_a[i].exp()
+        return list(r.unbind()), lam, positive_factor(self.log_c[i]), positive_factor(self.log_a[i])
 
     def make_solver(self) -> Solver:
         return EPD(K=self.options["K"], predictor=self)

@@ -13,6 +13,7 @@ from torch import nn
 from ..solvers import History, Solver
 from ..solvers.base import Model, to_d
 from ..solvers.multistep import ADAMS_BASHFORTH
+from .dyweight import calibrated_time
 from .sampler import Defaults, LearnedSampler, Option
 
 __all__ = ["PASSampler", "PAS", "PASState", "pas_basis", "PAS_PCA_UNIT"]
@@ -118,7 +119,8 @@ class PAS(Solver):
             basis = pas_basis(dirs, direction, x - x_start, self.coords)
             norm = direction.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (x.ndim - 1))
             corr = corr + norm * sum(PAS_PCA_UNIT * c[k] * u for k, u in enumerate(basis, start=1))
-        return x_next + h * corr, PASState(hist, dirs, x_start, t_next + c[0] * h)
+        t_new = calibrated_time(t_next, c[0] * h) if bool(t_next > 0) else t_next + c[0] * h
+        return x_next + h * corr, PASState(hist, dirs, x_start, t_new)
 
 
 class PASSampler(LearnedSampler):

@@ -28,6 +28,7 @@ from ..solvers import SOLVERS, Solver, TimeShift, get_solver
 from .guidance import ScaleAware, check_guidance_config
 
 __all__ = ["LearnedSampler", "Option", "Defaults", "CheckpointError", "check_config", "same_solver", "describe_solver",
+           "positive_factor",
            "FORMAT",
            "VERSION", "CONFIG_KEYS"]
 
@@ -106,6 +107,15 @@ def same_solver(a: Solver, b: Solver) -> bool:
         elif va != vb:
             return False
     return True
+
+
+LOG_FACTOR_BOUND = 30.0  # exp(+-30): a learned time factor stays a positive finite number
+
+
+def positive_factor(z: torch.Tensor) -> torch.Tensor:
+    """exp(z) for a learned log time factor, z clamped to [-30, 30]: positive and finite by construction (exp of
+    -1000 is 0 in floating point, and the model would be called at sigma 0)."""
+    return torch.clamp(z, -LOG_FACTOR_BOUND, LOG_FACTOR_BOUND).exp()
 
 
 def describe_solver(solver: Solver) -> str:
@@ -286,8 +296,8 @@ class LearnedSampler(ScaleAware, nn.Module):
 
     # ------------------------------------------------------------------ parameters the solvers read
     def time_factor(self, i: int) -> torch.Tensor:
-        """exp(xi_i): the model-input time factor of step ``i``."""
-        return self.xi[i].exp()
+        """exp(xi_i): the model-input time factor of step ``i`` (:func:`positive_factor`)."""
+        return positive_factor(self.xi[i])
 
     # ------------------------------------------------------------------ sampling
     def solver(self) -> Solver:
