@@ -146,3 +146,38 @@ def test_frontier_flow_schedule_is_shifted_uniform_flow_time():
     assert float(s[0]) == pytest.approx(80.0, rel=1e-12) and float(s[-1]) == pytest.approx(0.002, rel=1e-12)
     u = (s / 3) / (1 + s / 3)
     assert torch.allclose(u.diff(), u.diff()[:1].expand(5), rtol=1e-10)
+
+
+# ------------------------------------------------------------------ defaults: the measured default sampler
+def test_defaults_quick_writes_rule_tables_and_accuracy(tmp_path, monkeypatch):
+    """benchmarks/defaults.py at tiny size (two solvers, two schedules, NFE 3 and 5, 4/10 seeds): every model is
+    screened at NFE 5, the ``--top`` chosen configurations (today's default and Euler first) at NFE 3; a rule per
+    regime with its worst ratio per NFE, and the guided class-accuracy table against the teacher; rows are cached."""
+    from benchmarks import defaults
+
+    monkeypatch.setattr(defaults, "SOLVERS", (("Euler", "euler", {}), ("iPNDM4", "ipndm", {"max_order": 4})))
+    monkeypatch.setattr(defaults, "SCHEDULES", (("polynomial", 7.0), ("logsnr", None)))
+    page, js, cache = tmp_path / "d.md", tmp_path / "d.json", tmp_path / "cache"
+    argv = ["--quick", "--top", "3", "--cache", str(cache), "--out", str(page), "--json", str(js)]
+    assert defaults.main(argv) == 0
+    doc = json.loads(js.read_text())
+    assert doc["grid_size"] == 8 and doc["selected"][:2] == [defaults.DEFAULT_KEY, defaults.EULER_KEY]
+    assert len(doc["selected"]) == 3
+    per = {(m, n): sum(r["model"] == m and r["nfe"] == n for r in doc["rows"]) for m in defaults.MODELS for n in (3, 5)}
+    assert all(per[(m, 5)] == 8 and per[(m, 3)] == 3 for m in defaults.MODELS)
+    assert all(r["rmse"] is None or r["rmse"] > 0 for r in doc["rows"])
+    for reg in ("unguided", "guided", "all"):
+        assert set(doc["worst"][reg]) == {"3", "5"} and all(v >= 1 for w in doc["worst"][reg].values()
+                                                             for v in w.values())
+    assert doc["proposal"]["rules"] and doc["cpu_seconds"]["total"] > 0
+    teachers = [r for r in doc["accuracy"] if r["role"] == "teacher"]
+    assert [r["w"] for r in teachers] == [4.0, 7.5]
+    assert any("proposed guided default" in r["role"] for r in doc["accuracy"])
+    assert all(len(r["per_class"]) == 10 for r in doc["accuracy"])
+    text = page.read_text()
+    for heading in ("## The proposed rule", "## Worst ratio per NFE and regime", "## Each model's best",
+                    "## Class accuracy of the guided digits model", "load average"):
+        assert heading in text
+    # A second run measures nothing again (every row comes from the cache).
+    n_rows = len((cache / "rows.jsonl").read_text().splitlines())
+    assert defaults.main(argv) == 0 and len((cache / "rows.jsonl").read_text().splitlines()) == n_rows
