@@ -75,7 +75,7 @@ SOLVERS: tuple[tuple[str, str, dict[str, Any]], ...] = (  # label, solver, optio
     *((f"iPNDM-v{k}", "ipndm_v", {"max_order": k}) for k in (2, 3, 4)),
     ("DEIS logrho2", "deis", {"max_order": 2, "deis_mode": "logrho"}),
     ("DEIS logrho3", "deis", {"max_order": 3, "deis_mode": "logrho"}),
-    ("DEIS tAB3", "deis", {"max_order": 3}),
+    ("DEIS tAB2", "deis", {"max_order": 3}),  # tABk: k + 1 points; max_order counts points
 )
 SCHEDULES: tuple[tuple[str, float | None], ...] = (
     ("polynomial", 2.0), ("polynomial", 3.0), ("polynomial", 5.0), ("polynomial", 7.0), ("logsnr", None),
