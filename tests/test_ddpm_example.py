@@ -67,7 +67,8 @@ def test_example_ddpm_through_the_cli(tmp_path, capsys):
     assert main(["sample", "--model", FACTORY, "--shape", "1,16,16", "--nfe", "5", "--seeds", "0-3", "--threads", "1",
                  "--format", "npy", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "sigmas: 6 from 157.407 to 0.0100005 (polynomial schedule (rho 7), the model's own range)" in err
+    assert "sigmas: 7 from 157.407 to 0.0100005 (fewstep's measured default for NFE 5: " in err
+    assert "the model's own range" in err
     images = np.stack([np.load(p) for p in sorted(out.rglob("*.npy"))])
     assert images.shape == (4, 1, 16, 16) and np.isfinite(images).all()
     settings = "".join(p.read_text() for p in out.rglob("*.json"))

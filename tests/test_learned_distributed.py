@@ -151,20 +151,21 @@ def _assert_close_files(a: Path, b: Path, tol: float = 1e-10) -> None:
     """Same config (trained sigmas to ``tol``) and weights within ``tol``. Not bitwise: each rank sums the
     gradient of its half of every global batch and all_reduce adds the two halves, a different float summation
     order than one process's; 4 Adam steps (and the learned schedule) carry those last-bit differences on to
-    at most ~1e-13 (measured: 7e-18 for epd, 1e-13 for pas)."""
+    at most ~1e-13 (measured: 7e-18 for epd, 1e-13 for pas). The residual operator's weights are float32
+    (``PARAM_DTYPE``), so its summation-order differences are float32 ones (measured 1e-7 relative)."""
     (wa, ca), (wb, cb) = _read(a), _read(b)
     assert {k: v for k, v in ca.items() if k != "sigmas"} == {k: v for k, v in cb.items() if k != "sigmas"}
     torch.testing.assert_close(torch.tensor(ca["sigmas"]), torch.tensor(cb["sigmas"]), rtol=tol, atol=0)
     assert wa.keys() == wb.keys()
     for k in wa:
-        assert wa[k].dtype == torch.float64
+        assert wa[k].dtype == (METHODS[ca["method"]].PARAM_DTYPE or torch.float64)
         torch.testing.assert_close(wa[k], wb[k], rtol=tol, atol=tol, msg=k)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_gloo_processes_give_the_single_process_sampler(case, single, multi):
     d, stdout, _ = multi
-    _assert_close_files(d / f"{case}.safetensors", single[case])
+    _assert_close_files(d / f"{case}.safetensors", single[case], 1e-5 if case == "residual" else 1e-10)
     w, cfg = _read(single[case])
     assert any(bool(v.abs().max() > 1e-3) for k, v in w.items() if k not in ("r_logit",)), "it did not train"
     if case in ("gs", "soft"):

@@ -194,7 +194,8 @@ def test_learned_sampler_exports_its_sigmas_only(tmp_path, capsys, method):
     from learned_helpers import make_sampler, perturb
 
     cls = learned.METHODS[method]
-    options = {"K": 2} if method == "epd" else None  # EPD: 2 parallel directions (3 evaluations per step)
+    # EPD: 2 parallel directions (3 evaluations per step); the residual operator: the samples' 3 channels
+    options = {"epd": {"K": 2}, "residual": {"channels": 3, "width": 8}}.get(method)
     n = fewstep.steps_for_nfe(cls.probe_solver(options, None, True), 5, True)
     p = perturb(make_sampler(cls, fewstep.get_schedule("polynomial", n), options=options))
     path = p.save(tmp_path / f"{method}.safetensors")
