@@ -192,3 +192,26 @@ def test_train_refuses_a_tuned_file_of_another_nfe(tmp_path, capsys):
     assert main(["train", "--model", "gmm", "--tuned", str(path), "--nfe", "5", "--out",
                  str(tmp_path / "x.safetensors")]) == 2
     assert "tuned at NFE 4, not --nfe 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["plugin", "residual"])
+def test_a_method_on_a_base_starts_from_the_tuned_solver_with_its_options(tmp_path, capsys, method):
+    """The tuned recipe's solver *and options* become the base (an order-2 iPNDM stays order 2). The residual
+    operator keeps the base's steps, so its untrained sampler in the closing report is the best classic configuration
+    (the same RMSE); the plugin spends half its evaluations on intermediate points, so its steps differ."""
+    sig = fewstep.get_schedule("time_uniform", 7, 0.002, 80.0, rho=1.5)
+    tuned = Recipe("ipndm", {"max_order": 2}, True, tuple(sig.tolist()), "time_uniform rho=1.5", 5).save(
+        tmp_path / "t.json")
+    out = tmp_path / "p.safetensors"
+    assert main(["train", "--model", "gmm", "--method", method, "--tuned", str(tuned), "--total-samples", "4",
+                 "--batch", "4", "--M", "1", "--report-seeds", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert fewstep.learned.load(out).config["base"] == {"solver": "ipndm", "options": {"max_order": 2}}
+    rows = dict((k.split()[0], float(v)) for k, v in
+                re.findall(r"^  (untrained .*|best classic: .*) NFE\s+\d+\s+(\S+)$", text, re.M))
+    if method == "residual":
+        assert rows["untrained"] == rows["best"], text
+    out2 = tmp_path / "q.safetensors"  # --base-options without --tuned: the default base with those options
+    assert main(["train", "--model", "gmm", "--method", method, "--no-tune", "--base-options", '{"max_order": 3}',
+                 "--total-samples", "4", "--batch", "4", "--M", "1", "--report-seeds", "4", "--out", str(out2)]) == 0
+    assert fewstep.learned.load(out2).config["base"] == {"solver": "ipndm", "options": {"max_order": 3}}

@@ -125,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
         run_settings = {"predictor": weights, "predictor_config": pred.config,
                         "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
         used = f"{args.predictor}: {pred.describe()}"
+    elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule",
+                              "--sigma-min", "--sigma-max"} and (shipped := _shipped(args, model_id)) is not None:
+        pred = learned.load(shipped, model_id=model_id)
+        kwargs = {"predictor": pred}
+        run_settings = {"predictor": tensor_digest(pred.state_dict()), "predictor_config": pred.config,
+                        "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
+        used = (f"the learned sampler shipped for this model at NFE {pred.nfe()}: {pred.describe()}, fewstep/assets/"
+                f"{shipped.name} (README \"Shipped samplers\"; --solver S for a classic solver)")
     elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule"}:
         from ..defaults import default_recipe
 
@@ -243,6 +251,16 @@ class _OtherModel:
         if name == "denoiser":
             raise AttributeError(name)
         return getattr(self.denoiser, name)
+
+
+def _shipped(args: argparse.Namespace, model_id: str | None):  # noqa: ANN202 (a Path or None)
+    """The shipped learned sampler matching the model, --nfe (default 5) and --guidance, if any (fewstep.shipped)."""
+    from ..shipped import shipped_sampler
+
+    if args.init_images is not None:
+        return None  # image-to-image runs part of a schedule: a classic solver
+    guidance = None if args.class_label is None else (1.0 if args.guidance is None else float(args.guidance))
+    return shipped_sampler(model_id, args.nfe or 5, guidance)
 
 
 def _guide(args: argparse.Namespace, denoiser):

@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
     cls = learned.method_class(args.method)
     options = _options(args, cls)  # contradictions before loading the model
-    base = None
-    if cls.takes_base:
+    base = None  # a tuned start gives the base (its solver and options) unless --base / --base-options say otherwise
+    if cls.takes_base and (args.base is not None or args.base_options is not None):
         base_opts = json_object(args.base_options, "--base-options") if args.base_options else {}
         base = {"solver": args.base or "ipndm", "options": base_opts}
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         options, base, afs, schedule = training_start(cls, recipe, options, base, args.afs)
     else:
         schedule = kind_or_file(args.schedule or "polynomial")
+    if cls.takes_base and base is None:
+        base = {"solver": "ipndm", "options": {}}
     if isinstance(schedule, str):
         spec = learned.ScheduleSpec(kind=schedule, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                                     learn=args.learn_schedule, lr=args.schedule_lr)
@@ -189,7 +191,14 @@ def run(args: argparse.Namespace) -> int:
                                 model_id=model_id, dtype=dtype, progress=info.is_main, **settings)
         if info.is_main:
             _report(sampler, out, info.world_size, threads, scales, shape)
-            _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
+            if scales is None:
+                _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
+            else:  # a guidance-aware sampler: the report at each trained scale, the denoiser guiding at it
+                sampler.guidance_scale = None
+                for w in sorted(set(scales)):
+                    denoiser.scale = w
+                    print(f"at guidance scale {w:g}:")
+                    _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)

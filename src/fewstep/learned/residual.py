@@ -5,7 +5,10 @@ Every other learned method moves the state inside the span of the start noise an
 (weights, intermediate times, coordinates), so at fixed evaluation points it cannot go below the best per-sample
 linear combination of those outputs (``fewstep analyze span``). The operator here reads the current state and the
 last ``history`` denoiser outputs as images and returns a correction that is a nonlinear, spatial function of
-them: x_{i+1} = base(x_i) + (t_{i+1} - t_i) R_theta(x_i / sqrt(1 + t_i^2), D_i, D_{i-1}, ...; step i). No model
+them: x_{i+1} = base(x_i) + (1 - t_{i+1} / t_i) R_theta(x_i / sqrt(1 + t_i^2), D_i, D_{i-1}, ...; step i), i.e. R
+corrects the denoised estimate of an Euler step (x0 units; its weight 1 - t_{i+1}/t_i is in (0, 1], so an
+optimiser step of a given size moves the state as much at sigma 80 as at sigma 0.1; the first form tried,
+(t_{i+1} - t_i) R, scaled the first steps' corrections by ~50 and one Adam step could ruin a sample). No model
 evaluation is added. The trunk (``depth`` 3x3 convolutions of ``width`` channels with SiLU) is shared by the steps
 and conditioned on each by FiLM (a per-step scale and shift of every layer); every step has its own output
 convolution, initialised at zero, so that the untrained sampler is its base solver bitwise.
@@ -58,7 +61,7 @@ class _Recorder:
 
 @dataclass(frozen=True, eq=False)
 class ResidualStep(Solver):
-    """``base``'s step plus (t_{i+1} - t_i) R(...) from the sampler's operator (``predictor.residual``); without a
+    """``base``'s step plus (1 - t_{i+1} / t_i) R(...) from the sampler's operator (``predictor.residual``); without a
     predictor it is ``base`` bitwise. NFE and model calls are the base's."""
 
     name = "residual"
@@ -83,7 +86,7 @@ class ResidualStep(Solver):
         history = (tuple(reversed(rec.outputs)) + state.history)[: self.history]
         if self.predictor is not None:
             t = sigmas[i]
-            x_next = x_next + (sigmas[i + 1] - t) * self.predictor.residual(x, history, i, t).to(x.dtype)
+            x_next = x_next + ((t - sigmas[i + 1]) / t) * self.predictor.residual(x, history, i, t).to(x.dtype)
         return x_next, ResidualState(base_state, history)
 
 
