@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nfes", default="3,5,7")
     p.add_argument("--method", default="residual")
+    p.add_argument("--tuned-nfes", default="3,4,5,7,9", help="NFEs whose tuned U-Net configuration is shipped")
     p.add_argument("--digits-method", default="residual")
     p.add_argument("--digits-nfe", type=int, default=5)
     p.add_argument("--digits-scales", default="1,2,4,8")
@@ -84,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(("unet", n, None, args.method))
     if args.only in (None, "digits"):
         jobs.append(("digits", args.digits_nfe, args.digits_scales, args.digits_method))
+    if args.only in (None, "unet"):  # the tuned classic configurations the demo compares with (small JSON files)
+        for n in (int(v) for v in args.tuned_nfes.split(",")):
+            path = assets / f"tuned_unet_nfe{n}.json"
+            if not path.exists():
+                cli(["tune", "--model", "unet", "--nfe", str(n), "--threads", "1", "--out", str(path)],
+                    work / f"unet_tune_nfe{n}.log")
     for model, nfe, scales, method in jobs:
         name = f"sampler_{model}_nfe{nfe}.safetensors"
-        tuned = work / f"{model}_tuned_nfe{nfe}.json"
+        tuned = (assets / f"tuned_unet_nfe{nfe}.json") if model == "unet" else work / f"{model}_tuned_nfe{nfe}.json"
         guided = ["--guidance", "4"] if scales else []
         if not tuned.exists():
             cli(["tune", "--model", model, "--nfe", str(nfe), *guided, "--threads", "1", "--out", str(tuned)],

@@ -40,19 +40,28 @@ def test_trajectory_pca_error_planar_is_zero():
 
 @pytest.mark.slow
 def test_demo_end_to_end_reduced(tmp_path):
+    """A model with no shipped sampler: the demo trains one (the default method from the measured default recipe)
+    and reports the frontier (learned at each NFE it has against the best classic at NFE 9)."""
     torch.manual_seed(0)
     model = SmallUNet(UNetConfig(img_resolution=8, base_channels=16, channel_mult=(1, 2), emb_dim=32,
                                  noise_features=16, norm_groups=4))
-    cfg = DemoConfig(out=tmp_path, seeds=16, nfes=(3, 5), ref_steps=16, train_samples=32, train_batch=16, M=1,
-                     fd_patches=200, specs=evaluation.BASELINES[:4], progress=False,
+    cfg = DemoConfig(out=tmp_path, seeds=16, nfes=(3, 5, 9), ref_steps=16, train_samples=16, fd_patches=200,
+                     specs=evaluation.BASELINES[:4], progress=False,
                      digits=DigitsDemoConfig(per_class=2, grid_seeds=1, ref_steps=4, specs=evaluation.BASELINES[:4],
                                              train_samples=10, train_batch=10, M=1))
     summary = run_demo(cfg, model=model)
     assert (tmp_path / "results.md").is_file() and (tmp_path / "error_vs_nfe.png").is_file()
     assert len(list((tmp_path / "grids").glob("*.png"))) >= 6
-    assert len(list((tmp_path / "predictors").glob("*.safetensors"))) == 3
+    assert len(list((tmp_path / "predictors").glob("*.safetensors"))) == 2  # the U-Net's and the digits'
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["model_id"] == model.model_id and summary["rows"][-1]["label"].startswith("AMED-Plugin")
+    assert saved["model_id"] == model.model_id
+    labels = [r["label"] for r in summary["rows"]]
+    assert labels[-2:] == ["fewstep default (docs/defaults.md)", "learned (trained now)"]  # nothing tuned for it
+    learned_row = summary["rows"][-1]
+    assert {k for k in learned_row if k.isdigit()} == {"5"}  # (JSON-ready: NFE keys as strings)
+    f = saved["frontier"]["5"]
+    assert f["learned_over_best_classic_at_9"] == pytest.approx(f["learned"] / saved["frontier"]["9"]["best_classic"])
+    assert f["best_classic"] == min(r["5"] for r in summary["rows"] if r.get("5") is not None and not r.get("learned"))
     # The conditional part: rows = classes 0-9, three groups of 1 seed + 2 white separators, 17 px per tile, x4.
     grid = pyplot().imread(tmp_path / "digits_nfe5.png")
     assert grid.shape[:2] == (4 * (10 * 17 + 1), 4 * (5 * 17 + 1))
@@ -72,3 +81,7 @@ def test_demo_cli_digits_switch(monkeypatch, tmp_path):
     monkeypatch.setattr(fewstep.experiments.demo, "run_demo", seen.append)
     assert main(["demo", "--out", str(tmp_path)]) == 0 and main(["demo", "--no-digits", "--out", str(tmp_path)]) == 0
     assert isinstance(seen[0].digits, DigitsDemoConfig) and seen[1].digits is None
+    assert not seen[0].train and seen[0].seeds == 128
+    assert main(["demo", "--train", "--train-samples", "64", "--out", str(tmp_path)]) == 0
+    assert seen[2].train and seen[2].digits.train and seen[2].train_samples == 64
+    assert main(["demo", "--train-samples", "64", "--out", str(tmp_path)]) == 2  # applies with --train only

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INDEX", "entries", "shipped_sampler"]
+__all__ = ["INDEX", "entries", "shipped_recipe", "shipped_sampler"]
 
 INDEX = "samplers.json"
 """File name of the index inside the package's ``assets`` folder."""
@@ -55,4 +55,16 @@ def shipped_sampler(model_id: str | None, nfe: int, guidance: float | None = Non
             return _assets() / e["file"]
         if g is not None and guidance is not None and math.isfinite(guidance) and g[0] <= guidance <= g[1]:
             return _assets() / e["file"]
+    return None
+
+
+def shipped_recipe(model_id: str | None, nfe: int) -> Path | None:
+    """The tuned classic configuration shipped for ``model_id`` at ``nfe`` (``assets/tuned_*_nfe{nfe}.json``, written
+    by ``fewstep tune``), else None."""
+    if model_id is None:
+        return None
+    for path in sorted(_assets().glob(f"tuned_*_nfe{nfe}.json")):
+        info = json.loads(path.read_text()).get("info", {})
+        if isinstance(info, dict) and info.get("model_id") == model_id and info.get("nfe") == nfe:
+            return path
     return None

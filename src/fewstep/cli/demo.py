@@ -1,5 +1,6 @@
-"""``fewstep demo``: AMED on the shipped U-Net against every solver and the guided digits model at NFE 5, or
-(``--bed``) the solver table on the analytic natural-patch bed."""
+"""``fewstep demo``: the few-step frontier on the shipped U-Net (classic solvers, the measured default, the tuned best
+and the shipped learned samplers at NFE 3/5/7/9) and the guided digits model at NFE 5, or (``--bed``) the solver
+table on the analytic natural-patch bed."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from .args import parse_nfes, positive_int
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``demo`` subcommand."""
-    d = sub.add_parser("demo", help="train AMED on the shipped U-Net and compare every solver at NFE 3/5/7/9, "
-                                           "then the guided digits model at NFE 5")
+    d = sub.add_parser("demo", help="the shipped U-Net: classic solvers, the tuned best and the shipped learned "
+                                    "samplers at NFE 3/5/7/9; then the guided digits model at NFE 5")
     d.add_argument("--bed", action="store_true", help="instead: solver table on the analytic natural-patch bed")
     d.add_argument("--out", default=None, help="output folder (default: fewstep-out/demo or fewstep-out/bed)")
     d.add_argument("--num-seeds", dest="seeds", type=positive_int, default=None,
-                   help="how many evaluation seeds (default: 256; bed 1000)")
-    d.add_argument("--amed-nfe", type=positive_int, default=5, help="NFE the AMED predictors are trained for")
-    d.add_argument("--train-samples", type=positive_int, default=2048, help="AMED training samples")
+                   help="how many held-out evaluation seeds (default: 128; bed 1000)")
+    d.add_argument("--train", action="store_true",
+                   help="train the learned samplers now (the default method at NFE 5; digits: DyWeight at w = 2) "
+                        "instead of using the shipped ones (adds a few CPU minutes)")
+    d.add_argument("--train-samples", type=positive_int, default=None,
+                   help="with --train: training samples of the U-Net sampler (default: the method's own)")
     d.add_argument("--no-digits", dest="digits", action="store_false",
                    help="skip the conditional part (guided digits model: teacher, best classic, learned at NFE 5)")
     d.add_argument("--nfe", type=parse_nfes, default=[3, 5, 7, 9], help="comma-separated NFEs (default: 3,5,7,9)")
@@ -44,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
         from ..experiments.demo import DemoConfig, DigitsDemoConfig, run_demo
 
         out = Path(args.out or "fewstep-out/demo")
-        seeds = args.seeds or 256
-        run_demo(DemoConfig(out=out, seeds=seeds, nfes=args.nfe, amed_nfe=args.amed_nfe,
-                            train_samples=args.train_samples, digits=DigitsDemoConfig() if args.digits else None))
+        if args.train_samples is not None and not args.train:
+            raise ValueError("--train-samples applies with --train (the shipped samplers are already trained)")
+        run_demo(DemoConfig(out=out, seeds=args.seeds or 128, nfes=args.nfe, train=args.train,
+                            train_samples=args.train_samples,
+                            digits=DigitsDemoConfig(train=args.train) if args.digits else None))
         return 0
     return _bed_demo(args)
 
