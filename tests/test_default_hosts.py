@@ -316,3 +316,16 @@ def test_k_sample_default_on_host_sigmas(gmm):
         k.sample_default(gmm, noise, sig, nfe=5)
     with pytest.raises(ValueError, match="guidance must be a finite number"):
         k.sample_default(gmm, noise, sig, guidance=-2.0)
+
+
+def test_options_that_would_be_ignored_are_refused(gmm):
+    with pytest.raises(ValueError, match="schedule='diffusers' .* has the model's ends"):
+        FewstepScheduler(solver="euler", sigma_min=0.05).set_timesteps(4)
+    s = FewstepScheduler(solver="euler", use_karras_sigmas=True, sigma_min=0.05, denoise_to_zero=False)
+    s.set_timesteps(4)  # use_karras_sigmas: polynomial, whose end sigma_min sets
+    assert float(s._stepper.sigmas[-1]) == pytest.approx(0.05)
+    rec = default_recipe(gmm, 5, None, sigma_min=LO, sigma_max=HI)
+    for kw in ({"sigma_min": 0.05}, {"sigma_max": 40.0}, {"solver": "euler", "afs": True},
+               {"solver": "euler", "schedule": "logsnr"}):
+        with pytest.raises(ValueError, match=f"{next(k for k in kw if k != 'solver')}: the recipe predictor brings"):
+            FewstepScheduler.from_config(VP_CFG, predictor=rec, **kw)

@@ -134,6 +134,10 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
         raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
                          f"num_inference_steps={nfe} model calls; possible: {ok}") from None
     model_range = model_sigma_range(adapter, cfg.num_train_timesteps)
+    if kind == "diffusers" and (cfg.sigma_min is not None or cfg.sigma_max is not None):
+        raise ValueError("sigma_min / sigma_max set the ends of the polynomial, logsnr, time_uniform and discrete "
+                         "schedules; schedule='diffusers' (the pipeline's own spacing) has the model's ends: pass "
+                         "schedule=... or leave them out")
     if kind == "diffusers":
         if dtz:
             sig = spaced_sigmas(cfg, adapter, n, mu)

@@ -169,6 +169,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 "from the network's features during sampling, so a scheduler cannot list its timesteps in advance; "
                 "train a predictor-free table (fewstep.learned.train('amed', ..., options={'features': 'none'})) "
                 "for pipelines, or use fewstep.sample with DiffusersDenoiser for this one")
+        fixed = [k for k in ("solver_options", "afs", "schedule", "rho", "sigma_min", "sigma_max")
+                 if self.config[k] is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: the {method_name(predictor)} predictor brings its own solver, "
+                             "options, AFS and sigmas; leave them out")
         w = self.config.guidance_scale
         if w is not None and getattr(predictor, "guidance", w) != w:
             raise ValueError(f"guidance_scale={w!r} only picks fewstep's measured default; the "
