@@ -122,6 +122,17 @@ def test_scheduler_runs_a_recipe_object_or_file(gmm, tmp_path):
     with pytest.raises(ValueError, match="guidance_scale=5.0 only picks"):
         FewstepScheduler.from_config(VP_CFG, predictor=rec, guidance_scale=5.0)
     FewstepScheduler.from_config(VP_CFG, predictor=rec, guidance_scale=3.0)  # the recipe's own scale is fine
+    with pytest.raises(ValueError, match="guidance_scale=3.0 only picks"):
+        FewstepScheduler.from_config(VP_CFG, predictor=default_recipe(gmm, 6, None, sigma_min=LO, sigma_max=HI),
+                                     guidance_scale=3.0)
+
+
+def test_guidance_scale_is_refused_beside_a_learned_sampler():
+    from learned_helpers import make_sampler
+
+    p = make_sampler(fewstep.learned.DyWeightSampler, fewstep.get_schedule("polynomial", 4, 0.05, 40.0))
+    with pytest.raises(ValueError, match="guidance_scale=2.0 only picks .* the dyweight predictor fixes"):
+        FewstepScheduler.from_config(VP_CFG, predictor=p, guidance_scale=2.0)
 
 
 def test_scheduler_default_with_jump_to_zero_and_custom_sigmas():

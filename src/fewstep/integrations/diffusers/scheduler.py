@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...denoisers.adapters import FlowModel
+from ...recipe import Recipe
 from ...schedules import get_schedule
 from ..stepper import Request, Stepper, evaluation_sigmas
 from .backend import BaseOutput, ConfigMixin, KarrasDiffusionSchedulers, SchedulerMixin, register_to_config
@@ -175,9 +176,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"{', '.join(fixed)}: the {method_name(predictor)} predictor brings its own solver, "
                              "options, AFS and sigmas; leave them out")
         w = self.config.guidance_scale
-        if w is not None and getattr(predictor, "guidance", w) != w:
+        if w is not None and not (isinstance(predictor, Recipe) and predictor.guidance == w):
+            aware = " (a guidance-aware sampler takes its scale as predictor.guidance_scale = w)" if getattr(
+                predictor, "guidance_aware", False) else ""
             raise ValueError(f"guidance_scale={w!r} only picks fewstep's measured default; the "
-                             f"{method_name(predictor)} predictor fixes its configuration: leave guidance_scale out")
+                             f"{method_name(predictor)} predictor fixes its configuration{aware}: leave "
+                             "guidance_scale out")
         _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor
