@@ -149,6 +149,29 @@ def test_scheduler_default_with_jump_to_zero_and_custom_sigmas():
     sched = FewstepScheduler()
     sched.set_timesteps(sigmas=sig)  # UniPC +AFS: 4 calls
     assert len(sched.timesteps) == 4 and sched._stepper.afs and "NFE 4" in sched.chosen
+    sched.set_timesteps(sigmas=sig + [0.0])  # the same, then the jump to zero: 5 calls
+    assert len(sched.timesteps) == 5 and sched._stepper.afs and sched._stepper.denoise_to_zero
+    assert "NFE 4" in sched.chosen and "then the jump to zero; 5 model calls" in sched.chosen
+
+
+@pytest.mark.parametrize("solver", [None, "euler"])
+def test_custom_sigmas_and_sigma_range_are_checked(solver):
+    s = FewstepScheduler(solver=solver)
+    for bad, err, match in (([1e30, 1.0], ValueError, "entry 1e\\+30 is outside the model's own noise range"),
+                            ([100.0, 0.001], ValueError, "entry 0.001 is outside the model's own noise range"),
+                            (["a", "b"], TypeError, "sigmas must be a flat list of numbers"),
+                            ([[1.0, 0.5]], ValueError, "flat list"), ([1.0], ValueError, "at least 2"),
+                            ([1.0, 2.0], ValueError, "strictly decreasing")):
+        with pytest.raises(err, match=match):
+            s.set_timesteps(sigmas=bad)
+    s.set_timesteps(sigmas=[HI, 1.0, LO, 0.0])  # the model's own ends are fine
+    for kw in ({"sigma_max": 1000.0}, {"sigma_min": 0.001}):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} .* is outside the model's own noise range"):
+            FewstepScheduler(solver="euler", schedule="logsnr", **kw).set_timesteps(4)
+    flow = FewstepScheduler.from_config(FLOW_CFG, solver=solver)
+    with pytest.raises(ValueError, match=r"flow times in \(0, 1\]"):
+        flow.set_timesteps(sigmas=[80.0, 1.0])
+    flow.set_timesteps(sigmas=[1.0, 0.5, 0.1])
 
 
 def test_choice_for_sigmas_gives_the_nfe_it_makes():
@@ -308,11 +331,13 @@ def test_k_sample_default_on_host_sigmas(gmm):
     host = torch.cat([sig, sig.new_zeros(1)])  # k-diffusion's trailing 0: one more call returns x0
     m = CountingDenoiser(gmm)
     out = k.sample_default(m, noise * sig[0], host, disable=True)
-    c, nfe = choice_for_sigmas(7, None, denoise_to_zero=True)
-    assert (c.solver, c.afs, nfe) == ("unipc", True, 6) and m.calls == 6
+    c, nfe = choice_for_sigmas(7, None)  # 6 intervals: the rule for NFE 5 (UniPC +AFS), then the jump to zero
+    assert (c.solver, c.afs, nfe) == ("unipc", True, 5) and m.calls == 6
     ref = fewstep.sample(gmm, noise, sig, "unipc", afs=True, denoise_to_zero=True, **c.options)
     assert float((out - ref).abs().max()) < 1e-12
-    assert "unipc (max_order=2) +AFS on the given 8 sigmas (6 model calls)" in k.describe_default(gmm, host)
+    text = k.describe_default(gmm, host)
+    assert text.startswith("fewstep's measured default for NFE 5, unguided: unipc (max_order=2) +AFS on the given 8 "
+                           "sigmas, the last 0 a jump to zero (6 model calls)"), text
 
     class Guided:  # a model that knows its guidance scale (as fewstep.denoisers.Guided)
         scale = 4.0

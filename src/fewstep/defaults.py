@@ -60,18 +60,20 @@ def default_choice(nfe: int, guidance: float | None = None) -> Choice:
     raise AssertionError("RULES end with a rule for every NFE and scale")
 
 
-def choice_for_sigmas(num_sigmas: int, guidance: float | None = None, denoise_to_zero: bool = False) -> tuple[Choice, int]:
+def choice_for_sigmas(num_sigmas: int, guidance: float | None = None) -> tuple[Choice, int]:
     """(choice, NFE) of the measured default on a given schedule of ``num_sigmas`` sigmas (a host's own, e.g.
     k-diffusion-style samplers and diffusers' custom ``sigmas``): the solver, options and AFS of the rule for the NFE
-    they make there (every default solver is multistep: one call per interval, one fewer with AFS, one more for
-    ``denoise_to_zero``); the schedule kind is the host's. Where no rule fits its own NFE (guided, 8 calls without
-    AFS: the rule at 8 has AFS, the one at 7 has none) the choice at that NFE is taken without AFS."""
+    the solver makes there (every default solver is multistep: one call per interval, one fewer with AFS; a host's
+    jump to zero is one call more, not counted here, as in the measurements); the schedule kind is the host's. Where
+    no rule fits its own NFE (guided, 8 intervals: the rule at NFE 8 has AFS, which makes 7 calls; the one at 7 has
+    none, which makes 8) the choice at that number of intervals is taken without AFS."""
     if isinstance(num_sigmas, bool) or not isinstance(num_sigmas, int) or num_sigmas < 2:
         raise ValueError(f"a schedule needs at least 2 sigmas, got {num_sigmas!r}")
-    def cost(c: Choice, afs: bool) -> int:
-        return get_solver(c.solver, **c.options).nfe(num_sigmas) - int(afs) + int(denoise_to_zero)
 
-    calls = num_sigmas - 1 + int(denoise_to_zero)  # a multistep solver without AFS
+    def cost(c: Choice, afs: bool) -> int:
+        return get_solver(c.solver, **c.options).nfe(num_sigmas) - int(afs)
+
+    calls = num_sigmas - 1  # a multistep solver without AFS
     for nfe in (calls - 1, calls):
         if nfe >= 1:
             c = default_choice(nfe, guidance)

@@ -264,8 +264,8 @@ def _plan_default(model: Model, sigmas: Any, nfe: int | None, guidance: float | 
                          "them); give either sigmas or nfe=")
     sig = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
     dtz = sig.numel() > 2 and float(sig[-1]) == 0.0
-    c, k = choice_for_sigmas(int(sig.numel()) - int(dtz), w, dtz)
-    return sigmas, c, k, f"the given {sig.numel()} sigmas"
+    c, k = choice_for_sigmas(int(sig.numel()) - int(dtz), w)
+    return sigmas, c, k + int(dtz), f"the given {sig.numel()} sigmas{', the last 0 a jump to zero' if dtz else ''}"
 
 
 def describe_default(model: Model, sigmas: Any = None, nfe: int | None = None, guidance: float | None = None,
@@ -275,7 +275,8 @@ def describe_default(model: Model, sigmas: Any = None, nfe: int | None = None, g
     w = _guidance(model, guidance)
     guided = f"guidance scale {w:g}" if w is not None and w > 1 else "unguided"
     label = c.label() if sigmas is None else c.label().rsplit(", ", 1)[0]
-    return f"fewstep's measured default for NFE {k}, {guided}: {label} on {where} ({k} model calls)"
+    jump = int("jump to zero" in where)
+    return f"fewstep's measured default for NFE {k - jump}, {guided}: {label} on {where} ({k} model calls)"
 
 
 def sample_default(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
@@ -285,8 +286,8 @@ def sample_default(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args
     """fewstep's measured default sampler (docs/defaults.md) for the NFE and classifier-free guidance scale
     ``guidance`` (None: the model's ``scale`` attribute if it has one, else unguided): UniPC(2M) +AFS unguided, DEIS
     (3 points, tab) when guided, AFS from NFE 8. With the host's ``sigmas`` (k-diffusion's convention, optionally
-    ending with 0) it picks the solver, options and AFS of the rule for the NFE it makes on them (one call per
-    interval, one fewer with AFS, one more for a trailing 0); with ``sigmas=None`` and ``nfe=`` it also takes the
+    ending with 0) it picks the solver, options and AFS of the rule for the NFE the solver makes on them (one call
+    per interval, one fewer with AFS; a trailing 0 adds one call, the jump to zero); with ``sigmas=None`` and ``nfe=`` it also takes the
     default's schedule on the model's own range (:func:`default_sigmas`; then ``x = noise * that[0]``).
     :func:`describe_default` says which; equals :func:`fewstep.sample` with
     ``predictor=fewstep.defaults.default_recipe(model, nfe, guidance)``."""

@@ -13,10 +13,11 @@ import torch
 
 from ...defaults import choice_for_sigmas, default_choice
 from ...denoisers.adapters import FlowModel, VPModel
+from ...denoisers.base import RANGE_SLACK
 from ...sampling import steps_for_nfe
 from ...schedules import get_schedule
 from ..stepper import DRY_RUN_SHAPE, Request, Stepper
-from .checks import check_steps
+from .checks import MAX_INFERENCE_STEPS, check_steps
 from .spaces import flow_sigma, model_sigma_range
 
 __all__ = ["SCHEDULES", "SPACINGS", "method_name", "flow_shift", "spaced_sigmas", "nfe_possible", "uses_default",
@@ -101,18 +102,19 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
     guided = f", guidance scale {w:g}" if w is not None and w > 1 else ", unguided"
     # The measured default ends at the model's sigma_min, as it was measured; a jump to zero is asked for.
     dtz = (not default) if cfg.denoise_to_zero is None else bool(cfg.denoise_to_zero)
+    model_range = model_sigma_range(adapter, cfg.num_train_timesteps)
     if sigmas is not None:  # custom grid in the pipeline's convention (flow t, shifted as diffusers does; or sigma)
-        s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+        s = _custom_sigmas(sigmas, adapter, model_range)
         if s.numel() > 1 and float(s[-1]) == 0.0:
             s, dtz = s[:-1], True
         s = flow_sigma(flow_shift(cfg, s, mu)) if isinstance(adapter, FlowModel) else s
         if not default:
             solver, afs, opts = cfg.solver or "dpmpp", bool(cfg.afs), dict(cfg.solver_options or {})
             return s, solver, afs, dtz, opts, f"{_label(solver, opts, afs)} on the given sigmas"
-        c, k = choice_for_sigmas(s.numel(), w, dtz)
+        c, k = choice_for_sigmas(s.numel(), w)
         return s, c.solver, c.afs, dtz, dict(c.options), (
             f"fewstep's measured default for NFE {k}{guided} on the given {s.numel()} sigmas: "
-            f"{_label(c.solver, c.options, c.afs)}")
+            f"{_label(c.solver, c.options, c.afs)}{', then the jump to zero' if dtz else ''}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"num_inference_steps must be a positive int (the number of model calls), got {nfe!r}")
     check_steps(nfe)
@@ -133,7 +135,6 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
         ok = list(itertools.islice((k for k in range(1, nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)), 8))
         raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
                          f"num_inference_steps={nfe} model calls; possible: {ok}") from None
-    model_range = model_sigma_range(adapter, cfg.num_train_timesteps)
     if kind == "diffusers" and (cfg.sigma_min is not None or cfg.sigma_max is not None):
         raise ValueError("sigma_min / sigma_max set the ends of the polynomial, logsnr, time_uniform and discrete "
                          "schedules; schedule='diffusers' (the pipeline's own spacing) has the model's ends: pass "
@@ -148,6 +149,9 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
     else:
         lo = model_range[0] if cfg.sigma_min is None else float(cfg.sigma_min)
         hi = model_range[1] if cfg.sigma_max is None else float(cfg.sigma_max)
+        for key, v in (("sigma_min", cfg.sigma_min), ("sigma_max", cfg.sigma_max)):
+            if v is not None and not isinstance(adapter, FlowModel):
+                _in_range(key, float(v), model_range)
         # alphas_cumprod = 1 / (1 + sigma^2) of the training grid
         extra = {"alphas_cumprod": (2 * adapter.log_sigmas).exp().add(1).reciprocal()} \
             if kind == "discrete" else {}
@@ -157,6 +161,42 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
     jump = ", then the jump to zero" if dtz else f", ending at sigma {float(sig[-1]):.4g}"
     head = f"fewstep's measured default for NFE {nfe - int(dtz)}{guided}: " if default else ""
     return sig, solver, afs, dtz, opts, f"{head}{_label(solver, opts, afs)}, {where}{jump}"
+
+
+def _in_range(what: str, v: float, model_range: tuple[float, float]) -> None:
+    """Refuse an EDM sigma outside a VP model's training range: its timestep would be clamped to the range's end,
+    so the model would see another noise level than the solver assumes."""
+    lo, hi = model_range
+    if not lo * (1 - RANGE_SLACK) <= v <= hi * (1 + RANGE_SLACK):
+        raise ValueError(f"{what} {v:g} is outside the model's own noise range, sigma {lo:.6g} .. {hi:.6g} (its "
+                         "training timesteps); the model cannot be called there. Give values inside it (a final 0 in "
+                         "sigmas means the jump to zero)")
+
+
+def _custom_sigmas(sigmas: Any, adapter: VPModel | FlowModel, model_range: tuple[float, float]) -> torch.Tensor:
+    """set_timesteps' ``sigmas`` as a float64 tensor: a flat list of numbers, at most MAX_INFERENCE_STEPS + 1, inside
+    the model's range (EDM sigmas of a VP model; flow times in (0, 1]), optionally ending with 0."""
+    try:
+        arr = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("sigmas must be a flat list of numbers (EDM sigmas; flow times for flow models)") from None
+    if arr.ndim != 1:
+        raise ValueError(f"sigmas must be a flat list of numbers, got shape {arr.shape}")
+    if arr.size > MAX_INFERENCE_STEPS + 1:
+        raise ValueError(f"sigmas: at most {MAX_INFERENCE_STEPS + 1} entries, got {arr.size}")
+    s = torch.from_numpy(arr.copy())
+    body = s[:-1] if s.numel() > 1 and float(s[-1]) == 0.0 else s
+    if not torch.isfinite(body).all():
+        return s  # the schedule check names the entry
+    if isinstance(adapter, FlowModel):
+        if body.numel() and not bool(((body > 0) & (body <= 1)).all()):
+            raise ValueError(f"sigmas of a flow model are flow times in (0, 1] (optionally ending with 0), got "
+                             f"{[float(v) for v in body[:8]]}")
+        return s
+    for v in body.tolist():
+        if v > 0:  # non-positive entries: the schedule check says what is wrong
+            _in_range("sigmas: entry", v, model_range)
+    return s
 
 
 def _label(solver: str, opts: dict, afs: bool) -> str:
