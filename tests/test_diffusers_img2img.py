@@ -184,3 +184,16 @@ def test_begin_index_is_validated(unet):
     sched.set_begin_index(2)
     sched.set_timesteps(4)
     assert sched.begin_index is None  # set_timesteps resets it, as in diffusers
+
+
+@pytest.mark.parametrize("guidance", [None, 4.0])
+def test_the_measured_default_runs_image_to_image(unet, guidance):
+    """FewstepScheduler without a solver (fewstep's measured default: UniPC +AFS / DEIS) makes exactly the kept calls
+    at every strength (AFS is off for a start above 0)."""
+    x0, noise = images_and_noise(1)
+    for nfe in (5, 8):
+        for strength in (0.3, 0.6, 1.0):
+            sched = FewstepScheduler.from_config(CFG, guidance_scale=guidance)
+            out, calls, t_start = img2img(unet, sched, nfe, strength, x0, noise)
+            assert calls == len(sched.timesteps[t_start:]) == nfe - t_start and sched.step_index == nfe
+            assert torch.isfinite(out).all() and sched.chosen.startswith("fewstep's measured default")

@@ -159,3 +159,20 @@ def test_cli_errors(tmp_path, capsys):
     assert _cli(base + ["--init-images", str(src), "--strength", "0.5"]) == 2  # 4x4 images, 8x8 model
     err = capsys.readouterr().err
     assert "--strength needs --init-images" in err and "needs --strength" in err and "shape" in err
+
+
+@pytest.mark.parametrize("arr", [np.zeros((0, 3, 8, 8), np.uint8), np.zeros((0, 8, 8, 3), np.uint8),
+                                 np.zeros((2, 3, 0, 8), np.uint8), np.zeros((0, 3, 8, 8), np.float32)],
+                         ids=["uint8-nchw", "uint8-nhwc", "zero-height", "float32"])
+def test_cli_refuses_empty_init_images(tmp_path, capsys, arr):
+    """An empty image array (uint8 once skipped the size check and ended in a ZeroDivisionError) is refused before
+    any sampling; so is a folder without PNG files."""
+    src = tmp_path / "init.npz"
+    np.savez(src, images=arr)
+    out = tmp_path / "o.npz"
+    base = ["sample", "--model", "gmm", "--seeds", "0-1", "--strength", "0.5", "--out", str(out)]
+    assert _cli(base + ["--init-images", str(src)]) == 2
+    assert "no images" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert _cli(base + ["--init-images", str(tmp_path / "empty")]) == 2
+    assert "has no .png files" in capsys.readouterr().err and not out.exists()

@@ -11,8 +11,9 @@ from typing import Any, Callable
 from .denoisers import sigma_range
 from .recipe import Recipe, make_sigmas
 from .sampling import steps_for_nfe
+from .solvers import get_solver
 
-__all__ = ["Choice", "RULES", "default_choice", "default_recipe"]
+__all__ = ["Choice", "RULES", "default_choice", "choice_for_sigmas", "default_recipe"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,29 @@ def default_choice(nfe: int, guidance: float | None = None) -> Choice:
         if nfe <= max_nfe and w <= max_w:
             return choice
     raise AssertionError("RULES end with a rule for every NFE and scale")
+
+
+def choice_for_sigmas(num_sigmas: int, guidance: float | None = None) -> tuple[Choice, int]:
+    """(choice, NFE) of the measured default on a given schedule of ``num_sigmas`` sigmas (a host's own, e.g.
+    k-diffusion-style samplers and diffusers' custom ``sigmas``): the solver, options and AFS of the rule for the NFE
+    the solver makes there (every default solver is multistep: one call per interval, one fewer with AFS; a host's
+    jump to zero is one call more, not counted here, as in the measurements); the schedule kind is the host's. Where
+    no rule fits its own NFE (guided, 8 intervals: the rule at NFE 8 has AFS, which makes 7 calls; the one at 7 has
+    none, which makes 8) the choice at that number of intervals is taken without AFS."""
+    if isinstance(num_sigmas, bool) or not isinstance(num_sigmas, int) or num_sigmas < 2:
+        raise ValueError(f"a schedule needs at least 2 sigmas, got {num_sigmas!r}")
+
+    def cost(c: Choice, afs: bool) -> int:
+        return get_solver(c.solver, **c.options).nfe(num_sigmas) - int(afs)
+
+    calls = num_sigmas - 1  # a multistep solver without AFS
+    for nfe in (calls - 1, calls):
+        if nfe >= 1:
+            c = default_choice(nfe, guidance)
+            if cost(c, c.afs) == nfe:
+                return c, nfe
+    c = default_choice(calls, guidance)
+    return Choice(c.solver, dict(c.options), False, c.schedule, c.rho), cost(c, False)
 
 
 def default_recipe(denoiser: Callable, nfe: int, guidance: float | None = None, *, sigma_min: float | None = None,

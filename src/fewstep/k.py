@@ -20,25 +20,33 @@ k-diffusion's ``s_churn`` / ``s_tmin`` / ``s_tmax`` / ``s_noise`` are accepted a
 stochastic churn (``s_churn > 0``) is refused. ``sigmas`` may start below the model's sigma_max (image-to-image:
 the host passes ``x = image + noise * sigmas[0]``), which needs nothing special here.
 
+``sample_default`` runs fewstep's measured default (:mod:`fewstep.defaults`, docs/defaults.md) for the NFE and
+guidance scale: unguided UniPC(2M) +AFS, guided (scale > 1) DEIS with 3 points (AFS from NFE 8). On the host's
+``sigmas`` only the solver, its options and AFS are the default's (for the NFE those sigmas give); without ``sigmas``,
+``nfe=`` also takes the default's schedule on the model's own sigma range (:func:`default_sigmas`).
+:func:`describe_default` says in words what it runs.
+
 ``sample_learned`` runs any learned sampler (:mod:`fewstep.learned`: AMED-Solver, AMED-Plugin, DyWeight, EPD, PAS,
-GS; AMED's feature predictors included), given as an object or a checkpoint path, with its trained schedule, solver
-and AFS. The model is called where the sampler calls it (time shifts included); the callback's sigma is the
+GS; AMED's feature predictors included) or a tuned recipe (``fewstep tune``'s file, :class:`fewstep.recipe.Recipe`),
+given as an object or a file path, with its trained schedule, solver and AFS. The model is called where the sampler calls it (time shifts included); the callback's sigma is the
 schedule's.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
 import torch
 
+from .defaults import Choice, choice_for_sigmas, default_choice, default_recipe
 from .sampling import sample
 
 __all__ = [
     "sample_euler", "sample_heun", "sample_dpm_2", "sample_dpmpp", "sample_dpmpp_2m", "sample_dpmpp_3m",
     "sample_unipc", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_amed", "sample_amed_plugin",
-    "sample_learned",
+    "sample_learned", "sample_default", "default_sigmas", "describe_default",
 ]
 
 Model = Callable[..., torch.Tensor]
@@ -221,3 +229,67 @@ def sample_learned(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args
     if sigmas is None:
         sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
     return _run(None, model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)
+
+
+def _guidance(model: Model, guidance: float | None) -> float | None:
+    """The given scale, else the model's own (a :class:`fewstep.denoisers.Guided` has ``scale``), else None."""
+    if guidance is None:
+        w = getattr(model, "scale", None)
+        return float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else None
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0 (None or 1: unguided), got {guidance!r}")
+    return float(guidance)
+
+
+def default_sigmas(model: Model, nfe: int, guidance: float | None = None, sigma_min: float | None = None,
+                   sigma_max: float | None = None) -> torch.Tensor:
+    """The measured default's schedule for ``nfe`` model calls at ``guidance`` (:func:`fewstep.defaults.default_recipe`)
+    on the model's own sigma range (its ``sigma_min`` / ``sigma_max`` attributes, else the given ones, else EDM's
+    0.002 .. 80): float64, descending, no trailing 0."""
+    rec = default_recipe(model, nfe, _guidance(model, guidance), sigma_min=sigma_min, sigma_max=sigma_max)
+    return torch.tensor(rec.sigmas, dtype=torch.float64)
+
+
+def _plan_default(model: Model, sigmas: Any, nfe: int | None, guidance: float | None, sigma_min: float | None,
+                  sigma_max: float | None) -> tuple[Any, Choice, int, str]:
+    """(sigmas, choice, NFE, where the sigmas come from) of :func:`sample_default`."""
+    w = _guidance(model, guidance)
+    if sigmas is None:
+        if nfe is None:
+            raise ValueError("sample_default needs sigmas (the host's schedule) or nfe= (the number of model calls)")
+        return default_sigmas(model, nfe, w, sigma_min, sigma_max), default_choice(nfe, w), nfe, "its own schedule"
+    if nfe is not None or sigma_min is not None or sigma_max is not None:
+        raise ValueError("sample_default: with sigmas given, nfe / sigma_min / sigma_max do not apply (the sigmas fix "
+                         "them); give either sigmas or nfe=")
+    sig = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).reshape(-1)
+    dtz = sig.numel() > 2 and float(sig[-1]) == 0.0
+    c, k = choice_for_sigmas(int(sig.numel()) - int(dtz), w)
+    return sigmas, c, k + int(dtz), f"the given {sig.numel()} sigmas{', the last 0 a jump to zero' if dtz else ''}"
+
+
+def describe_default(model: Model, sigmas: Any = None, nfe: int | None = None, guidance: float | None = None,
+                     sigma_min: float | None = None, sigma_max: float | None = None) -> str:
+    """What :func:`sample_default` runs with these arguments, in one line."""
+    sig, c, k, where = _plan_default(model, sigmas, nfe, guidance, sigma_min, sigma_max)
+    w = _guidance(model, guidance)
+    guided = f"guidance scale {w:g}" if w is not None and w > 1 else "unguided"
+    label = c.label() if sigmas is None else c.label().rsplit(", ", 1)[0]
+    jump = int("jump to zero" in where)
+    return f"fewstep's measured default for NFE {k - jump}, {guided}: {label} on {where} ({k} model calls)"
+
+
+def sample_default(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,
+                   callback: Callable | None = None, disable: bool | None = None, *, nfe: int | None = None,
+                   guidance: float | None = None, sigma_min: float | None = None,
+                   sigma_max: float | None = None) -> torch.Tensor:
+    """fewstep's measured default sampler (docs/defaults.md) for the NFE and classifier-free guidance scale
+    ``guidance`` (None: the model's ``scale`` attribute if it has one, else unguided): UniPC(2M) +AFS unguided, DEIS
+    (3 points, tab) when guided, AFS from NFE 8. With the host's ``sigmas`` (k-diffusion's convention, optionally
+    ending with 0) it picks the solver, options and AFS of the rule for the NFE the solver makes on them (one call
+    per interval, one fewer with AFS; a trailing 0 adds one call, the jump to zero); with ``sigmas=None`` and ``nfe=`` it also takes the
+    default's schedule on the model's own range (:func:`default_sigmas`; then ``x = noise * that[0]``).
+    :func:`describe_default` says which; equals :func:`fewstep.sample` with
+    ``predictor=fewstep.defaults.default_recipe(model, nfe, guidance)``."""
+    sig, c, _, _ = _plan_default(model, sigmas, nfe, guidance, sigma_min, sigma_max)
+    return _run(c.solver, model, x, sig, extra_args, callback, disable, afs=c.afs, **c.options)

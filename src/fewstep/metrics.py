@@ -131,14 +131,15 @@ def check_images(arr: np.ndarray, source: str = "images") -> np.ndarray:
     [0, 255] would silently give a wrong distance). Everything else (other integer types, bool, NaN / inf, values
     outside [-1, 1]) is a ValueError naming ``source``, the dtype and the range found."""
     arr = np.asarray(arr)
+    if arr.size == 0:  # before the dtype rules: an empty uint8 array is no image either
+        raise ValueError(f"{source}: no images (shape {arr.shape}, dtype {arr.dtype}); give at least one image of "
+                         "positive size")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 127.5 - 1
     if not np.issubdtype(arr.dtype, np.floating):
         lo_hi = f", values {arr.min()}..{arr.max()}" if arr.size and arr.dtype.kind in "biu" else ""
         raise ValueError(f"{source}: images of dtype {arr.dtype}{lo_hi} are not accepted; images must be "
                          f"{IMAGE_RULE}")
-    if arr.size == 0:
-        raise ValueError(f"{source}: no images (shape {arr.shape})")
     finite = np.isfinite(arr)
     if not finite.all():
         raise ValueError(f"{source}: {arr.dtype} images with {int((~finite).sum())} NaN or inf pixel values; images "

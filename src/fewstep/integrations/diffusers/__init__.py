@@ -3,8 +3,13 @@ GS) inside a diffusers pipeline, and a wrapper that turns a diffusers UNet into 
 features for AMED training).
 Needs the optional ``diffusers`` package (``pip install 'fewstep[diffusers]'``).
 
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, guidance_scale=7.5)  # measured default
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="ipndm")
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor="p.safetensors")  # any learned
+
+Without a solver a VP model gets fewstep's measured default for the NFE and the config's ``guidance_scale``
+(:mod:`fewstep.defaults`; a pipeline does not tell its scheduler the scale it uses, so pass it, else the default
+assumes an unguided model); ``scheduler.chosen`` says what runs after ``set_timesteps``.
 
 How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per model call):
   * ``num_inference_steps`` is the number of model calls (NFE); the fewstep schedule gets as many sigmas as
@@ -19,12 +24,12 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     Karras sigmas rounded to integers, huggingface/diffusers#5687, #12771) cannot shift the schedule.
   * The final jump to sigma = 0 (``denoise_to_zero``, diffusers' ``final_sigmas_type="zero"``) returns the
     last x0 prediction, which removes the residual noise that ending at sigma_min leaves (diffusers#5689);
-    default on without a predictor. As in diffusers, this jump counts as the last (first-order) step for
+    default on with a given solver. As in diffusers, this jump counts as the last (first-order) step for
     ``lower_order_final``, so DPM-Solver++ and UniPC reproduce DPMSolverMultistep / UniPCMultistep (below 15
     steps, where diffusers stops lowering the order; order 2 matches at every step count). A predictor (a
     learned sampler of :mod:`fewstep.learned`, or the path of its checkpoint, read by
     :func:`fewstep.learned.load`) brings its own schedule, solver and AFS, keeps the steps it was trained with
-    and ends at its last sigma unless ``denoise_to_zero=True``.
+    and ends at its last sigma unless ``denoise_to_zero=True``; so does the measured default (as it was measured).
   * Learned samplers whose model calls differ from their solver's sigmas are scheduled by their calls: with time
     shifts xi the model is called at sigma * exp(xi_n) (DyWeight and EPD also scale their model-input times), and
     ``timesteps`` / ``sigmas`` hold those shifted sigmas, while the solver steps with its own. EPD's K parallel

@@ -4,22 +4,26 @@ call the solver will make (:func:`call_plan`)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from ...defaults import choice_for_sigmas, default_choice
 from ...denoisers.adapters import FlowModel, VPModel
+from ...denoisers.base import RANGE_SLACK
 from ...sampling import steps_for_nfe
 from ...schedules import get_schedule
 from ..stepper import DRY_RUN_SHAPE, Request, Stepper
+from .checks import MAX_INFERENCE_STEPS, check_steps
 from .spaces import flow_sigma, model_sigma_range
 
-__all__ = ["SCHEDULES", "SPACINGS", "method_name", "flow_shift", "spaced_sigmas", "nfe_possible", "plan_schedule",
-           "call_plan"]
+__all__ = ["SCHEDULES", "SPACINGS", "method_name", "flow_shift", "spaced_sigmas", "nfe_possible", "uses_default",
+           "plan_schedule", "call_plan"]
 
-SCHEDULES = ("diffusers", "polynomial", "logsnr", "discrete")
+SCHEDULES = ("diffusers", "polynomial", "logsnr", "time_uniform", "discrete")
 SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -45,6 +49,9 @@ def spaced_sigmas(config: Any, adapter: VPModel | FlowModel, n: int, mu: float |
         t_min = 1.0 / T if config.use_dynamic_shifting else flow_shift(config, 1.0 / T, None)
         t = torch.linspace(1.0, t_min, n, dtype=torch.float64)
         return flow_sigma(flow_shift(config, t, mu))
+    if n > T:
+        raise ValueError(f"the pipeline's timestep spacing has only num_train_timesteps={T} timesteps, not the {n} "
+                         "schedule points asked for; use fewer num_inference_steps or schedule='logsnr'")
     if config.timestep_spacing == "linspace":
         steps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
     elif config.timestep_spacing == "leading":
@@ -52,6 +59,10 @@ def spaced_sigmas(config: Any, adapter: VPModel | FlowModel, n: int, mu: float |
     else:
         steps = np.arange(T, 0, -T / n).round() - 1
     idx = torch.from_numpy(steps.astype(np.int64).copy())
+    if int(idx.min()) < 0 or int(idx.max()) > T - 1:
+        raise ValueError(f"steps_offset={config.steps_offset} with timestep_spacing={config.timestep_spacing!r} and "
+                         f"{n} steps reaches timestep {int(idx.max())}, beyond the last training timestep {T - 1}; "
+                         "use a smaller steps_offset")
     return adapter.log_sigmas[idx].exp()
 
 
@@ -64,48 +75,133 @@ def nfe_possible(k: int, solver: str, afs: bool, dtz: bool, opts: dict) -> bool:
         return False
 
 
+def uses_default(cfg: Any, adapter: VPModel | FlowModel) -> bool:
+    """Whether the scheduler runs fewstep's measured default (:mod:`fewstep.defaults`): no solver given, a VP model
+    (the defaults were measured on VP / EDM models; a flow model without a solver keeps DPM-Solver++ on its own
+    shifted flow times)."""
+    return cfg.solver is None and not isinstance(adapter, FlowModel)
+
+
 def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: int | None, sigmas: Any,
-                  mu: float | None) -> tuple[torch.Tensor, Any, bool, bool, dict]:
-    """(schedule, solver, afs, denoise_to_zero, options) for ``nfe`` model calls or custom ``sigmas``, from a
-    :class:`FewstepScheduler` config and adapter, or from ``predictor`` (a learned sampler) when not None."""
+                  mu: float | None) -> tuple[torch.Tensor, Any, bool, bool, dict, str]:
+    """(schedule, solver, afs, denoise_to_zero, options, what was chosen in words) for ``nfe`` model calls or custom
+    ``sigmas``, from a :class:`FewstepScheduler` config and adapter, or from ``predictor`` (a learned sampler or a
+    tuned recipe) when not None. Without a solver (VP models) the measured default for that NFE and the config's
+    ``guidance_scale`` (:func:`fewstep.defaults.default_choice`) on the model's own sigma range."""
     if predictor is not None:
         if sigmas is not None:
             raise ValueError(f"sigmas: the {method_name(predictor)} predictor brings its own schedule; "
                              "do not pass sigmas")
         _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         dtz = bool(cfg.denoise_to_zero)
-        return sig, solver, afs, dtz, {}
-    solver, afs, opts = cfg.solver, bool(cfg.afs), dict(cfg.solver_options or {})
-    dtz = True if cfg.denoise_to_zero is None else bool(cfg.denoise_to_zero)
+        describe = getattr(predictor, "describe", None)
+        what = describe() if callable(describe) else method_name(predictor)
+        return sig, solver, afs, dtz, {}, f"{method_name(predictor)}: {what}"
+    default = uses_default(cfg, adapter)
+    w = cfg.guidance_scale
+    guided = f", guidance scale {w:g}" if w is not None and w > 1 else ", unguided"
+    # The measured default ends at the model's sigma_min, as it was measured; a jump to zero is asked for.
+    dtz = (not default) if cfg.denoise_to_zero is None else bool(cfg.denoise_to_zero)
+    model_range = model_sigma_range(adapter, cfg.num_train_timesteps)
     if sigmas is not None:  # custom grid in the pipeline's convention (flow t, shifted as diffusers does; or sigma)
-        s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+        s = _custom_sigmas(sigmas, adapter, model_range)
         if s.numel() > 1 and float(s[-1]) == 0.0:
             s, dtz = s[:-1], True
-        return (flow_sigma(flow_shift(cfg, s, mu)) if isinstance(adapter, FlowModel) else s), solver, afs, dtz, opts
+        s = flow_sigma(flow_shift(cfg, s, mu)) if isinstance(adapter, FlowModel) else s
+        if not default:
+            solver, afs, opts = cfg.solver or "dpmpp", bool(cfg.afs), dict(cfg.solver_options or {})
+            return s, solver, afs, dtz, opts, f"{_label(solver, opts, afs)} on the given sigmas"
+        c, k = choice_for_sigmas(s.numel(), w)
+        return s, c.solver, c.afs, dtz, dict(c.options), (
+            f"fewstep's measured default for NFE {k}{guided} on the given {s.numel()} sigmas: "
+            f"{_label(c.solver, c.options, c.afs)}{', then the jump to zero' if dtz else ''}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"num_inference_steps must be a positive int (the number of model calls), got {nfe!r}")
+    check_steps(nfe)
+    if default:
+        if nfe - int(dtz) < 1:
+            raise ValueError(f"num_inference_steps={nfe} leaves no model call for the solver besides the jump to zero "
+                             "(denoise_to_zero=True); use at least 2")
+        c = default_choice(nfe - int(dtz), w)
+        solver, afs, opts, kind, rho = c.solver, c.afs, dict(c.options), c.schedule, c.rho
+    else:
+        solver, afs, opts = cfg.solver or "dpmpp", bool(cfg.afs), dict(cfg.solver_options or {})
+        kind = cfg.schedule or "diffusers"
+        kind = "polynomial" if kind == "diffusers" and cfg.use_karras_sigmas else kind
+        rho = 7.0 if cfg.rho is None else cfg.rho
     try:
         n = steps_for_nfe(solver, nfe - int(dtz), afs, **opts)
     except ValueError:
-        ok = [k for k in range(1, nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)]
+        ok = list(itertools.islice((k for k in range(1, nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)), 8))
         raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
-                         f"num_inference_steps={nfe} model calls; possible: {ok[:8]}") from None
-    kind = "polynomial" if cfg.schedule == "diffusers" and cfg.use_karras_sigmas else cfg.schedule
-    model_range = model_sigma_range(adapter, cfg.num_train_timesteps)
+                         f"num_inference_steps={nfe} model calls; possible: {ok}") from None
+    if kind == "diffusers" and (cfg.sigma_min is not None or cfg.sigma_max is not None):
+        raise ValueError("sigma_min / sigma_max set the ends of the polynomial, logsnr, time_uniform and discrete "
+                         "schedules; schedule='diffusers' (the pipeline's own spacing) has the model's ends: pass "
+                         "schedule=... or leave them out")
     if kind == "diffusers":
         if dtz:
             sig = spaced_sigmas(cfg, adapter, n, mu)
         else:
             sig = torch.cat([spaced_sigmas(cfg, adapter, n - 1, mu),
                              torch.tensor([model_range[0]], dtype=torch.float64)])
+        where = f"the pipeline's {'flow times' if isinstance(adapter, FlowModel) else cfg.timestep_spacing} spacing"
     else:
-        lo, hi = model_range
-        lo, hi = cfg.sigma_min or lo, cfg.sigma_max or hi
+        lo = model_range[0] if cfg.sigma_min is None else float(cfg.sigma_min)
+        hi = model_range[1] if cfg.sigma_max is None else float(cfg.sigma_max)
+        for key, v in (("sigma_min", cfg.sigma_min), ("sigma_max", cfg.sigma_max)):
+            if v is not None and not isinstance(adapter, FlowModel):
+                _in_range(key, float(v), model_range)
         # alphas_cumprod = 1 / (1 + sigma^2) of the training grid
         extra = {"alphas_cumprod": (2 * adapter.log_sigmas).exp().add(1).reciprocal()} \
             if kind == "discrete" else {}
-        sig = get_schedule(kind, n, lo, hi, cfg.rho, **extra)
-    return sig, solver, afs, dtz, opts
+        sig = get_schedule(kind, n, lo, hi, rho, **extra)
+        ends = "the model's own range" if (cfg.sigma_min, cfg.sigma_max) == (None, None) else "sigma_min/sigma_max"
+        where = f"{kind}{f' rho={rho:g}' if kind != 'logsnr' else ''} on sigma {hi:.4g} .. {lo:.4g} ({ends})"
+    jump = ", then the jump to zero" if dtz else f", ending at sigma {float(sig[-1]):.4g}"
+    head = f"fewstep's measured default for NFE {nfe - int(dtz)}{guided}: " if default else ""
+    return sig, solver, afs, dtz, opts, f"{head}{_label(solver, opts, afs)}, {where}{jump}"
+
+
+def _in_range(what: str, v: float, model_range: tuple[float, float]) -> None:
+    """Refuse an EDM sigma outside a VP model's training range: its timestep would be clamped to the range's end,
+    so the model would see another noise level than the solver assumes."""
+    lo, hi = model_range
+    if not lo * (1 - RANGE_SLACK) <= v <= hi * (1 + RANGE_SLACK):
+        raise ValueError(f"{what} {v:g} is outside the model's own noise range, sigma {lo:.6g} .. {hi:.6g} (its "
+                         "training timesteps); the model cannot be called there. Give values inside it (a final 0 in "
+                         "sigmas means the jump to zero)")
+
+
+def _custom_sigmas(sigmas: Any, adapter: VPModel | FlowModel, model_range: tuple[float, float]) -> torch.Tensor:
+    """set_timesteps' ``sigmas`` as a float64 tensor: a flat list of numbers, at most MAX_INFERENCE_STEPS + 1, inside
+    the model's range (EDM sigmas of a VP model; flow times in (0, 1]), optionally ending with 0."""
+    try:
+        arr = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("sigmas must be a flat list of numbers (EDM sigmas; flow times for flow models)") from None
+    if arr.ndim != 1:
+        raise ValueError(f"sigmas must be a flat list of numbers, got shape {arr.shape}")
+    if arr.size > MAX_INFERENCE_STEPS + 1:
+        raise ValueError(f"sigmas: at most {MAX_INFERENCE_STEPS + 1} entries, got {arr.size}")
+    s = torch.from_numpy(arr.copy())
+    body = s[:-1] if s.numel() > 1 and float(s[-1]) == 0.0 else s
+    if not torch.isfinite(body).all():
+        return s  # the schedule check names the entry
+    if isinstance(adapter, FlowModel):
+        if body.numel() and not bool(((body > 0) & (body <= 1)).all()):
+            raise ValueError(f"sigmas of a flow model are flow times in (0, 1] (optionally ending with 0), got "
+                             f"{[float(v) for v in body[:8]]}")
+        return s
+    for v in body.tolist():
+        if v > 0:  # non-positive entries: the schedule check says what is wrong
+            _in_range("sigmas: entry", v, model_range)
+    return s
+
+
+def _label(solver: str, opts: dict, afs: bool) -> str:
+    o = ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))
+    return f"{solver}{f' ({o})' if o else ''}{' +AFS' if afs else ''}"
 
 
 def call_plan(stepper: Stepper) -> list[tuple[float, int, bool]]:

@@ -4,6 +4,7 @@ onto diffusers' API: the docstring of :mod:`fewstep.integrations.diffusers`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -13,14 +14,18 @@ import numpy as np
 import torch
 
 from ...denoisers.adapters import FlowModel
+from ...recipe import Recipe
 from ...schedules import get_schedule
 from ..stepper import Request, Stepper, evaluation_sigmas
 from .backend import BaseOutput, ConfigMixin, KarrasDiffusionSchedulers, SchedulerMixin, register_to_config
-from .planning import SCHEDULES, SPACINGS, call_plan, method_name, plan_schedule
-from .spaces import flow_sigma, is_flow_config, make_adapter, model_sigma_range, to_edm
+from .checks import check_choice, check_config, check_mu
+from .planning import SCHEDULES, SPACINGS, call_plan, method_name, plan_schedule, uses_default
+from .spaces import PREDICTION_TYPES, flow_sigma, is_flow_config, make_adapter, model_sigma_range, to_edm
 from .tail import tail_runner
 
 __all__ = ["FewstepScheduler", "FewstepSchedulerOutput"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,16 +41,31 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     Config (besides the model's own ``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
     ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``):
-      * ``solver``, ``solver_options`` (dict, keyword options of the solver), ``afs``;
-      * ``schedule``: "diffusers" (the pipeline's own timestep spacing, ``timestep_spacing``; uniform flow time
-        with shift for flow models), "polynomial" (EDM/Karras, ``rho``), "logsnr" or "discrete" (VP training
-        timesteps), between ``sigma_min`` and ``sigma_max`` (EDM sigmas, default: the model's range);
-        ``use_karras_sigmas`` in a source config selects "polynomial";
-      * ``denoise_to_zero``: end with x0 of the last evaluation (None: yes unless a predictor is given);
+      * ``solver``, ``solver_options`` (dict, keyword options of the solver), ``afs``. Without a solver (None, the
+        default) a VP model gets fewstep's measured default for the NFE (``num_inference_steps``) and
+        ``guidance_scale`` (:func:`fewstep.defaults.default_choice`, docs/defaults.md: unguided UniPC(2M) +AFS on
+        uniform VP time up to NFE 6, log-SNR above; guided DEIS with 3 points on VP time rho 2, AFS from NFE 8) on
+        the model's own sigma range, ending at its sigma_min as measured; it fixes the solver, its options, AFS,
+        schedule and rho, so giving any of those without a solver is refused. A flow model without a solver runs
+        DPM-Solver++ on its own shifted flow times (the defaults were not measured on flow models);
+      * ``guidance_scale``: the classifier-free guidance scale the pipeline will use (None or 1: unguided). It only
+        picks the measured default: pipelines do not tell the scheduler their scale, so set it here
+        (``FewstepScheduler.from_config(cfg, guidance_scale=7.5)``), else the default assumes an unguided model;
+      * ``schedule``: "diffusers" (the pipeline's own timestep spacing, ``timestep_spacing`` / ``steps_offset``;
+        uniform flow time with shift for flow models; the default with a solver), "polynomial" (EDM/Karras,
+        ``rho``, default 7), "logsnr", "time_uniform" (uniform in VP time^(1/rho) as :func:`fewstep.get_schedule`
+        makes it: the continuous VP schedule's time as a spacing of the same ``sigma_min`` .. ``sigma_max``) or
+        "discrete" (VP training timesteps), between ``sigma_min`` and ``sigma_max`` (EDM sigmas, default: the
+        model's range; positive, never 0); ``use_karras_sigmas`` in a source config selects "polynomial" for
+        "diffusers";
+      * ``denoise_to_zero``: end with x0 of the last evaluation, one of the ``num_inference_steps`` calls (None: yes
+        with a given solver, no for the measured default and a predictor);
       * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
-    ``predictor``: a learned sampler (:mod:`fewstep.learned`: an AMED table, DyWeight, EPD, PAS, GS) or the path of
-    its checkpoint (:func:`fewstep.learned.load`); it replaces ``solver``,
-    ``afs`` and the schedule, and is not part of the saved config.
+    ``predictor``: a learned sampler (:mod:`fewstep.learned`: an AMED table, DyWeight, EPD, PAS, GS), a tuned
+    recipe (:class:`fewstep.recipe.Recipe`, ``fewstep tune``'s file) or the path of either
+    (:func:`fewstep.learned.load`); it replaces ``solver``, ``afs`` and the schedule, and is not part of the saved
+    config. After ``set_timesteps``, ``chosen`` says in words what runs (also logged at INFO level).
+    Every config value is checked (:mod:`.checks`): a wrong type or range is a TypeError / ValueError naming it.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
@@ -61,13 +81,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule: str = "linear",
         trained_betas: Any = None,
         prediction_type: str = "epsilon",
-        solver: str = "dpmpp",
+        solver: str | None = None,
         solver_options: dict | None = None,
-        afs: bool = False,
-        schedule: str = "diffusers",
+        afs: bool | None = None,
+        schedule: str | None = None,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
-        rho: float = 7.0,
+        rho: float | None = None,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         denoise_to_zero: bool | None = None,
@@ -75,27 +95,41 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         use_karras_sigmas: bool = False,
         shift: float = 1.0,
         use_dynamic_shifting: bool = False,
+        guidance_scale: float | None = None,
         predictor: Any = None,
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if timestep_spacing not in SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {', '.join(SPACINGS)}, got {timestep_spacing!r}")
-        if timestep_type not in ("interp", "nearest"):
-            raise ValueError(f"timestep_type must be 'interp' or 'nearest', got {timestep_type!r}")
+        check_config(self.config)
+        check_choice("schedule", schedule, SCHEDULES, optional=True)
+        check_choice("timestep_spacing", timestep_spacing, SPACINGS)
+        check_choice("timestep_type", timestep_type, ("interp", "nearest"))
+        check_choice("prediction_type", prediction_type, tuple(PREDICTION_TYPES))
         if solver_options is not None and not isinstance(solver_options, dict):
             raise TypeError(f"solver_options must be a dict of solver keyword options, got {type(solver_options).__name__}")
         self.adapter = make_adapter(prediction_type, self.config, timestep_type)
         self.is_flow = isinstance(self.adapter, FlowModel)
         if self.is_flow and schedule == "discrete":
             raise ValueError("schedule='discrete' needs a VP model with alphas_cumprod, not a flow model")
+        if uses_default(self.config, self.adapter):
+            given = [k for k, v in (("solver_options", solver_options), ("afs", afs), ("schedule", schedule),
+                                    ("rho", rho)) if v is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given without a solver: solver=None runs fewstep's measured default, which "
+                    "fixes the solver, its options, AFS, the schedule and rho (a predictor brings its own); pass "
+                    "solver=... to choose them, or leave them out")
+        elif guidance_scale is not None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale!r} only picks fewstep's measured default (solver=None, VP models); "
+                f"{'a flow model' if self.is_flow else f'solver={solver!r}'} does not use it: leave it out")
         self.predictor = None
         self._set_predictor(predictor)
-        Stepper(solver, get_schedule("logsnr", 3), **(solver_options or {}))  # validate solver and options now
+        if solver is not None:
+            Stepper(solver, get_schedule("logsnr", 3), **(solver_options or {}))  # validate solver and options now
         self.init_noise_sigma = 1.0
         self.timesteps: torch.Tensor | None = None
         self.sigmas: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
+        self.chosen: str | None = None
         self._stepper: Stepper | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -136,6 +170,18 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                 "from the network's features during sampling, so a scheduler cannot list its timesteps in advance; "
                 "train a predictor-free table (fewstep.learned.train('amed', ..., options={'features': 'none'})) "
                 "for pipelines, or use fewstep.sample with DiffusersDenoiser for this one")
+        fixed = [k for k in ("solver_options", "afs", "schedule", "rho", "sigma_min", "sigma_max")
+                 if self.config[k] is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: the {method_name(predictor)} predictor brings its own solver, "
+                             "options, AFS and sigmas; leave them out")
+        w = self.config.guidance_scale
+        if w is not None and not (isinstance(predictor, Recipe) and predictor.guidance == w):
+            aware = " (a guidance-aware sampler takes its scale as predictor.guidance_scale = w)" if getattr(
+                predictor, "guidance_aware", False) else ""
+            raise ValueError(f"guidance_scale={w!r} only picks fewstep's measured default; the "
+                             f"{method_name(predictor)} predictor fixes its configuration{aware}: leave "
+                             "guidance_scale out")
         _, sig, solver, afs = predictor.sampling_setup(lambda x, s: x)
         Stepper(solver, sig, afs=afs)  # validates the schedule and solver
         self.predictor = predictor
@@ -227,8 +273,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         models, EDM sigmas otherwise; a trailing 0 means denoise to zero). Custom ``timesteps`` are refused."""
         if timesteps is not None:
             raise ValueError("FewstepScheduler does not take custom timesteps; pass num_inference_steps or sigmas")
-        sig, solver, afs, dtz, opts = plan_schedule(self.config, self.adapter, self.predictor, num_inference_steps,
-                                                    sigmas, mu)
+        sig, solver, afs, dtz, opts, chosen = plan_schedule(self.config, self.adapter, self.predictor,
+                                                            num_inference_steps, sigmas, check_mu(mu))
         if self.predictor is not None and num_inference_steps is not None:
             need = len(evaluation_sigmas(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz)))
             if num_inference_steps != need:
@@ -262,6 +308,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         # the schedule's first (a learned sampler's time shift / time scale); scale_model_input makes it.
         self._first_input_moves = afs or self._plan_info[0][0] != float(sig[0])
         self._first_input_made = False
+        self.chosen = f"{chosen}; {self.num_inference_steps} model calls"
+        logger.info("FewstepScheduler: %s", self.chosen)
 
     # ------------------------------------------------------------------ the diffusers loop
     def _dtype(self, sample: torch.Tensor) -> torch.dtype:
