@@ -53,6 +53,8 @@ SKIP_LINES = {
                  "2-core CPU; the demo runs at small size in tests/test_demo.py",
     "make test": "runs the whole test suite, this file included",
     "make bench": "the full benchmark suite (about 15 min); the harnesses run at tiny size in tests/test_benchmarks.py",
+    "pip install": "installs from a package index; the wheel's core install is built and tested offline in "
+                   "tests/test_wheel.py",
     "--features inception": "needs a TorchScript Inception-v3 network and FID statistics that the user provides "
                             "(fewstep downloads nothing)",
 }
