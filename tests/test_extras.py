@@ -106,6 +106,7 @@ def test_require_names_the_extra_and_keeps_other_import_errors():
 @pytest.mark.parametrize("blocked,argv,extra,package", [
     ("matplotlib", ["demo"], "demo", "matplotlib"),
     ("sklearn", ["demo", "--bed"], "demo", "scikit-learn"),
+    ("skimage", ["demo", "--no-digits"], "demo", "scikit-image"),
     ("sklearn", ["sample", "--out", "OUT", "--nfe", "3", "--seeds", "0"], "demo", "scikit-learn"),
     ("skimage", ["eval", "IMAGES", "--ref", "patches:8"], "eval", "scikit-image"),
 ])

@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .._extras import check
 
-    # Before minutes of work: the U-Net demo plots and judges the digits (matplotlib, scikit-learn); the FD reference
-    # patches and the bed come from the photos (scikit-image, scikit-learn).
-    check("matplotlib", "sklearn", "skimage", extra="demo", purpose="fewstep demo")
+    # Before minutes of work: the U-Net demo plots and judges the digits (matplotlib, scikit-learn); its FD reference
+    # patches and the bed come from the photos (scikit-image, scikit-learn); the bed's table has no plot.
+    check(*(("sklearn", "skimage") if args.bed else ("matplotlib", "sklearn", "skimage")), extra="demo",
+          purpose="fewstep demo --bed" if args.bed else "fewstep demo")
 
     torch.set_num_threads(max(1, args.threads))
     if not args.bed:
