@@ -1,6 +1,7 @@
 """fewstep: few-step ODE sampling of diffusion models (AMED, Zhou et al., CVPR 2024, and its baselines)."""
 
 from . import denoisers, schedules, solvers
+from ._version import VERSION as __version__
 from .sampling import (
     ModelCall,
     NonFiniteError,
@@ -16,8 +17,6 @@ from .sampling import (
 )
 from .schedules import SCHEDULES, get_schedule, validate_sigmas
 from .solvers import SOLVERS, get_solver
-
-__version__ = "0.1.0"
 
 # Subpackages and modules that load on first use (``fewstep.learned`` works after a plain ``import fewstep``): the
 # diffusers integration imports diffusers, which is slow, and the rest is not needed to sample.

@@ -6,6 +6,8 @@ fitted to small patches of them gives a "realistic" data distribution whose
 score (and hence ideal denoiser) is known in closed form, which makes it a
 good test bed for few-step diffusion solvers. The digits of the shipped class-conditional model (scikit-learn's
 8x8 handwritten digits, upsampled to 16x16) and the classifier that judges its samples are here too.
+scikit-image and scikit-learn come with ``pip install 'fewstep[demo]'`` (or ``[eval]``); without them these
+functions say which extra to install.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ._extras import require
 
 __all__ = [
     "PHOTOS",
@@ -35,24 +39,22 @@ __all__ = [
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        import skimage.data
-
-        return getattr(skimage.data, name)()
+        skdata = require("skimage.data", extra="demo", purpose=f"the photo {name!r} (scikit-image's data)")
+        return getattr(skdata, name)()
 
     return load
 
 
 def _motorcycle() -> np.ndarray:
-    import skimage.data
-
-    return skimage.data.stereo_motorcycle()[0]  # left view of the stereo pair
+    skdata = require("skimage.data", extra="demo", purpose="the photo 'motorcycle' (scikit-image's data)")
+    return skdata.stereo_motorcycle()[0]  # left view of the stereo pair
 
 
 def _sklearn(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        from sklearn.datasets import load_sample_image
-
-        return load_sample_image(f"{name}.jpg")
+        datasets = require("sklearn.datasets", extra="demo",
+                           purpose=f"the photo {name!r} (scikit-learn's sample images)")
+        return datasets.load_sample_image(f"{name}.jpg")
 
     return load
 
@@ -183,8 +185,8 @@ def fit_gmm(
     during EM (sklearn's ``reg_covar``); afterwards the covariances are symmetrised and
     their eigenvalues floored at ``reg``, so they are symmetric positive definite.
     """
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
+    GaussianMixture = require("sklearn.mixture", extra="demo", purpose="fitting a Gaussian mixture").GaussianMixture
+    threadpool_limits = require("threadpoolctl", extra="demo", purpose="fitting a Gaussian mixture").threadpool_limits
 
     x = torch.as_tensor(patches)
     if x.ndim < 2 or x.shape[0] < 2:
@@ -252,7 +254,7 @@ def cache_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=8)
 def _gmm_bed(size: int, n_components: int, count: int, seed: int) -> dict[str, torch.Tensor]:
-    import sklearn
+    sklearn = require("sklearn", extra="demo", purpose="the natural-patch Gaussian-mixture bed")
 
     from .io import read_safetensors, write_safetensors
 
@@ -287,9 +289,8 @@ def gmm_bed(size: int = 8, n_components: int = 10, count: int = 20000, seed: int
 def load_digits16() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as the shipped digits model sees them: (1797, 1, 16, 16) float32 in [-1, 1]
     (bilinear 2x upsampling) and the (1797,) labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    datasets = require("sklearn.datasets", extra="demo", purpose="the digits data set (scikit-learn's)")
+    d = datasets.load_digits()
     x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0  # 0..16 -> [-1, 1]
     x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
     return x.clamp(-1.0, 1.0), torch.as_tensor(d.target, dtype=torch.long)
@@ -298,8 +299,10 @@ def load_digits16() -> tuple[torch.Tensor, torch.Tensor]:
 def digit_classifier(seed: int = 0) -> tuple[Any, float]:
     """The class-accuracy judge of the digits model (docs/digits.md): logistic regression (C = 0.1) on
     :func:`load_digits16`; (classifier of flattened images, held-out accuracy on a stratified quarter)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
+    LogisticRegression = require("sklearn.linear_model", extra="demo",
+                                 purpose="the digits classifier").LogisticRegression
+    train_test_split = require("sklearn.model_selection", extra="demo",
+                               purpose="the digits classifier").train_test_split
 
     x, y = load_digits16()
     xtr, xte, ytr, yte = train_test_split(x.reshape(len(x), -1).numpy(), y.numpy(), test_size=0.25,

@@ -40,9 +40,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
 
 def pyplot():  # noqa: ANN201
-    """matplotlib.pyplot on the headless Agg backend (imported on first use: it is slow to import)."""
-    import matplotlib
+    """matplotlib.pyplot on the headless Agg backend (imported on first use: it is slow to import; the ``demo``
+    extra installs it)."""
+    from ._extras import require
 
+    matplotlib = require("matplotlib", extra="demo", purpose="plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from .._version import VERSION
 from . import analyze, bench, compare, demo, sample, schedule, train, tune
 from . import eval as eval_
 from .args import load_model
@@ -22,6 +23,7 @@ COMMANDS = (demo, tune, train, sample, compare, eval_, analyze, bench, schedule)
 def build_parser() -> argparse.ArgumentParser:
     """The ``fewstep`` parser: one subparser per command module."""
     p = argparse.ArgumentParser(prog="fewstep", description="Few-step ODE sampling of diffusion models (AMED).")
+    p.add_argument("--version", action="version", version=f"fewstep {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

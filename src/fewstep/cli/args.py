@@ -238,6 +238,10 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
 
     if name in MODELS or name.endswith(".safetensors") or name.startswith("diffusers:"):
         if name == "gmm":
+            from .._extras import check
+
+            check("sklearn", "skimage", extra="demo",
+                  purpose="--model gmm (the analytic bed fitted to the photos; --model unet needs no extra)")
             den, shp, dtype = denoisers.gmm_denoiser(), (3, 8, 8), torch.float64
         elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
             from ..integrations.diffusers import load_denoiser

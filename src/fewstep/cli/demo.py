@@ -43,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the U-Net demo, or the bed's solver table with ``--bed``."""
     import torch
 
+    from .._extras import check
+
+    # Before minutes of work: the U-Net demo plots and judges the digits (matplotlib, scikit-learn); its FD reference
+    # patches and the bed come from the photos (scikit-image, scikit-learn); the bed's table has no plot.
+    check(*(("sklearn", "skimage") if args.bed else ("matplotlib", "sklearn", "skimage")), extra="demo",
+          purpose="fewstep demo --bed" if args.bed else "fewstep demo")
+
     torch.set_num_threads(max(1, args.threads))
     if not args.bed:
         from ..experiments.demo import DemoConfig, DigitsDemoConfig, run_demo

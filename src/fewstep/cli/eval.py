@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import data, metrics
 
     torch.set_num_threads(max(1, args.threads))
+    if args.ref.startswith("patches:"):
+        from .._extras import check
+
+        check("skimage", "sklearn", extra="eval", purpose="fewstep eval --ref patches:SIZE (photo patches)")
     if args.save_ref_stats and not args.save_ref_stats.endswith(".npz"):
         raise ValueError(f"--save-ref-stats must name an .npz file, got {args.save_ref_stats!r}")
     ref = args.ref

@@ -3,10 +3,12 @@ or :class:`DiffusersNotInstalledError` with the install hint when it is missing 
 
 from __future__ import annotations
 
-INSTALL_HINT = "the diffusers integration needs the 'diffusers' package: pip install 'fewstep[diffusers]'"
+from ..._extras import MissingExtraError, install_hint
+
+INSTALL_HINT = f"the diffusers integration needs the 'diffusers' package: {install_hint('diffusers')}"
 
 
-class DiffusersNotInstalledError(ModuleNotFoundError, ValueError):
+class DiffusersNotInstalledError(MissingExtraError):
     """``diffusers`` is not installed (or fails to import). A ModuleNotFoundError, so ``except ImportError`` works;
     also a ValueError, the class fewstep's CLI reports as a one-line error. (It cannot also be an OSError:
     Python refuses a class deriving from both ImportError and OSError.)"""
