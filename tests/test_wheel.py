@@ -26,7 +26,7 @@ import fewstep
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"torch", "numpy", "safetensors", "tqdm", "pillow"}
 OPTIONAL_MODULES = ("sklearn", "skimage", "matplotlib", "diffusers", "scipy")
-MAX_WHEEL_BYTES = 8_000_000  # 7.3 MB of shipped models (two U-Nets) + the code; a stray file makes it fail
+MAX_WHEEL_BYTES = 8_000_000  # 7.3 MB of shipped models (two U-Nets, ~0.3 MB of samplers) + the code
 
 
 def _pip_env() -> dict[str, str]:
@@ -92,7 +92,15 @@ def test_wheel_and_sdist_carry_the_package_and_nothing_else(dist):
     assert {n.split("/")[0] for n in names} == {"fewstep", f"fewstep-{version}.dist-info"}, sorted(names)
     assert "fewstep/py.typed" in names and f"fewstep-{version}.dist-info/licenses/LICENSE" in names
     data = sorted(n for n in names if not n.endswith(".py") and "dist-info" not in n)
-    assert data == ["fewstep/assets/digits16.safetensors", "fewstep/assets/unet16.safetensors", "fewstep/py.typed"]
+    # the two shipped U-Nets, the learned samplers shipped for them (scripts/train_shipped.py, listed in
+    # samplers.json) and the tuned classic configurations the demo compares with
+    from fewstep.shipped import entries
+
+    shipped = [f"fewstep/assets/{e['file']}" for e in entries()]
+    tuned = [f"fewstep/assets/{p.name}" for p in (Path(fewstep.__file__).parent / "assets").glob("tuned_*.json")]
+    index = ["fewstep/assets/samplers.json"] if shipped else []
+    assert data == sorted(["fewstep/assets/digits16.safetensors", "fewstep/assets/unet16.safetensors",
+                           "fewstep/py.typed", *shipped, *tuned, *index])
     assert dist["wheel"].stat().st_size < MAX_WHEEL_BYTES
     # the core requirements carry no extra marker; the rest do
     core = {line.split(":", 1)[1].strip() for line in meta.splitlines()
