@@ -103,7 +103,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true")
     add_sigma_args(t)
     t.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (default: 1 for the bed and small networks, else the idle cores)")
+                   help="torch threads (default: training 1 for the bed and small networks, else the idle cores; "
+                        "the teacher, tuning and the report, which make no gradients, use the idle cores of a network "
+                        "model: cores minus the 1-minute load average)")
+    t.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where teacher targets are kept and reused across methods and runs (default: "
+                        "$FEWSTEP_CACHE/teachers, else ~/.cache/fewstep/teachers)")
+    t.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="compute the teacher's targets anew and keep nothing on disk")
     t.set_defaults(func=run)
     return t
 
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     """Train a learned sampler; under ``torchrun`` the batches are split over the processes (gradients summed),
     and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same sampler."""
     from .. import distributed, learned
+    from ..learned.distill import threads as torch_threads
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -147,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
         base = {"solver": args.base or "ipndm", "options": base_opts}
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
+    teacher_threads = _teacher_threads(args, denoiser)
     denoiser, scales = _guided(args, denoiser, cls, options)
-    recipe = _recipe(args, denoiser, shape, model_id, dtype, scales)
+    with torch_threads(teacher_threads):
+        recipe = _recipe(args, denoiser, shape, model_id, dtype, scales)
     afs = True if args.afs is None else args.afs
     if recipe is not None:
         from ..tune import training_start
@@ -167,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     nfe = args.nfe if args.nfe is not None or args.num_steps is not None or recipe is None else recipe.nfe
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     settings = dict(
-        teacher=learned.Teacher(args.teacher, teacher_options, args.M),
+        teacher=learned.Teacher(args.teacher, teacher_options, args.M, cache=_cache_dir(args),
+                                threads=teacher_threads),
         budget=learned.Budget(batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed),
         objective=learned.Objective(loss=args.loss, soft_start=args.soft_start,
                                     soft_start_steps=args.soft_start_steps),
@@ -183,17 +194,40 @@ def run(args: argparse.Namespace) -> int:
     ok = False
     try:
         if info.is_main:
-            _plan(args, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base, info.world_size, threads)
+            _plan(args, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base, info.world_size,
+                  f"{threads}" + (f" (teacher {teacher_threads})" if teacher_threads not in (None, threads) else ""))
         sampler = learned.train(args.method, denoiser, shape=shape, nfe=nfe, num_steps=args.num_steps,
                                 afs=afs, options=options, base=base, schedule=spec, time_shift=args.time_shift,
                                 model_id=model_id, dtype=dtype, progress=info.is_main, **settings)
         if info.is_main:
             _report(sampler, out, info.world_size, threads, scales, shape)
-            _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
+            with torch_threads(teacher_threads):
+                _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _cache_dir(args: argparse.Namespace):  # noqa: ANN202
+    """The teacher cache's directory: --cache-dir, else the default; None with --no-cache (or FEWSTEP_CACHE empty)."""
+    from ..teacher import default_cache_dir
+
+    if not args.cache:
+        if args.cache_dir is not None:
+            raise ValueError("give --cache-dir DIR or --no-cache, not both")
+        return None
+    return args.cache_dir if args.cache_dir is not None else default_cache_dir()
+
+
+def _teacher_threads(args: argparse.Namespace, denoiser) -> int | None:  # noqa: ANN001
+    """Threads of the gradient-free parts (teacher, tuning, report): --threads, else the idle cores for a network
+    (its forward pass is bitwise the same at any thread count, measured on the shipped U-Net), else unchanged."""
+    import torch
+
+    if args.threads:
+        return args.threads
+    return cli_args.idle_threads() if isinstance(denoiser, torch.nn.Module) else None
 
 
 def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):  # noqa: ANN001, ANN202
@@ -228,7 +262,7 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):
 
 
 def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base,  # noqa: ANN001
-          world_size: int, threads: int) -> None:
+          world_size: int, threads: str) -> None:
     """What is about to be trained, in a few lines."""
     from ..denoisers import sigma_range
 
