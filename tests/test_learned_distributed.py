@@ -129,9 +129,12 @@ def _worker(out: Path, prepared: Path) -> int:
     finish = distributed.finish
     distributed.finish = lambda info, barrier=True: distributed.barrier(info) if barrier else None
     try:
+        cache = ["--cache-dir", str(out / "teachers")]  # each rank caches its own shard of the teacher targets
         for case in CASES:
-            if (rc := main(_cmd(case, out / f"{case}.safetensors"))) != 0:
+            if (rc := main(_cmd(case, out / f"{case}.safetensors", *cache))) != 0:
                 return rc
+        if (rc := main(_cmd("dyweight", out / "dyweight_again.safetensors", *cache))) != 0:  # from the cache
+            return rc
         for case, name in RESUMED.items():
             if (rc := main(_cmd(case, prepared / f"{name}.safetensors", "--resume"))) != 0:
                 return rc
@@ -160,6 +163,16 @@ def _assert_close_files(a: Path, b: Path, tol: float = 1e-10) -> None:
     for k in wa:
         assert wa[k].dtype == (METHODS[ca["method"]].PARAM_DTYPE or torch.float64)
         torch.testing.assert_close(wa[k], wb[k], rtol=tol, atol=tol, msg=k)
+
+
+def test_teacher_cache_under_torchrun(multi):
+    """Every rank cached its shard of each case's targets; a second run read them and trained bitwise the same."""
+    d, _, stderr = multi
+    shards = [json.loads(p.read_text())["shard"] for p in (d / "teachers").glob("*.json")]
+    # methods on the same sigmas share targets, so there are fewer entries than cases
+    assert shards.count([0, 2]) == shards.count([1, 2]) >= 2 and len(shards) == 2 * shards.count([0, 2])
+    assert (d / "dyweight_again.safetensors").read_bytes() == (d / "dyweight.safetensors").read_bytes()
+    assert "teacher targets: read from" in stderr
 
 
 @pytest.mark.parametrize("case", list(CASES))

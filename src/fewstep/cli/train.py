@@ -34,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help=f"train a learned sampler ({', '.join(METHODS)}) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    t.add_argument("--method", default="amed", choices=tuple(METHODS),
-                   help=_methods_help() + " (default: %(default)s)")
+    t.add_argument("--method", default=None, choices=tuple(METHODS),
+                   help=_methods_help() + " (default: the method measured best at the asked NFE and guidance, "
+                        "fewstep.defaults.METHOD_RULES: residual unguided, dyweight guided)")
     t.add_argument("--base", default=None,
                    help="base solver of a method built on one you pick (plugin; default: ipndm)")
     t.add_argument("--base-options", default=None, metavar="JSON",
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {v}")
     if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
         raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
+    _choose_method(args)
     cls = learned.method_class(args.method)
     options = _options(args, cls)  # contradictions before loading the model
     base = None
@@ -207,6 +209,32 @@ def run(args: argparse.Namespace) -> int:
     finally:
         distributed.finish(info, barrier=ok)
     return 0
+
+
+def _choose_method(args: argparse.Namespace) -> None:
+    """Without --method: the measured best at the asked NFE and guidance (fewstep.defaults.METHOD_RULES), said."""
+    import os
+
+    from ..defaults import default_method
+
+    if args.method is not None:
+        return
+    scales = []
+    if args.guidance is not None:
+        scales.append(args.guidance)
+    if args.guidance_scales is not None:
+        try:
+            scales += [float(v) for v in args.guidance_scales.split(",")]
+        except ValueError:
+            pass  # _guided says what is wrong
+    guided = any(w > 1 for w in scales)
+    nfe = args.nfe if args.nfe is not None or args.num_steps is not None or args.tuned is not None else 5
+    choice = default_method(nfe, guided)
+    args.method = choice.method
+    if os.environ.get("RANK", "0") == "0":
+        at = f"NFE {nfe}" if nfe is not None else "every NFE"
+        print(f"method {choice.method}: fewstep's default at {at}{' under guidance (w > 1)' if guided else ''}: "
+              f"{choice.why} (--method to choose another)", flush=True)
 
 
 def _cache_dir(args: argparse.Namespace):  # noqa: ANN202

@@ -12,10 +12,12 @@ from ..sampling import ModelCall, noise_for_seeds, steps_for_nfe
 from ..schedules import validate_sigmas
 from ..solvers import get_solver
 from ..teacher import model_key
+from .cost import cost_line, measure_cost
 from .distill import LearnedSchedule, Plan, TrainLog, distill, frozen
 from .guidance import guidance_entry, scale_cycle
 from .registry import method_class
 from .sampler import LearnedSampler
+from .trainstate import world
 from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher, checked
 
 __all__ = ["train", "learn_schedule", "TrainedSchedule"]
@@ -150,6 +152,10 @@ def train(
     if cls.PARAM_DTYPE is None:
         sampler.to(dtype)
     sched = LearnedSchedule(sig) if learn else None
+    if progress and world()[0] == 0:  # what the operator costs per step, before the minutes of training
+        sampler.cost_measured = measure_cost(sampler, denoiser, shape, plan.batch, dtype, model_dtype)
+        if sampler.cost_measured is not None:
+            print(cost_line(method, sampler.cost_measured), flush=True)
     with frozen(denoiser), scale_cycle(denoiser, sampler, None if scales is None else list(scales.scales)) as hook:
         sampler.log = distill(model, sampler.solver(), sig, plan, sampler, sched, hook)
     return sampler.eval()
