@@ -3,6 +3,7 @@ the teacher cache (--cache-dir, --no-cache), and --student retired."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -38,7 +39,7 @@ def test_train_without_method_takes_the_table_and_prints_the_cost(tmp_path, caps
     cost = learned.load(out).cost((3, 8, 8))
     assert m.group(1) == f"{cost['parameters'] / 1e3:.3g}k" and float(m.group(3)) > 0 and float(m.group(5)) > 0
     assert "teacher targets: computing; they will be cached in" in text.err
-    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2  # the training targets, the report's reference
     # again: the targets come from the cache, and the sampler is bitwise the same
     again = tmp_path / "again.safetensors"
     assert main(["train", *TINY, "--out", str(again), "--cache-dir", str(tmp_path / "c")]) == 0
@@ -79,3 +80,19 @@ def test_student_is_retired(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "unrecognized arguments: --student" in capsys.readouterr().err
+
+
+def test_tuning_and_report_references_are_cached_too(tmp_path, capsys):
+    argv = ["train", "--model", "gmm", "--method", "dyweight", "--nfe", "5", "--tune-seeds", "2", "--report-seeds",
+            "2", "--total-samples", "8", "--M", "1", "--threads", "1", "--cache-dir", str(tmp_path / "c")]
+    assert main([*argv, "--out", str(tmp_path / "a.safetensors")]) == 0
+    first = capsys.readouterr().out
+    recipes = list((tmp_path / "c").glob("*.recipe.json"))
+    kinds = sorted(json.loads(p.read_text()).get("kind", "training") for p in (tmp_path / "c").glob("*.json")
+                   if not p.name.endswith(".recipe.json"))
+    assert len(recipes) == 1 and kinds == ["reference", "reference", "reference", "training"]
+    assert main([*argv, "--out", str(tmp_path / "b.safetensors")]) == 0
+    out = capsys.readouterr()
+    assert "best classic (tuned before, read from" in out.out and "teacher targets: read from" in out.err
+    assert out.out.split("held-out report")[1] == first.split("held-out report")[1]  # the same references
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()

@@ -19,7 +19,7 @@ from .sampling import Solution, solve
 from .schedules import refine_schedule
 
 __all__ = ["REFERENCE_SOLVER", "teacher_options", "run_teacher", "TeacherCache", "default_cache_dir", "model_key",
-           "MAX_CACHE_BYTES", "CACHE_FORMAT"]
+           "code_digest", "provenance", "MAX_CACHE_BYTES", "CACHE_FORMAT"]
 
 REFERENCE_SOLVER = ("deis", {"max_order": 4, "deis_mode": "logrho"})  # reference and default AMED/GITS teacher
 
@@ -68,6 +68,30 @@ def default_cache_dir() -> Path | None:
     return None if root is None else root / "teachers"
 
 
+# The code that decides what a teacher computes: any change to it invalidates every cache entry (between releases
+# too, when the version number does not move).
+_TARGET_CODE = ("sampling.py", "schedules.py", "seeds.py", "teacher.py", "solvers", "denoisers")
+
+
+def code_digest(*extra: str) -> str:
+    """SHA-256 (16 hex digits) of the source files of fewstep that compute teacher targets (and of ``extra`` files or
+    folders of the package), so that a cache entry never outlives the code that made it."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in (*_TARGET_CODE, *extra):
+        path = root / name
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def provenance(*extra: str) -> dict[str, str]:
+    """The versions in every cache key: fewstep's, torch's and :func:`code_digest`'s (with ``extra`` code)."""
+    import fewstep
+
+    return {"fewstep": fewstep.__version__, "torch": torch.__version__, "code": code_digest(*extra)}
+
+
 def model_key(denoiser: Any, model_id: str | None = None) -> dict[str, Any] | None:
     """What identifies the model in a cache key: its id (``model_id``, else the denoiser's ``model_id``: a digest of
     architecture and weights for fewstep's own and diffusers models) and its conditioning (a
@@ -108,7 +132,8 @@ class TeacherCache:
     def path(self, fields: Mapping[str, Any]) -> Path:
         return self.directory / f"{self.key(fields)}.safetensors"
 
-    def load(self, fields: Mapping[str, Any], expect: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor] | None:
+    def load(self, fields: Mapping[str, Any],
+             expect: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor] | None:
         """The tensors stored under ``fields`` (names and shapes ``expect``), or None: not there, or unusable (a
         warning says why)."""
         path = self.path(fields)
@@ -142,6 +167,15 @@ class TeacherCache:
             say_once(f"teacher cache: cannot write to {self.directory} ({e}); the teacher is computed in every run")
             return None
         return path
+
+    def tensor(self, fields: Mapping[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The tensor stored under ``fields``, else ``compute()`` (then stored)."""
+        found = self.load(fields)
+        if found is not None and set(found) == {"x"}:
+            return found["x"]
+        x = compute()
+        self.store(fields, {"x": x.detach()})
+        return x
 
     def expected_bytes(self, count: int, shape: tuple[int, ...], dtype: torch.dtype, trajectory_len: int) -> int:
         """Bytes of ``count`` targets of ``shape`` (and their trajectories of ``trajectory_len`` points)."""

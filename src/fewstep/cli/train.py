@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
         raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
     _choose_method(args)
+    cache_dir = _cache_dir(args)
     cls = learned.method_class(args.method)
     options = _options(args, cls)  # contradictions before loading the model
     base = None
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     teacher_threads = _teacher_threads(args, denoiser)
     denoiser, scales = _guided(args, denoiser, cls, options)
     with torch_threads(teacher_threads):
-        recipe = _recipe(args, denoiser, shape, model_id, dtype, scales)
+        recipe = _recipe(args, denoiser, shape, model_id, dtype, scales, cache_dir)
     afs = True if args.afs is None else args.afs
     if recipe is not None:
         from ..tune import training_start
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     nfe = args.nfe if args.nfe is not None or args.num_steps is not None or recipe is None else recipe.nfe
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     settings = dict(
-        teacher=learned.Teacher(args.teacher, teacher_options, args.M, cache=_cache_dir(args),
+        teacher=learned.Teacher(args.teacher, teacher_options, args.M, cache=cache_dir,
                                 threads=teacher_threads),
         budget=learned.Budget(batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed),
         objective=learned.Objective(loss=args.loss, soft_start=args.soft_start,
@@ -204,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             _report(sampler, out, info.world_size, threads, scales, shape)
             with torch_threads(teacher_threads):
-                _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
+                _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds, cache_dir)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
@@ -258,7 +260,7 @@ def _teacher_threads(args: argparse.Namespace, denoiser) -> int | None:  # noqa:
     return cli_args.idle_threads() if isinstance(denoiser, torch.nn.Module) else None
 
 
-def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):  # noqa: ANN001, ANN202
+def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales, cache_dir):  # noqa: ANN001, ANN202
     """The tuned classic configuration to start from: --tuned FILE, else measured now (fewstep.tune), unless
     --no-tune, --schedule, --base or --num-steps asks for something else; None then."""
     from ..recipe import Recipe
@@ -281,11 +283,35 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):
     if main_rank:
         print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
               flush=True)
-    res = tune(denoiser, shape, args.nfe or 5, seeds=_per_label(denoiser, args.tune_seeds), sigma_min=args.sigma_min,
-               sigma_max=args.sigma_max, dtype=dtype, model_id=model_id, guidance=getattr(denoiser, "scale", None),
-               progress=main_rank)
+    from ..teacher import TeacherCache, model_key, provenance
+
+    seeds, guidance = _per_label(denoiser, args.tune_seeds), getattr(denoiser, "scale", None)
+    cache = None if cache_dir is None else TeacherCache(cache_dir)
+    model = model_key(denoiser, model_id)
+    saved = None
+    if cache is not None and model is not None:  # the tuning's result, as its own Recipe file beside the targets
+        fields = {**provenance("tune.py", "recipe.py", "schedule_search.py"), "kind": "tune", "model": model,
+                  "shape": list(shape), "nfe": args.nfe or 5, "seeds": seeds, "sigma_min": args.sigma_min,
+                  "sigma_max": args.sigma_max, "dtype": str(dtype), "guidance": guidance}
+        saved = cache.directory / f"{cache.key(fields)}.recipe.json"
+        if saved.is_file():
+            try:
+                best = Recipe.load(saved, model_id=model_id)
+                if main_rank:
+                    print(f"  best classic (tuned before, read from {saved}): {best.label()}: RMSE {best.rmse:.4g} "
+                          f"on {seeds} tuning seeds")
+                return best
+            except (OSError, ValueError) as e:
+                print(f"WARNING: ignoring {saved} ({str(e)[:200]}); tuning again", file=sys.stderr, flush=True)
+    res = tune(denoiser, shape, args.nfe or 5, seeds=seeds, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+               dtype=dtype, model_id=model_id, guidance=guidance, progress=main_rank, cache=cache)
     if main_rank:
         print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
+        if saved is not None:
+            try:
+                res.best.save(saved)
+            except OSError:
+                pass  # an unwritable cache: tune again next time (the teacher cache says so)
     return res.best
 
 
@@ -315,11 +341,14 @@ def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, rec
           f"of {batch}; {world_size} process(es) x {threads} thread(s)", flush=True)
 
 
-def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int) -> None:  # noqa: ANN001
+def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int, cache_dir=None) -> None:  # noqa: ANN001
     """The closing report: trained vs its base vs the best classic configuration on held-out seeds."""
     from ..tune import report
 
-    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=_per_label(denoiser, seeds), dtype=dtype)
+    from ..teacher import TeacherCache
+
+    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=_per_label(denoiser, seeds), dtype=dtype,
+                 cache=None if cache_dir is None else TeacherCache(cache_dir))
     s = rep["seeds"]
     print(f"held-out report: RMSE to the teacher (DEIS-4, {rep['teacher_steps']} steps) on seeds {s[0]}-{s[-1]}:")
     for row in rep["rows"]:

@@ -19,7 +19,7 @@ from ..sampling import ModelCall, NonFiniteError, Solution, count_nfe, iterate, 
 from ..schedules import validate_sigmas
 from ..seeds import training_seeds
 from ..solvers import Solver
-from ..teacher import TeacherCache, log_cache, run_teacher, say_once
+from ..teacher import TeacherCache, log_cache, provenance, run_teacher, say_once
 from .settings import Checkpointing
 from .trainstate import TrainState, world
 
@@ -172,12 +172,10 @@ def _cache_fields(plan: Plan, sig0: torch.Tensor, iters: int, rank: int, world_s
         say_once("teacher cache: the denoiser has no model_id, so its teacher targets are not cached (give "
                  "fewstep.learned.train a model_id that identifies the weights)")
         return None
-    import fewstep
-
     seeds = hashlib.sha256()
     for it in range(iters):
         seeds.update(",".join(map(str, training_seeds(plan.seed, it, plan.batch)[rank::world_size])).encode() + b";")
-    return {"fewstep": fewstep.__version__, "torch": torch.__version__, "model": plan.model_key, "shape": list(plan.shape),
+    return {**provenance(), "model": plan.model_key, "shape": list(plan.shape),
             "dtype": str(plan.dtype), "model_dtype": str(plan.model_dtype), "teacher": plan.teacher,
             "teacher_options": plan.teacher_options, "M": plan.M, "sigmas": [float(v).hex() for v in sig0.tolist()],
             "seeds": seeds.hexdigest(), "iterations": iters, "batch": plan.batch, "shard": [rank, world_size],
