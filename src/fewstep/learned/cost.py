@@ -36,7 +36,7 @@ def _seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 def measure_cost(sampler: Any, denoiser: Callable, shape: tuple[int, ...], batch: int = 16,
                  dtype: torch.dtype = torch.float32, model_dtype: torch.dtype | None = None,
-                 repeats: int = 5) -> dict[str, float] | None:
+                 repeats: int = 9) -> dict[str, float] | None:
     """The cost of ``sampler``'s operator per step (:meth:`LearnedSampler.cost`) measured on one batch of ``batch``
     samples of ``shape`` against one call of ``denoiser`` on the same batch: ``parameters``, ``macs_per_step`` and
     ``model_macs`` per sample (FLOP counter), their ratio ``mac_ratio``, and ``time_ratio`` (median of ``repeats``
