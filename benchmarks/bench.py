@@ -375,7 +375,8 @@ def train_cost(students: Sequence[str], samples: int, batch: int, M: int, thread
         if progress:
             print(f"[train] {student}: {samples} samples, batch {batch}, M={M} ...", flush=True)
         js = save_dir / f"cost_{student}.json"
-        cmd = [sys.executable, "-m", "benchmarks.train_cost", "--student", student, "--out", str(js),
+        method = ["--method", "amed"] if student == "amed" else ["--method", "plugin", "--base", student]
+        cmd = [sys.executable, "-m", "benchmarks.train_cost", *method, "--out", str(js),
                "--save-dir", str(save_dir), "--samples", str(samples), "--batch", str(batch), "--M", str(M),
                "--threads", str(threads)]
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -1,8 +1,8 @@
 """AMED training cost on the shipped U-Net, measured in a fresh process (so that the peak RSS is its own).
 
-    .venv/bin/python -m benchmarks.train_cost --student amed --out cost.json [--save-dir DIR] [--samples 256]
+    .venv/bin/python -m benchmarks.train_cost --method amed --out cost.json [--save-dir DIR] [--samples 256]
 
-For one student (``amed``: AMED-Solver, method ``amed``; or a base solver name for AMED-Plugin, method ``plugin``;
+For one student (``--method amed``: the AMED-Solver; ``--method plugin --base NAME``: the AMED-Plugin on that base;
 feature predictor on the U-Net's middle block, NFE 5 with AFS) it records the wall time of
 ``fewstep.learned.train``, the peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; Linux reports KiB) and its growth during training over the
@@ -99,7 +99,8 @@ def measure(student: str, samples: int, batch: int, M: int, nfe: int, save_dir: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", default="amed", help="amed (AMED-Solver) or a base solver for AMED-Plugin")
+    p.add_argument("--method", default="amed", choices=("amed", "plugin"), help="amed (AMED-Solver) or plugin")
+    p.add_argument("--base", default=None, help="with --method plugin: its base solver (default ipndm)")
     p.add_argument("--out", required=True, help="JSON file for the measurements")
     p.add_argument("--save-dir", default=None, help="also save the trained predictors here")
     p.add_argument("--samples", type=int, default=256)
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nfe", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    row = measure(a.student, a.samples, a.batch, a.M, a.nfe, Path(a.save_dir) if a.save_dir else None, a.threads)
+    if a.method == "amed" and a.base is not None:
+        p.error("--base applies to --method plugin")
+    student = "amed" if a.method == "amed" else a.base or "ipndm"
+    row = measure(student, a.samples, a.batch, a.M, a.nfe, Path(a.save_dir) if a.save_dir else None, a.threads)
     Path(a.out).write_text(json.dumps(row, indent=1))
     return 0
 

@@ -21,6 +21,16 @@ def make_gmm(dim: int = 4, components: int = 3, seed: int = 0, spread: float = 0
     return fewstep.denoisers.GaussianMixture(means, covs, w / w.sum())
 
 
+@pytest.fixture(autouse=True)
+def _teacher_cache_per_test(monkeypatch, tmp_path_factory, request):
+    """``fewstep train`` caches teacher targets by default: in tests, in a folder of each test's own (never the
+    user's cache), so no test sees another's targets."""
+    import fewstep.teacher
+
+    folder = tmp_path_factory.getbasetemp() / "teacher-cache" / request.node.name[:100]
+    monkeypatch.setattr(fewstep.teacher, "default_cache_dir", lambda: folder)
+
+
 @pytest.fixture(scope="session")
 def gmm4():
     return make_gmm()

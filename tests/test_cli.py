@@ -85,8 +85,8 @@ def test_analyze_pca_and_predictor(tmp_path, capsys):
     errs = [float(line.split(",")[1]) for line in lines[1:]]
     assert errs[0] > errs[1] > errs[2] >= 0 and (tmp_path / "pca.png").is_file()
     ckpt = tmp_path / "p.safetensors"
-    assert main(["train", "--model", "factory_model:make", "--shape", "3,2,2", "--out", str(ckpt), "--features",
-                 "none", "--total-samples", "16", "--batch", "8", "--M", "1", "--threads", "1"]) == 0
+    assert main(["train", "--model", "factory_model:make", "--shape", "3,2,2", "--out", str(ckpt), "--method", "amed",
+                 "--features", "none", "--total-samples", "16", "--batch", "8", "--M", "1", "--threads", "1"]) == 0
     assert main(["analyze", "predictor", "--predictor", str(ckpt), "--out", str(tmp_path / "rc")]) == 0
     rows = (tmp_path / "rc.csv").read_text().splitlines()
     assert rows[0] == "step,sigma_cur,sigma_next,r,c,a" and len(rows) == 4

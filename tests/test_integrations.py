@@ -265,10 +265,10 @@ def test_cli_train_and_sample_diffusers(unet, tmp_path):
     assert den.adapter.prediction == "v" and den.sample_shape == (3, 8, 8)
     ckpt = tmp_path / "p.safetensors"
     args = ["train", "--diffusers", str(tmp_path / "pipe"), "--out", str(ckpt), "--num-steps", "3", "--M", "1",
-            "--batch", "2", "--total-samples", "2", "--threads", "1"]
+            "--batch", "2", "--total-samples", "2", "--threads", "1", "--method", "amed"]
     assert main(args) == 0
     pred = learned.load(ckpt)
-    assert pred.config["method"] == "amed"  # the default method
+    assert pred.config["method"] == "amed"
     assert pred.uses_features and pred.config["options"]["features"] == "adapter"
     out = tmp_path / "s.npz"
     assert main(["sample", "--diffusers", str(tmp_path / "pipe"), "--predictor", str(ckpt), "--seeds", "0-1",

@@ -129,9 +129,12 @@ def _worker(out: Path, prepared: Path) -> int:
     finish = distributed.finish
     distributed.finish = lambda info, barrier=True: distributed.barrier(info) if barrier else None
     try:
+        cache = ["--cache-dir", str(out / "teachers")]  # each rank caches its own shard of the teacher targets
         for case in CASES:
-            if (rc := main(_cmd(case, out / f"{case}.safetensors"))) != 0:
+            if (rc := main(_cmd(case, out / f"{case}.safetensors", *cache))) != 0:
                 return rc
+        if (rc := main(_cmd("dyweight", out / "dyweight_again.safetensors", *cache))) != 0:  # from the cache
+            return rc
         for case, name in RESUMED.items():
             if (rc := main(_cmd(case, prepared / f"{name}.safetensors", "--resume"))) != 0:
                 return rc
@@ -162,6 +165,17 @@ def _assert_close_files(a: Path, b: Path, tol: float = 1e-10) -> None:
         torch.testing.assert_close(wa[k], wb[k], rtol=tol, atol=tol, msg=k)
 
 
+def test_teacher_cache_under_torchrun(multi):
+    """Every rank cached its shard of each case's targets; a second run read them and trained bitwise the same."""
+    d, _, stderr = multi
+    entries = [json.loads(p.read_text()) for p in (d / "teachers").glob("*.json") if not p.name.endswith(".recipe.json")]
+    shards = [e["shard"] for e in entries if e.get("kind") != "reference"]  # training targets (not the report's)
+    # methods on the same sigmas share targets, so there are fewer entries than cases
+    assert shards.count([0, 2]) == shards.count([1, 2]) >= 2 and len(shards) == 2 * shards.count([0, 2])
+    assert (d / "dyweight_again.safetensors").read_bytes() == (d / "dyweight.safetensors").read_bytes()
+    assert "teacher targets: read from" in stderr
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_gloo_processes_give_the_single_process_sampler(case, single, multi):
     d, stdout, _ = multi
@@ -176,7 +190,7 @@ def test_two_gloo_processes_give_the_single_process_sampler(case, single, multi)
         assert cfg["training"]["soft_start"] == 0.05 and cfg["training"]["soft_start_steps"] == 2
     # the summary from rank 0 only; no training state left behind
     assert stdout.count(f"wrote {d / case}.safetensors") == 1
-    assert stdout.count("on 2 process(es)") == len(CASES) + len(RESUMED)
+    assert stdout.count("on 2 process(es)") == len(CASES) + len(RESUMED) + 1  # and dyweight again, from the cache
     assert not list(d.glob("*.train-state"))
 
 

@@ -139,10 +139,10 @@ def test_bench_render_only_reproduces_the_report(small_model, tmp_path):
 
 def test_bench_table4_paper_teachers_two_students(small_model, tmp_path):
     out = tmp_path / "t4.md"
-    assert cli.main(["bench", "paper-table4", "--teachers", "paper", "--student", "amed,ipndm", "--out", str(out)]
+    assert cli.main(["bench", "paper-table4", "--teachers", "paper", "--method", "amed,plugin", "--base", "ipndm", "--out", str(out)]
                     + TINY) == 0
     data = json.loads(out.with_suffix(".json").read_text())
-    assert "--teachers paper --student amed,ipndm" in data["command"]
+    assert "--teachers paper --method amed,plugin --base ipndm" in data["command"]
     labels = [r["label"] for r in data["rows"]]
     assert labels == [f"{s} / {t[0]}, M=2" for s in ("AMED-Solver", "AMED-Plugin on iPNDM") for t in paper.PAPER_TEACHERS]
     assert [(r["student"], r["teacher"], r["M"]) for r in data["teacher_rows"]][:2] == [("amed", "dpmpp", 2),
@@ -150,7 +150,10 @@ def test_bench_table4_paper_teachers_two_students(small_model, tmp_path):
     text = out.read_text()
     assert "Paper Table 4, AMED-Solver" in text and "Paper Table 4, AMED-Plugin on iPNDM" in text
     assert "best teacher resembles the student" in text
-    assert cli.main(["bench", "paper-table4", "--student", "nope", "--out", str(out)] + TINY) == 2
+    for bad in (["--method", "nope"], ["--method", "ipndm"], ["--method", "plugin", "--base", "nope"]):
+        assert cli.main(["bench", "paper-table4", *bad, "--out", str(out)] + TINY) == 2
+    with pytest.raises(SystemExit):  # --student is retired: --method plugin --base ... (argparse's error)
+        cli.main(["bench", "paper-table4", "--student", "amed", "--out", str(out)] + TINY)
 
 
 @pytest.mark.parametrize("which,name", [("table2", "table2"), ("table4", "table4"), ("table4", "table4_paper_teachers"),

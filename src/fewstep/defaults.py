@@ -1,7 +1,8 @@
 """The classic configuration fewstep samples with when none is given (no solver, no tuned recipe): chosen by NFE and
 guidance scale, measured on every model we have so that its worst ratio to each model's best configuration is
 smallest (docs/defaults.md, ``benchmarks/defaults.py``). The sigma range is always the model's own. ``fewstep tune``
-measures the best configuration for one model instead."""
+measures the best configuration for one model instead. And the learned method ``fewstep train`` trains when none is
+given (:data:`METHOD_RULES`, :func:`default_method`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .recipe import Recipe, make_sigmas
 from .sampling import steps_for_nfe
 from .solvers import get_solver
 
-__all__ = ["Choice", "RULES", "default_choice", "choice_for_sigmas", "default_recipe"]
+__all__ = ["Choice", "RULES", "default_choice", "choice_for_sigmas", "default_recipe", "METHOD_RULES", "MethodChoice",
+           "default_method"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,39 @@ def default_recipe(denoiser: Callable, nfe: int, guidance: float | None = None, 
                   model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
                   guidance=guidance)
 
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A learned method (a name of :data:`fewstep.learned.METHODS`) and why it is the default (the measurement)."""
+
+    method: str
+    why: str
+
+
+# (largest NFE, guided (w > 1), choice): the first rule that fits is used; ``fewstep train`` without --method trains
+# that method. PROVISIONAL (issue 25; the lead engineer is measuring every method at NFE 3-10 on the U-Net, the
+# analytic bed and the DDPM-style model, and will replace these rules and their citation with the measured ones):
+# unguided: the out-of-span residual correction, the only method not bounded by the best per-sample combination of
+# the outputs it has seen (0.040 RMSE at NFE 5 on the U-Net, twice iPNDM at NFE 9; issue 25's span measurement);
+# guided: DyWeight, the best learned method measured so far on the U-Net at NFE 5 (0.0216, parity with iPNDM at
+# NFE 9) and a table that works under guidance.
+METHOD_RULES: tuple[tuple[int, bool, MethodChoice], ...] = (
+    (10**9, False, MethodChoice("residual", "out of the span that bounds every other method (issue 25; measurement "
+                                            "pending in docs/methods.md)")),
+    (10**9, True, MethodChoice("dyweight", "best learned method measured under guidance so far (issue 25; "
+                                           "measurement pending in docs/methods.md)")),
+)
+
+
+def default_method(nfe: int | None = None, guided: bool = False) -> MethodChoice:
+    """The learned method measured best at ``nfe`` model evaluations (None: any) with (``guided``: classifier-free
+    guidance at w > 1) or without guidance (:data:`METHOD_RULES`)."""
+    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+        raise ValueError(f"nfe must be a positive int or None, got {nfe!r}")
+    if not isinstance(guided, bool):
+        raise TypeError(f"guided must be True or False, got {guided!r}")
+    for max_nfe, rule_guided, choice in METHOD_RULES:
+        if (nfe is None or nfe <= max_nfe) and guided == rule_guided:
+            return choice
+    raise AssertionError("METHOD_RULES end with a rule for every NFE, guided and not")

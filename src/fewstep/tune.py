@@ -24,7 +24,8 @@ from .recipe import Recipe, make_sigmas, model_timesteps, option_label
 from .sampling import noise_for_seeds, solve, steps_for_nfe
 from .schedules import get_schedule
 from .seeds import report_seeds, tune_seeds
-from .teacher import REFERENCE_SOLVER
+from .io import tensor_digest
+from .teacher import REFERENCE_SOLVER, TeacherCache, model_key, provenance
 
 __all__ = ["TuneResult", "tune", "report", "training_start", "SOLVER_GRID",
            "teacher_solution", "rmse_to"]
@@ -61,11 +62,22 @@ KEEP_FOR_SEARCH = 3  # (solver, AFS) pairs given a searched (GITS) schedule
 
 
 def teacher_solution(denoiser: Callable, noise: torch.Tensor, lo: float, hi: float, steps: int = 256,
-                     progress: bool = False) -> torch.Tensor:
+                     progress: bool = False, cache: TeacherCache | None = None) -> torch.Tensor:
     """The reference x at ``lo`` from x_T = noise * ``hi``: DEIS-logrho order 4 (:data:`fewstep.teacher.
-    REFERENCE_SOLVER`) on ``steps`` polynomial (rho 7) sigmas."""
+    REFERENCE_SOLVER`) on ``steps`` polynomial (rho 7) sigmas; kept in ``cache`` (keyed by the model, the noise's
+    digest and the sigmas) when the denoiser has a model id."""
     sig = get_schedule("polynomial", steps, lo, hi, 7.0)
-    return solve(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1]).x
+
+    def compute() -> torch.Tensor:
+        return solve(denoiser, noise, sig, REFERENCE_SOLVER[0], progress=progress, **REFERENCE_SOLVER[1]).x
+
+    model = model_key(denoiser) if cache is not None else None
+    if model is None:
+        return compute()
+    fields = {**provenance(), "kind": "reference", "model": model, "noise": tensor_digest({"noise": noise}),
+              "shape": list(noise.shape), "dtype": str(noise.dtype), "sigmas": [float(v).hex() for v in sig.tolist()],
+              "teacher": REFERENCE_SOLVER[0], "teacher_options": REFERENCE_SOLVER[1]}
+    return cache.tensor(fields, compute)
 
 
 def rmse_to(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -119,6 +131,7 @@ def tune(
     model_id: str | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    cache: TeacherCache | None = None,
 ) -> TuneResult:
     """Measure the classic configurations on ``denoiser`` at ``nfe`` model evaluations and return the best.
 
@@ -127,15 +140,16 @@ def tune(
     ``teacher_steps`` DEIS-4 steps; its own error, against half as many steps, is ``teacher_error``). The range is
     the model's own unless given. ``search``: also search a schedule for the best three (GITS' dynamic programme
     on the Euler cost matrix of the teacher on a fine grid, made once from the tuning seeds). ``guidance``: the
-    guidance scale of a :class:`fewstep.denoisers.Guided` denoiser, recorded in the recipe."""
+    guidance scale of a :class:`fewstep.denoisers.Guided` denoiser, recorded in the recipe. ``cache``: keep the
+    teacher's reference solutions there (:func:`teacher_solution`)."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     seeds = tune_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     lo, hi, _ = sigma_range(denoiser, sigma_min, sigma_max)
     noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
     count = {"evals": 0}
-    ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps, progress)
-    coarse = teacher_solution(denoiser, noise, lo, hi, teacher_steps // 2)
+    ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps, progress, cache)
+    coarse = teacher_solution(denoiser, noise, lo, hi, teacher_steps // 2, cache=cache)
     count["evals"] += teacher_steps + teacher_steps // 2
     rows: list[dict[str, Any]] = []
     seen: dict[tuple, dict[str, Any]] = {}
@@ -213,11 +227,13 @@ def tune(
 
 
 def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Recipe | None = None,
-           seeds: Iterable[int] | int = 64, teacher_steps: int = 128, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+           seeds: Iterable[int] | int = 64, teacher_steps: int = 128, dtype: torch.dtype = torch.float32,
+           cache: TeacherCache | None = None) -> dict[str, Any]:
     """The training report: on held-out seeds (:func:`fewstep.seeds.report_seeds`), the RMSE to the teacher of the
     trained ``sampler``, of its base (the same method untrained on its initial schedule: its neutral
     initialisation) and of the best classic configuration at its NFE (``recipe``, e.g. from :func:`tune`).
-    Returns {"rows": [{"label", "rmse", "nfe"}], "seeds", "ratio" (trained / best classic), "gain"}."""
+    Returns {"rows": [{"label", "rmse", "nfe"}], "seeds", "ratio" (trained / best classic), "gain"}. ``cache``: keep
+    the teacher's reference solutions there."""
     from .learned.registry import method_class
     from .learned.sampler import LearnedSampler
 
@@ -229,7 +245,7 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
         sig = pred.config["sigmas"]
         key = (float(sig[-1]), float(sig[0]))
         if key not in refs:
-            refs[key] = teacher_solution(denoiser, noise, key[0], key[1], teacher_steps)
+            refs[key] = teacher_solution(denoiser, noise, key[0], key[1], teacher_steps, cache=cache)
         return rmse_to(solve(denoiser, noise, predictor=pred).x, refs[key])
 
     rows = [{"label": f"trained {sampler.describe()}", "rmse": err(sampler), "nfe": sampler.nfe()}]

@@ -199,21 +199,25 @@ def describe_sigma_range(args: argparse.Namespace, denoiser: object) -> str:
 SMALL_MODEL = 20_000_000  # parameters; below this one thread is fastest on CPU (see README "Speed")
 
 
-def default_threads(denoiser: object) -> int:
-    """Torch threads on CPU when --threads is not given: 1 for the analytic bed and small networks (their per-call
-    work is too small to pay for thread synchronisation, which on a busy 2-core machine made 2 threads 4-10x slower
-    than 1), else the cores not already busy (1-minute load average), shared among torchrun's local processes."""
-    import torch
-
-    params = sum(p.numel() for p in denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else 0
-    if params < SMALL_MODEL:
-        return 1
+def idle_threads() -> int:
+    """The cores not already busy (cores minus the 1-minute load average, rounded; at least 1, at most the cores),
+    shared among torchrun's local processes."""
     cores = os.cpu_count() or 1
     try:
         idle = cores - os.getloadavg()[0]
     except OSError:
         idle = cores
-    return max(1, int(idle) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(cores, int(idle + 0.5)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def default_threads(denoiser: object) -> int:
+    """Torch threads on CPU when --threads is not given: 1 for the analytic bed and small networks (their per-call
+    work is too small to pay for thread synchronisation, which on a busy 2-core machine made 2 threads 4-10x slower
+    than 1), else the idle cores (:func:`idle_threads`)."""
+    import torch
+
+    params = sum(p.numel() for p in denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else 0
+    return 1 if params < SMALL_MODEL else idle_threads()
 
 
 def set_threads(args: argparse.Namespace, denoiser: object) -> int:

@@ -40,9 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--teachers", choices=("default", "paper"), default="default",
                    help="table4: default (six teachers at --M plus the paper's Heun M=1 / iPNDM M=2 settings) or "
                         "paper (the paper's four teachers DPM-Solver++(3M), iPNDM, DPM-Solver-2, EDM, all at --M)")
-    b.add_argument("--student", default="amed",
-                   help="table4: comma-separated students: amed (AMED-Solver), ipndm / dpm2 / dpmpp (AMED-Plugin on "
-                        "that base); default amed")
+    b.add_argument("--method", default="amed",
+                   help="table4: comma-separated learned methods: amed (AMED-Solver) and/or plugin (AMED-Plugin on "
+                        "each --base); default amed")
+    b.add_argument("--base", default="ipndm",
+                   help="table4 with --method plugin: comma-separated base solvers of the AMED-Plugin (ipndm, dpm2, "
+                        "dpmpp; default ipndm)")
     b.add_argument("--render-only", action="store_true",
                    help="compute nothing: re-render the .md from the .json saved beside --out (with the paper's "
                         "numbers and the pattern verdicts)")
@@ -52,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     b.set_defaults(func=run)
     return b
+
+
+def _students(methods: str, bases: str) -> list[str]:
+    """Table 4's students (keys of fewstep.experiments.paper.STUDENTS) from --method and --base: "amed" for the
+    AMED-Solver, each base for --method plugin; an unknown method stays, so the caller's check names it."""
+    out: list[str] = []
+    for m in (s.strip() for s in methods.split(",") if s.strip()):
+        out += [b.strip() for b in bases.split(",") if b.strip()] if m == "plugin" else [m if m == "amed" else f"?{m}"]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     which = args.which.replace("paper-", "")
-    students = [s.strip() for s in args.student.split(",") if s.strip()]
+    students = _students(args.method, args.base)
     rows_only = [s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None
     if rows_only is not None and which != "table2":
         raise ValueError("--rows applies to paper-table2 only")
@@ -75,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.no_afs or args.schedules != "polynomial") and which != "table2":
         raise ValueError("--no-afs and --schedules apply to paper-table2 only")
     if which == "table4" and not all(s in paper.STUDENTS for s in students):
-        raise ValueError(f"--student must name some of {', '.join(paper.STUDENTS)}, got {args.student!r}")
+        bases = [s for s in paper.STUDENTS if s != "amed"]
+        raise ValueError(f"--method must name amed and/or plugin, and --base some of {', '.join(bases)}; got --method "
+                         f"{args.method!r} --base {args.base!r}")
     if args.render_only:
         if not args.out:
             raise ValueError("--render-only needs --out (the .md whose .json beside it is re-rendered)")
@@ -107,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                + (f" --batch {args.batch}" if args.batch != 64 else "")
                + (" --no-afs" if args.no_afs else "")
                + (f" --schedules {args.schedules}" if args.schedules != "polynomial" else "")
-               + (f" --teachers {args.teachers} --student {','.join(students)}" if which == "table4" else "")
+               + (f" --teachers {args.teachers} --method {args.method}" if which == "table4" else "")
+               + (f" --base {args.base}" if which == "table4" and "plugin" in args.method.split(",") else "")
                + (f" --shape {','.join(map(str, args.shape))}" if args.shape else "")
                + (f" --fd-count {args.fd_count}" if fd_ref is not None else "") + f" --out {out}")
     print(f"{command}\nReference solution for {seeds} seeds ...", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
@@ -34,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help=f"train a learned sampler ({', '.join(METHODS)}) by distillation")
     add_model_args(t)
     t.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    t.add_argument("--method", default="amed", choices=tuple(METHODS),
-                   help=_methods_help() + " (default: %(default)s)")
+    t.add_argument("--method", default=None, choices=tuple(METHODS),
+                   help=_methods_help() + " (default: the method measured best at the asked NFE and guidance, "
+                        "fewstep.defaults.METHOD_RULES: residual unguided, dyweight guided)")
     t.add_argument("--base", default=None,
                    help="base solver of a method built on one you pick (plugin; default: ipndm)")
     t.add_argument("--base-options", default=None, metavar="JSON",
@@ -103,7 +105,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true")
     add_sigma_args(t)
     t.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (default: 1 for the bed and small networks, else the idle cores)")
+                   help="torch threads (default: training 1 for the bed and small networks, else the idle cores; "
+                        "the teacher, tuning and the report, which make no gradients, use the idle cores of a network "
+                        "model: cores minus the 1-minute load average)")
+    t.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where teacher targets are kept and reused across methods and runs (default: "
+                        "$FEWSTEP_CACHE/teachers, else ~/.cache/fewstep/teachers)")
+    t.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="compute the teacher's targets anew and keep nothing on disk")
     t.set_defaults(func=run)
     return t
 
@@ -127,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     """Train a learned sampler; under ``torchrun`` the batches are split over the processes (gradients summed),
     and ``--checkpoint-every`` / ``--resume`` make a killed run continue to the same sampler."""
     from .. import distributed, learned
+    from ..learned.distill import threads as torch_threads
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -139,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {v}")
     if not (math.isfinite(args.soft_start) and args.soft_start >= 0):
         raise ValueError(f"--soft-start must be a finite number >= 0, got {args.soft_start}")
+    _choose_method(args)
+    cache_dir = _cache_dir(args)
     cls = learned.method_class(args.method)
     options = _options(args, cls)  # contradictions before loading the model
     base = None  # a tuned start gives the base (its solver and options) unless --base / --base-options say otherwise
@@ -147,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
         base = {"solver": args.base or "ipndm", "options": base_opts}
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
+    teacher_threads = _teacher_threads(args, denoiser)
     denoiser, scales = _guided(args, denoiser, cls, options)
-    recipe = _recipe(args, denoiser, shape, model_id, dtype, scales)
+    with torch_threads(teacher_threads):
+        recipe = _recipe(args, denoiser, shape, model_id, dtype, scales, cache_dir)
     afs = True if args.afs is None else args.afs
     if recipe is not None:
         from ..tune import training_start
@@ -169,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     nfe = args.nfe if args.nfe is not None or args.num_steps is not None or recipe is None else recipe.nfe
     teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     settings = dict(
-        teacher=learned.Teacher(args.teacher, teacher_options, args.M),
+        teacher=learned.Teacher(args.teacher, teacher_options, args.M, cache=cache_dir,
+                                threads=teacher_threads),
         budget=learned.Budget(batch=args.batch, total_samples=args.total_samples, lr=args.lr, seed=args.seed),
         objective=learned.Objective(loss=args.loss, soft_start=args.soft_start,
                                     soft_start_steps=args.soft_start_steps),
@@ -185,27 +200,76 @@ def run(args: argparse.Namespace) -> int:
     ok = False
     try:
         if info.is_main:
-            _plan(args, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base, info.world_size, threads)
+            _plan(args, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base, info.world_size,
+                  f"{threads}" + (f" (teacher {teacher_threads})" if teacher_threads not in (None, threads) else ""))
         sampler = learned.train(args.method, denoiser, shape=shape, nfe=nfe, num_steps=args.num_steps,
                                 afs=afs, options=options, base=base, schedule=spec, time_shift=args.time_shift,
                                 model_id=model_id, dtype=dtype, progress=info.is_main, **settings)
         if info.is_main:
             _report(sampler, out, info.world_size, threads, scales, shape)
-            if scales is None:
-                _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
-            else:  # a guidance-aware sampler: the report at each trained scale, the denoiser guiding at it
-                sampler.guidance_scale = None
-                for w in sorted(set(scales)):
-                    denoiser.scale = w
-                    print(f"at guidance scale {w:g}:")
-                    _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds)
+            with torch_threads(teacher_threads):
+                if scales is None:
+                    _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds, cache_dir)
+                else:  # a guidance-aware sampler: the report at each trained scale, the denoiser guiding at it
+                    sampler.guidance_scale = None
+                    for w in sorted(set(scales)):
+                        denoiser.scale = w
+                        print(f"at guidance scale {w:g}:")
+                        _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds, cache_dir)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
     return 0
 
 
-def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):  # noqa: ANN001, ANN202
+def _choose_method(args: argparse.Namespace) -> None:
+    """Without --method: the measured best at the asked NFE and guidance (fewstep.defaults.METHOD_RULES), said."""
+    import os
+
+    from ..defaults import default_method
+
+    if args.method is not None:
+        return
+    scales = []
+    if args.guidance is not None:
+        scales.append(args.guidance)
+    if args.guidance_scales is not None:
+        try:
+            scales += [float(v) for v in args.guidance_scales.split(",")]
+        except ValueError:
+            pass  # _guided says what is wrong
+    guided = any(w > 1 for w in scales)
+    nfe = args.nfe if args.nfe is not None or args.num_steps is not None or args.tuned is not None else 5
+    choice = default_method(nfe, guided)
+    args.method = choice.method
+    if os.environ.get("RANK", "0") == "0":
+        at = f"NFE {nfe}" if nfe is not None else "every NFE"
+        print(f"method {choice.method}: fewstep's default at {at}{' under guidance (w > 1)' if guided else ''}: "
+              f"{choice.why} (--method to choose another)", flush=True)
+
+
+def _cache_dir(args: argparse.Namespace):  # noqa: ANN202
+    """The teacher cache's directory: --cache-dir, else the default; None with --no-cache (or FEWSTEP_CACHE empty)."""
+    from ..teacher import default_cache_dir
+
+    if not args.cache:
+        if args.cache_dir is not None:
+            raise ValueError("give --cache-dir DIR or --no-cache, not both")
+        return None
+    return args.cache_dir if args.cache_dir is not None else default_cache_dir()
+
+
+def _teacher_threads(args: argparse.Namespace, denoiser) -> int | None:  # noqa: ANN001
+    """Threads of the gradient-free parts (teacher, tuning, report): --threads, else the idle cores for a network
+    (its forward pass is bitwise the same at any thread count, measured on the shipped U-Net), else unchanged."""
+    import torch
+
+    if args.threads:
+        return args.threads
+    return cli_args.idle_threads() if isinstance(denoiser, torch.nn.Module) else None
+
+
+def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales, cache_dir):  # noqa: ANN001, ANN202
     """The tuned classic configuration to start from: --tuned FILE, else measured now (fewstep.tune), unless
     --no-tune, --schedule, --base or --num-steps asks for something else; None then."""
     from ..recipe import Recipe
@@ -228,16 +292,40 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales):
     if main_rank:
         print(f"tuning the classic solvers at NFE {args.nfe or 5} first (fewstep tune; --no-tune skips it) ...",
               flush=True)
-    res = tune(denoiser, shape, args.nfe or 5, seeds=_per_label(denoiser, args.tune_seeds), sigma_min=args.sigma_min,
-               sigma_max=args.sigma_max, dtype=dtype, model_id=model_id, guidance=getattr(denoiser, "scale", None),
-               progress=main_rank)
+    from ..teacher import TeacherCache, model_key, provenance
+
+    seeds, guidance = _per_label(denoiser, args.tune_seeds), getattr(denoiser, "scale", None)
+    cache = None if cache_dir is None else TeacherCache(cache_dir)
+    model = model_key(denoiser, model_id)
+    saved = None
+    if cache is not None and model is not None:  # the tuning's result, as its own Recipe file beside the targets
+        fields = {**provenance("tune.py", "recipe.py", "schedule_search.py"), "kind": "tune", "model": model,
+                  "shape": list(shape), "nfe": args.nfe or 5, "seeds": seeds, "sigma_min": args.sigma_min,
+                  "sigma_max": args.sigma_max, "dtype": str(dtype), "guidance": guidance}
+        saved = cache.directory / f"{cache.key(fields)}.recipe.json"
+        if saved.is_file():
+            try:
+                best = Recipe.load(saved, model_id=model_id)
+                if main_rank:
+                    print(f"  best classic (tuned before, read from {saved}): {best.label()}: RMSE {best.rmse:.4g} "
+                          f"on {seeds} tuning seeds")
+                return best
+            except (OSError, ValueError) as e:
+                print(f"WARNING: ignoring {saved} ({str(e)[:200]}); tuning again", file=sys.stderr, flush=True)
+    res = tune(denoiser, shape, args.nfe or 5, seeds=seeds, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+               dtype=dtype, model_id=model_id, guidance=guidance, progress=main_rank, cache=cache)
     if main_rank:
         print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
+        if saved is not None:
+            try:
+                res.best.save(saved)
+            except OSError:
+                pass  # an unwritable cache: tune again next time (the teacher cache says so)
     return res.best
 
 
 def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, recipe, nfe, afs, base,  # noqa: ANN001
-          world_size: int, threads: int) -> None:
+          world_size: int, threads: str) -> None:
     """What is about to be trained, in a few lines."""
     from ..denoisers import sigma_range
 
@@ -262,11 +350,14 @@ def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, rec
           f"of {batch}; {world_size} process(es) x {threads} thread(s)", flush=True)
 
 
-def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int) -> None:  # noqa: ANN001
+def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int, cache_dir=None) -> None:  # noqa: ANN001
     """The closing report: trained vs its base vs the best classic configuration on held-out seeds."""
     from ..tune import report
 
-    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=_per_label(denoiser, seeds), dtype=dtype)
+    from ..teacher import TeacherCache
+
+    rep = report(sampler, denoiser, shape, recipe=recipe, seeds=_per_label(denoiser, seeds), dtype=dtype,
+                 cache=None if cache_dir is None else TeacherCache(cache_dir))
     s = rep["seeds"]
     print(f"held-out report: RMSE to the teacher (DEIS-4, {rep['teacher_steps']} steps) on seeds {s[0]}-{s[-1]}:")
     for row in rep["rows"]:

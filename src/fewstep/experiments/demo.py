@@ -241,7 +241,7 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
 def _learned_samplers(model: Any, cfg: DemoConfig, out: Path, say: Callable) -> tuple[dict[int, Any], bool]:
     """(NFE -> learned sampler, trained now?): the shipped ones for this model, or (``cfg.train``, or none shipped at
     ``cfg.train_nfe``) one trained now with the default method from the tuned start."""
-    from ..defaults import default_recipe
+    from ..defaults import default_method, default_recipe
     from ..recipe import Recipe
     from ..shipped import shipped_recipe, shipped_sampler
     from ..tune import training_start
@@ -259,7 +259,7 @@ def _learned_samplers(model: Any, cfg: DemoConfig, out: Path, say: Callable) -> 
     shape = (model.config.channels, res, res)
     path = shipped_recipe(model.model_id, cfg.train_nfe)
     recipe = Recipe.load(path) if path is not None else default_recipe(model, cfg.train_nfe)
-    method = learned.method_class("residual")  # fewstep train's default (docs/methods.md)
+    method = learned.method_class(default_method(cfg.train_nfe, guided=False).method)
     options, base, afs, sigmas = training_start(method, recipe)
     say(f"Training {method.method} for NFE {cfg.train_nfe} from {recipe.label()} ...", flush=True)
     budget = learned.Budget() if cfg.train_samples is None else learned.Budget(total_samples=cfg.train_samples)

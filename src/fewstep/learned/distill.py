@@ -5,6 +5,7 @@ default): the teacher's solution on a refined schedule is the target, the studen
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,11 +15,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..sampling import ModelCall, NonFiniteError, count_nfe, iterate, noise_for_seeds
+from ..sampling import ModelCall, NonFiniteError, Solution, count_nfe, iterate, noise_for_seeds
 from ..schedules import validate_sigmas
 from ..seeds import training_seeds
 from ..solvers import Solver
-from ..teacher import run_teacher
+from ..teacher import TeacherCache, log_cache, provenance, run_teacher, say_once
 from .settings import Checkpointing
 from .trainstate import TrainState, world
 
@@ -64,6 +65,9 @@ class Plan:
     desc: str = "train"
     progress: bool = True
     checkpoint: Checkpointing = field(default_factory=Checkpointing)
+    cache: TeacherCache | None = None
+    model_key: dict[str, Any] | None = None
+    teacher_threads: int | None = None
 
     def record(self) -> dict[str, Any]:
         """The training settings as JSON (the checkpoint's ``training``)."""
@@ -95,6 +99,19 @@ class LearnedSchedule(nn.Module):
         frac = torch.softmax(self.logits.to(torch.float64), 0).cumsum(0)[:-1]
         inner = (lo_max - frac * (lo_max - lo_min)).exp()
         return torch.cat([self.ends[:1], inner, self.ends[1:]])
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -147,6 +164,55 @@ def soft_start_delta(model: Callable, solver: Solver, afs: bool, x_start: torch.
     return delta.detach()
 
 
+def _cache_fields(plan: Plan, sig0: torch.Tensor, iters: int, rank: int, world_size: int,
+                  per_step: bool) -> dict[str, Any] | None:
+    """Everything that determines this process's teacher targets, as JSON (the cache key), or None when the model
+    has no id (said once)."""
+    if plan.model_key is None:
+        say_once("teacher cache: the denoiser has no model_id, so its teacher targets are not cached (give "
+                 "fewstep.learned.train a model_id that identifies the weights)")
+        return None
+    seeds = hashlib.sha256()
+    for it in range(iters):
+        seeds.update(",".join(map(str, training_seeds(plan.seed, it, plan.batch)[rank::world_size])).encode() + b";")
+    return {**provenance(), "model": plan.model_key, "shape": list(plan.shape),
+            "dtype": str(plan.dtype), "model_dtype": str(plan.model_dtype), "teacher": plan.teacher,
+            "teacher_options": plan.teacher_options, "M": plan.M, "sigmas": [float(v).hex() for v in sig0.tolist()],
+            "seeds": seeds.hexdigest(), "iterations": iters, "batch": plan.batch, "shard": [rank, world_size],
+            "trajectory": per_step, "guidance_scales": None if plan.guidance_scales is None else
+            list(plan.guidance_scales)}
+
+
+def _cached_targets(plan: Plan, sig0: torch.Tensor, iters: int, rank: int, world_size: int,
+                    per_step: bool) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """(the cache key's fields or None: no caching, the cached targets or None: compute them)."""
+    if plan.cache is None:
+        return None, None
+    try:
+        fields = _cache_fields(plan, sig0, iters, rank, world_size, per_step)
+        if fields is not None:
+            plan.cache.key(fields)
+    except (TypeError, ValueError):
+        say_once("teacher cache: the teacher settings are not plain JSON; not caching")
+        fields = None
+    if fields is None:
+        return None, None
+    local = len(training_seeds(plan.seed, 0, plan.batch)[rank::world_size])
+    if plan.cache.expected_bytes(iters * local, plan.shape, plan.dtype, len(sig0) if per_step else 0) > \
+            plan.cache.max_bytes:
+        say_once(f"teacher cache: {iters * local} teacher targets of shape {plan.shape} exceed the "
+                 f"{plan.cache.max_bytes / 2**30:.0f} GiB limit of one entry; not caching")
+        return None, None
+    expect = {"x": (iters, local, *plan.shape), "nfe": ()}
+    if per_step:
+        expect["trajectory"] = (iters, len(sig0), local, *plan.shape)
+    found = plan.cache.load(fields, expect)
+    if plan.progress and rank == 0:
+        log_cache(f"teacher targets: {'read from' if found else 'computing; they will be cached in'} "
+                  f"{plan.cache.path(fields) if found else plan.cache.directory}")
+    return fields, found
+
+
 def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sampler: Any = None,
             sched: LearnedSchedule | None = None, before_batch: Callable[[int], None] | None = None) -> TrainLog:
     """The distillation loop of every learned sampler: per batch the teacher runs once
@@ -179,16 +245,25 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
     start = state.load(losses) if ck.resume else 0
     t0, c0 = time.perf_counter(), time.process_time()
     want_features = sampler is not None and sampler.uses_features
+    fields, cached = _cached_targets(plan, sig0, iters, rank, world_size, per_step)
     bar = tqdm(range(start, iters), desc=f"{plan.desc} NFE {count_nfe(solver, num_steps, plan.afs)}",
                disable=not plan.progress or rank != 0)
     teacher_nfe = 0
+    computed: list[Solution] | None = [] if fields is not None and cached is None and start == 0 else None
     for it in bar:
         seeds = training_seeds(plan.seed, it, plan.batch)
         noise = noise_for_seeds(seeds[rank::world_size], plan.shape, dtype=plan.dtype)
         if before_batch is not None:
             before_batch(it)
-        teach = run_teacher(model, noise, sig0, plan.M, plan.teacher, plan.teacher_options, trajectory=per_step,
-                            model_dtype=plan.model_dtype)
+        if cached is not None:  # the targets an earlier run computed for exactly this batch
+            teach = Solution(cached["x"][it], int(cached["nfe"]), sig0,
+                             cached["trajectory"][it] if per_step else None)
+        else:
+            with threads(plan.teacher_threads):
+                teach = run_teacher(model, noise, sig0, plan.M, plan.teacher, plan.teacher_options,
+                                    trajectory=per_step, model_dtype=plan.model_dtype)
+            if computed is not None:
+                computed.append(teach)
         teacher_nfe = teach.nfe
         targets = teach.trajectory if per_step else None  # per step, or only the teacher's solution
         call = ModelCall(model, afs=plan.afs, features=want_features, model_dtype=plan.model_dtype)
@@ -239,6 +314,11 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
         if rank == 0 and state.path is not None and (
                 (ck.every and (it + 1) % ck.every == 0 and not last) or (last and ck.out is not None)):
             state.save(it + 1, losses)  # the final state too, so a failed save of ``out`` loses nothing
+    if computed:
+        store = {"x": torch.stack([t.x.detach() for t in computed]), "nfe": torch.tensor(teacher_nfe)}
+        if per_step:
+            store["trajectory"] = torch.stack([t.trajectory.detach() for t in computed])
+        plan.cache.store(fields, store)
     log = TrainLog(losses, time.perf_counter() - t0, teacher_nfe, time.process_time() - c0)
     if sched is not None and sampler is not None:
         with torch.no_grad():

@@ -154,6 +154,12 @@ class ResidualSampler(LearnedSampler):
         return ResidualStep(base=get_solver(base["solver"], **base["options"]), predictor=self,
                             history=self.options["history"])
 
+    def operator_call(self, x: torch.Tensor) -> Callable[[], Any]:
+        """The correction of the first step on ``x``, its history filled with ``x`` (the work of every step)."""
+        sigma = torch.as_tensor(self.config["sigmas"][0], dtype=x.dtype)
+        history = (x,) * self.options["history"]
+        return lambda: self.residual(x, history, 0, sigma)
+
     def cost(self, shape: tuple[int, ...]) -> dict[str, float]:
         """Parameters and multiply-adds of one step's correction for one sample of ``shape``."""
         c, hgt, wid = (*shape, 1, 1)[:3]

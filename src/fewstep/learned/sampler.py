@@ -175,6 +175,7 @@ class LearnedSampler(ScaleAware, nn.Module):
             self.xi = nn.Parameter(torch.zeros(n, dtype=self.PARAM_DTYPE or torch.get_default_dtype()))
         self.init_guidance(self.config.get("guidance"))
         self.log: Any = None  # the training log (fewstep.learned.TrainLog) after fewstep.learned.train
+        self.cost_measured: dict[str, float] | None = None  # fewstep.learned.cost.measure_cost, when training showed it
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -293,6 +294,16 @@ class LearnedSampler(ScaleAware, nn.Module):
     def progress(self) -> dict[str, str]:
         """Extra fields for the training progress bar."""
         return {}
+
+    def cost(self, shape: tuple[int, ...]) -> dict[str, float] | None:
+        """The cost of this method's operator per step for one sample of ``shape``: ``parameters`` (all steps),
+        ``macs_per_step`` (multiply-adds), ...; None for methods without one (tables of coefficients and times, whose
+        per-step work is a few vector operations). :func:`fewstep.learned.cost.measure_cost` measures it."""
+        return None
+
+    def operator_call(self, x: torch.Tensor) -> Callable[[], Any] | None:
+        """A call running one step's operator on the batch ``x`` (for FLOP counting and timing), or None."""
+        return None
 
     # ------------------------------------------------------------------ parameters the solvers read
     def time_factor(self, i: int) -> torch.Tensor:

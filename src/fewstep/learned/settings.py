@@ -51,11 +51,17 @@ def _flag(name: str, v: Any, none: bool = False) -> None:
 class Teacher:
     """The teacher a sampler is distilled from: ``solver`` with ``options`` (None: DEIS-logrho order 4 for "deis",
     the reference solver of :mod:`fewstep.teacher`) run with ``M`` log-uniform points inserted per interval of the
-    student's schedule (AMED, Sec. 3.4; None: the method's default)."""
+    student's schedule (AMED, Sec. 3.4; None: the method's default). ``cache``: a directory where the teacher's
+    targets are kept between runs (:class:`fewstep.teacher.TeacherCache`; ``fewstep train`` uses
+    :func:`fewstep.teacher.default_cache_dir`), keyed by everything that determines them; None: computed anew.
+    ``threads``: torch threads while the teacher runs (None: as set; ``fewstep train`` gives it the idle cores:
+    the teacher makes no gradients, and its outputs were measured bitwise equal across thread counts)."""
 
     solver: str = "deis"
     options: dict[str, Any] | None = None
     M: int | None = None
+    cache: str | os.PathLike | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -64,6 +70,15 @@ class Teacher:
             raise TypeError(f"teacher options must be a dict or None, got {type(self.options).__name__}")
         get_solver(self.solver, **teacher_options(self.solver, self.options))  # the solver's own checks
         _int("teacher M", self.M, 0)
+        _int("teacher threads", self.threads, 1)
+        if self.cache is not None and not isinstance(self.cache, (str, os.PathLike)):
+            raise TypeError(f"teacher cache must be a directory path or None, got {type(self.cache).__name__}")
+
+    def cache_store(self) -> Any:
+        """The :class:`fewstep.teacher.TeacherCache` at ``cache``, or None."""
+        from ..teacher import TeacherCache
+
+        return None if self.cache is None else TeacherCache(self.cache)
 
     def resolved_options(self) -> dict[str, Any]:
         """The options the teacher runs with."""

@@ -11,10 +11,13 @@ import torch
 from ..sampling import ModelCall, noise_for_seeds, steps_for_nfe
 from ..schedules import validate_sigmas
 from ..solvers import get_solver
+from ..teacher import model_key
+from .cost import cost_line, measure_cost
 from .distill import LearnedSchedule, Plan, TrainLog, distill, frozen
 from .guidance import guidance_entry, scale_cycle
 from .registry import method_class
 from .sampler import LearnedSampler
+from .trainstate import world
 from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher, checked
 
 __all__ = ["train", "learn_schedule", "TrainedSchedule"]
@@ -86,6 +89,7 @@ def train(
     Settings objects (:mod:`fewstep.learned.settings`): ``schedule`` (kind, sigma range, learned or not),
     ``teacher`` (solver, M), ``budget`` (batch, samples, lr, seed), ``objective`` (loss, distance, LD3 soft start),
     ``checkpoint`` (out, training state, resume); None fields take the method's measured :class:`Defaults`.
+    ``teacher.cache``: keep the teacher's targets in that directory and reuse them (bitwise the same training).
     ``dtype`` is the trajectories' dtype, ``model_dtype`` the one the model is called in (default: its own).
     Under ``torch.distributed`` every rank takes its share of each global batch (gradients summed), so the result
     matches one process up to rounding. Deterministic given ``budget.seed``. The training log (losses, seconds) is
@@ -136,7 +140,8 @@ def train(
                 loss=objective.loss, distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=learn,
                 schedule_lr=schedule.lr, soft_start=objective.soft_start, soft_start_steps=objective.soft_start_steps,
                 guidance_scales=None if scales is None else scales.scales, dtype=dtype, model_dtype=model_dtype,
-                desc=method, progress=progress, checkpoint=checkpoint)
+                desc=method, progress=progress, checkpoint=checkpoint, cache=teacher.cache_store(),
+                model_key=model_key(denoiser, model_id), teacher_threads=teacher.threads)
     config = cls.make_config(sig, afs=afs, options=options, base=base,
                              time_shift=d.time_shift if time_shift is None else time_shift, schedule=sched_cfg,
                              model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),
@@ -147,6 +152,10 @@ def train(
     if cls.PARAM_DTYPE is None:
         sampler.to(dtype)
     sched = LearnedSchedule(sig) if learn else None
+    if progress and world()[0] == 0:  # what the operator costs per step, before the minutes of training
+        sampler.cost_measured = measure_cost(sampler, denoiser, shape, plan.batch, dtype, model_dtype)
+        if sampler.cost_measured is not None:
+            print(cost_line(method, sampler.cost_measured), flush=True)
     with frozen(denoiser), scale_cycle(denoiser, sampler, None if scales is None else list(scales.scales)) as hook:
         sampler.log = distill(model, sampler.solver(), sig, plan, sampler, sched, hook)
     return sampler.eval()
@@ -197,7 +206,8 @@ def learn_schedule(
                 M=8 if teacher.M is None else teacher.M, batch=budget.batch or 64,
                 total_samples=budget.total_samples or 8192, lr=lr, lr_decay=budget.lr_decay, loss="final",
                 distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=True, schedule_lr=lr,
-                dtype=dtype, model_dtype=model_dtype, desc=f"schedule {solver}", progress=progress)
+                dtype=dtype, model_dtype=model_dtype, desc=f"schedule {solver}", progress=progress,
+                cache=teacher.cache_store(), model_key=model_key(denoiser), teacher_threads=teacher.threads)
     sched = LearnedSchedule(sig)
     with frozen(denoiser):
         log = distill(denoiser, solv, sig, plan, None, sched)
