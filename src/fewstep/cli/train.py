@@ -393,6 +393,12 @@ def _report(sampler, out: Path, world_size: int, threads: int, scales: list[floa
           f"process(es) x {threads} thread(s); final training loss {loss:.4g} (RMS distance to the teacher per "
           f"element); wrote {out} ({sampler.nfe()} model evaluations per sample"
           + (f" in {rounds} sequential rounds" if rounds != sampler.nfe() else "") + ")")
+    if log.restored is not None:
+        it, best, last = log.restored
+        f = (lambda v: v / unit) if unit else (lambda v: v ** 0.5)
+        print(f"WARNING: the training diverged (loss {f(best):.4g} around iteration {it}, {f(last):.4g} at the end, "
+              f"RMS per element): the parameters of iteration {it} were kept; a lower --lr (or --schedule-lr) or "
+              "another --method may do better", flush=True)
     if (cfg.get("schedule") or {}).get("kind") in ("learned", "tensor"):
         print("  sigmas: " + ", ".join(f"{v:.4g}" for v in cfg["sigmas"]))
     if scales is not None:

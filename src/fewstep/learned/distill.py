@@ -35,6 +35,7 @@ class TrainLog:
     seconds: float
     teacher_nfe_per_sample: int
     cpu_seconds: float = 0.0
+    restored: tuple[int, float, float] | None = None  # (iteration, its window loss, the last window's): see distill
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,37 @@ def _cached_targets(plan: Plan, sig0: torch.Tensor, iters: int, rank: int, world
     return fields, found
 
 
+class _DivergenceGuard:
+    """Keeps the parameters at the best moving-window training loss; if the last window's loss ends above
+    ``FACTOR`` times that best (the run diverged: e.g. a learned schedule drifting into a region the method cannot
+    follow), :meth:`finish` restores them and says so in the log. A run that does not diverge is untouched (bitwise).
+    The window is 1/16 of the run (at least 8 iterations); a resumed run starts the watch at its resume point."""
+
+    FACTOR = 1.5
+
+    def __init__(self, params: list[torch.Tensor], iters: int) -> None:
+        self.params, self.window = params, max(8, iters // 16)
+        self.best: tuple[float, int, list[torch.Tensor]] | None = None
+
+    def _mean(self, losses: list[float]) -> float:
+        return sum(losses[-self.window:]) / min(self.window, len(losses))
+
+    def update(self, losses: list[float], it: int) -> None:
+        if len(losses) < self.window:
+            return
+        m = self._mean(losses)
+        if self.best is None or m < self.best[0]:
+            self.best = (m, it, [p.detach().clone() for p in self.params])
+
+    def finish(self, losses: list[float]) -> tuple[int, float, float] | None:
+        if self.best is None or len(losses) < self.window or self._mean(losses) <= self.FACTOR * self.best[0]:
+            return None
+        with torch.no_grad():
+            for p, v in zip(self.params, self.best[2]):
+                p.copy_(v)
+        return self.best[1], self.best[0], self._mean(losses)
+
+
 def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sampler: Any = None,
             sched: LearnedSchedule | None = None, before_batch: Callable[[int], None] | None = None) -> TrainLog:
     """The distillation loop of every learned sampler: per batch the teacher runs once
@@ -249,6 +281,7 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
     bar = tqdm(range(start, iters), desc=f"{plan.desc} NFE {count_nfe(solver, num_steps, plan.afs)}",
                disable=not plan.progress or rank != 0)
     teacher_nfe = 0
+    guard = _DivergenceGuard(params, iters)
     computed: list[Solution] | None = [] if fields is not None and cached is None and start == 0 else None
     for it in bar:
         seeds = training_seeds(plan.seed, it, plan.batch)
@@ -305,6 +338,7 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
                 f"{plan.desc}: the learned parameters became NaN/inf at iteration {it + 1} of {iters}; lower the "
                 "learning rate or train in float64 (dtype=torch.float64)")
         losses.append(float(total))
+        guard.update(losses, it + 1)
         post = {"loss": f"{float(total):.4f}", **(sampler.progress() if sampler is not None else {})}
         if sched is not None:
             with torch.no_grad():
@@ -319,7 +353,7 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
         if per_step:
             store["trajectory"] = torch.stack([t.trajectory.detach() for t in computed])
         plan.cache.store(fields, store)
-    log = TrainLog(losses, time.perf_counter() - t0, teacher_nfe, time.process_time() - c0)
+    log = TrainLog(losses, time.perf_counter() - t0, teacher_nfe, time.process_time() - c0, guard.finish(losses))
     if sched is not None and sampler is not None:
         with torch.no_grad():
             sampler.config["sigmas"] = [float(v) for v in validate_sigmas(sched(), "learned schedule")]
