@@ -21,11 +21,9 @@ __all__ = ["train", "learn_schedule", "TrainedSchedule"]
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
-    if not isinstance(shape, tuple) or not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                                                         for d in shape):
-        raise ValueError(f"shape must be a non-empty sequence of positive ints (one sample, no batch), got {shape!r}")
-    return shape
+    from ..jsonio import check_shape
+
+    return check_shape(tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape)
 
 
 def _num_steps(nfe: int | None, num_steps: int | None, solver: Any, afs: bool) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ...jsonio import MAX_TRAIN_TIMESTEPS
 from .backend import SchedulerMixin, diffusers
 from .scheduler import FewstepScheduler
 from .spaces import PREDICTION_TYPES, alphas_cumprod, is_flow_config
@@ -92,6 +93,8 @@ def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLik
             "scheduler into the model folder (scheduler.save_pretrained(folder))")
     defaults = []
     if not flow and merged.get("trained_betas") is not None:
+        if not isinstance(merged["trained_betas"], (list, tuple)) or len(merged["trained_betas"]) > MAX_TRAIN_TIMESTEPS:
+            raise ValueError(f"trained_betas must be a list of at most {MAX_TRAIN_TIMESTEPS} numbers")
         merged.setdefault("num_train_timesteps", len(merged["trained_betas"]))
         origin.setdefault("num_train_timesteps", origin["trained_betas"])
     # beta_start / beta_end mean nothing for trained betas or the cosine schedule: filled, but not reported
@@ -106,8 +109,9 @@ def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLik
     if not flow:
         out["trained_betas"] = list(map(float, out["trained_betas"])) if out["trained_betas"] is not None else None
     T = out["num_train_timesteps"]
-    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
-        raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
+    if isinstance(T, bool) or not isinstance(T, int) or not 2 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps must be an int in [2, {MAX_TRAIN_TIMESTEPS}], got {T!r}"
+                         + (f" ({file})" if file is not None else ""))
     if not flow and out["trained_betas"] is not None and len(out["trained_betas"]) != T:
         raise ValueError(f"trained_betas has {len(out['trained_betas'])} entries but num_train_timesteps is {T}")
     if out["prediction_type"] not in PREDICTION_TYPES:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...denoisers.adapters import FlowModel, VPModel
+from ...jsonio import MAX_NFE
 from ...sampling import steps_for_nfe
 from ...schedules import get_schedule
 from ..stepper import DRY_RUN_SHAPE, Request, Stepper
@@ -84,10 +85,12 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
         return (flow_sigma(flow_shift(cfg, s, mu)) if isinstance(adapter, FlowModel) else s), solver, afs, dtz, opts
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"num_inference_steps must be a positive int (the number of model calls), got {nfe!r}")
+    if nfe > MAX_NFE:
+        raise ValueError(f"num_inference_steps must be at most {MAX_NFE} model calls, got {nfe}")
     try:
         n = steps_for_nfe(solver, nfe - int(dtz), afs, **opts)
     except ValueError:
-        ok = [k for k in range(1, nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)]
+        ok = [k for k in range(max(1, nfe - 8), nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)]
         raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
                          f"num_inference_steps={nfe} model calls; possible: {ok[:8]}") from None
     kind = "polynomial" if cfg.schedule == "diffusers" and cfg.use_karras_sigmas else cfg.schedule
