@@ -94,7 +94,7 @@ class JSONInputError(ValueError):
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed (numbers must be finite)")
+    raise ValueError(f"{name} is not a number (numbers must be finite)")
 
 
 def _finite_floats(value: Any) -> str | None:

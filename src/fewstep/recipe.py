@@ -111,9 +111,9 @@ class Recipe:
 
     # ------------------------------------------------------------------ sampling
     def sampling_setup(self, denoiser: Callable, *, sigmas: Any = None, solver: Any = None,
-                       afs: bool | None = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
+                       afs: bool | None = None, shape: Any = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
         """(denoiser, sigmas, solver, afs) to sample with; given ones must agree, and the denoiser must be the model
-        the recipe was tuned on."""
+        the recipe was tuned on (a classic solver works on any ``shape``)."""
         mine = torch.tensor(self.sigmas, dtype=torch.float64)
         if sigmas is not None and not same_sigmas(validate_sigmas(sigmas), mine):
             raise ValueError(f"this recipe was tuned for sigmas {[float(f'{v:.6g}') for v in self.sigmas]}; pass "

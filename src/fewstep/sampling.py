@@ -328,7 +328,8 @@ def solve(
                             f"got {type(predictor).__name__}")
         if options:
             raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
-        denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs)
+        shape = tuple(noise.shape[1:]) if isinstance(noise, torch.Tensor) and noise.ndim >= 2 else None
+        denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs, shape=shape)
     if sigmas is None:
         raise TypeError("solve() / sample() need sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
     solver = "euler" if solver is None else solver

@@ -340,7 +340,10 @@ def read_schedule_file(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str,
     try:
         doc = load_json(path, what="schedule file", max_bytes=MAX_SCHEDULE_BYTES, expect=(dict, list))
     except JSONInputError as e:
-        raise ValueError(f"{path} is not a JSON schedule file: {e.detail}") from None
+        if e.detail.startswith("is not a regular file") or e.detail.endswith((" are read", " bytes")):
+            raise ValueError(f"{path} {e.detail}") from None  # not a regular file, too large
+        raise ValueError(f"{path} is not a JSON schedule file: {e.detail.removeprefix('is not valid JSON: ')}") \
+            from None
     except OSError as e:
         if isinstance(e, FileNotFoundError):
             raise FileNotFoundError(f"no schedule file at {path}") from None

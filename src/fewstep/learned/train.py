@@ -12,7 +12,7 @@ from ..sampling import ModelCall, noise_for_seeds, steps_for_nfe
 from ..schedules import validate_sigmas
 from ..solvers import get_solver
 from .distill import LearnedSchedule, Plan, TrainLog, distill, frozen
-from .guidance import guidance_entry, scale_cycle
+from .guidance import conditioning_of, guidance_entry, scale_cycle
 from .registry import method_class
 from .sampler import LearnedSampler
 from .settings import Budget, Checkpointing, GuidanceScales, Objective, ScheduleSpec, Teacher, checked
@@ -46,6 +46,16 @@ def _guidance(guidance: Any, denoiser: Any) -> GuidanceScales | None:
         raise TypeError("guidance scales need a denoiser whose guidance scale can be set per batch: wrap the "
                         "conditional model in fewstep.denoisers.Guided(model, labels, scale)")
     return g
+
+
+def _conditioning(denoiser: Any, scales: GuidanceScales | None) -> dict[str, Any] | None:
+    """The guidance scale and class labels the sampler is trained under (recorded in the checkpoint and the resume
+    fingerprint; sampling under others is refused). A guidance-aware sampler records its labels only: its scales
+    are the config's ``guidance`` range."""
+    cond = conditioning_of(denoiser)
+    if cond is not None and scales is not None:
+        cond["guidance"] = None
+    return cond
 
 
 def train(
@@ -133,7 +143,8 @@ def train(
                 lr=cls.default_lr(options) if budget.lr is None else budget.lr, lr_decay=budget.lr_decay,
                 loss=objective.loss, distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=learn,
                 schedule_lr=schedule.lr, soft_start=objective.soft_start, soft_start_steps=objective.soft_start_steps,
-                guidance_scales=None if scales is None else scales.scales, dtype=dtype, model_dtype=model_dtype,
+                guidance_scales=None if scales is None else scales.scales, conditioning=_conditioning(denoiser, scales),
+                dtype=dtype, model_dtype=model_dtype,
                 desc=method, progress=progress, checkpoint=checkpoint)
     config = cls.make_config(sig, afs=afs, options=options, base=base,
                              time_shift=d.time_shift if time_shift is None else time_shift, schedule=sched_cfg,
