@@ -180,7 +180,8 @@ def test_cli_refuses_another_class_and_scale(tmp_path, capsys):
 
     out = tmp_path / "d.safetensors"
     assert main(["train", "--model", "digits", "--method", "dyweight", "--nfe", "3", "--guidance", "2", "--class",
-                 "3", "--total-samples", "4", "--batch", "4", "--M", "1", "--out", str(out)]) == 0
+                 "3", "--total-samples", "4", "--batch", "4", "--M", "1", "--no-tune", "--report-seeds", "1",
+                 "--out", str(out)]) == 0
     capsys.readouterr()
     for extra, match in [(["--class", "7", "--guidance", "8"], "class(es) 3, not 7"),
                          (["--class", "3", "--guidance", "8"], "guidance scale 2, not 8"),
