@@ -173,6 +173,14 @@ def _tiny_unet_folder(path: Path, channels: int = 3) -> Path:
     ("scheduler_config.json", '{"num_train_timesteps": 1000000000000, "prediction_type": "epsilon", '
                               '"beta_schedule": "linear"}', r"num_train_timesteps must be an int in \[2, 100000\]"),
     ("model_index.json", "[0]", "must be a JSON object"),
+    ("scheduler_config.json", '{"prediction_type": "epsilon", "beta_schedule": "linear", "beta_start": "0.1"}',
+     "beta_start .* must be a finite number"),
+    ("scheduler_config.json", '{"prediction_type": "epsilon", "trained_betas": [true, 0.5]}',
+     "trained_betas .* must be a list"),
+    ("scheduler_config.json", '{"prediction_type": ["epsilon"], "beta_schedule": "linear"}',
+     "prediction_type .* must be a string"),
+    ("scheduler_config.json", '{"_class_name": [1], "prediction_type": "epsilon", "beta_schedule": "linear"}',
+     "_class_name must be a string"),
 ])
 def test_diffusers_configs_are_read_safely(tmp_path, name, text, match):
     from fewstep.integrations.diffusers import load_denoiser
