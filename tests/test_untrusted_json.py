@@ -303,6 +303,10 @@ def test_schedule_export_for_a_solver_with_options_states_what_runs(tmp_path):
     (lambda: fewstep.noise_for_seeds([0], (4096, 4096, 4096)), "elements per sample"),
     (lambda: check_shape((3, 0)), "positive ints"),
     (lambda: learned.train("dyweight", lambda x, s: x, shape=(10**7,)), "at most"),
+    (lambda: learned.Budget(batch=10**12), "batch must be at most"),
+    (lambda: learned.Teacher(M=10**9), "teacher M must be at most"),
+    (lambda: __import__("fewstep.schedule_search").schedule_search.search_schedule(
+        lambda x, s: x, (3, 64, 64), nfe=5, grid=10**5), "bytes of teacher trajectories"),
 ])
 def test_sizes_from_arguments_are_bounded(call, match):
     with pytest.raises(ValueError, match=match):
