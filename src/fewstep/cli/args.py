@@ -86,9 +86,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
     try:
-        return check_shape(shape, "--shape")
+        return check_shape(shape, "shape")
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(f"got {text!r}: {e}") from None
 
 
 SCHEDULE_KINDS = ("polynomial", "logsnr", "time_uniform", "discrete")

@@ -148,7 +148,7 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     host_kind = kind if "interpolated_from" not in doc else f"{kind}_interpolated"
     if host_kind == "learned_sampler":
         out_nfe = _sampler_calls(sampler)
-    elif host_kind == "schedule":
+    elif kind == "schedule":  # also interpolated: the solver named in the file, run on the exported sigmas
         out_nfe = _schedule_calls(solver, sig, afs)
     doc.update({
         "model_id": model_id,
