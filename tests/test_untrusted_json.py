@@ -4,6 +4,7 @@ bounded before anything is allocated."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -19,9 +20,10 @@ import fewstep.k as fk
 from fewstep import learned
 from fewstep.cli import main
 from fewstep.io import write_safetensors
-from fewstep.jsonio import MAX_JSON_DEPTH, MAX_NFE, check_shape, get_bool, get_float, get_int, load_json
+from fewstep.jsonio import MAX_NFE, check_shape, get_bool, get_float, get_int, load_json
 from fewstep.learned import METHODS
 from fewstep.learned.export import export_document
+from fewstep.schedule_search import search_schedule
 from fewstep.schedules import load_schedule, read_schedule_file, save_schedule
 
 torch.set_num_threads(1)
@@ -150,7 +152,7 @@ def test_safetensors_header_depth_is_checked(tmp_path):
 # ------------------------------------------------------------------------------------------------ diffusers folders
 
 
-diffusers_only = pytest.mark.skipif(not __import__("importlib").util.find_spec("diffusers"), reason="no diffusers")
+diffusers_only = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers is not installed")
 
 
 def _tiny_unet_folder(path: Path, channels: int = 3) -> Path:
@@ -305,8 +307,7 @@ def test_schedule_export_for_a_solver_with_options_states_what_runs(tmp_path):
     (lambda: learned.train("dyweight", lambda x, s: x, shape=(10**7,)), "at most"),
     (lambda: learned.Budget(batch=10**12), "batch must be at most"),
     (lambda: learned.Teacher(M=10**9), "teacher M must be at most"),
-    (lambda: __import__("fewstep.schedule_search").schedule_search.search_schedule(
-        lambda x, s: x, (3, 64, 64), nfe=5, grid=10**5), "bytes of teacher trajectories"),
+    (lambda: search_schedule(lambda x, s: x, (3, 64, 64), nfe=5, grid=10**5), "bytes of teacher trajectories"),
 ])
 def test_sizes_from_arguments_are_bounded(call, match):
     with pytest.raises(ValueError, match=match):

@@ -4,7 +4,6 @@ loading and thread choice."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
