@@ -388,3 +388,28 @@ def test_image_folders_and_npz_are_bounded(tmp_path, monkeypatch):
         load_images(folder)
     with pytest.raises(ValueError, match="uncompressed; at most 1000"):
         load_images(tmp_path / "x.npz")
+
+
+@pytest.mark.parametrize("key,value,match", [("version", True, "version"), ("afs", "false", "afs must be true or false"),
+                                             ("sigmas", [80.0, True], "sigmas must be a list"),
+                                             ("time_shift", 0, "time_shift must be true or false")])
+def test_checkpoint_config_types_are_strict(tmp_path, key, value, match):
+    from fewstep.io import tensor_digest
+    from learned_helpers import make_sampler
+
+    p = make_sampler(METHODS["dyweight"], fewstep.get_schedule("polynomial", 4))
+    cfg = dict(p.config, **{key: value})
+    tensors = {k: v.detach().contiguous() for k, v in p.state_dict().items()}
+    path = write_safetensors(tmp_path / "c.safetensors", tensors, {
+        "format": "fewstep-learned-sampler", "config": json.dumps(cfg), "sha256": tensor_digest(tensors)})
+    with pytest.raises(learned.CheckpointError, match=match):
+        learned.load(path)
+
+
+@pytest.mark.parametrize("key,value", [("dropout", False), ("sigma_data", True), ("noise_max_freq", "64"),
+                                       ("img_resolution", 16.0), ("mid_attention", 1)])
+def test_unet_config_types_are_strict(key, value):
+    from fewstep.denoisers.unet import UNetConfig
+
+    with pytest.raises(ValueError, match=key):
+        UNetConfig(**{key: value})

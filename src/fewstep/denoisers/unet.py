@@ -88,6 +88,10 @@ class UNetConfig:
         for c in self.level_channels:
             if c % self.norm_groups:
                 raise ValueError(f"norm_groups {self.norm_groups} does not divide the channel count {c}")
+        for name in ("noise_max_freq", "dropout", "sigma_data"):  # finite numbers, not bools or strings
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}: must be a finite number, got {v!r}")
         if not self.noise_max_freq >= 1.0:
             raise ValueError(f"noise_max_freq: must be >= 1, got {self.noise_max_freq!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -410,12 +410,13 @@ def check_config(cfg: Any, where: str, methods: dict[str, type[LearnedSampler]])
         raise CheckpointError(f"{where}: unknown config keys {', '.join(sorted(unknown))}")
     if missing:
         raise CheckpointError(f"{where}: config lacks {', '.join(sorted(missing))}")
-    if cfg["version"] != VERSION:
+    if isinstance(cfg["version"], bool) or cfg["version"] != VERSION:
         raise CheckpointError(f"{where}: version {cfg['version']!r}, this fewstep reads version {VERSION}")
     if not isinstance(cfg["method"], str) or cfg["method"] not in methods:
         raise bad("method", f"one of {', '.join(methods)}", cfg["method"])
     cls = methods[cfg["method"]]
-    if not isinstance(cfg["sigmas"], list) or not 2 <= len(cfg["sigmas"]) <= 1000:
+    if not isinstance(cfg["sigmas"], list) or not 2 <= len(cfg["sigmas"]) <= 1000 or \
+            any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in cfg["sigmas"]):
         raise bad("sigmas", "a list of 2 to 1000 numbers", cfg["sigmas"])
     try:
         validate_sigmas(cfg["sigmas"], "sigmas")
