@@ -260,7 +260,7 @@ API = [
      lambda f: learned.train("amed", GAUSS, shape=(3, 2, 2), objective=learned.Objective(distance="l1"),
                              progress=False), ValueError, "distance must be one of l2, mse, got 'l1'"),
     ("train-shape-zero", lambda f: learned.train("amed", GAUSS, shape=(0, 3), progress=False), ValueError,
-     r"shape must be a non-empty sequence of positive ints .*got \(0, 3\)"),
+     r"shape must be a non-empty tuple of positive ints, got \(0, 3\)"),
 ]
 
 # Bad inputs to learned.train (their errors were unclear or missing before); each entry gives the keywords that

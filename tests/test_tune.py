@@ -92,11 +92,11 @@ def test_recipe_refuses_another_model_and_settings(gmm, result, tmp_path):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("afs", "false", "afs must be a bool"),
-    ("nfe", 5.0, "nfe must be a int"),
-    ("nfe", True, "nfe must be a int"),
+    ("afs", "false", "afs must be true or false"),
+    ("nfe", 5.0, "nfe must be a positive integer"),
+    ("nfe", True, "nfe must be a positive integer"),
     ("nfe", 7, "makes 5 model evaluations, not nfe=7"),
-    ("options", ["max_order", 2], "options must be a dict"),
+    ("options", ["max_order", 2], "options must be a JSON object"),
     ("solver", "rk4", "classic solver name"),
     ("model_id", 3, "model_id must be a string"),
     ("rmse", "small", "rmse must be a finite number"),

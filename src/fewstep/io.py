@@ -108,15 +108,13 @@ def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int
     return st.st_size
 
 
-def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = 2**24) -> Any:
-    """Parse a JSON file that must be a regular file of bounded size; ValueError naming the file otherwise
-    (also for nesting too deep or numbers too long to parse)."""
-    path = Path(path)
-    regular_file_size(path, max_bytes, what)
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid {what}: {type(e).__name__}: {str(e)[:200]}") from None
+def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = 2**24,
+                   expect: type | tuple[type, ...] | None = None) -> Any:
+    """Parse a JSON file that must be a regular file of bounded size (:func:`fewstep.jsonio.load_json`: depth,
+    finite numbers, top-level type ``expect``); ValueError naming the file otherwise."""
+    from .jsonio import load_json
+
+    return load_json(Path(path), what=what, max_bytes=max_bytes, expect=expect)
 
 
 def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES,
@@ -137,12 +135,12 @@ def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FIL
             raise SafetensorsFileError(f"{path} is not a readable safetensors file (header length {n}, file size {size})")
         f.seek(8)
         raw = f.read(n)
+    from .jsonio import load_json
+
     try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        raise SafetensorsFileError(f"{path} is not a readable safetensors file: bad header ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise SafetensorsFileError(f"{path} is not a safetensors file: header is not a JSON object")
+        header = load_json(raw, what="header", max_depth=8, max_bytes=MAX_HEADER_BYTES, expect=dict)
+    except ValueError as e:
+        raise SafetensorsFileError(f"{path} is not a readable safetensors file: bad {e}") from None
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise SafetensorsFileError(f"{path}: metadata must map strings to strings")
@@ -164,10 +162,6 @@ def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FIL
     return header, meta
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid number in a config")
-
-
 def read_safetensors_config(path: str | os.PathLike, *, fmt: str, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:
     """The JSON ``config`` in the metadata of a safetensors file of format ``fmt``, read from the header only
     (no tensor is loaded); NaN/Infinity, nesting too deep and over-long numbers are refused. The caller checks
@@ -176,10 +170,14 @@ def read_safetensors_config(path: str | os.PathLike, *, fmt: str, what: str, max
     meta = read_safetensors_header(path, max_bytes=max_bytes, what=what)[1]
     if meta.get("format") != fmt:
         raise SafetensorsFileError(f"{path} is not a {what} (format {meta.get('format')!r})")
+    from .jsonio import load_json
+
+    if not isinstance(meta.get("config"), str):
+        raise SafetensorsFileError(f"{path} has no JSON config in its metadata")
     try:
-        return json.loads(meta["config"], parse_constant=_no_constant)
-    except (KeyError, ValueError, RecursionError) as e:
-        raise SafetensorsFileError(f"{path} has no valid JSON config: {type(e).__name__}: {str(e)[:200]}") from None
+        return load_json(meta["config"], what="config", expect=dict)
+    except ValueError as e:
+        raise SafetensorsFileError(f"{path} has no valid JSON config: {e}") from None
 
 
 def read_safetensors(path: str | os.PathLike, *, fmt: str | None = None, max_bytes: int = MAX_FILE_BYTES,

@@ -158,8 +158,14 @@ def _read_png(f: Path) -> np.ndarray:
     """(H, W, C) uint8 of a PNG file (greyscale -> 1 channel, alpha dropped); ValueError naming a bad file."""
     from PIL import Image, UnidentifiedImageError
 
+    from .jsonio import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+
     try:
-        with Image.open(f) as im:
+        with Image.open(f) as im:  # reads the header only: the size is checked before any pixel is decoded
+            w, h = im.size
+            if max(w, h) > MAX_IMAGE_SIDE or w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{f} is {w}x{h} pixels; images read here are at most {MAX_IMAGE_SIDE} per side and "
+                                 f"{MAX_IMAGE_PIXELS} pixels (a larger PNG may be a decompression bomb)")
             im.load()
             mode = im.mode
             if mode in ("1", "L", "LA"):
@@ -168,6 +174,8 @@ def _read_png(f: Path) -> np.ndarray:
                 a = np.asarray(im.convert("RGB"))
             else:
                 raise ValueError(f"{f}: PNG mode {mode!r} (e.g. 16-bit) is not supported; give 8-bit grey or RGB PNGs")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{f} is refused as a decompression bomb: {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
         raise ValueError(f"{f} is not a readable PNG image: {e}") from None
     return a
@@ -184,11 +192,16 @@ def _regular_file(path: Path, what: str) -> None:
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """All arrays of an .npz file (no pickles); ValueError naming the file if it is not a readable one."""
+    from .jsonio import MAX_ARRAY_BYTES
+
     _regular_file(path, what)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("not an .npz archive")
+            size = sum(i.file_size for i in z.zip.infolist())  # uncompressed sizes, before anything is inflated
+            if size > MAX_ARRAY_BYTES:
+                raise ValueError(f"its arrays take {size} bytes uncompressed; at most {MAX_ARRAY_BYTES} are read")
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, MemoryError) as e:
         raise ValueError(f"{path} is not a readable .npz {what}: {type(e).__name__}: {str(e)[:200]}") from None
@@ -203,9 +216,15 @@ def load_images(path: str | Path) -> np.ndarray:
         files = sorted(p for p in path.rglob("*.png") if not p.name.startswith("."))
         if not files:
             raise ValueError(f"{path} has no .png files")
-        arrs = []
+        from .jsonio import MAX_ARRAY_BYTES
+
+        arrs, total = [], 0
         for f in files:
             a = _read_png(f)
+            total += a.nbytes * 4  # as float32
+            if total > MAX_ARRAY_BYTES:
+                raise ValueError(f"{path}: the images would take more than {MAX_ARRAY_BYTES} bytes as float32 (at "
+                                 f"{f}); evaluate fewer or smaller images")
             if arrs and a.shape != arrs[0].shape:
                 raise ValueError(f"{f} has shape {a.shape} (H, W, C), but {files[0]} has {arrs[0].shape}; all images "
                                  "must have the same size and channels")
@@ -276,10 +295,12 @@ def load_stats(path: str | Path, features: str | "FeatureExtractor",
     redo = "recompute them with --ref IMAGES --save-ref-stats FILE"
     if "record" in z:
         try:
-            record = json.loads(str(z["record"]))
-            if not isinstance(record, dict) or record.get("format") != STATS_FORMAT:
+            from .jsonio import load_json
+
+            record = load_json(str(z["record"]), what="record", max_bytes=2**20, expect=dict)
+            if record.get("format") != STATS_FORMAT:
                 raise ValueError
-        except (ValueError, RecursionError):
+        except ValueError:
             raise ValueError(f"{path}: unreadable record of what the statistics were made from; {redo}") from None
         want: dict = {}
         if image_shape is not None:

@@ -6,7 +6,6 @@ reader takes its sigmas) whose ``info`` holds the rest, read back with strict ty
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .schedules import get_schedule, load_schedule, same_sigmas, save_schedule, validate_sigmas
+from .schedules import get_schedule, read_schedule_file, same_sigmas, save_schedule, validate_sigmas
 from .solvers import SOLVERS, Solver, get_solver
 
 __all__ = ["Recipe", "option_label", "make_sigmas", "model_timesteps", "RECIPE_FORMAT"]
@@ -112,9 +111,9 @@ class Recipe:
 
     # ------------------------------------------------------------------ sampling
     def sampling_setup(self, denoiser: Callable, *, sigmas: Any = None, solver: Any = None,
-                       afs: bool | None = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
+                       afs: bool | None = None, shape: Any = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
         """(denoiser, sigmas, solver, afs) to sample with; given ones must agree, and the denoiser must be the model
-        the recipe was tuned on."""
+        the recipe was tuned on (a classic solver works on any ``shape``)."""
         mine = torch.tensor(self.sigmas, dtype=torch.float64)
         if sigmas is not None and not same_sigmas(validate_sigmas(sigmas), mine):
             raise ValueError(f"this recipe was tuned for sigmas {[float(f'{v:.6g}') for v in self.sigmas]}; pass "
@@ -138,13 +137,8 @@ class Recipe:
     def load(cls, path: str | os.PathLike, model_id: str | None = None) -> "Recipe":
         """A recipe written by :meth:`save` (``fewstep tune``); every field's type is checked (a JSON ``"false"`` is
         not false). ``model_id``: refuse a recipe tuned for another model."""
-        sig = load_schedule(path)  # a bounded read of a regular file, with the schedule checks
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constant)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{path}: not a readable recipe ({type(e).__name__})") from None
-        info = doc.get("info") if isinstance(doc, dict) else None
-        if not isinstance(info, dict) or info.get("format") != RECIPE_FORMAT:
+        sig, info = read_schedule_file(path)  # the one bounded, typed reader of schedule files
+        if info.get("format") != RECIPE_FORMAT:
             raise ValueError(f"{path} is a schedule file but not a fewstep recipe (fewstep tune writes one)")
         want: dict[str, tuple[type, ...]] = {"solver": (str,), "options": (dict,), "afs": (bool,), "schedule": (str,),
                                              "nfe": (int,)}
@@ -166,7 +160,3 @@ class Recipe:
         return cls(solver=info["solver"], options=info["options"], afs=info["afs"], sigmas=tuple(sig.tolist()),
                    schedule=info["schedule"], nfe=info["nfe"], model_id=info.get("model_id"),
                    guidance=info.get("guidance"), rmse=info.get("rmse"))
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")

@@ -224,8 +224,12 @@ def steps_for_nfe(solver: str | Solver, nfe: int, afs: bool = False, **options: 
     a ValueError naming the reachable ones. Computed directly: every solver's cost is affine in the number of steps.
     For the AMED-Plugin pass ``"amed_plugin"`` with ``base=...``."""
     s = get_solver(solver, **options)
+    from .jsonio import MAX_NFE
+
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    if nfe > MAX_NFE:
+        raise ValueError(f"nfe must be at most {MAX_NFE}, got {nfe}")
     first, per = count_nfe(s, 2, afs), count_nfe(s, 3, afs) - count_nfe(s, 2, afs)
     if per < 1:
         raise ValueError(f"solver {s.name!r} makes no model evaluation per step")
@@ -324,7 +328,8 @@ def solve(
                             f"got {type(predictor).__name__}")
         if options:
             raise TypeError(f"solver options ({', '.join(options)}) come from the predictor's config; do not pass them")
-        denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs)
+        shape = tuple(noise.shape[1:]) if isinstance(noise, torch.Tensor) and noise.ndim >= 2 else None
+        denoiser, sigmas, solver, afs = setup(denoiser, sigmas=sigmas, solver=solver, afs=afs, shape=shape)
     if sigmas is None:
         raise TypeError("solve() / sample() need sigmas (e.g. fewstep.get_schedule('polynomial', 6)) or a predictor")
     solver = "euler" if solver is None else solver
@@ -412,9 +417,9 @@ def noise_for_seeds(
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
             raise ValueError(f"seeds must be non-negative ints below 2**63, got {s!r}")
-    shape = tuple(shape)
-    if not shape or any((not isinstance(d, int)) or d <= 0 for d in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    from .jsonio import check_shape
+
+    shape = check_shape(tuple(shape))  # bounded before anything is allocated
     out = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
                        for s in seeds])
     return out.to(dtype=dtype, device=device)

@@ -10,6 +10,7 @@ inherit). The result is a plain schedule, usable with every solver.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -122,6 +123,12 @@ def search_schedule(
     g = get_schedule(grid_kind, grid, sigma_min, sigma_max, rho) if isinstance(grid, int) else validate_sigmas(grid, "grid")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
         raise ValueError(f"warmup must be a positive int, got {warmup!r}")
+    from .jsonio import MAX_ARRAY_BYTES
+
+    need = 2 * g.numel() * warmup * math.prod(shape) * 8  # the trajectories and denoised outputs, float64
+    if need > MAX_ARRAY_BYTES:
+        raise ValueError(f"grid {g.numel()} x warmup {warmup} x sample {tuple(shape)} needs {need} bytes of teacher "
+                         f"trajectories; at most {MAX_ARRAY_BYTES}: use a coarser grid or fewer warm-up samples")
     first = seed * 10**9 + GITS_WARMUP
     noise = noise_for_seeds(range(first, first + warmup), shape, dtype=dtype)
     traj, denoised = _teacher(denoiser, noise, g, teacher, teacher_options, progress)

@@ -19,6 +19,7 @@ __all__ = [
     "vp_fit",
     "refine_schedule",
     "interpolate_schedule",
+    "read_schedule_file",
     "SCHEDULES",
     "get_schedule",
     "validate_sigmas",
@@ -178,6 +179,10 @@ def get_schedule(
         raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
     if num_steps < 2:
         raise ValueError(f"num_steps must be >= 2 (one step needs two sigmas), got {num_steps}")
+    from .jsonio import MAX_SCHEDULE_STEPS
+
+    if num_steps > MAX_SCHEDULE_STEPS:
+        raise ValueError(f"num_steps must be at most {MAX_SCHEDULE_STEPS}, got {num_steps}")
     for pname, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{pname} must be a positive finite number, got {v!r}")
@@ -293,45 +298,81 @@ def _finite_json(v: Any) -> bool:
 MAX_SCHEDULE_BYTES = 2**20  # a schedule is a few dozen numbers; 1 MiB leaves room for any info
 
 
-def load_schedule(path: str | os.PathLike) -> torch.Tensor:
-    """Read a schedule file: a :func:`save_schedule` document, ``{"sigmas": [...]}`` or a plain JSON list of
-    descending sigmas (a trailing 0, as in k-diffusion, is dropped: use ``denoise_to_zero`` for that jump).
+# the types of the info fields fewstep reads from a schedule file (others are kept as written): a JSON "false" is
+# not false, 1 is not true, 3.0 is not an NFE
+_INFO_FIELDS: dict[str, tuple[str, tuple[type, ...], bool]] = {
+    "afs": ("true or false", (bool,), False), "denoise_to_zero": ("true or false", (bool,), False),
+    "solver": ("a string", (str,), True), "method": ("a string", (str,), True), "model_id": ("a string", (str,), True),
+    "schedule": ("a string", (str,), True), "format": ("a string", (str,), False),
+    "solver_options": ("a JSON object", (dict,), True), "options": ("a JSON object", (dict,), True),
+    "nfe": ("a positive integer", (int,), True), "grid": ("a positive integer", (int,), True),
+    "guidance": ("a finite number", (int, float), True), "rmse": ("a finite number", (int, float), True),
+}
 
-    Only regular files of at most 1 MiB are read (a FIFO or device is refused unread); invalid JSON, nesting too
-    deep, integers too long, NaN / Infinity and non-numbers are ValueErrors naming the file."""
-    from .io import regular_file_size
+
+def _check_info(info: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: info must be a JSON object, got {type(info).__name__}")
+    for k, (want, types, nullable) in _INFO_FIELDS.items():
+        if k not in info or (info[k] is None and nullable):
+            continue
+        v = info[k]
+        ok = isinstance(v, types) and (bool in types or not isinstance(v, bool))
+        if ok and int in types and float not in types:
+            ok = v >= 1
+        if not ok:
+            raise ValueError(f"{path}: info {k} must be {want}{' or null' if nullable else ''}, got "
+                             f"{json.dumps(v)[:60]} ({type(v).__name__})")
+    return info
+
+
+def read_schedule_file(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(sigmas, info) of a schedule file: a :func:`save_schedule` document, ``{"sigmas": [...]}`` or a plain JSON
+    list of descending sigmas (a trailing 0, as in k-diffusion, is dropped: use ``denoise_to_zero`` for that jump).
+    The one reader of schedule files (:func:`fewstep.jsonio.load_json`: a regular file of at most 1 MiB, bounded
+    nesting, finite numbers); the info fields fewstep reads are type-checked (``"afs": "false"`` is refused). Every
+    problem is a ValueError naming the file."""
+    from .jsonio import JSONInputError, load_json
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a schedule file")
     try:
-        regular_file_size(path, MAX_SCHEDULE_BYTES, "schedule file")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no schedule file at {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, not a schedule file") from None
-    except ValueError as e:  # SafetensorsFileError from the size / file-type check
-        raise ValueError(str(e)) from None
+        doc = load_json(path, what="schedule file", max_bytes=MAX_SCHEDULE_BYTES, expect=(dict, list))
+    except JSONInputError as e:
+        if e.detail.startswith("is not a regular file") or e.detail.endswith((" are read", " bytes")):
+            raise ValueError(f"{path} {e.detail}") from None  # not a regular file, too large
+        raise ValueError(f"{path} is not a JSON schedule file: {e.detail.removeprefix('is not valid JSON: ')}") \
+            from None
     except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"no schedule file at {path}") from None
         raise OSError(e.errno, f"cannot read schedule file {path}: {e.strerror or e}") from None
-
-    def no_constant(c: str) -> Any:
-        raise ValueError(f"{c} is not a number")
-
-    try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path} is not a JSON schedule file: {type(e).__name__}: {str(e)[:200]}") from None
+    info: dict[str, Any] = {}
     if isinstance(doc, dict):
-        if doc.get("format", SCHEDULE_FORMAT) != SCHEDULE_FORMAT or doc.get("version", 1) != 1:
+        if doc.get("format", SCHEDULE_FORMAT) != SCHEDULE_FORMAT or doc.get("version", 1) != 1 or \
+                isinstance(doc.get("version", 1), bool):
             raise ValueError(f"{path}: unsupported schedule format {doc.get('format')!r} version {doc.get('version')!r}")
         if "sigmas" not in doc:
             raise ValueError(f"{path}: schedule file has no 'sigmas' list")
+        info = _check_info(doc.get("info", {}), path)
         doc = doc["sigmas"]
     if not isinstance(doc, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc):
         raise ValueError(f"{path}: 'sigmas' must be a list of numbers")
+    from .jsonio import MAX_SCHEDULE_STEPS
+
+    if len(doc) > MAX_SCHEDULE_STEPS + 1:
+        raise ValueError(f"{path}: a schedule has at most {MAX_SCHEDULE_STEPS} sigmas, got {len(doc)}")
     if any(isinstance(v, int) and abs(v) > 2**53 for v in doc) or \
             not all(math.isfinite(float(v)) for v in doc):
         raise ValueError(f"{path}: 'sigmas' must be finite numbers of moderate size")
     if len(doc) > 2 and doc[-1] == 0:
         doc = doc[:-1]
-    return validate_sigmas(doc, f"schedule in {path}")
+    return validate_sigmas(doc, f"schedule in {path}"), info
+
+
+
+
+def load_schedule(path: str | os.PathLike) -> torch.Tensor:
+    """The sigmas of a schedule file (:func:`read_schedule_file`)."""
+    return read_schedule_file(path)[0]

@@ -4,7 +4,6 @@ loading and thread choice."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -81,9 +80,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a shape like 3,32,32, got {text!r}") from None
+    from ..jsonio import check_shape
+
     if not shape or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
-    return shape
+    try:
+        return check_shape(shape, "shape")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"got {text!r}: {e}") from None
 
 
 SCHEDULE_KINDS = ("polynomial", "logsnr", "time_uniform", "discrete")
@@ -144,13 +148,13 @@ def kind_or_file(text: str):  # noqa: ANN201 (str or a float64 tensor)
 
 def json_object(text: str, name: str) -> dict:
     """The JSON object given to option ``name``; anything else is a ValueError naming the option."""
+    from ..jsonio import JSONInputError, load_json
+
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{name} must be a JSON object like '{{\"max_order\": 3}}', got {text!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object like '{{\"max_order\": 3}}', got {text!r}")
-    return value
+        return load_json(text, what=name, max_depth=8, max_bytes=2**16, expect=dict)
+    except JSONInputError as e:
+        raise ValueError(f"{name} must be a JSON object like '{{\"max_order\": 3}}', got {text[:80]!r}: "
+                         f"{e.detail}") from None
 
 
 def add_model_args(p: Any) -> None:

@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ValueError("--render-only needs --out (the .md whose .json beside it is re-rendered)")
         out = Path(args.out)
-        saved = json.loads(out.with_suffix(".json").read_text())
+        from ..jsonio import load_json
+
+        saved = load_json(out.with_suffix(".json"), what="saved report", expect=dict)
         machine = None  # JSON written before it recorded the machine: keep the line of the report beside it
         if "machine" not in saved and out.is_file():
             line = next((x for x in out.read_text().splitlines() if x.startswith("Machine: ")), "")

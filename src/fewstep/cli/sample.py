@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         pred = learned.load(args.predictor, model_id=None if args.allow_other_model else model_id)
         if args.allow_other_model:
             denoiser = _OtherModel(denoiser)
+        if callable(getattr(pred, "check_trained_for", None)):  # shape, guidance, classes: before any output
+            pred.check_trained_for(denoiser, shape)
         kwargs: dict = {"predictor": pred}
         weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
         run_settings = {"predictor": weights, "predictor_config": pred.config,

@@ -128,13 +128,12 @@ def parse_solver_options(text: str | None) -> dict:
     if text is None or not text.strip():
         return {}
     hint = '--solver-options must be a JSON object of solver keyword arguments, e.g. \'{"max_order": 3}\''
+    from ..jsonio import load_json
+
     try:
-        options = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not allowed")))
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{hint}; {text[:80]!r} is not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"{hint}; got a JSON {type(options).__name__}: {text[:80]!r}")
-    return options
+        return load_json(text, what="--solver-options", max_depth=8, max_bytes=2**16, expect=dict)
+    except ValueError as e:
+        raise ValueError(f"{hint}; {e}") from None
 
 
 def _export(source: Path, fmt: str, out: str | None, nfe: int | None = None, schedule_only: bool = False) -> int:

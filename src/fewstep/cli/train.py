@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if cls.takes_base and (args.base is not None or args.base_options is not None):
         base_opts = json_object(args.base_options, "--base-options") if args.base_options else {}
         base = {"solver": args.base or "ipndm", "options": base_opts}
+    teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     threads = set_threads(args, denoiser)
     teacher_threads = _teacher_threads(args, denoiser)
@@ -181,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = learned.ScheduleSpec(sigmas=schedule, learn=args.learn_schedule, lr=args.schedule_lr)
     nfe = args.nfe if args.nfe is not None or args.num_steps is not None or recipe is None else recipe.nfe
-    teacher_options = json_object(args.teacher_options, "--teacher-options") if args.teacher_options else None
     settings = dict(
         teacher=learned.Teacher(args.teacher, teacher_options, args.M, cache=cache_dir,
                                 threads=teacher_threads),

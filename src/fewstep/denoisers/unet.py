@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import SafetensorsFileError, read_safetensors, read_safetensors_header, tensor_digest, write_safetensors
+from ..jsonio import MAX_CHANNELS, MAX_SAMPLE_SIZE
 from .base import sigma_like
 
 __all__ = ["UNetConfig", "SmallUNet", "save_unet", "load_unet", "read_unet_metadata", "default_unet", "digits_unet",
@@ -42,6 +43,10 @@ DEFAULT_ASSET = "unet16.safetensors"
 """File name of the shipped weights inside the package's ``assets`` folder."""
 DIGITS_ASSET = "digits16.safetensors"
 """File name of the shipped class-conditional digits model (scikit-learn's 8x8 digits at 16x16, 10 classes)."""
+
+
+_UNET_LIMITS = {"img_resolution": MAX_SAMPLE_SIZE, "channels": MAX_CHANNELS, "base_channels": MAX_CHANNELS,
+                "num_res_blocks": 64, "emb_dim": 16_384, "noise_features": 16_384, "norm_groups": MAX_CHANNELS}
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,10 @@ class UNetConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: must be a positive int, got {v!r}")
-        if not self.channel_mult or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
-                                            for m in self.channel_mult):
+            if v > _UNET_LIMITS[name]:  # bounded before anything is allocated (fewstep.jsonio limits)
+                raise ValueError(f"{name}: must be at most {_UNET_LIMITS[name]}, got {v}")
+        if not self.channel_mult or len(self.channel_mult) > 8 or not all(
+                isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= 64 for m in self.channel_mult):
             raise ValueError(f"channel_mult: must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
         if self.noise_features % 2:
             raise ValueError(f"noise_features: must be even, got {self.noise_features}")
@@ -81,6 +88,10 @@ class UNetConfig:
         for c in self.level_channels:
             if c % self.norm_groups:
                 raise ValueError(f"norm_groups {self.norm_groups} does not divide the channel count {c}")
+        for name in ("noise_max_freq", "dropout", "sigma_data"):  # finite numbers, not bools or strings
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}: must be a finite number, got {v!r}")
         if not self.noise_max_freq >= 1.0:
             raise ValueError(f"noise_max_freq: must be >= 1, got {self.noise_max_freq!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -89,8 +100,12 @@ class UNetConfig:
             raise ValueError(f"sigma_data: must be > 0, got {self.sigma_data!r}")
         if not isinstance(self.mid_attention, bool):
             raise ValueError(f"mid_attention: must be a bool, got {self.mid_attention!r}")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ValueError(f"num_classes: must be an int >= 0, got {self.num_classes!r}")
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or \
+                not 0 <= self.num_classes <= 100_000:
+            raise ValueError(f"num_classes: must be an int in [0, 100000], got {self.num_classes!r}")
+        if max(self.level_channels) > MAX_CHANNELS:
+            raise ValueError(f"base_channels x channel_mult: at most {MAX_CHANNELS} channels, got "
+                             f"{max(self.level_channels)}")
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -426,10 +441,13 @@ def read_unet_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _parse(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    from ..jsonio import load_json
+
     try:
-        cfg, recipe = json.loads(meta["config"]), json.loads(meta["recipe"])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: metadata is not valid JSON: {e}") from None
+        cfg = load_json(meta["config"], what="config", expect=dict)
+        recipe = load_json(meta["recipe"], what="recipe", expect=dict)
+    except ValueError as e:
+        raise ValueError(f"{path}: metadata is not valid: {e}") from None
     try:
         config = UNetConfig.from_dict(cfg)
     except (TypeError, ValueError) as e:

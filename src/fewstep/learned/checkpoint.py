@@ -70,7 +70,7 @@ def _legacy_amed(cfg: Any, where: str) -> dict[str, Any]:
            "model_id": cfg.get("model_id"), "training": cfg.get("training")}
     if cfg.get("guidance") is not None:
         new["guidance"] = cfg["guidance"]
-    if cfg["version"] != 1:
+    if isinstance(cfg["version"], bool) or cfg["version"] != 1:
         raise CheckpointError(f"{where}: checkpoint version {cfg['version']!r}, this fewstep reads version 1")
     return new
 

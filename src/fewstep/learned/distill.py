@@ -61,6 +61,7 @@ class Plan:
     soft_start: float = 0.0
     soft_start_steps: int = 1
     guidance_scales: tuple[float, ...] | None = None
+    conditioning: dict[str, Any] | None = None  # guidance scale and class labels (guidance.conditioning_of)
     dtype: torch.dtype = torch.float64
     model_dtype: torch.dtype | None = None
     desc: str = "train"
@@ -80,6 +81,8 @@ class Plan:
                "soft_start_steps": self.soft_start_steps}
         if self.guidance_scales is not None:
             rec["guidance_scales"] = list(self.guidance_scales)
+        if self.conditioning is not None:
+            rec["conditioning"] = dict(self.conditioning)
         return rec
 
 

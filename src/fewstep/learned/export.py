@@ -7,7 +7,6 @@ ComfyUI and diffusers have none) or with a trailing 0 (one more evaluation)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,44 @@ _FAMILIES = {1: "euler, dpmpp_2m, dpmpp_3m, ipndm, ipndm_v, deis, unipc (1 model
              2: "heun, dpm_2 (2 model calls per step)"}
 
 
-def _read_info(path: Path) -> dict[str, Any]:
-    """The ``info`` of a save_schedule document (empty for a bare list); the file is already validated."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    info = doc.get("info") if isinstance(doc, dict) else None
-    return info if isinstance(info, dict) else {}
+def _counting_model() -> tuple[Any, list[int]]:
+    """A model (zero x0 prediction) that counts its calls: the numbers an export states are counted, not assumed."""
+    import torch
+
+    n = [0]
+
+    def model(x: Any, sigma: Any, **_: Any) -> Any:
+        n[0] += 1
+        return torch.zeros_like(x)
+    return model, n
+
+
+def _count(run: Any) -> int:
+    model, n = _counting_model()
+    run(model)
+    return n[0]
+
+
+def _sampler_calls(sampler: Any) -> int:
+    """Model calls of ``fewstep.k.sample_learned`` with this sampler, counted on a counting model (a feature
+    predictor needs the real network's features: its NFE accounting then)."""
+    import torch
+
+    from ..k import sample_learned
+
+    cfg = sampler.config
+    shape = (cfg.get("training") or {}).get("shape") if isinstance(cfg.get("training"), dict) else None
+    if getattr(sampler, "uses_features", False) or not isinstance(shape, list):
+        return sampler.nfe()
+    x = torch.zeros((1, *shape), dtype=torch.float64)
+    guided = getattr(sampler, "guidance_aware", False)
+    if guided:
+        sampler.guidance_scale = sampler._scale_state.lo
+    try:
+        return _count(lambda m: sample_learned(m, x, None, predictor=sampler, disable=True))
+    finally:
+        if guided:
+            sampler.guidance_scale = None
 
 
 def _solver_cost(solver: Any, num_sigmas: int, afs: bool) -> int:
@@ -57,7 +89,7 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     (ending in 0), ``diffusers_sigmas`` (no 0: diffusers appends its final sigma itself), ``host`` (how to pay
     ``nfe`` exactly and the model calls of each host family) and, for a learned sampler, ``afs``, ``method``,
     ``options``, ``base`` and (AMED tables) ``steps``."""
-    from ..schedules import interpolate_schedule, load_schedule
+    from ..schedules import interpolate_schedule, read_schedule_file
     from ..solvers import get_solver
     from ..solvers.base import geometric_time
     from .checkpoint import load
@@ -88,12 +120,12 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
         if table is None:
             notes.append(f"sigmas only: a host sampler on them does not apply the trained {method} parameters")
     else:
-        sig = load_schedule(source).tolist()
-        info = _read_info(source)
+        sig_t, info = read_schedule_file(source)  # info fields type-checked there
+        sig = sig_t.tolist()
         model_id = info.get("model_id")
-        afs = bool(info.get("afs", False))
-        solver_name = info.get("solver") if isinstance(info.get("solver"), str) else None
-        options = info.get("solver_options") if isinstance(info.get("solver_options"), dict) else {}
+        afs = info.get("afs", False)
+        solver_name = info.get("solver")
+        options = info.get("solver_options") or {}
         solver = get_solver(solver_name, **options) if solver_name else get_solver("euler")
         kind, method = "schedule", info.get("method")
     src_nfe = _solver_cost(solver, len(sig), afs)
@@ -113,6 +145,11 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
         notes.append(f"interpolated from NFE {src_nfe}; not searched or trained at NFE {nfe}")
     out_nfe = _solver_cost(solver, len(sig), afs)
     per_step = solver.nfe(3) - solver.nfe(2)
+    host_kind = kind if "interpolated_from" not in doc else f"{kind}_interpolated"
+    if host_kind == "learned_sampler":
+        out_nfe = _sampler_calls(sampler)
+    elif kind == "schedule":  # also interpolated: the solver named in the file, run on the exported sigmas
+        out_nfe = _schedule_calls(solver, sig, afs)
     doc.update({
         "model_id": model_id,
         "sigma_max": sig[0],
@@ -140,40 +177,76 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
     doc["sigmas"] = sig
     doc["k_diffusion_sigmas"] = sig + [0.0]
     doc["diffusers_sigmas"] = list(sig)
-    doc["host"] = _host(solver_name, "schedule" if "interpolated_from" in doc else kind, afs, len(sig), out_nfe,
-                        per_step)
+    doc["host"] = _host(solver_name, host_kind, afs, sig, out_nfe, options)
     if notes:
         doc["notes"] = notes
     return doc
 
 
-def _host(solver_name: str | None, kind: str, afs: bool, num_sigmas: int, nfe: int,
-          per_step: int) -> dict[str, Any]:
-    """How a host pays exactly ``nfe`` on these sigmas, and the model calls of each host family."""
-    steps = num_sigmas - 1
+def _schedule_calls(solver: Any, sig: list[float], afs: bool) -> int:
+    """Model calls of ``fewstep.sample`` with ``solver`` on ``sig``, counted."""
+    import torch
+
+    from ..sampling import sample
+
+    x = torch.zeros((1, 1), dtype=torch.float64)
+    return _count(lambda m: sample(m, x, torch.tensor(sig, dtype=torch.float64), solver=solver, afs=afs))
+
+
+def _host_calls(sig: list[float], evals: int, afs: bool, zero: bool) -> int:
+    """Model calls of a 1-call/step (Euler) or 2-call/step (Heun) host sampler on ``sig`` (with a trailing 0),
+    counted with fewstep.k's samplers of that family."""
+    import torch
+
+    from ..k import sample_euler, sample_heun
+
+    fn = sample_heun if evals == 2 else sample_euler
+    s = torch.tensor(sig + [0.0] if zero else sig, dtype=torch.float64)
+    x = torch.zeros((1, 1), dtype=torch.float64)
+    return _count(lambda m: fn(m, x, s, disable=True, afs=afs))
+
+
+def _host(solver_name: str | None, kind: str, afs: bool, sig: list[float], nfe: int,
+          options: dict[str, Any]) -> dict[str, Any]:
+    """How a host pays exactly ``nfe`` (counted) on these sigmas, and the model calls of each host family, each
+    counted on a counting model (never derived from a per-step rule)."""
     name = solver_name or "euler"
-    fn = _K_FUNCTION.get(name, "sample_euler")
+    fn = _K_FUNCTION.get(name)
     if kind == "learned_sampler":
         exact = (f"fewstep.k.sample_learned(model, x, predictor=checkpoint) (the trained sampler, {nfe} model calls; "
                  "a host sampler on 'sigmas' is not it)")
-    else:
+    elif kind == "learned_sampler_interpolated":
+        exact = (f"no sampler: the trained parameters belong to the trained steps; on these interpolated sigmas "
+                 f"{solver_name} would make {nfe} model calls, and a host sampler makes the calls listed below")
+    elif fn is not None and not options:
         exact = (f"fewstep.k.{fn}(model, x, sigmas, afs={afs}) with sigmas = 'sigmas' (no trailing 0): "
                  f"{nfe} model calls")
+    else:
+        exact = (f"fewstep.sample(denoiser, noise, sigmas, solver={name!r}, afs={afs}"
+                 f"{''.join(f', {k}={v!r}' for k, v in options.items())}) with sigmas = 'sigmas': {nfe} model calls")
     calls = []
+    counted: dict[tuple[int, bool, bool], int] = {}
     for e in (1, 2):
         for use_afs in (False, True):
             for zero in (False, True):
+                counted[e, use_afs, zero] = n = _host_calls(sig, e, use_afs, zero)
                 calls.append({"family": _FAMILIES[e], "evals_per_step": e, "afs": use_afs, "trailing_zero": zero,
-                              "model_calls": e * steps - int(use_afs) + int(zero),
+                              "model_calls": n,
                               "where": "fewstep.k only (afs=True)" if use_afs else
                               "fewstep.k, k-diffusion, ComfyUI; diffusers = trailing_zero true"})
     fam = "; ".join(f"{e}-call/step samplers ({'heun, dpm_2' if e == 2 else 'euler, dpmpp_2m, ipndm, deis, unipc'}):"
-                    f" {e * steps} ({e * steps - 1} with fewstep.k afs=True), +1 with a trailing 0" for e in (1, 2))
-    if afs:
+                    f" {counted[e, False, False]} ({counted[e, True, False]} with fewstep.k afs=True), "
+                    f"{counted[e, False, True]} with a trailing 0" for e in (1, 2))
+    paying = [e for e in (1, 2) if counted[e, False, False] == nfe]
+    if kind.startswith("learned_sampler"):
+        elsewhere = (f"A host sampler on 'sigmas' does not apply the trained parameters, so no host pays NFE {nfe} "
+                     f"as this sampler. Model calls on them: {fam}")
+    elif not paying:
         elsewhere = (f"Hosts without AFS (k-diffusion, ComfyUI, diffusers) cannot pay NFE {nfe} on these sigmas. "
-                     f"Model calls on them: {fam}")
+                     if afs else f"No k-diffusion / ComfyUI / diffusers sampler pays NFE {nfe} on these sigmas. ")
+        elsewhere += f"Model calls on them: {fam}"
     else:
-        elsewhere = (f"In k-diffusion / ComfyUI use a {per_step}-call/step sampler on 'sigmas' without a trailing 0 "
+        elsewhere = (f"In k-diffusion / ComfyUI use a {paying[0]}-call/step sampler on 'sigmas' without a trailing 0 "
                      f"({nfe} calls). Model calls on them: {fam}")
     elsewhere += " (k_diffusion_sigmas ends in 0; diffusers always appends its 0)"
     return {

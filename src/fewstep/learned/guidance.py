@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -27,7 +26,8 @@ from torch.nn.utils import parametrize
 
 __all__ = ["ScaleState", "make_scale_aware", "check_guidance_config", "resolve_scale", "legendre", "MAX_DEGREE",
            "NEEDS_SCALE",
-           "check_guidance_scales", "scale_cycle", "ScaleAware", "guidance_entry"]
+           "check_guidance_scales", "scale_cycle", "ScaleAware", "guidance_entry", "conditioning_of",
+           "check_conditioning_record", "conditioning_problem"]
 
 MAX_DEGREE = 4
 NEEDS_SCALE = ("this sampler is guidance-aware and needs the guidance scale: sample a Guided denoiser (its scale is "
@@ -115,10 +115,83 @@ def resolve_scale(state: ScaleState, explicit: float | None, denoiser: Callable)
     w = float(w)
     if not math.isfinite(w):
         raise ValueError(f"guidance scale must be finite, got {w}")
-    if not state.lo <= w <= state.hi:
-        warnings.warn(f"guidance scale {w:g} is outside the range [{state.lo:g}, {state.hi:g}] this sampler was "
-                      "trained over; its tables are extrapolated", UserWarning, stacklevel=3)
+    if not state.lo <= w <= state.hi:  # refused, not warned: a polynomial in w extrapolates without any control
+        raise ValueError(f"guidance scale {w:g} is outside the range [{state.lo:g}, {state.hi:g}] this sampler was "
+                         "trained over; its tables would be extrapolated (polynomials in w diverge outside their "
+                         "range). Sample at a scale in the range, or train over scales that include it "
+                         "(--guidance-scales)")
     return w
+
+
+# ------------------------------------------------------------------------------------------------- conditioning
+# What a sampler was trained under, recorded in its checkpoint (config["training"]["conditioning"]) and so in the
+# resume fingerprint: the classifier-free guidance scale (None: unguided, or guidance-aware over config "guidance")
+# and the class labels (None: no labels, the model as it is). Sampling under other settings is refused (a ValueError,
+# not a warning): the per-step parameters are fitted to the trajectories of those settings, and nothing measures how
+# they transfer.
+
+def conditioning_of(denoiser: Any) -> dict[str, Any] | None:
+    """{"guidance": w or None, "class_labels": sorted distinct labels or None} of a denoiser: a
+    :class:`fewstep.denoisers.Guided` (its scale and labels), a class-conditional model called without labels
+    (``null_label``: the unconditional model, no guidance, no labels), or None where it cannot be told (a plain
+    callable, e.g. a host's own guidance wrapper)."""
+    w, labels = getattr(denoiser, "scale", None), getattr(denoiser, "labels", None)
+    if not isinstance(w, bool) and isinstance(w, (int, float)) and labels is not None:
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            ys = [labels]
+        elif isinstance(labels, torch.Tensor) and not labels.is_floating_point():
+            ys = sorted({int(v) for v in labels.reshape(-1).tolist()})
+        else:
+            return None
+        return {"guidance": float(w), "class_labels": ys}
+    null = getattr(denoiser, "null_label", None)
+    if isinstance(null, int) and not isinstance(null, bool):
+        return {"guidance": None, "class_labels": None}
+    return None
+
+
+def check_conditioning_record(rec: Any) -> str | None:
+    """None if ``rec`` is a valid ``conditioning`` entry, else what is allowed."""
+    if not isinstance(rec, dict) or set(rec) != {"guidance", "class_labels"}:
+        return 'an object {"guidance": number or null, "class_labels": [int, ...] or null}'
+    w, ys = rec["guidance"], rec["class_labels"]
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)):
+        return "guidance: a finite number or null"
+    if ys is not None and (not isinstance(ys, list) or not 1 <= len(ys) <= 100_000 or
+                           any(isinstance(y, bool) or not isinstance(y, int) for y in ys)):
+        return "class_labels: a non-empty list of ints or null"
+    return None
+
+
+def _same_scale(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def conditioning_problem(trained: dict[str, Any], now: dict[str, Any] | None, aware: bool) -> str | None:
+    """Why sampling under ``now`` (:func:`conditioning_of` the denoiser) contradicts the ``trained`` record, or None.
+    ``aware``: the sampler is guidance-aware (its scale range is checked by :func:`resolve_scale`)."""
+    if now is None:
+        return None
+    tw, ty = trained["guidance"], trained["class_labels"]
+    nw, ny = now["guidance"], now["class_labels"]
+    if ty is None and ny is not None:
+        return (f"it was trained on the model without classes or guidance, but the denoiser guides towards class(es) "
+                f"{_labels(ny)} at scale {nw:g}")
+    if ty is not None and ny is None:
+        return (f"it was trained under guidance for class(es) {_labels(ty)}, but the denoiser is the model without "
+                "classes; sample a Guided denoiser of those classes (fewstep sample --class C --guidance W)")
+    if ty is not None and not set(ny) <= set(ty):
+        return (f"it was trained for class(es) {_labels(ty)}, not {_labels(sorted(set(ny) - set(ty)))} (its per-step "
+                "parameters are fitted to those classes' trajectories); sample those classes or train for these")
+    if not aware and tw is not None and nw is not None and not _same_scale(tw, nw):
+        return (f"it was trained at guidance scale {tw:g}, not {nw:g} (its per-step parameters are fitted to that "
+                "scale's trajectories); sample at that scale, or train a guidance-aware sampler over the scales "
+                "(--guidance-scales)")
+    return None
+
+
+def _labels(ys: list[int]) -> str:
+    return ", ".join(map(str, ys[:10])) + (f", ... ({len(ys)} classes)" if len(ys) > 10 else "")
 
 
 def check_guidance_scales(scales: Sequence[float] | None, degree: int, denoiser: Any) -> list[float] | None:

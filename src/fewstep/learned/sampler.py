@@ -25,7 +25,13 @@ from torch import nn
 from ..io import tensor_digest, write_safetensors
 from ..schedules import same_sigmas, validate_sigmas
 from ..solvers import SOLVERS, Solver, TimeShift, get_solver
-from .guidance import ScaleAware, check_guidance_config
+from .guidance import (
+    ScaleAware,
+    check_conditioning_record,
+    check_guidance_config,
+    conditioning_of,
+    conditioning_problem,
+)
 
 __all__ = ["LearnedSampler", "Option", "Defaults", "CheckpointError", "check_config", "same_solver", "describe_solver",
            "positive_factor",
@@ -338,9 +344,13 @@ class LearnedSampler(ScaleAware, nn.Module):
         return f"{self.method}{on}" + (f" ({opts})" if opts else "")
 
     def sampling_setup(self, denoiser: Callable, *, sigmas: Any = None, solver: Any = None,
-                       afs: bool | None = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
+                       afs: bool | None = None, shape: Any = None) -> tuple[Callable, torch.Tensor, Solver, bool]:
         """(denoiser, sigmas, solver, afs) to sample with: the trained settings; given ones must agree (a float32
-        copy of the sigmas is accepted). The denoiser must be the trained model (``model_id``)."""
+        copy of the sigmas is accepted). The denoiser must be the trained model (``model_id``), under the trained
+        guidance scale (or in the trained range) and classes, and ``shape`` (one sample's, when known) the trained
+        one: each mismatch is a ValueError (refused, not warned: the per-step parameters are fitted to the
+        trajectories of those settings and nothing measures how they transfer). Checkpoints written before these
+        settings were recorded are not checked for them."""
         cfg = self.config
         trained = torch.tensor(cfg["sigmas"], dtype=torch.float64)
         if sigmas is not None and not same_sigmas(validate_sigmas(sigmas), trained):
@@ -354,9 +364,24 @@ class LearnedSampler(ScaleAware, nn.Module):
         want_id, have_id = cfg.get("model_id"), getattr(denoiser, "model_id", None)
         if want_id is not None and have_id is not None and want_id != have_id:
             raise ValueError(f"this sampler was trained for model {want_id!r}, but the denoiser is {have_id!r}")
+        self.check_trained_for(denoiser, shape)
         denoiser = self.prepare(denoiser)
         self.use_scale_of(denoiser)
         return denoiser, trained, solv, bool(cfg["afs"])
+
+    def check_trained_for(self, denoiser: Callable, shape: Any = None) -> None:
+        """Refuse a sample shape, guidance scale or class set other than the trained ones (recorded in
+        ``config["training"]``; older checkpoints lack them and are not checked)."""
+        rec = self.config.get("training") or {}
+        want = rec.get("shape")
+        if shape is not None and isinstance(want, list) and tuple(shape) != tuple(want):
+            raise ValueError(f"this {self.method} sampler was trained on samples of shape {tuple(want)}, not "
+                             f"{tuple(shape)}; its per-step parameters are fitted to that shape's trajectories. "
+                             "Train a sampler on this shape")
+        cond = rec.get("conditioning")
+        if cond is not None and (why := conditioning_problem(cond, conditioning_of(denoiser),
+                                                             self.guidance_aware)) is not None:
+            raise ValueError(f"this {self.method} sampler cannot sample this denoiser: {why}")
 
     def check_solver(self, solver: Solver, sigmas: torch.Tensor, afs: bool) -> None:
         """Refuse a solver instance holding this sampler but built differently from what it was trained for."""
@@ -396,12 +421,13 @@ def check_config(cfg: Any, where: str, methods: dict[str, type[LearnedSampler]])
         raise CheckpointError(f"{where}: unknown config keys {', '.join(sorted(unknown))}")
     if missing:
         raise CheckpointError(f"{where}: config lacks {', '.join(sorted(missing))}")
-    if cfg["version"] != VERSION:
+    if isinstance(cfg["version"], bool) or cfg["version"] != VERSION:
         raise CheckpointError(f"{where}: version {cfg['version']!r}, this fewstep reads version {VERSION}")
     if not isinstance(cfg["method"], str) or cfg["method"] not in methods:
         raise bad("method", f"one of {', '.join(methods)}", cfg["method"])
     cls = methods[cfg["method"]]
-    if not isinstance(cfg["sigmas"], list) or not 2 <= len(cfg["sigmas"]) <= 1000:
+    if not isinstance(cfg["sigmas"], list) or not 2 <= len(cfg["sigmas"]) <= 1000 or \
+            any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in cfg["sigmas"]):
         raise bad("sigmas", "a list of 2 to 1000 numbers", cfg["sigmas"])
     try:
         validate_sigmas(cfg["sigmas"], "sigmas")
@@ -427,6 +453,12 @@ def check_config(cfg: Any, where: str, methods: dict[str, type[LearnedSampler]])
     for k in ("schedule", "training"):
         if cfg.get(k) is not None and not isinstance(cfg[k], dict):
             raise bad(k, "a JSON object or null", cfg[k])
+    rec = cfg.get("training") or {}
+    if "shape" in rec and not (isinstance(rec["shape"], list) and 1 <= len(rec["shape"]) <= 8 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in rec["shape"])):
+        raise bad("training.shape", "a list of 1 to 8 positive ints", rec["shape"])
+    if rec.get("conditioning") is not None and (why := check_conditioning_record(rec["conditioning"])) is not None:
+        raise bad("training.conditioning", why, rec["conditioning"])
     if cfg.get("guidance") is not None and (why := check_guidance_config(cfg["guidance"])) is not None:
         raise bad("guidance", why, cfg["guidance"])
     if (why := cls.config_problem(cfg)) is not None:

@@ -28,11 +28,18 @@ DISTANCES = ("l2", "mse")
 SCHEDULE_KINDS = ("polynomial", "logsnr", "time_uniform")
 
 
-def _int(name: str, v: Any, lo: int, none: bool = True) -> None:
+MAX_TEACHER_M = 1_000  # teacher steps inserted per interval (the measured defaults use 1-8)
+MAX_BATCH = 2**20  # samples per training batch
+MAX_TOTAL_SAMPLES = 2**40  # training samples in all (a count of iterations, no allocation)
+
+
+def _int(name: str, v: Any, lo: int, none: bool = True, hi: int | None = None) -> None:
     if v is None and none:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name} must be an int >= {lo}{' or None' if none else ''}, got {v!r}")
+    if hi is not None and v > hi:  # bounded before anything is allocated (fewstep.jsonio holds the limits)
+        raise ValueError(f"{name} must be at most {hi}, got {v}")
 
 
 def _positive(name: str, v: Any, none: bool = True) -> None:
@@ -69,7 +76,7 @@ class Teacher:
         if self.options is not None and not isinstance(self.options, dict):
             raise TypeError(f"teacher options must be a dict or None, got {type(self.options).__name__}")
         get_solver(self.solver, **teacher_options(self.solver, self.options))  # the solver's own checks
-        _int("teacher M", self.M, 0)
+        _int("teacher M", self.M, 0, hi=MAX_TEACHER_M)
         _int("teacher threads", self.threads, 1)
         if self.cache is not None and not isinstance(self.cache, (str, os.PathLike)):
             raise TypeError(f"teacher cache must be a directory path or None, got {type(self.cache).__name__}")
@@ -98,8 +105,8 @@ class Budget:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _int("batch", self.batch, 1)
-        _int("total_samples", self.total_samples, 1)
+        _int("batch", self.batch, 1, hi=MAX_BATCH)
+        _int("total_samples", self.total_samples, 1, hi=MAX_TOTAL_SAMPLES)
         _positive("lr", self.lr)
         _flag("lr_decay", self.lr_decay)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**30:

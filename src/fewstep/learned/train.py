@@ -14,7 +14,7 @@ from ..solvers import get_solver
 from ..teacher import model_key
 from .cost import cost_line, measure_cost
 from .distill import LearnedSchedule, Plan, TrainLog, distill, frozen
-from .guidance import guidance_entry, scale_cycle
+from .guidance import conditioning_of, guidance_entry, scale_cycle
 from .registry import method_class
 from .sampler import LearnedSampler
 from .trainstate import world
@@ -24,11 +24,9 @@ __all__ = ["train", "learn_schedule", "TrainedSchedule"]
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
-    if not isinstance(shape, tuple) or not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                                                         for d in shape):
-        raise ValueError(f"shape must be a non-empty sequence of positive ints (one sample, no batch), got {shape!r}")
-    return shape
+    from ..jsonio import check_shape
+
+    return check_shape(tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape)
 
 
 def _num_steps(nfe: int | None, num_steps: int | None, solver: Any, afs: bool) -> int:
@@ -51,6 +49,16 @@ def _guidance(guidance: Any, denoiser: Any) -> GuidanceScales | None:
         raise TypeError("guidance scales need a denoiser whose guidance scale can be set per batch: wrap the "
                         "conditional model in fewstep.denoisers.Guided(model, labels, scale)")
     return g
+
+
+def _conditioning(denoiser: Any, scales: GuidanceScales | None) -> dict[str, Any] | None:
+    """The guidance scale and class labels the sampler is trained under (recorded in the checkpoint and the resume
+    fingerprint; sampling under others is refused). A guidance-aware sampler records its labels only: its scales
+    are the config's ``guidance`` range."""
+    cond = conditioning_of(denoiser)
+    if cond is not None and scales is not None:
+        cond["guidance"] = None
+    return cond
 
 
 def train(
@@ -139,9 +147,9 @@ def train(
                 lr=cls.default_lr(options) if budget.lr is None else budget.lr, lr_decay=budget.lr_decay,
                 loss=objective.loss, distance=objective.distance, seed=budget.seed, afs=afs, learn_schedule=learn,
                 schedule_lr=schedule.lr, soft_start=objective.soft_start, soft_start_steps=objective.soft_start_steps,
-                guidance_scales=None if scales is None else scales.scales, dtype=dtype, model_dtype=model_dtype,
-                desc=method, progress=progress, checkpoint=checkpoint, cache=teacher.cache_store(),
-                model_key=model_key(denoiser, model_id), teacher_threads=teacher.threads)
+                guidance_scales=None if scales is None else scales.scales, conditioning=_conditioning(denoiser, scales),
+                dtype=dtype, model_dtype=model_dtype, desc=method, progress=progress, checkpoint=checkpoint,
+                cache=teacher.cache_store(), model_key=model_key(denoiser, model_id), teacher_threads=teacher.threads)
     config = cls.make_config(sig, afs=afs, options=options, base=base,
                              time_shift=d.time_shift if time_shift is None else time_shift, schedule=sched_cfg,
                              model_id=model_id if model_id is not None else getattr(denoiser, "model_id", None),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..io import SafetensorsFileError, read_safetensors, write_safetensors
+from ..jsonio import load_json
 from .sampler import CheckpointError
 
 __all__ = ["TrainState", "settings_diff", "world"]
@@ -34,7 +35,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
 def settings_diff(saved: Any, current: str, limit: int = 6) -> str:
     """What differs between two fingerprints (JSON text), e.g. "training.seed: 0 there, 1 now; time_shift: ..."."""
     try:
-        there = _flatten(json.loads(saved), "", {}) if isinstance(saved, str) else None
+        there = _flatten(load_json(saved, what="fingerprint", expect=dict), "", {}) if isinstance(saved, str) else None
     except ValueError:
         there = None
     if there is None:
@@ -125,10 +126,14 @@ class TrainState:
                 if n.startswith("adam."):
                     _, pid, key = n.split(".", 2)
                     state.setdefault(int(pid), {})[key] = v
-            self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+            self.opt.load_state_dict({"state": state, "param_groups": load_json(meta["param_groups"],
+                                                                                 what="param_groups", expect=list)})
             if self.lr_sched is not None:
-                self.lr_sched.load_state_dict(json.loads(meta["lr_sched"]))
-            losses.extend(json.loads(meta["losses"]))
+                self.lr_sched.load_state_dict(load_json(meta["lr_sched"], what="lr_sched", expect=dict))
+            saved_losses = load_json(meta["losses"], what="losses", expect=list)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in saved_losses):
+                raise ValueError("losses must be a list of numbers")
+            losses.extend(saved_losses)
             return int(meta["iteration"])
         except (KeyError, ValueError, RuntimeError, TypeError, RecursionError) as e:
             raise CheckpointError(f"{self.path}: training state does not fit this run: {e}") from None

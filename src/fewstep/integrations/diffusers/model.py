@@ -5,7 +5,6 @@ guidance and mid-block features for AMED), :func:`load_denoiser` for a folder sa
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from ...io import tensor_digest
+from ...jsonio import MAX_CHANNELS, MAX_SAMPLE_SIZE, check_size, load_json
 from .backend import diffusers
 from .noise import NOISE_KEYS, describe_noise, resolve_noise_config
 from .spaces import make_adapter, model_sigma_range
@@ -167,6 +167,32 @@ class DiffusersDenoiser(torch.nn.Module):
         return x0, f.to(x.dtype)
 
 
+def check_unet_config(cfg: dict[str, Any], path: Path) -> None:
+    """The sizes of a diffusers UNet config.json, bounded before diffusers allocates the model (limits in
+    :mod:`fewstep.jsonio`)."""
+    where = str(path)
+    size = cfg.get("sample_size")
+    if size is not None:
+        for v in size if isinstance(size, list) else [size]:
+            check_size("sample_size", v, MAX_SAMPLE_SIZE, where)
+    for key in ("in_channels", "out_channels", "cross_attention_dim", "norm_num_groups", "attention_head_dim"):
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, list):
+            check_size(key, v, MAX_CHANNELS, where)
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) > 16):
+            raise ValueError(f"{where}: {key} must be a list of at most 16 entries, got {str(v)[:60]}")
+    for v in cfg.get("block_out_channels") or []:
+        check_size("block_out_channels", v, MAX_CHANNELS, where)
+    v = cfg.get("layers_per_block")
+    if v is not None and not isinstance(v, list):
+        check_size("layers_per_block", v, 64, where)
+    v = cfg.get("num_class_embeds")
+    if v is not None:
+        check_size("num_class_embeds", v, 10**6, where)
+
+
 def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kwargs: Any) -> DiffusersDenoiser:
     """A :class:`DiffusersDenoiser` from a local directory saved with ``save_pretrained``: a pipeline folder
     (model_index.json, unet/, scheduler/) or a UNet folder (config.json, optional scheduler_config.json).
@@ -187,17 +213,18 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
         unet_dir, sched_file = root, root / "scheduler_config.json"
     else:
         raise ValueError(f"{root} has neither model_index.json (a pipeline) nor config.json (a UNet)")
-    cls_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    if (root / "model_index.json").is_file():
+        load_json(root / "model_index.json", what="diffusers model_index.json", expect=dict)
+    unet_cfg = load_json(unet_dir / "config.json", what="diffusers UNet config", expect=dict)  # a list, deep nesting,
+    check_unet_config(unet_cfg, unet_dir / "config.json")  # a FIFO, sizes: clear errors before any allocation
+    cls_name = unet_cfg.get("_class_name")
     if cls_name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise ValueError(f"{unet_dir} holds a {cls_name}; fewstep loads UNet2DModel and UNet2DConditionModel")
     if cls_name == "UNet2DConditionModel" and "encoder_hidden_states" not in kwargs:
         raise ValueError(f"{unet_dir} is a conditional UNet: pass encoder_hidden_states (prompt embeddings) in "
                          "Python with fewstep.integrations.diffusers.DiffusersDenoiser")
     if scheduler_config is None and sched_file.is_file():
-        try:
-            scheduler_config = json.loads(sched_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{sched_file} is not valid JSON: {e}") from None
+        scheduler_config = load_json(sched_file, what="diffusers scheduler config", expect=dict)
         kwargs["scheduler_config_file"] = sched_file
     # Check the noise settings before the (slower) weight loading, so that a missing one fails at once.
     context = None if scheduler_config is not None else \
@@ -206,5 +233,10 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
                          **{k: kwargs[k] for k in NOISE_KEYS if k in kwargs})
     unet_cls = getattr(diffusers, cls_name)
     with _no_accelerate_notice(unet_cls):
-        unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+        try:
+            unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+        except (RuntimeError, ValueError, KeyError, OSError, EnvironmentError) as e:  # e.g. weights of another shape
+            weights = sorted(p.name for p in unet_dir.glob("*.safetensors")) or ["(no .safetensors file)"]
+            raise ValueError(f"{unet_dir}: cannot load the UNet from {', '.join(weights)} with its config.json: "
+                             f"{' '.join(str(e).split())[:300]}") from None
     return DiffusersDenoiser(unet.eval(), scheduler_config, **kwargs)

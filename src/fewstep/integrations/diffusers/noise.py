@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ...jsonio import MAX_TRAIN_TIMESTEPS
 from .backend import SchedulerMixin, diffusers
 from .scheduler import FewstepScheduler
 from .spaces import PREDICTION_TYPES, alphas_cumprod, is_flow_config
@@ -27,12 +28,35 @@ _RANGE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end"
 def _class_defaults(cfg: dict) -> tuple[str | None, dict]:
     """Defaults of the scheduler class a config names (``_class_name``), as diffusers applies them on loading."""
     name = cfg.get("_class_name")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"_class_name must be a string, got {str(name)[:60]!r}")
     cls = FewstepScheduler if name == "FewstepScheduler" else getattr(diffusers, str(name), None) if name else None
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         return None, {}
     params = inspect.signature(cls.__init__).parameters
     empty = inspect.Parameter.empty
     return name, {k: p.default for k, p in params.items() if k in NOISE_KEYS and p.default is not empty}
+
+
+def _check_types(merged: dict[str, Any], where: str) -> None:
+    """Strict JSON types of the noise settings (a config file may say ``"beta_start": "0.1"`` or ``true``)."""
+    import math
+
+    for k in ("prediction_type", "beta_schedule"):
+        if k in merged and not isinstance(merged[k], str):
+            raise ValueError(f"{k}{where} must be a string, got {str(merged[k])[:60]!r}")
+    for k in ("beta_start", "beta_end"):
+        v = merged.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{k}{where} must be a finite number, got {str(v)[:60]!r}")
+    tb = merged.get("trained_betas")
+    if tb is not None:
+        if isinstance(tb, torch.Tensor) or type(tb).__module__ == "numpy":
+            tb = list(tb.tolist()) if hasattr(tb, "tolist") else tb
+        if not isinstance(tb, (list, tuple)) or len(tb) > MAX_TRAIN_TIMESTEPS or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in tb):
+            raise ValueError(f"trained_betas{where} must be a list of at most {MAX_TRAIN_TIMESTEPS} finite numbers")
+        merged["trained_betas"] = list(tb)
 
 
 def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLike | None = None,
@@ -66,6 +90,7 @@ def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLik
     flow = given.get("prediction_type", "flow_prediction" if is_flow_config(cfg) else cfg.get(
         "prediction_type", cls_defaults.get("prediction_type"))) == "flow_prediction"
     merged = {**{k: v for k, v in cls_defaults.items() if v is not None}, **cfg, **given}
+    _check_types(merged, f" ({file})" if file is not None else "")
     from_class = sorted(k for k in cls_defaults if k not in origin and cls_defaults[k] is not None
                         and (not flow or k in ("prediction_type", "num_train_timesteps")))
     if flow:
@@ -106,8 +131,9 @@ def resolve_noise_config(scheduler_config: Any = None, *, file: str | os.PathLik
     if not flow:
         out["trained_betas"] = list(map(float, out["trained_betas"])) if out["trained_betas"] is not None else None
     T = out["num_train_timesteps"]
-    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
-        raise ValueError(f"num_train_timesteps must be an int >= 2, got {T!r}")
+    if isinstance(T, bool) or not isinstance(T, int) or not 2 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps must be an int in [2, {MAX_TRAIN_TIMESTEPS}], got {T!r}"
+                         + (f" ({file})" if file is not None else ""))
     if not flow and out["trained_betas"] is not None and len(out["trained_betas"]) != T:
         raise ValueError(f"trained_betas has {len(out['trained_betas'])} entries but num_train_timesteps is {T}")
     if out["prediction_type"] not in PREDICTION_TYPES:

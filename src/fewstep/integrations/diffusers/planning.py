@@ -4,7 +4,6 @@ call the solver will make (:func:`call_plan`)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from ...defaults import choice_for_sigmas, default_choice
 from ...denoisers.adapters import FlowModel, VPModel
 from ...denoisers.base import RANGE_SLACK
+from ...jsonio import MAX_NFE
 from ...sampling import steps_for_nfe
 from ...schedules import get_schedule
 from ..stepper import DRY_RUN_SHAPE, Request, Stepper
@@ -118,6 +118,8 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"num_inference_steps must be a positive int (the number of model calls), got {nfe!r}")
     check_steps(nfe)
+    if nfe > MAX_NFE:
+        raise ValueError(f"num_inference_steps must be at most {MAX_NFE} model calls, got {nfe}")
     if default:
         if nfe - int(dtz) < 1:
             raise ValueError(f"num_inference_steps={nfe} leaves no model call for the solver besides the jump to zero "
@@ -132,7 +134,7 @@ def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: i
     try:
         n = steps_for_nfe(solver, nfe - int(dtz), afs, **opts)
     except ValueError:
-        ok = list(itertools.islice((k for k in range(1, nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)), 8))
+        ok = [k for k in range(max(1, nfe - 8), nfe + 8) if nfe_possible(k, solver, afs, dtz, opts)]
         raise ValueError(f"solver {solver!r} (afs={afs}, denoise_to_zero={dtz}) cannot make exactly "
                          f"num_inference_steps={nfe} model calls; possible: {ok}") from None
     if kind == "diffusers" and (cfg.sigma_min is not None or cfg.sigma_max is not None):
