@@ -347,7 +347,7 @@ def test_scheduler_huge_nfe_is_computed_not_listed():
     from fewstep.integrations.diffusers import FewstepScheduler
 
     s = FewstepScheduler(solver="heun")
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match="at most|1 \.\. 100000"):
         s.set_timesteps(10**9)
 
 

@@ -5,11 +5,12 @@ to the measured classic default (:mod:`fewstep.defaults`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .jsonio import load_json
 
 __all__ = ["INDEX", "entries", "shipped_recipe", "shipped_sampler"]
 
@@ -30,7 +31,7 @@ def entries() -> list[dict[str, Any]]:
     path = _assets() / INDEX
     if not path.is_file():
         return []
-    doc = json.loads(path.read_text())
+    doc = load_json(path, what="shipped sampler index")
     if not isinstance(doc, dict) or not isinstance(doc.get("samplers"), list):
         raise ValueError(f"{path}: expected an object with a list 'samplers'")
     for e in doc["samplers"]:
@@ -64,7 +65,7 @@ def shipped_recipe(model_id: str | None, nfe: int) -> Path | None:
     if model_id is None:
         return None
     for path in sorted(_assets().glob(f"tuned_*_nfe{nfe}.json")):
-        info = json.loads(path.read_text()).get("info", {})
+        info = load_json(path, what="shipped tuned configuration").get("info", {})
         if isinstance(info, dict) and info.get("model_id") == model_id and info.get("nfe") == nfe:
             return path
     return None

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .io import SafetensorsFileError, read_json_file, read_safetensors, write_safetensors, write_text_atomic
+from .jsonio import load_json
 from .sampling import Solution, solve
 from .schedules import refine_schedule
 
@@ -142,7 +143,7 @@ class TeacherCache:
         try:
             tensors, meta = read_safetensors(path, fmt=CACHE_FORMAT, max_bytes=self.max_bytes, check_finite=True,
                                              what="teacher cache entry", expect=expect)
-            stored = json.loads(meta.get("fields", "null"))
+            stored = load_json(meta.get("fields", "null"), what="teacher cache fields", expect=None)
             if stored != json.loads(json.dumps(dict(fields))) or meta.get("key") != self.key(fields):
                 raise SafetensorsFileError(f"{path}: its fields are not those of its key")
         except (OSError, ValueError) as e:
