@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import analyze, bench, compare, demo, sample, schedule, train, tune
+from . import analyze, bench, compare, demo, outputs, sample, schedule, train, tune
 from . import eval as eval_
 from .args import load_model
 
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fewstep ARGV``; bad input (ValueError, TypeError, OSError) is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with outputs.claimed(args):  # existing outputs, outputs that are inputs, concurrent runs: refused
+            return int(args.func(args))
     except (ValueError, TypeError, OSError) as e:
         print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--fd-count", type=positive_int, default=10000,
                    help="reference patches for the FD of image models")
     b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
+    b.add_argument("--overwrite", action="store_true", help="replace existing output (--out .md (and .json))")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     b.set_defaults(func=run)
     return b
