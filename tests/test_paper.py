@@ -133,7 +133,9 @@ def test_bench_render_only_reproduces_the_report(small_model, tmp_path):
     saved = json.loads(out.with_suffix(".json").read_text())
     assert paper.render("table5", saved, machine) == text
     out.write_text("stale")
-    assert cli.main(["bench", "paper-table5", "--render-only", "--out", str(out)]) == 0
+    assert cli.main(["bench", "paper-table5", "--render-only", "--out", str(out)]) == 2  # replaces the .md
+    assert out.read_text() == "stale"
+    assert cli.main(["bench", "paper-table5", "--render-only", "--out", str(out), "--overwrite"]) == 0
     assert out.read_text().split("Machine: ")[0] == text.split("Machine: ")[0]
     assert out.read_text().split("; total")[1] == text.split("; total")[1]
 

@@ -17,7 +17,7 @@ import torch
 __all__ = [
     "atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure", "SafetensorsFileError",
     "read_safetensors", "read_safetensors_header", "write_safetensors", "read_json_file", "MAX_FILE_BYTES",
-    "regular_file_size", "read_safetensors_config", "claim_output", "check_output", "OutputBusyError",
+    "regular_file_size", "regular_file", "read_safetensors_config", "claim_output", "check_output", "OutputBusyError",
 ]
 
 
@@ -180,17 +180,28 @@ class SafetensorsFileError(ValueError):
     """A file is not a valid safetensors file (or not of the kind expected)."""
 
 
-def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
-    """Size of ``path`` if it is a regular file of at most ``max_bytes`` (FIFOs and devices are refused unread)."""
+def regular_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> int:
+    """The one check before any user path is opened: size of ``path`` if it is a regular file (of at most
+    ``max_bytes``); FileNotFoundError if missing, ValueError naming the file for a FIFO, device, socket or folder
+    (refused unread: opening a FIFO blocks forever) or a file too large."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no {what} at {path}") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read {what} {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise SafetensorsFileError(f"{path} is not a regular file")
-    if st.st_size > max_bytes:
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a device or socket")
+        raise SafetensorsFileError(f"{path} is {kind}, not a regular file (a {what} must be one)")
+    if max_bytes is not None and st.st_size > max_bytes:
         raise SafetensorsFileError(f"{path} is {st.st_size} bytes; a {what} is at most {max_bytes}")
     return st.st_size
+
+
+def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
+    """Size of ``path`` if it is a regular file of at most ``max_bytes`` (:func:`regular_file`)."""
+    return regular_file(path, what, max_bytes)
 
 
 def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = 2**24) -> Any:

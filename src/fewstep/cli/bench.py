@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from ..io import write_text_atomic
+from ..io import read_json_file, regular_file, write_text_atomic
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
 from .args import add_model_args, parse_nfes, positive_int
 
@@ -81,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ValueError("--render-only needs --out (the .md whose .json beside it is re-rendered)")
         out = Path(args.out)
-        saved = json.loads(out.with_suffix(".json").read_text())
+        saved = read_json_file(out.with_suffix(".json"), "paper table JSON")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{out.with_suffix('.json')} is not a paper table (a JSON object)")
         machine = None  # JSON written before it recorded the machine: keep the line of the report beside it
-        if "machine" not in saved and out.is_file():
+        if "machine" not in saved and os.path.lexists(out):
+            regular_file(out, "paper table report")
             line = next((x for x in out.read_text().splitlines() if x.startswith("Machine: ")), "")
             machine = line[len("Machine: "):].split("; total")[0] or None
         text = paper.render(which, saved, machine)

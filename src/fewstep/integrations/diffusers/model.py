@@ -5,7 +5,6 @@ guidance and mid-block features for AMED), :func:`load_denoiser` for a folder sa
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ...io import tensor_digest
+from ...io import read_json_file, regular_file, tensor_digest
 from .backend import diffusers
 from .noise import NOISE_KEYS, describe_noise, resolve_noise_config
 from .spaces import make_adapter, model_sigma_range
@@ -167,6 +166,14 @@ class DiffusersDenoiser(torch.nn.Module):
         return x0, f.to(x.dtype)
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists; a FIFO, device or folder there is refused unread (:func:`fewstep.io.regular_file`)."""
+    if not os.path.lexists(path):
+        return False
+    regular_file(path, "diffusers config file")
+    return True
+
+
 def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kwargs: Any) -> DiffusersDenoiser:
     """A :class:`DiffusersDenoiser` from a local directory saved with ``save_pretrained``: a pipeline folder
     (model_index.json, unet/, scheduler/) or a UNet folder (config.json, optional scheduler_config.json).
@@ -181,23 +188,23 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no diffusers model folder at {root}")
-    if (root / "model_index.json").is_file():
+    if _present(root / "model_index.json"):
         unet_dir, sched_file = root / "unet", root / "scheduler" / "scheduler_config.json"
-    elif (root / "config.json").is_file():
+    elif _present(root / "config.json"):
         unet_dir, sched_file = root, root / "scheduler_config.json"
     else:
         raise ValueError(f"{root} has neither model_index.json (a pipeline) nor config.json (a UNet)")
-    cls_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    config = read_json_file(unet_dir / "config.json", "diffusers UNet config")
+    cls_name = config.get("_class_name") if isinstance(config, dict) else None
     if cls_name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise ValueError(f"{unet_dir} holds a {cls_name}; fewstep loads UNet2DModel and UNet2DConditionModel")
     if cls_name == "UNet2DConditionModel" and "encoder_hidden_states" not in kwargs:
         raise ValueError(f"{unet_dir} is a conditional UNet: pass encoder_hidden_states (prompt embeddings) in "
                          "Python with fewstep.integrations.diffusers.DiffusersDenoiser")
-    if scheduler_config is None and sched_file.is_file():
-        try:
-            scheduler_config = json.loads(sched_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{sched_file} is not valid JSON: {e}") from None
+    for weights in unet_dir.glob("*.safetensors"):  # from_pretrained would block on a FIFO
+        regular_file(weights, "diffusers weights file")
+    if scheduler_config is None and _present(sched_file):
+        scheduler_config = read_json_file(sched_file, "diffusers scheduler config")
         kwargs["scheduler_config_file"] = sched_file
     # Check the noise settings before the (slower) weight loading, so that a missing one fails at once.
     context = None if scheduler_config is not None else \
