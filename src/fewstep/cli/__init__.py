@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import analyze, bench, compare, demo, outputs, sample, schedule, train, tune
+from . import analyze, applies, bench, compare, demo, outputs, sample, schedule, train, tune
 from . import eval as eval_
 from .args import load_model
 
@@ -30,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fewstep ARGV``; bad input (ValueError, TypeError, OSError) is one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
+        applies.check(args, applies.given(parser, argv), parser)  # an option that would not act is refused
         with outputs.claimed(args):  # existing outputs, outputs that are inputs, concurrent runs: refused
             return int(args.func(args))
     except (ValueError, TypeError, OSError) as e:
