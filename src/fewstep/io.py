@@ -4,6 +4,7 @@ safetensors reader/writer used for predictors, U-Net weights and training states
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -78,6 +79,8 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
         if src is not None and _same_file(path, Path(src)):
             raise ValueError(f"{what} {path} is also an input of this command ({src}); writing it would destroy "
                              "the input: choose another output")
+    if path.exists() and path.is_dir() != exists_ok:  # a file output where a folder is, or a folder where a file is
+        raise ValueError(f"{what} {path} exists and is not {'a directory' if exists_ok else 'a file'}")
     if path.exists() and not (overwrite or exists_ok):
         raise ValueError(f"{what} {path} exists; pass --overwrite to replace it")
 
@@ -94,13 +97,16 @@ def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
 
     path = Path(path)
     check_output(path, overwrite=overwrite, sources=sources, what=what, exists_ok=exists_ok)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    where = f"to the output folder {path}" if exists_ok else f"{path} ({what})"
     lock = path.with_name(path.name + ".lock")
     me = f"{socket.gethostname()} {os.getpid()}"
     for _ in range(2):
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            if not path.parent.is_dir():  # a file where a folder of the path should be
+                raise OSError(errno.ENOTDIR, f"cannot write {where}: Not a directory") from None
             try:
                 holder = lock.read_text()[:200]
             except OSError:
@@ -111,6 +117,8 @@ def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # a killed run's lock; the next O_EXCL decides if two runs race for it
             continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {where}: {e.strerror or e}") from None
         with os.fdopen(fd, "w") as f:
             f.write(me)
         break
