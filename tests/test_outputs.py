@@ -8,17 +8,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import make_gmm
 
 from fewstep import cli, learned
-from fewstep.cli import outputs
-from fewstep.cli import main
+from fewstep.cli import main, outputs
 from fewstep.io import OutputBusyError, claim_output
 from fewstep.schedules import get_schedule, save_schedule
 

@@ -52,19 +52,21 @@ def training_range(seed: int, total_samples: int) -> range:
     return range(first, first + int(total_samples))
 
 
-def check_held_out(eval_seeds, seed: int, total_samples: int, what: str = "evaluation") -> None:
+def check_held_out(eval_seeds, seed: int, total_samples: int, what: str = "the evaluation seeds",
+                   source: str | None = None) -> None:
     """ValueError when any of ``eval_seeds`` is a training seed of a run with ``seed`` / ``total_samples``."""
     train = training_range(seed, total_samples)
     shared = [s for s in eval_seeds if s in train]
     if shared:
-        raise ValueError(f"{what} seeds overlap the training seeds {train.start}..{train.stop - 1} "
-                         f"({len(shared)} shared, first {shared[0]}); evaluate on held-out seeds "
-                         f"(fewstep.seeds.report_seeds)")
+        of = f" of {source}" if source else ""
+        raise ValueError(f"{what} overlap the training seeds {train.start}..{train.stop - 1}{of} "
+                         f"({len(shared)} shared, first {shared[0]}); evaluate on held-out seeds, e.g. "
+                         f"{REPORT}-{REPORT + len(list(eval_seeds)) - 1} (fewstep.seeds.report_seeds)")
 
 
-def check_sampler_held_out(eval_seeds, sampler, what: str = "evaluation") -> None:
+def check_sampler_held_out(eval_seeds, sampler, what: str = "the evaluation seeds", source: str | None = None) -> None:
     """:func:`check_held_out` against the training record of a learned ``sampler`` (a no-op when it has none)."""
     rec = (getattr(sampler, "config", None) or {}).get("training") or {}
     seed, total = rec.get("seed"), rec.get("total_samples")
     if isinstance(seed, int) and isinstance(total, int) and not isinstance(seed, bool):
-        check_held_out(eval_seeds, seed, total, what)
+        check_held_out(eval_seeds, seed, total, what, source)

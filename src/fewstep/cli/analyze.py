@@ -200,7 +200,7 @@ def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
     m = args.teacher_steps or 16
     pred = learned.load(args.predictor, model_id=model_id) if args.predictor else None
-    check_sampler_held_out(args.seeds, pred, what=f"--seeds (the training record of {args.predictor})")
+    check_sampler_held_out(args.seeds, pred, what="--seeds", source=args.predictor)
     runs = per_step_error(denoiser, noise, _solvers(args.solver), args.nfe, afs=args.afs, schedule=args.schedule,
                           teacher_steps=m, predictor=pred)
     rows = ["solver,nfe,step,sigma,rmse,l2,teacher_change"]

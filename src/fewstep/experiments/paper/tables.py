@@ -96,7 +96,7 @@ def amed_row(
                            "options": opts, "afs": afs, "train_s": {}, "tables": {}}
     method, base = student_method(student, opts)
     if bed.seeds:  # evaluation seeds must be held out from every training sample
-        check_held_out(bed.seeds, seed, total_samples, what=f"the bed's ({label})")
+        check_held_out(bed.seeds, seed, total_samples, what="the bed's seeds", source=label)
     for nfe in nfes:
         try:
             n = student_steps(student, nfe, afs, opts)
