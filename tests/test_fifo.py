@@ -43,14 +43,14 @@ def test_init_images_folder_with_a_fifo_png(tmp_path):
     rc, err = _run(FEWSTEP + ["sample", "--model", "factory_model:make_rgb8", "--shape", "3,8,8", "--solver", "euler",
                               "--nfe", "3", "--seeds", "0-1", "--init-images", str(folder), "--strength", "0.5",
                               "--out", str(tmp_path / "x.npz")], tmp_path)
-    assert rc == 2 and "z.png is a FIFO, not a regular file" in err, err
+    assert rc == 2 and "z.png is not a regular file (it is a FIFO" in err, err
     assert not (tmp_path / "x.npz").exists()
 
 
 def test_eval_folder_with_a_fifo_png(tmp_path):
     folder = _png_folder(tmp_path)
     rc, err = _run(FEWSTEP + ["eval", str(folder), "--ref", str(folder), "--features", "pixels"], tmp_path)
-    assert rc == 2 and "is a FIFO, not a regular file" in err, err
+    assert rc == 2 and "is not a regular file (it is a FIFO" in err, err
 
 
 @pytest.mark.parametrize("which", ["schedule", "predictor", "tuned", "render-only"])
@@ -91,4 +91,4 @@ def test_diffusers_folder_whose_config_is_a_fifo(tmp_path):
             p = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             pytest.fail(f"load_denoiser hung on the FIFO of the {layout} layout")
-        assert p.returncode == 2 and "is a FIFO, not a regular file" in p.stdout, (layout, p.stdout, p.stderr)
+        assert p.returncode == 2 and "is not a regular file (it is a FIFO" in p.stdout, (layout, p.stdout, p.stderr)

@@ -201,7 +201,7 @@ def regular_file(path: str | os.PathLike, what: str = "file", max_bytes: int | N
     if not stat.S_ISREG(st.st_mode):
         kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
                 "a device or socket")
-        raise SafetensorsFileError(f"{path} is {kind}, not a regular file (a {what} must be one)")
+        raise SafetensorsFileError(f"{path} is not a regular file (it is {kind}; a {what} must be one)")
     if max_bytes is not None and st.st_size > max_bytes:
         raise SafetensorsFileError(f"{path} is {st.st_size} bytes; a {what} is at most {max_bytes}")
     return st.st_size
