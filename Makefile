@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fewstep demo
+	$(PY) -m fewstep demo --overwrite  # make demo reruns into fewstep-out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -14,7 +14,7 @@ import fewstep.cli
 from fewstep.cli import build_parser, main
 
 COMMANDS = ("demo", "tune", "train", "sample", "compare", "eval", "analyze", "bench", "schedule")
-NOT_COMMANDS = {"args"}  # shared argument types and helpers
+NOT_COMMANDS = {"args", "applies", "outputs"}  # shared argument types and helpers; which options act; outputs claimed
 
 
 def _command_modules() -> list[str]:

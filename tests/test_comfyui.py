@@ -105,14 +105,14 @@ CASES = [
 def test_sampler_node_equals_fewstep_k(nodes, gmm, noise, solver, inputs):
     _, mod, cs = nodes
     (sampler,) = mod.FewstepSampler().get_sampler(solver, **inputs)
-    assert isinstance(sampler, cs.KSAMPLER) and sampler.sampler_function is getattr(k, mod.SOLVERS[solver][0])
+    assert isinstance(sampler, cs.KSAMPLER) and sampler.sampler_function is getattr(k, mod.SOLVERS[solver])
     sigmas = comfy_sigmas()
     steps = []
     out, guider = run_sampler(cs, sampler, gmm, noise, sigmas, callback=lambda *a: steps.append(a))
     # ComfyUI scaled the noise: sigmas[0] == sigma_max -> noise * sqrt(1 + sigma^2) (EPS max-denoise)
     x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0)
     opts = mod.solver_options(solver, **{("variant" if n == "unipc_variant" else n): v for n, v in inputs.items()})
-    ref = getattr(k, mod.SOLVERS[solver][0])(gmm, x, sigmas, **opts)
+    ref = getattr(k, mod.SOLVERS[solver])(gmm, x, sigmas, **opts)
     assert torch.equal(out, ref)
     assert steps and all(s[3] == len(sigmas) - 1 for s in steps) and steps[-1][0] == len(sigmas) - 2
     assert all(shape == (noise.shape[0],) and seed == 0 for shape, seed in guider.calls)
@@ -141,8 +141,38 @@ def test_afs_saves_a_call_and_is_refused_where_unsupported(nodes, gmm, noise):
         (sampler,) = mod.FewstepSampler().get_sampler("dpmpp_2m", afs=afs)
         calls[afs] = len(run_sampler(cs, sampler, gmm, noise, sigmas)[1].calls)
     assert calls[True] == calls[False] - 1
+    with pytest.raises(ValueError, match="unknown fewstep solver"):
+        mod.FewstepSampler().get_sampler("lms")
+
+
+@pytest.mark.parametrize("solver", ["ipndm", "ipndm_v", "deis", "euler", "heun", "dpm_2", "amed_plugin"])
+def test_afs_is_offered_wherever_fewstep_k_takes_it(nodes, gmm, noise, solver):
+    """The node asks fewstep.k (its signature, the solver registry behind **options) which options a solver takes:
+    AFS works for ipndm / ipndm_v / deis (once refused by a hard-coded list) and saves one call."""
+    _, mod, cs = nodes
+    sigmas = comfy_sigmas()
+    assert "afs" in mod.accepted(solver)
+    calls = {}
+    for afs in (False, True):
+        (sampler,) = mod.FewstepSampler().get_sampler(solver, afs=afs)
+        out, guider = run_sampler(cs, sampler, gmm, noise, sigmas)
+        calls[afs] = len(guider.calls)
+        if afs:
+            x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0)
+            assert torch.equal(out, getattr(k, mod.SOLVERS[solver])(gmm, x, sigmas, afs=True))
+    assert calls[True] == calls[False] - 1
+    assert mod.accepted("dpmpp_2m") == ("afs", "lower_order_final")  # the order is the name
+    assert mod.accepted("unipc") == ("afs", "max_order", "lower_order_final", "variant")
+
+
+def test_afs_is_refused_for_a_function_without_it(nodes, monkeypatch):
+    _, mod, _ = nodes
+    monkeypatch.setattr(k, "sample_plain", lambda model, x, sigmas, extra_args=None, callback=None, disable=None: x,
+                        raising=False)
+    monkeypatch.setitem(mod.SOLVERS, "plain", "sample_plain")
     with pytest.raises(ValueError, match="does not support AFS"):
-        mod.FewstepSampler().get_sampler("euler", afs=True)
+        mod.FewstepSampler().get_sampler("plain", afs=True)
+    assert mod.solver_options("plain") == {}
     with pytest.raises(ValueError, match="unknown fewstep solver"):
         mod.FewstepSampler().get_sampler("lms")
 

@@ -18,20 +18,41 @@ CATEGORY_SIGMAS = "sampling/custom_sampling/schedulers"
 
 DEFAULT = "solver default"
 
-# name shown in ComfyUI -> (fewstep.k function name, options the node passes to it)
-SOLVERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "euler": ("sample_euler", ()),
-    "heun": ("sample_heun", ()),
-    "dpm_2": ("sample_dpm_2", ()),
-    "dpmpp_2m": ("sample_dpmpp_2m", ("lower_order_final", "afs")),
-    "dpmpp_3m": ("sample_dpmpp_3m", ("lower_order_final", "afs")),
-    "unipc": ("sample_unipc", ("max_order", "variant", "lower_order_final", "afs")),
-    "ipndm": ("sample_ipndm", ("max_order",)),
-    "ipndm_v": ("sample_ipndm_v", ("max_order",)),
-    "deis": ("sample_deis", ("max_order", "deis_mode")),
-    "amed": ("sample_amed", ("afs",)),
-    "amed_plugin": ("sample_amed_plugin", ("afs",)),  # on iPNDM, r = 0.5, c = a = 1 (no predictor)
+# name shown in ComfyUI -> fewstep.k function. Which of the node's options each one takes (AFS, max_order, ...) is
+# read from that function's signature (:func:`accepted`), never listed here: fewstep.k is the one authority.
+SOLVERS: dict[str, str] = {
+    "euler": "sample_euler",
+    "heun": "sample_heun",
+    "dpm_2": "sample_dpm_2",
+    "dpmpp_2m": "sample_dpmpp_2m",
+    "dpmpp_3m": "sample_dpmpp_3m",
+    "unipc": "sample_unipc",
+    "ipndm": "sample_ipndm",
+    "ipndm_v": "sample_ipndm_v",
+    "deis": "sample_deis",
+    "amed": "sample_amed",
+    "amed_plugin": "sample_amed_plugin",  # on iPNDM, r = 0.5, c = a = 1 (no predictor)
 }
+NODE_OPTIONS = ("afs", "max_order", "lower_order_final", "variant", "deis_mode")
+# Options of fewstep.k functions that take **options (passed on to fewstep.sample's solver): the solver's fields.
+_SOLVER_NAMES = {"sample_dpmpp_2m": "dpmpp", "sample_dpmpp_3m": "dpmpp", "sample_unipc": "unipc"}
+FIXED = {"dpmpp_2m": ("max_order",), "dpmpp_3m": ("max_order",)}  # the order is the name
+
+
+def accepted(solver: str) -> tuple[str, ...]:
+    """The node options that ``fewstep.k.<SOLVERS[solver]>`` takes: its keyword parameters, or for a function that
+    passes ``**options`` on, the fields of the solver it runs (from fewstep's solver registry) and ``afs``."""
+    import dataclasses
+    import inspect
+
+    import fewstep
+
+    params = inspect.signature(solver_function(solver)).parameters
+    names = set(params)
+    if SOLVERS[solver] in _SOLVER_NAMES and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        cls = fewstep.SOLVERS[_SOLVER_NAMES[SOLVERS[solver]]]
+        names |= {f.name for f in dataclasses.fields(cls)} | {"afs"}
+    return tuple(o for o in NODE_OPTIONS if o in names and o not in FIXED.get(solver, ()))
 
 
 def _comfy_samplers():
@@ -44,14 +65,14 @@ def _comfy_samplers():
 
 def solver_options(solver: str, afs: bool = False, max_order: int = 0, lower_order_final: str = DEFAULT,
                    variant: str = "bh2", deis_mode: str = "tab") -> dict[str, Any]:
-    """The ``extra_options`` for ``fewstep.k.<SOLVERS[solver][0]>``: only the options that function takes; values
+    """The ``extra_options`` for ``fewstep.k.<SOLVERS[solver]>``: only the options that function takes; values
     left at their defaults (``max_order=0``, ``lower_order_final="solver default"``, ``afs=False``) are omitted so
     the fewstep.k default applies. AFS with a solver that cannot use it is refused."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown fewstep solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    accepts = SOLVERS[solver][1]
+    accepts = accepted(solver)
     if afs and "afs" not in accepts:
-        with_afs = ", ".join(n for n, (_, o) in SOLVERS.items() if "afs" in o)
+        with_afs = ", ".join(n for n in SOLVERS if "afs" in accepted(n))
         raise ValueError(f"fewstep {solver} does not support AFS (analytical first step); use one of {with_afs}, "
                          "or set afs to false")
     opts: dict[str, Any] = {}
@@ -71,7 +92,7 @@ def solver_options(solver: str, afs: bool = False, max_order: int = 0, lower_ord
 def solver_function(solver: str):
     from fewstep import k
 
-    return getattr(k, SOLVERS[solver][0])
+    return getattr(k, SOLVERS[solver])
 
 
 class FewstepSampler:

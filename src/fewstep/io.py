@@ -4,6 +4,7 @@ safetensors reader/writer used for predictors, U-Net weights and training states
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 __all__ = [
     "atomic_path", "write_text_atomic", "tensor_digest", "pyplot", "save_figure", "SafetensorsFileError",
     "read_safetensors", "read_safetensors_header", "write_safetensors", "read_json_file", "MAX_FILE_BYTES",
-    "regular_file_size", "read_safetensors_config",
+    "regular_file_size", "regular_file", "read_safetensors_config", "claim_output", "check_output", "OutputBusyError",
 ]
 
 
@@ -37,6 +38,100 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class OutputBusyError(ValueError):
+    """Another run holds the output's lock (``OUT.lock``)."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _lock_owner_alive(text: str) -> bool:
+    """Whether the process named in a lock file (``host pid``) may still run (True unless it is provably gone)."""
+    import socket
+
+    try:
+        host, pid = text.split()
+        pid_ = int(pid)
+    except ValueError:
+        return False  # an empty or torn lock: its writer died while creating it
+    if host != socket.gethostname():
+        return True  # another machine's process: we cannot tell
+    try:
+        os.kill(pid_, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False, sources: Any = (), what: str = "--out",
+                 exists_ok: bool = False) -> None:
+    """The checks of :func:`claim_output` without the lock: not an input, not existing unless allowed."""
+    path = Path(path)
+    for src in sources:
+        if src is not None and _same_file(path, Path(src)):
+            raise ValueError(f"{what} {path} is also an input of this command ({src}); writing it would destroy "
+                             "the input: choose another output")
+    if path.exists() and path.is_dir() != exists_ok:  # a file output where a folder is, or a folder where a file is
+        raise ValueError(f"{what} {path} exists and is not {'a directory' if exists_ok else 'a file'}")
+    if path.exists() and not (overwrite or exists_ok):
+        raise ValueError(f"{what} {path} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: Any = (), what: str = "--out",
+                 exists_ok: bool = False) -> Iterator[Path]:
+    """Hold ``path`` as this run's output: refuse it when it is one of the ``sources`` the run reads (even with
+    ``overwrite``), when it exists and neither ``overwrite`` nor ``exists_ok`` (a resumable folder) allows that,
+    and when another run holds it. The hold is the file ``path.lock`` created exclusively (``O_EXCL``, holding
+    ``host pid``) and removed when the block ends, so two runs started together on one output cannot both write it:
+    the second fails here, before any work. A lock left by a killed process of this host is taken over."""
+    import socket
+
+    path = Path(path)
+    check_output(path, overwrite=overwrite, sources=sources, what=what, exists_ok=exists_ok)
+    where = f"to the output folder {path}" if exists_ok else f"{path} ({what})"
+    lock = path.with_name(path.name + ".lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not path.parent.is_dir():  # a file where a folder of the path should be
+                raise OSError(errno.ENOTDIR, f"cannot write {where}: Not a directory") from None
+            try:
+                holder = lock.read_text()[:200]
+            except OSError:
+                holder = ""
+            if _lock_owner_alive(holder):
+                raise OutputBusyError(f"{what} {path} is being written by another run (lock {lock}: {holder.strip()}"
+                                      "); wait for it, choose another output, or remove the lock if no run is alive")
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # a killed run's lock; the next O_EXCL decides if two runs race for it
+            continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {where}: {e.strerror or e}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        raise OutputBusyError(f"{what} {path}: could not take the lock {lock}")
+    try:
+        if path.exists() and not (overwrite or exists_ok):  # created between the check above and the lock
+            raise ValueError(f"{what} {path} exists; pass --overwrite to replace it")
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text() == me:
+                lock.unlink()
 
 
 def pyplot():  # noqa: ANN201
@@ -95,15 +190,21 @@ class SafetensorsFileError(ValueError):
     """A file is not a valid safetensors file (or not of the kind expected)."""
 
 
-def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
-    """Size of ``path`` if it is a regular file of at most ``max_bytes`` (FIFOs and devices are refused unread)."""
+def regular_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> int:
+    """The one check before any user path is opened: size of ``path`` if it is a regular file (of at most
+    ``max_bytes``); FileNotFoundError if missing, ValueError naming the file for a FIFO, device, socket or folder
+    (refused unread: opening a FIFO blocks forever) or a file too large."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no {what} at {path}") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot read {what} {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise SafetensorsFileError(f"{path} is not a regular file")
-    if st.st_size > max_bytes:
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a device or socket")
+        raise SafetensorsFileError(f"{path} is not a regular file (it is {kind}; a {what} must be one)")
+    if max_bytes is not None and st.st_size > max_bytes:
         raise SafetensorsFileError(f"{path} is {st.st_size} bytes; a {what} is at most {max_bytes}")
     return st.st_size
 
@@ -115,6 +216,11 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", max_bytes: 
     from .jsonio import load_json
 
     return load_json(Path(path), what=what, max_bytes=max_bytes, expect=expect)
+
+
+def regular_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
+    """Size of ``path`` if it is a regular file of at most ``max_bytes`` (:func:`regular_file`)."""
+    return regular_file(path, what, max_bytes)
 
 
 def read_safetensors_header(path: str | os.PathLike, *, max_bytes: int = MAX_FILE_BYTES,

@@ -60,6 +60,8 @@ class _KModel:
         self.model_id = getattr(model, "model_id", None)  # checked against a learned sampler's model
         if callable(getattr(model, "denoise_with_features", None)):  # feature-based AMED predictors read these
             self.denoise_with_features = self._with_features
+        elif isinstance(model, torch.nn.Module):  # a plain network: a hook-feature predictor hooks its module
+            self.feature_network = model
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         out = self.model(x, sigma, **self.extra_args)
@@ -193,18 +195,41 @@ def sample_deis(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | N
 
 
 def sample_amed(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                callback: Callable | None = None, disable: bool | None = None, afs: bool = False) -> torch.Tensor:
-    """AMED-Solver (Zhou et al., CVPR 2024) untrained: r = 0.5, c = a = 1 (DPM-Solver-2). A trained one (any
-    learned sampler) runs with :func:`sample_learned`."""
-    return _run("amed", model, x, sigmas, extra_args, callback, disable, afs=afs)
+                callback: Callable | None = None, disable: bool | None = None, afs: bool | None = None,
+                predictor: Any = None) -> torch.Tensor:
+    """AMED-Solver (Zhou et al., CVPR 2024) untrained: r = 0.5, c = a = 1 (DPM-Solver-2); with ``predictor`` (a
+    trained AMED-Solver, as ``fewstep.sample(..., predictor=)`` takes it) :func:`sample_learned`."""
+    if predictor is not None:
+        return _trained("amed", model, x, sigmas, extra_args, callback, disable, predictor, afs)
+    return _run("amed", model, x, sigmas, extra_args, callback, disable, afs=bool(afs))
 
 
 def sample_amed_plugin(model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None = None,
-                       callback: Callable | None = None, disable: bool | None = None, afs: bool = False,
-                       base: str = "ipndm", **base_options: Any) -> torch.Tensor:
+                       callback: Callable | None = None, disable: bool | None = None, afs: bool | None = None,
+                       base: str = "ipndm", predictor: Any = None, **base_options: Any) -> torch.Tensor:
     """AMED-Plugin (Zhou et al., CVPR 2024) untrained on a ``base`` solver (with its options): the base on the
-    schedule refined at the geometric midpoints. A trained one runs with :func:`sample_learned`."""
-    return _run("amed_plugin", model, x, sigmas, extra_args, callback, disable, afs=afs, base=base, **base_options)
+    schedule refined at the geometric midpoints; with ``predictor`` (a trained AMED-Plugin) :func:`sample_learned`."""
+    if predictor is not None:
+        if base_options:
+            raise ValueError(f"{', '.join(base_options)}: a trained AMED-Plugin fixes its base solver and options")
+        return _trained("plugin", model, x, sigmas, extra_args, callback, disable, predictor, afs)
+    return _run("amed_plugin", model, x, sigmas, extra_args, callback, disable, afs=bool(afs), base=base,
+                **base_options)
+
+
+def _trained(method: str, model: Model, x: torch.Tensor, sigmas: Any, extra_args: dict | None,
+             callback: Callable | None, disable: bool | None, predictor: Any, afs: bool | None) -> torch.Tensor:
+    """:func:`sample_learned` for a predictor that must be of ``method``."""
+    if isinstance(predictor, (str, os.PathLike)):
+        from .learned import load
+
+        predictor = load(predictor)
+    config = getattr(predictor, "config", None)
+    got = config.get("method") if isinstance(config, dict) else None
+    if got != method:
+        raise ValueError(f"predictor must be a trained {method} sampler, got {got or type(predictor).__name__}; any "
+                         "learned sampler runs with fewstep.k.sample_learned")
+    return sample_learned(model, x, sigmas, extra_args, callback, disable, predictor=predictor, afs=afs)
 
 
 def sample_learned(model: Model, x: torch.Tensor, sigmas: Any = None, extra_args: dict | None = None,

@@ -160,6 +160,7 @@ def _read_png(f: Path) -> np.ndarray:
 
     from .jsonio import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 
+    _regular_file(f, "PNG image")  # a FIFO named *.png would block Image.open forever
     try:
         with Image.open(f) as im:  # reads the header only: the size is checked before any pixel is decoded
             w, h = im.size
@@ -182,12 +183,12 @@ def _read_png(f: Path) -> np.ndarray:
 
 
 def _regular_file(path: Path, what: str) -> None:
+    from .io import regular_file
+
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path} is not a regular file (a {what} must be one)")
+        regular_file(path, what)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
 
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -230,7 +231,7 @@ def load_images(path: str | Path) -> np.ndarray:
                                  "must have the same size and channels")
             arrs.append(a)
         return check_images(np.stack(arrs).transpose(0, 3, 1, 2), str(path))
-    if path.suffix != ".npz" or not path.is_file():
+    if path.suffix != ".npz":
         raise ValueError(f"{path} must be a folder of PNG files or an .npz file")
     z = read_npz(path, "image file")
     key = "images" if "images" in z else (next(iter(z)) if len(z) == 1 else None)
@@ -373,7 +374,10 @@ class FeatureExtractor:
             if self._digest is None:
                 import hashlib
 
+                from .io import regular_file
+
                 h = hashlib.sha256()
+                regular_file(self.path, "Inception weights file")
                 with open(self.path, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)

@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from .._version import VERSION
-from . import analyze, bench, compare, demo, sample, schedule, train, tune
+from . import analyze, applies, bench, compare, demo, outputs, sample, schedule, train, tune
 from . import eval as eval_
 from .args import load_model
 
@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fewstep ARGV``; bad input (ValueError, TypeError, OSError) is one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        applies.check(args, applies.given(parser, argv), parser)  # an option that would not act is refused
+        with outputs.claimed(args):  # existing outputs, outputs that are inputs, concurrent runs: refused
+            return int(args.func(args))
     except (ValueError, TypeError, OSError) as e:
         print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -47,9 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a.add_argument("--gt-nfe", type=positive_int, default=80,
                    help="align --protocol paper: Heun evaluations of the ground truth (default: %(default)s)")
     a.add_argument("--steps", type=positive_int, default=32, help="trajectory steps (default: %(default)s)")
-    a.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-63"))
+    a.add_argument("--seeds", type=parse_seeds, default=parse_seeds("800000000-800000063"),
+                   help="noise seeds, e.g. 0-63 (default: the 64 first held-out seeds 800000000-800000063; 'error' "
+                        "refuses seeds its --predictor was trained on)")
     a.add_argument("--max-k", type=positive_int, default=5)
     a.add_argument("--out", required=True, help="output path stem; writes .png and .csv")
+    a.add_argument("--overwrite", action="store_true", help="replace existing output (--out .png / .csv)")
     a.add_argument("--threads", type=int, default=1,
                    help="torch threads (default: 1, measured fastest for the bed and small models on a busy 2-core machine; raise it for large networks)")
     a.set_defaults(func=run)
@@ -190,12 +193,14 @@ def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """Per-step RMSE / L2 of solvers (and a learned sampler) to a DEIS-4 teacher on the same sigmas."""
     from .. import learned
     from ..experiments.analysis import per_step_error
+    from ..seeds import check_sampler_held_out
     from ..sampling import noise_for_seeds
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
     noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
     m = args.teacher_steps or 16
     pred = learned.load(args.predictor, model_id=model_id) if args.predictor else None
+    check_sampler_held_out(args.seeds, pred, what="--seeds", source=args.predictor)
     runs = per_step_error(denoiser, noise, _solvers(args.solver), args.nfe, afs=args.afs, schedule=args.schedule,
                           teacher_steps=m, predictor=pred)
     rows = ["solver,nfe,step,sigma,rmse,l2,teacher_change"]

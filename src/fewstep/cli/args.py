@@ -244,6 +244,11 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
 
     from .. import denoisers
 
+    noise = ("prediction_type", "beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
+    given = [k for k in noise if args is not None and getattr(args, k, None) is not None]
+    if given and not name.startswith("diffusers:"):  # a built-in model or factory has its own noise settings
+        raise ValueError(f"--{given[0].replace('_', '-')} applies to --diffusers models only; model {name} has its own "
+                         "noise settings")
     if name in MODELS or name.endswith(".safetensors") or name.startswith("diffusers:"):
         if name == "gmm":
             from .._extras import check
@@ -268,8 +273,6 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
             raise ValueError(f"--shape {','.join(map(str, shape))} does not apply: model {name} makes samples of "
                              f"shape {','.join(map(str, shp))} (--shape is for model factories)")
         return den, tuple(shp), den.model_id, dtype
-    if args is not None and any(getattr(args, k, None) is not None for k in ("prediction_type", "beta_schedule")):
-        raise ValueError("--prediction-type / --beta-schedule apply to --diffusers models only")
     if ":" in name:
         mod_name, _, attr = name.partition(":")
         try:

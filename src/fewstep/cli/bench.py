@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from ..io import write_text_atomic
+from ..io import read_json_file, regular_file, write_text_atomic
 from . import args as cli_args  # cli_args.load_model is looked up when called: tests substitute a model there
 from .args import add_model_args, parse_nfes, positive_int
 
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--fd-count", type=positive_int, default=10000,
                    help="reference patches for the FD of image models")
     b.add_argument("--out", default=None, help="output .md (and .json beside it); default fewstep-out/paper/")
+    b.add_argument("--overwrite", action="store_true", help="replace existing output (--out .md (and .json))")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     b.set_defaults(func=run)
     return b
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
         saved = load_json(out.with_suffix(".json"), what="saved report", expect=dict)
         machine = None  # JSON written before it recorded the machine: keep the line of the report beside it
-        if "machine" not in saved and out.is_file():
+        if "machine" not in saved and os.path.lexists(out):
+            regular_file(out, "paper table report")
             line = next((x for x in out.read_text().splitlines() if x.startswith("Machine: ")), "")
             machine = line[len("Machine: "):].split("; total")[0] or None
         text = paper.render(which, saved, machine)

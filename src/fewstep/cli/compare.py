@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--fd-features", type=positive_int, default=256,
                    help="random features for the Fréchet distance (default: %(default)s)")
     c.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    c.add_argument("--overwrite", action="store_true", help="replace existing output (--json FILE)")
     c.set_defaults(func=run)
     return c
 

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     "samplers at NFE 3/5/7/9; then the guided digits model at NFE 5")
     d.add_argument("--bed", action="store_true", help="instead: solver table on the analytic natural-patch bed")
     d.add_argument("--out", default=None, help="output folder (default: fewstep-out/demo or fewstep-out/bed)")
+    d.add_argument("--overwrite", action="store_true", help="replace existing output (its results.md / results.json)")
     d.add_argument("--num-seeds", dest="seeds", type=positive_int, default=None,
                    help="how many held-out evaluation seeds (default: 128; bed 1000)")
     d.add_argument("--train", action="store_true",

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--pr-k", type=positive_int, default=3, help="k of the k-NN balls for --pr (default: 3)")
     e.add_argument("--batch", type=positive_int, default=256)
     e.add_argument("--out", default=None, help="write the result as JSON here")
+    e.add_argument("--overwrite", action="store_true", help="replace existing output (--out / --save-ref-stats files)")
     e.add_argument("--threads", type=int, default=1,
                    help="torch threads (default: 1, measured fastest for the bed and small models on a busy 2-core machine; raise it for large networks)")
     e.set_defaults(func=run)

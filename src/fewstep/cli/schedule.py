@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     sc.add_argument("source", nargs="?", default=None, help="for export: a schedule .json, an AMED checkpoint or a learned sampler (--schedule-only)")
     sc.add_argument("--out", default=None,
                     help="search / learn: output schedule .json (required); export: also write the exported text here")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never SOURCE itself)")
     sc.add_argument("--threads", type=int, default=1,
                    help="torch threads (default: 1, measured fastest for the bed and small models on a busy 2-core machine; raise it for large networks)")
     both = sc.add_argument_group("search and learn")
@@ -42,7 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       help="NFE of the schedule (default: 5); export: interpolate SOURCE to this NFE of its solver "
                            "(log-linear in sigma, as Align Your Steps; default: its own)")
     both.add_argument("--afs", action="store_true", help="the solver uses the analytical first step")
-    both.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     search = sc.add_argument_group("search only")
     search.add_argument("--grid", type=positive_int, default=61, help="fine grid points (default: %(default)s)")
     search.add_argument("--grid-kind", default="polynomial", choices=("polynomial", "logsnr", "time_uniform"),

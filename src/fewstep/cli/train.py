@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    state = out.with_name(out.name + ".train-state")
+    if state.exists() and not args.resume:  # an interrupted run's state is never restarted over (nor deleted)
+        raise ValueError(f"a training state exists at {state} (an interrupted run); pass --resume to continue it, "
+                         "or remove it to start over")
     if args.checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     for name in ("lr", "schedule_lr"):

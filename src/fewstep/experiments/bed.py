@@ -18,6 +18,7 @@ import torch
 from ..denoisers import GMM_MODEL_ID, gmm_denoiser
 from ..evaluation import BASELINES, SolverSpec, reference_solution, rmse, solver_table
 from ..sampling import noise_for_seeds
+from ..seeds import report_seeds
 
 __all__ = ["Bed", "gmm_denoiser", "GMM_MODEL_ID"]
 
@@ -36,6 +37,7 @@ class Bed:
     description: str
     fd: Callable[[torch.Tensor], float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()  # the noise seeds of ``noise`` (empty when built by hand)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -43,7 +45,8 @@ class Bed:
               ref_steps: int = 256, model_id: str | None = None, dtype: torch.dtype = torch.float64,
               description: str = "", fd_reference: torch.Tensor | None = None, check: bool = True,
               progress: bool = False) -> "Bed":
-        """Held-out noise for ``seeds`` (a count n means seeds 0..n-1) and the reference solution (DEIS-4,
+        """Held-out noise for ``seeds`` (a count n means the held-out seeds :func:`fewstep.seeds.report_seeds`, never
+        a training seed) and the reference solution (DEIS-4,
         ``ref_steps`` polynomial steps; ``ref_error`` is its change against half the steps when ``check``). With
         ``fd_reference`` (real images), ``bed.fd(x)`` is the Fréchet distance in a fixed 64-D random feature space
         (:class:`fewstep.metrics.RandomFeatures`)."""
@@ -52,7 +55,7 @@ class Bed:
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             if seeds < 2:
                 raise ValueError(f"seeds must be an int >= 2, got {seeds!r}")
-            seed_list = list(range(seeds))
+            seed_list = report_seeds(seeds)
         elif isinstance(seeds, (bool, str, bytes)):
             raise ValueError(f"seeds must be an int >= 2 or a sequence of seeds, got {seeds!r}")
         else:
@@ -69,7 +72,8 @@ class Bed:
                 return metrics.frechet_distance(mu, s, mu_r, s_r)
 
         info = {"seeds": len(seed_list), "first_seed": seed_list[0], "ref_steps": ref_steps}
-        return cls(denoiser, noise, ref, err, tuple(shape), model_id, dtype, description, fd, info)
+        return cls(denoiser, noise, ref, err, tuple(shape), model_id, dtype, description, fd, info,
+                   tuple(seed_list))
 
     @classmethod
     def gmm(cls, *, seeds: int | Sequence[int] = 1000, ref_steps: int = 256, size: int = 8, components: int = 10,

@@ -27,6 +27,7 @@ from .. import evaluation, learned, metrics
 from ..data import digit_classifier
 from ..io import atomic_path, pyplot, save_figure, write_text_atomic
 from ..sampling import noise_for_seeds, sample, solve
+from ..seeds import report_seeds
 from ..schedules import get_schedule
 from .bed import Bed
 
@@ -173,7 +174,7 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
     model = digits_unet().eval().requires_grad_(False)
     clf, clf_acc = digit_classifier()
     labels = torch.arange(10).repeat_interleave(cfg.per_class)
-    noise = noise_for_seeds(range(len(labels)), (1, 16, 16), dtype=torch.float64)
+    noise = noise_for_seeds(report_seeds(len(labels)), (1, 16, 16), dtype=torch.float64)  # held out from training
     guided = Guided(model, labels, cfg.scale)
     say(f"Digits model {model.model_id}, guidance w = {cfg.scale:g}: teacher (DEIS-logrho order 4, {cfg.ref_steps} "
         f"steps) on {len(labels)} seeds ...", flush=True)

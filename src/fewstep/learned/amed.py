@@ -192,8 +192,11 @@ class AMEDSampler(LearnedSampler):
         o = self.options
         if o["features"] == "none" or provides_features(denoiser):
             return denoiser
-        if o["features"] == "hook" and isinstance(denoiser, nn.Module):
-            return HookFeatures(denoiser, denoiser, o["feature_module"])
+        # The network whose module is hooked: the denoiser itself, or the one a wrapper names (fewstep.k's model
+        # wrapper, a host's model) as ``feature_network``.
+        network = denoiser if isinstance(denoiser, nn.Module) else getattr(denoiser, "feature_network", None)
+        if o["features"] == "hook" and isinstance(network, nn.Module):
+            return HookFeatures(denoiser, network, o["feature_module"])
         raise ValueError(f"this predictor needs {o['features']} features ({o['feature_module'] or 'denoise_with_features'});"
                          " wrap the model with fewstep.denoisers.HookFeatures(denoiser, network, module)")
 

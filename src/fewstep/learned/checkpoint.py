@@ -77,8 +77,8 @@ def _legacy_amed(cfg: Any, where: str) -> dict[str, Any]:
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
     """(the checked config in the one schema, the file's format)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not os.path.lexists(path) or os.path.isdir(path):  # a FIFO or device is refused unread by the header reader
+        raise FileNotFoundError(f"no checkpoint at {path}{' (a folder)' if os.path.isdir(path) else ''}")
     try:
         fmt = read_safetensors_header(path, max_bytes=MAX_BYTES, what=WHAT)[1].get("format")
         if fmt == LEGACY_AMED_FORMAT:

@@ -9,6 +9,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -277,6 +278,9 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
     state = TrainState(ck.state, ck.every, sampler.config if sampler is not None else plan.record(),
                        [m for m in (sampler, sched) if m is not None], opt, lr_sched)
     losses: list[float] = []
+    if not ck.resume and ck.state is not None and Path(ck.state).exists():  # an interrupted run: never restart it
+        raise ValueError(f"a training state exists at {ck.state} (an interrupted run); pass --resume (resume=True) "
+                         "to continue it, or remove the file to start over")
     start = state.load(losses) if ck.resume else 0
     t0, c0 = time.perf_counter(), time.process_time()
     want_features = sampler is not None and sampler.uses_features

@@ -108,11 +108,15 @@ def export_document(source: str | os.PathLike, nfe: int | None = None, *,
         kind, method = "learned_sampler", cfg["method"]
         table = sampler.export_steps()
         if table is None and not schedule_only:
-            why = (f"{source} is a feature-based AMED predictor: its r, c, a are computed per sample from the "
-                   "network's features while sampling, so there are no per-step values to export"
-                   if getattr(sampler, "uses_features", False) else
-                   f"{source} is a {method} sampler: its per-step parameters act inside fewstep's {method} solver, "
-                   "which no host sampler has")
+            if getattr(sampler, "uses_features", False):
+                why = (f"{source} is a feature-based AMED predictor: its r, c, a are computed per sample from the "
+                       "network's features while sampling, so there are no per-step values to export")
+            elif getattr(sampler, "guidance_aware", False):
+                why = (f"{source} is a guidance-aware {method} table: its per-step values depend on the guidance "
+                       "scale chosen when sampling, so there is no one set of values to export")
+            else:
+                why = (f"{source} is a {method} sampler: its per-step parameters act inside fewstep's {method} "
+                       "solver, which no host sampler has")
             raise ValueError(
                 f"{why}. Sample it with fewstep.sample, fewstep.k.sample_learned or FewstepScheduler(predictor=path), "
                 "or pass schedule_only (--schedule-only) to export its sigmas alone (a host sampler on them is not "

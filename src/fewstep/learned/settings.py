@@ -96,7 +96,8 @@ class Teacher:
 class Budget:
     """How much training: ``batch`` samples per Adam step, ``total_samples`` in all, learning rate ``lr`` (cosine
     decay to 0 with ``lr_decay``); None: the method's measured default. ``seed`` chooses the training noise: batch
-    ``it`` uses noise seeds seed * 10**9 + 1 + it * batch ..., never the evaluation seeds 0..10**9 - 1 of our beds."""
+    ``it`` uses noise seeds seed * 10**9 + 1 + it * batch ..., never the held-out evaluation seeds of
+    :mod:`fewstep.seeds` (800000000 ...)."""
 
     batch: int | None = None
     total_samples: int | None = None

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..sampling import ModelCall, noise_for_seeds, steps_for_nfe
+from ..sampling import ModelCall, count_nfe, noise_for_seeds, steps_for_nfe
 from ..schedules import validate_sigmas
 from ..solvers import get_solver
 from ..teacher import model_key
@@ -29,15 +29,37 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return check_shape(tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape)
 
 
-def _num_steps(nfe: int | None, num_steps: int | None, solver: Any, afs: bool) -> int:
-    """Sigmas of the schedule from ``nfe`` (default 5) or ``num_steps``, not both."""
+def _num_steps(nfe: int | None, num_steps: int | None, solver: Any, afs: bool, method: str | None = None,
+               schedule: ScheduleSpec | None = None) -> int:
+    """Sigmas of the schedule from ``nfe`` (default 5) or ``num_steps``, not both; with given sigmas, their count
+    (an ``nfe`` they do not cost with this method's solver is refused, naming the method and what they cost)."""
     if nfe is not None and num_steps is not None:
         raise ValueError("give nfe or num_steps, not both")
     if num_steps is not None:
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
             raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
         return num_steps
-    return steps_for_nfe(solver, 5 if nfe is None else nfe, afs)
+    who = f"{method} (solver {solver.name})" if method is not None and method != solver.name else \
+        (method or solver.name)
+    if schedule is not None and schedule.sigmas is not None:  # given sigmas: their count, at the NFE they cost
+        n = len(schedule.sigmas)
+        cost = count_nfe(solver, n, afs)
+        if nfe is not None and cost != nfe:
+            raise ValueError(f"the schedule has {n} sigmas: {cost} model evaluations with {who}"
+                             f"{' and AFS' if afs else ''}, not nfe={nfe} (--nfe); give a schedule of "
+                             f"{_sigmas_for(solver, nfe, afs)} or leave nfe out")
+        return n
+    try:
+        return steps_for_nfe(solver, 5 if nfe is None else nfe, afs)
+    except ValueError as e:
+        raise ValueError(str(e).replace(f"solver {solver.name!r}", who, 1)) from None
+
+
+def _sigmas_for(solver: Any, nfe: int, afs: bool) -> str:
+    try:
+        return f"{steps_for_nfe(solver, nfe, afs)} sigmas"
+    except ValueError:
+        return "another length (this NFE is not reachable)"
 
 
 def _guidance(guidance: Any, denoiser: Any) -> GuidanceScales | None:
@@ -137,7 +159,7 @@ def train(
 
     model, options = cls.for_training(denoiser, options, probe, shape)
     options = cls.check_options(options)
-    n = _num_steps(nfe, num_steps, cls.probe_solver(options, base, afs), afs)
+    n = _num_steps(nfe, num_steps, cls.probe_solver(options, base, afs), afs, cls.method, schedule)
     sig, sched_cfg = schedule.make(n, denoiser)
     if learn:
         sched_cfg = {"kind": "learned", "num_steps": n, "init": sched_cfg, "init_sigmas": [float(v) for v in sig]}
@@ -207,7 +229,7 @@ def learn_schedule(
     if objective.loss != "final" or objective.soft_start:
         raise ValueError("a schedule is learned with the final-point loss and no soft start")
     solv = get_solver(solver, **options)
-    n = _num_steps(nfe, num_steps, solv, afs)
+    n = _num_steps(nfe, num_steps, solv, afs, schedule=schedule)
     sig, _ = schedule.make(n, denoiser)
     lr = 0.05 if budget.lr is None else budget.lr
     plan = Plan(shape=_shape(shape), teacher=teacher.solver, teacher_options=teacher.resolved_options(),

@@ -2,9 +2,10 @@
 Models in Around 5 Steps", CVPR 2024): Table 2 (solvers x NFE), Table 4 (teacher solver), Table 5 (time schedule
 with and without AMED-Plugin), and the grid-searched intermediate times of Fig. 5.
 
-Every table is RMSE to a high-accuracy ODE solution on held-out seeds (seeds 0..S-1; AMED trains on seeds from
-10^9 + 1 on), optionally with a Fréchet distance in a fixed random feature space (``fd``). AMED predictors are
-predictor-free tables (``options={"features": "none"}``, final-point loss) trained per NFE with a small budget.
+Every table is RMSE to a high-accuracy ODE solution on held-out seeds (:func:`fewstep.seeds.report_seeds`,
+800000000...; AMED trains on seeds 1, 2, ...; :func:`.tables.amed_row` refuses an overlap), optionally with a
+Fréchet distance in a fixed random feature space (``fd``). AMED predictors are predictor-free tables
+(``options={"features": "none"}``, final-point loss) trained per NFE with a small budget.
 
 Modules: :mod:`.reference` (the paper's numbers), :mod:`.tables` (the runners), :mod:`.fig5` (the alignment
 studies), :mod:`.comparison` (ours beside the paper's, with verdicts), :mod:`.reports` (Markdown) and :mod:`.rows`

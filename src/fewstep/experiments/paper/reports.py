@@ -34,13 +34,15 @@ def report(which: str, result: dict[str, Any], bed: Bed | dict[str, Any], nfes: 
         teacher_desc = "as in each row with M={M} steps per interval unless the row names another M"
     else:
         teacher_desc = "DEIS-4 logrho with M={M} steps per interval"
+    first = info.get("first_seed", 0)  # tables before the held-out fix evaluated seeds 0..S-1
     afs = result.get("afs", True)
     sched = result.get("schedules", "polynomial")
     lines = [
         f"# {TITLES[which]} (AMED paper, Zhou et al., CVPR 2024) on our bed", "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line or machine()}; total {seconds:.0f} s  ",
-        f"Bed: {info['description']}; {info['seeds']} held-out seeds (0..{info['seeds'] - 1}); reference: "
+        f"Bed: {info['description']}; {info['seeds']} held-out seeds ({first}..{first + info['seeds'] - 1}); "
+        "reference: "
         f"DEIS-4 logrho with {info['ref_steps']} polynomial steps (relative change vs half the steps "
         f"{info['ref_error']:.1e}).  ",
         "AMED: predictor-free table (features none, r/c/a per step), trained per NFE by `fewstep.learned.train` "

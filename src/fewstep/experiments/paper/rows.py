@@ -34,8 +34,8 @@ def bed_info(bed: Bed | dict[str, Any]) -> dict[str, Any]:
     """What a report says about the bed (description, seeds, reference steps and error), JSON-ready."""
     if isinstance(bed, dict):
         return bed
-    return {"description": bed.description, "seeds": bed.info["seeds"], "ref_steps": bed.info["ref_steps"],
-            "ref_error": bed.ref_error}
+    return {"description": bed.description, "seeds": bed.info["seeds"], "first_seed": bed.info.get("first_seed", 0),
+            "ref_steps": bed.info["ref_steps"], "ref_error": bed.ref_error}
 
 
 def json_safe(obj: Any) -> Any:

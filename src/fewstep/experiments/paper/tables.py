@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from ... import learned
 from ...evaluation import SolverSpec, rmse, solver_table
 from ...sampling import solve, steps_for_nfe
+from ...seeds import check_held_out
 from ...schedules import get_schedule, refine_schedule
 from ..bed import Bed
 from .reference import NFES, TITLES
@@ -94,6 +95,8 @@ def amed_row(
     row: dict[str, Any] = {"label": label, "solver": "amed" if student == "amed" else f"amed_plugin:{student}",
                            "options": opts, "afs": afs, "train_s": {}, "tables": {}}
     method, base = student_method(student, opts)
+    if bed.seeds:  # evaluation seeds must be held out from every training sample
+        check_held_out(bed.seeds, seed, total_samples, what="the bed's seeds", source=label)
     for nfe in nfes:
         try:
             n = student_steps(student, nfe, afs, opts)
@@ -151,7 +154,7 @@ def table2(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, plug
         raise ValueError(f"rows must be some of {', '.join(TABLE2_ROWS)}, got {', '.join(bad)}")
     if schedules not in ("polynomial", "paper"):
         raise ValueError(f"schedules must be polynomial or paper, got {schedules!r}")
-    bases = [b.strip() for b in str(plugin_base).split(",") if b.strip()] if "plugin" in keep else []
+    bases = ([b.strip() for b in str(plugin_base).split(",") if b.strip()] or ["auto"]) if "plugin" in keep else []
     specs = [s if afs or not s.afs else replace(s, afs=False) for s in TABLE2_BASELINES
              if s.solver in keep]
     rows = []
@@ -159,9 +162,12 @@ def table2(bed: Bed, nfes: Sequence[int] = NFES, total_samples: int = 4096, plug
         kind, rho = paper_schedule(spec.solver) if schedules == "paper" else ("polynomial", 7.0)
         rows += [r | {"schedule": kind} for r in _baselines(bed, [spec], nfes, kind, rho, progress=progress)]
     chosen = []
-    for base in bases or ["auto"]:
+    for base in bases:
         if base == "auto":
             multistep = [r for r in rows if r["solver"] in ("dpmpp", "unipc", "ipndm")]
+            if not multistep:
+                raise ValueError("plugin_base auto picks the best of the dpmpp / unipc / ipndm rows: keep one of them "
+                                 "in rows, or name the base")
             best = min(multistep, key=lambda r: _score(r, nfes))
         else:
             best = next((r for r in rows if r["solver"] == base), None)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ...io import tensor_digest
+from ...io import regular_file, tensor_digest
 from ...jsonio import MAX_CHANNELS, MAX_SAMPLE_SIZE, check_size, load_json
 from .backend import diffusers
 from .noise import NOISE_KEYS, describe_noise, resolve_noise_config
@@ -193,6 +193,14 @@ def check_unet_config(cfg: dict[str, Any], path: Path) -> None:
         check_size("num_class_embeds", v, 10**6, where)
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists; a FIFO, device or folder there is refused unread (:func:`fewstep.io.regular_file`)."""
+    if not os.path.lexists(path):
+        return False
+    regular_file(path, "diffusers config file")
+    return True
+
+
 def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kwargs: Any) -> DiffusersDenoiser:
     """A :class:`DiffusersDenoiser` from a local directory saved with ``save_pretrained``: a pipeline folder
     (model_index.json, unet/, scheduler/) or a UNet folder (config.json, optional scheduler_config.json).
@@ -207,13 +215,13 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no diffusers model folder at {root}")
-    if (root / "model_index.json").is_file():
+    if _present(root / "model_index.json"):
         unet_dir, sched_file = root / "unet", root / "scheduler" / "scheduler_config.json"
-    elif (root / "config.json").is_file():
+    elif _present(root / "config.json"):
         unet_dir, sched_file = root, root / "scheduler_config.json"
     else:
         raise ValueError(f"{root} has neither model_index.json (a pipeline) nor config.json (a UNet)")
-    if (root / "model_index.json").is_file():
+    if _present(root / "model_index.json"):
         load_json(root / "model_index.json", what="diffusers model_index.json", expect=dict)
     unet_cfg = load_json(unet_dir / "config.json", what="diffusers UNet config", expect=dict)  # a list, deep nesting,
     check_unet_config(unet_cfg, unet_dir / "config.json")  # a FIFO, sizes: clear errors before any allocation
@@ -223,7 +231,9 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
     if cls_name == "UNet2DConditionModel" and "encoder_hidden_states" not in kwargs:
         raise ValueError(f"{unet_dir} is a conditional UNet: pass encoder_hidden_states (prompt embeddings) in "
                          "Python with fewstep.integrations.diffusers.DiffusersDenoiser")
-    if scheduler_config is None and sched_file.is_file():
+    for weights in unet_dir.glob("*.safetensors"):  # from_pretrained would block on a FIFO
+        regular_file(weights, "diffusers weights file")
+    if scheduler_config is None and _present(sched_file):
         scheduler_config = load_json(sched_file, what="diffusers scheduler config", expect=dict)
         kwargs["scheduler_config_file"] = sched_file
     # Check the noise settings before the (slower) weight loading, so that a missing one fails at once.
