@@ -33,7 +33,7 @@ REFUSED = [
     (["eval", "imgs", "--ref", "r.npz", "--pr-k", "3"], "--pr-k applies with --pr only"),
     (["eval", "imgs", "--ref", "r.npz", "--inception", "i.pt"], "--inception applies with --features inception"),
     (["eval", "imgs", "--ref", "r.npz", "--ref-count", "10"], "--ref-count applies to --ref patches:SIZE only"),
-    (["demo", "--bed", "--amed-nfe", "5"], "--amed-nfe does not apply to demo --bed"),
+    (["demo", "--bed", "--train"], "--train does not apply to demo --bed"),
     (["demo", "--patch", "4"], "--patch applies to demo --bed only"),
     (["bench", "paper-table5", "--render-only", "--seeds", "8"], "--seeds does not apply with --render-only"),
     (["bench", "paper-table5", "--teachers", "paper"], "--teachers applies to paper-table4 only"),

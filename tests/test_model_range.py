@@ -121,13 +121,18 @@ def test_cli_samples_in_the_models_own_range(tmp_path, capsys):
     # the measured default at NFE 3 is a two-step-per-call solver with AFS: 4 intervals, 5 sigmas
     assert (n, hi, lo) == (5, pytest.approx(157.407, rel=1e-5), pytest.approx(0.0100005, rel=1e-5))
     assert why.startswith("fewstep's measured default for NFE 3: ") and ", the model's own range" in why
-    assert max(float(t.max()) for t in RecordingEps.calls) == 999.0  # called at its last training timestep
+    # AFS replaces the first call (at t = 999) by its analytical step: the first call is at the second sigma
+    assert 700 < max(float(t.max()) for t in RecordingEps.calls) < 999
     assert np.load(out)["images"].shape == (2, 1, 4, 4)
+    RecordingEps.calls.clear()  # without AFS the first call is at the model's last training timestep
+    assert main(args + ["--overwrite", "--solver", "euler"]) == 0
+    assert max(float(t.max()) for t in RecordingEps.calls) == 999.0
+    capsys.readouterr()
 
     RecordingEps.calls.clear()
     assert main(args + ["--overwrite", "--sigma-max", "80", "--sigma-min", "0.05", "--schedule", "logsnr"]) == 0
     n, hi, lo, why = _used(capsys.readouterr().err)
-    assert (n, hi, lo, why) == (4, 80.0, 0.05, "logsnr schedule, --sigma-min and --sigma-max as given")
+    assert (n, hi, lo, why) == (4, 80.0, 0.05, "ipndm, logsnr schedule, --sigma-min and --sigma-max as given")
     assert 900 < max(float(t.max()) for t in RecordingEps.calls) < 999
 
     assert main(args + ["--overwrite", "--sigma-min", "0.002"]) == 2

@@ -131,8 +131,10 @@ def load_json(source: str | bytes | os.PathLike, *, what: str = "JSON", max_dept
             st = os.stat(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"no {what} at {path}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise JSONInputError(name, " is not a regular file")
+        if not stat.S_ISREG(st.st_mode):  # refused unread: opening a FIFO blocks forever
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "a device or socket")
+            raise JSONInputError(name, f" is not a regular file (it is {kind}; a {what} must be one)")
         if st.st_size > max_bytes:
             raise JSONInputError(name, f" is {st.st_size} bytes; at most {max_bytes} are read")
         with open(path, "rb") as f:

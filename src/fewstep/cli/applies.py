@@ -68,7 +68,7 @@ RULES: list[tuple[str | None, Sequence[str], Callable[[argparse.Namespace], bool
     ("eval", ("pr_k",), lambda a: a.pr, "applies with --pr only"),
     ("eval", ("ref_count",), lambda a: str(a.ref).startswith("patches:"), "applies to --ref patches:SIZE only"),
     ("demo", ("patch", "components", "ref_steps"), lambda a: a.bed, "applies to demo --bed only"),
-    ("demo", ("amed_nfe", "train_samples", "digits"), lambda a: not a.bed, "does not apply to demo --bed"),
+    ("demo", ("train", "train_samples", "digits"), lambda a: not a.bed, "does not apply to demo --bed"),
     ("bench", ("seeds", "ref_steps", "nfe", "train_samples", "M", "batch", "fd_count", "model", "shape", "threads",
                *NOISE), lambda a: not a.render_only, "does not apply with --render-only (it computes nothing)"),
     ("bench", ("plugin_base",), _which("paper-table2"), "applies to paper-table2 only"),
