@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule"}:
         from ..defaults import default_recipe
 
+        sigma_range(args, denoiser)  # --sigma-min / --sigma-max checked against the model's range, by their names
         rec = default_recipe(denoiser, args.nfe or 5, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                              model_id=model_id)
         kwargs = {"predictor": rec}
