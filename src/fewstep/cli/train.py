@@ -319,7 +319,8 @@ def _recipe(args: argparse.Namespace, denoiser, shape, model_id, dtype, scales, 
     res = tune(denoiser, shape, args.nfe or 5, seeds=seeds, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                dtype=dtype, model_id=model_id, guidance=guidance, progress=main_rank, cache=cache)
     if main_rank:
-        print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on {len(res.seeds)} tuning seeds")
+        print(f"  best classic: {res.best.label()}: RMSE {res.best.rmse:.4g} on "
+              f"{len(res.seeds) + len(res.extra.get('confirm_seeds', []))} tuning seeds")
         if saved is not None:
             try:
                 res.best.save(saved)
