@@ -1,4 +1,4 @@
-"""Every learned sampler (fewstep.learned: DyWeight, EPD, PAS, GS; and AMED tables) in the integrations: the diffusers
+"""Every learned sampler (fewstep.learned: DyWeight, EPD, PAS, GS, the residual operator; and AMED tables) in the integrations: the diffusers
 FewstepScheduler driven by a pipeline-like loop, and the k-diffusion-style fewstep.k.sample_learned, each equal to
 fewstep.solve(denoiser, noise, predictor=p) on an analytic Gaussian mixture, with the sampler's NFE as the number
 of model calls, from the object or from its checkpoint path. Nothing is trained: parameters are random, non-zero."""
@@ -33,6 +33,9 @@ CASES = [
     ("pas-c3-shift", learned.PASSampler, {"order": 3, "coords": 3}, True, False),
     ("gs-shift", learned.GSSampler, {"order": 3}, True, True),
     ("gs-o2", learned.GSSampler, {"order": 2}, False, False),
+    # the out-of-span operator (samples of 4 channels at one location): its dry run times the base
+    ("residual-ipndm-afs", learned.METHODS["residual"], {"channels": 4, "width": 8}, False, True),
+    ("residual-shift", learned.METHODS["residual"], {"channels": 4, "width": 8}, True, False),
 ]
 
 
@@ -308,7 +311,7 @@ def test_k_path_trailing_zero_and_errors(gmm, tmp_path):
     # without sigmas: the trained ones (no trailing zero), the same call of fewstep.sample
     assert torch.equal(k.sample_learned(gmm, x, predictor=p, disable=True),
                        fewstep.sample(gmm, x / SIG[0], predictor=p))
-    with pytest.raises(TypeError, match="predictor"):  # k.sample_amed runs the untrained solver only
+    with pytest.raises(ValueError, match="trained amed sampler, got epd"):  # k.sample_amed takes AMED's own only
         k.sample_amed(gmm, x, SIG, predictor=p, disable=True)
     with pytest.raises(ValueError, match="trained for sigmas"):
         k.sample_learned(gmm, x, fewstep.get_schedule("polynomial", 5), predictor=p, disable=True)

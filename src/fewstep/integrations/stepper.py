@@ -12,6 +12,7 @@ its analytical first step), so results equal :func:`fewstep.sample` up to the mo
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,13 @@ class Stepper:
         """True when the pending request is the first model call of an interval (made at its start x)."""
         return not self.outputs and not (self.afs and self.i == 0)
 
+    def timing(self) -> "Stepper":
+        """A copy for dry runs on a placeholder state: its solver evaluates at the same sigmas
+        (:meth:`fewstep.solvers.Solver.timing`)."""
+        dry = copy.copy(self)
+        dry.solver = self.solver.timing()
+        return dry
+
     def start(self, x: torch.Tensor) -> Request | torch.Tensor:
         """Begin at EDM state ``x`` at sigmas[0]."""
         self.i, self.x, self.outputs, self.nfe, self.finished = 0, x, [], 0, False
@@ -139,6 +147,7 @@ class Stepper:
 
 def evaluation_sigmas(stepper: Stepper) -> list[float]:
     """The sigma of every model call, found by a dry run on a zero state (:data:`DRY_RUN_SHAPE`) with D = 0."""
+    stepper = stepper.timing()
     req = stepper.start(torch.zeros(DRY_RUN_SHAPE, dtype=torch.float64))
     out: list[float] = []
     while isinstance(req, Request):

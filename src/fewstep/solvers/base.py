@@ -101,6 +101,12 @@ class Solver:
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
+    def timing(self) -> "Solver":
+        """A solver that evaluates the model at the same sigmas as this one, for dry runs on a placeholder state
+        (:func:`fewstep.integrations.stepper.evaluation_sigmas`): itself, unless its step needs the real samples
+        (a learned operator over their shape)."""
+        return self
+
 
 def step_order(max_order: int, i: int, num_steps: int, history_len: int, lower_order_final: bool) -> int:
     """Order of multistep step i: warm-up from the available history and, if asked, lowered near the end.

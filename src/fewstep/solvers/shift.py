@@ -4,6 +4,7 @@ learned sampler (:mod:`fewstep.learned`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,11 @@ class TimeShift(Solver):
 
     def init(self, x: torch.Tensor, sigmas: Any) -> Any:
         return self.inner.init(x, sigmas)
+
+    def timing(self) -> Solver:
+        """The same shifts around the inner solver's timing solver."""
+        inner = self.inner.timing()
+        return self if inner is self.inner else dataclasses.replace(self, inner=inner)
 
     def step(self, model: Model, x: torch.Tensor, i: int, sigmas: Any, state: Any) -> tuple[torch.Tensor, Any]:
         if self.predictor is not None:

@@ -210,6 +210,7 @@ def call_plan(stepper: Stepper) -> list[tuple[float, int, bool]]:
     """For every model call (dry run as :func:`..stepper.evaluation_sigmas`): its sigma, the index of the schedule
     interval it belongs to (the number of intervals for the denoise-to-zero call) and whether it opens the interval
     (made at the interval's start state)."""
+    stepper = stepper.timing()
     req = stepper.start(torch.zeros(DRY_RUN_SHAPE, dtype=torch.float64))
     out: list[tuple[float, int, bool]] = []
     while isinstance(req, Request):
