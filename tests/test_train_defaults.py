@@ -17,7 +17,7 @@ TINY = ["--model", "gmm", "--no-tune", "--nfe", "5", "--total-samples", "16", "-
 
 def test_default_method_table():
     assert defaults.default_method(5).method == "residual" and defaults.default_method(3).method == "residual"
-    assert defaults.default_method(5, guided=True).method == "dyweight"
+    assert defaults.default_method(5, guided=True).method == "residual"
     assert defaults.default_method(None).method == "residual"
     for _, _, choice in defaults.METHOD_RULES:
         assert choice.method in learned.METHODS and choice.why
@@ -63,13 +63,14 @@ def test_counted_macs_match_the_operators_formula(gmm4):
                         gmm4, (4,)) is None  # no operator
 
 
-def test_guided_default_is_dyweight_and_no_cache_flag(tmp_path, capsys):
+def test_guided_default_follows_the_table_and_no_cache_flag(tmp_path, capsys):
     out = tmp_path / "g.safetensors"
     assert main(["train", "--model", "digits", "--guidance", "4", "--no-tune", "--nfe", "5", "--total-samples", "10",
                  "--M", "1", "--report-seeds", "10", "--threads", "1", "--no-cache", "--out", str(out)]) == 0
     text = capsys.readouterr()
-    assert "method dyweight: fewstep's default at NFE 5 under guidance (w > 1)" in text.out
-    assert learned.read_config(out)["method"] == "dyweight" and "teacher targets" not in text.err
+    want = defaults.default_method(5, guided=True).method
+    assert f"method {want}: fewstep's default at NFE 5 under guidance (w > 1)" in text.out
+    assert learned.read_config(out)["method"] == want and "teacher targets" not in text.err
     assert main(["train", *TINY, "--no-cache", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not both" in capsys.readouterr().err
 
@@ -90,7 +91,8 @@ def test_tuning_and_report_references_are_cached_too(tmp_path, capsys):
     recipes = list((tmp_path / "c").glob("*.recipe.json"))
     kinds = sorted(json.loads(p.read_text()).get("kind", "training") for p in (tmp_path / "c").glob("*.json")
                    if not p.name.endswith(".recipe.json"))
-    assert len(recipes) == 1 and kinds == ["reference", "reference", "reference", "training"]
+    # references: tuning's teacher and its half-steps check, the confirmation seeds' teacher, the report's
+    assert len(recipes) == 1 and kinds == ["reference", "reference", "reference", "reference", "training"]
     assert main([*argv, "--out", str(tmp_path / "b.safetensors")]) == 0
     out = capsys.readouterr()
     assert "best classic (tuned before, read from" in out.out and "teacher targets: read from" in out.err
