@@ -65,7 +65,7 @@ def test_uint8_and_png_folder_inputs(images, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["eval", "missing.npz", "--ref", "patches:4"], "must be a folder of PNG files or an .npz"),
+    (["eval", "missing.npz", "--ref", "patches:4"], "no image file at missing.npz"),
     (["eval", "{a}", "--ref", "{a}", "--features", "inception"], "needs --inception PATH"),
     (["eval", "{a}", "--ref", "patches:8"], "reference images have shape"),
 ])

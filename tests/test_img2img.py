@@ -158,7 +158,7 @@ def test_cli_errors(tmp_path, capsys):
     assert _cli(base + ["--init-images", str(src)]) == 2
     assert _cli(base + ["--init-images", str(src), "--strength", "0.5"]) == 2  # 4x4 images, 8x8 model
     err = capsys.readouterr().err
-    assert "--strength needs --init-images" in err and "needs --strength" in err and "shape" in err
+    assert "--strength applies to --init-images only" in err and "needs --strength" in err and "shape" in err
 
 
 @pytest.mark.parametrize("arr", [np.zeros((0, 3, 8, 8), np.uint8), np.zeros((0, 8, 8, 3), np.uint8),

@@ -83,7 +83,9 @@ SIZE_OPTIONS: dict[tuple[str, ...], dict[str, str]] = {
     ("bench",): {"--seeds": "4", "--ref-steps": "16", "--train-samples": "8", "--nfe": "5", "--M": "2"},
 }
 # Options added only where they act (fewstep refuses an option that would change nothing): option -> test on args.
-SIZE_ONLY_IF = {"--ref-count": lambda args: any(a.startswith("patches:") for a in args)}
+SIZE_ONLY_IF = {"--ref-count": lambda args: any(a.startswith("patches:") for a in args),
+                # train tunes first unless told where to start
+                "--tune-seeds": lambda args: not {"--tuned", "--no-tune", "--schedule", "--base"} & set(args)}
 # (--threads 1: eval, schedule and analyze default to all cores, unlike the other commands, which use 1 thread for
 # small models; on a shared 2-core machine all cores are several times slower.)
 # function name (as called: the last attribute) -> {keyword: value}: set, or replace the README's value.

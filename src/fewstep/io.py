@@ -68,7 +68,11 @@ def _lock_owner_alive(text: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed process not yet reaped by its parent (a zombie) still answers kill(pid, 0)
+        stat_ = Path(f"/proc/{pid_}/stat").read_text()
+        return stat_[stat_.rindex(")") + 2:][:1] != "Z"
+    except (OSError, ValueError):
+        return True
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = False, sources: Any = (), what: str = "--out",
