@@ -49,8 +49,8 @@ VENV_BIN = Path(sys.executable).parent
 # ------------------------------------------------------------------------------------------------ what is skipped
 # A bash line is skipped when it contains the key, a python block when it contains the key (reasons: pytest -ra).
 SKIP_LINES = {
-    "make demo": "the full demo (two predictors trained, 256 seeds x 48 settings sampled) took 22 min on the shared "
-                 "2-core CPU; the demo runs at small size in tests/test_demo.py",
+    "make demo": "the full demo (128 seeds x 36 settings sampled, the digits part) takes about 3 CPU minutes; it "
+                 "runs at small size in tests/test_demo.py",
     "make test": "runs the whole test suite, this file included",
     "make bench": "the full benchmark suite (about 15 min); the harnesses run at tiny size in tests/test_benchmarks.py",
     "pip install": "installs from a package index; the wheel's core install is built and tested offline in "

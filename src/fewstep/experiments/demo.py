@@ -227,7 +227,8 @@ def run_digits_demo(cfg: DigitsDemoConfig, out: Path, progress: bool = True) -> 
           f"seeds in each group, groups separated by a white column): teacher ({columns[0][1]}) | best classic solver "
           f"at NFE {cfg.nfe} ({columns[1][1]}) | learned sampler at NFE {cfg.nfe} ({columns[2][1]}"
           + (f", trained for {train['seconds']:.0f} s on {cfg.train_samples} samples, batches of {cfg.train_batch} "
-             f"with every class, M = {cfg.M}" if "seconds" in train else "") + ").\n\nMetrics on {cfg.per_class} seeds per class (teacher's own error vs. half the steps "
+             f"with every class, M = {cfg.M}" if "seconds" in train else "")
+          + f").\n\nMetrics on {cfg.per_class} seeds per class (teacher's own error vs. half the steps "
           f"{ref_err:.1e}); class accuracy = fraction a logistic regression on the digits (held-out accuracy "
           f"{clf_acc:.3f}) assigns to the class asked for:\n\n"
           "| column | sampler | NFE | RMSE to teacher | class accuracy | " + " | ".join(map(str, range(10))) + " |\n"
