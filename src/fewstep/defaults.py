@@ -118,9 +118,10 @@ class MethodChoice:
 # that method from ``fewstep tune``'s best classic configuration. Measured (docs/methods.md, README "Beyond AMED";
 # RMSE to the teacher on held-out seeds, each method with its own defaults from the tuned start):
 # unguided: the out-of-span residual operator halves the tuned classic solver's error on the shipped U-Net at NFE
-# 3/4/5/7 (0.048/0.030/0.022/0.0093 vs 0.102/0.068/0.044/0.023), gains 3 % on the example DDPM (0.0508 vs 0.0526)
-# where DyWeight diverged (its learned schedule drifted; the best window kept: 0.11, 2.4x worse than the base);
-# DyWeight is better on the analytic beds (docs/frontier.md) but not on the image models, which users bring.
+# 3/4/5/7 (0.048/0.030/0.022/0.0093 vs 0.102/0.068/0.044/0.023; DyWeight: 0.0385 at NFE 4, 0.0193 at NFE 5) and
+# gains 3 % on the example DDPM at NFE 5 (0.0508 vs 0.0526), where DyWeight diverged at NFE 4 and 5 (its learned
+# schedule drifted; the best window kept: 0.21 / 0.12, 2.3-2.9x worse than its start). residual: never far from
+# its base on any model measured; DyWeight: better on the analytic beds (docs/frontier.md), fragile elsewhere.
 # guided: the same operator, guidance-aware over w in [1, 8] on the digits model, beats the measured guided default
 # (DEIS, 3 points) at w = 2 / 4 / 7.5: 0.043 / 0.062 / 0.112 vs 0.077 / 0.093 / 0.122, same class accuracy as the
 # teacher (docs/shipped.md).
