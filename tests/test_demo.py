@@ -52,7 +52,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     summary = run_demo(cfg, model=model)
     assert (tmp_path / "results.md").is_file() and (tmp_path / "error_vs_nfe.png").is_file()
     assert len(list((tmp_path / "grids").glob("*.png"))) >= 6
-    assert len(list((tmp_path / "predictors").glob("*.safetensors"))) == 2  # the U-Net's and the digits'
+    # the tiny U-Net's, trained now; the digits part uses the sampler shipped for the digits model at w = 2
+    assert [p.name for p in (tmp_path / "predictors").glob("*.safetensors")] == ["residual_nfe5.safetensors"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["model_id"] == model.model_id
     labels = [r["label"] for r in summary["rows"]]
@@ -67,6 +68,8 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert grid.shape[:2] == (4 * (10 * 17 + 1), 4 * (5 * 17 + 1))
     digits = saved["digits"]
     assert [c["column"] for c in digits["columns"]] == ["teacher", "classic", "learned"]
+    assert digits["columns"][2]["sampler"].endswith(", shipped") and digits["train"] == {
+        "shipped": "sampler_digits_nfe5.safetensors"}
     assert digits["columns"][0]["rmse"] == 0 and all(0 <= c["accuracy"] <= 1 for c in digits["columns"])
     assert digits["columns"][1]["rmse"] == min(v for v in digits["classic_rmse"].values() if v is not None)
     assert "## Conditional model: digits" in (tmp_path / "results.md").read_text()

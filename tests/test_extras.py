@@ -18,8 +18,9 @@ from fewstep import _extras
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=cwd)
 
 
 def test_version_has_one_source():
@@ -119,7 +120,7 @@ def test_a_command_that_needs_an_extra_says_which(tmp_path, blocked, argv, extra
         argv[1] += ".npz"
     code = (f"import sys\nsys.modules[{blocked!r}] = None\n"
             f"from fewstep.cli import main\nsys.exit(main({argv!r}))\n")
-    out = _run(code)
+    out = _run(code, cwd=tmp_path)  # a fresh folder: a default output left by an earlier run is not in the way
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()

@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         applies.check(args, applies.given(parser, argv), parser)  # an option that would not act is refused
+        if getattr(args, "preflight", None) is not None:  # e.g. a missing extra: said before any output is claimed
+            args.preflight(args)
         with outputs.claimed(args):  # existing outputs, outputs that are inputs, concurrent runs: refused
             return int(args.func(args))
     except (ValueError, TypeError, OSError) as e:

@@ -36,20 +36,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="reference solver steps (default: %(default)s)")
     d.add_argument("--threads", type=int, default=1,
                    help="torch threads (default: 1, the fastest for these small models on a 2-core machine)")
-    d.set_defaults(func=run)
+    d.set_defaults(func=run, preflight=preflight)
     return d
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Before any output is claimed or work done: the U-Net demo plots and judges the digits (matplotlib,
+    scikit-learn); its FD reference patches and the bed come from the photos (scikit-image, scikit-learn); the bed's
+    table has no plot."""
+    from .._extras import check
+
+    check(*(("sklearn", "skimage") if args.bed else ("matplotlib", "sklearn", "skimage")), extra="demo",
+          purpose="fewstep demo --bed" if args.bed else "fewstep demo")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the U-Net demo, or the bed's solver table with ``--bed``."""
     import torch
 
-    from .._extras import check
-
-    # Before minutes of work: the U-Net demo plots and judges the digits (matplotlib, scikit-learn); its FD reference
-    # patches and the bed come from the photos (scikit-image, scikit-learn); the bed's table has no plot.
-    check(*(("sklearn", "skimage") if args.bed else ("matplotlib", "sklearn", "skimage")), extra="demo",
-          purpose="fewstep demo --bed" if args.bed else "fewstep demo")
 
     torch.set_num_threads(max(1, args.threads))
     if not args.bed:
