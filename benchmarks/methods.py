@@ -47,13 +47,11 @@ def _model_args(model: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from fewstep import learned, noise_for_seeds, solve
+    from fewstep import learned, noise_for_seeds
     from fewstep.cli.args import load_model, parse_shape
     from fewstep.recipe import Recipe
     from fewstep.seeds import report_seeds
-    from fewstep.tune import rmse_to, teacher_solution
+    from fewstep.tune import TeacherErrors
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -90,15 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name, shape = MODELS[model]
         den, shp, _, dtype = load_model(name, parse_shape(shape) if shape else None)
         seeds = report_seeds(2 if args.quick else args.seeds)
-        noise = noise_for_seeds(seeds, tuple(shp), dtype=dtype)
-        refs: dict[tuple[float, float], torch.Tensor] = {}
-
-        def err(pred: Any) -> float:
-            sig = pred.config["sigmas"]
-            key = (float(sig[-1]), float(sig[0]))
-            if key not in refs:
-                refs[key] = teacher_solution(den, noise, key[0], key[1], 16 if args.quick else 128)
-            return rmse_to(solve(den, noise, predictor=pred).x, refs[key])
+        err = TeacherErrors(den, noise_for_seeds(seeds, tuple(shp), dtype=dtype), 16 if args.quick else 128)
 
         rows = []
         for nfe, path in recipes.items():

@@ -181,3 +181,22 @@ def test_defaults_quick_writes_rule_tables_and_accuracy(tmp_path, monkeypatch):
     # A second run measures nothing again (every row comes from the cache).
     n_rows = len((cache / "rows.jsonl").read_text().splitlines())
     assert defaults.main(argv) == 0 and len((cache / "rows.jsonl").read_text().splitlines()) == n_rows
+
+
+def test_methods_quick_trains_from_the_tuned_start_and_renders(tmp_path, monkeypatch):
+    """benchmarks/methods.py at tiny size on the analytic bed: tune files, one training per method, the table with
+    the tuned classic rows at each NFE and at NFE 9, and a second call that only evaluates (cached runs)."""
+    from benchmarks import methods
+
+    monkeypatch.setattr(methods, "MODELS", {"gmm": ("gmm", None)})
+    argv = ["--quick", "--models", "gmm", "--methods", "residual", "--nfes", "5", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "m.md"), "--json", str(tmp_path / "m.json")]
+    assert methods.main(argv) == 0
+    rows = json.loads((tmp_path / "m.json").read_text())["results"][0]["rows"]
+    assert {(r["kind"], r["nfe"]) for r in rows} == {("classic", 5), ("classic", 9), ("learned", 5)}
+    assert all(r["rmse"] is not None and r["rmse"] >= 0 for r in rows)
+    assert "| residual on " in (tmp_path / "m.md").read_text()
+    first = (tmp_path / "w" / "gmm_residual_nfe5.safetensors").read_bytes()
+    assert methods.main(argv) == 0  # cached: nothing trained again
+    assert (tmp_path / "w" / "gmm_residual_nfe5.safetensors").read_bytes() == first
+    assert json.loads((tmp_path / "m.json").read_text())["results"][0]["rows"] == rows

@@ -28,7 +28,7 @@ from .io import tensor_digest
 from .teacher import REFERENCE_SOLVER, TeacherCache, model_key, provenance
 
 __all__ = ["TuneResult", "tune", "report", "training_start", "SOLVER_GRID",
-           "teacher_solution", "rmse_to"]
+           "teacher_solution", "rmse_to", "TeacherErrors"]
 
 # Classic solver configurations compared by tune (names and options as in fewstep.SOLVERS).
 SOLVER_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -256,6 +256,24 @@ def tune(
                       model_evaluations=round(count["evals"] * len(seeds)), extra={"confirm_seeds": extra})
 
 
+class TeacherErrors:
+    """``err(pred)``: the RMSE of a sampler or recipe ``pred`` from ``noise`` to the teacher (:func:`teacher_solution`,
+    ``teacher_steps`` steps) over the sampler's own sigma range, the teacher run once per range."""
+
+    def __init__(self, denoiser: Callable, noise: torch.Tensor, teacher_steps: int = 128,
+                 cache: TeacherCache | None = None) -> None:
+        self.denoiser, self.noise, self.teacher_steps, self.cache = denoiser, noise, teacher_steps, cache
+        self.refs: dict[tuple[float, float], torch.Tensor] = {}
+
+    def __call__(self, pred: Any) -> float:
+        sig = pred.config["sigmas"]
+        key = (float(sig[-1]), float(sig[0]))
+        if key not in self.refs:
+            self.refs[key] = teacher_solution(self.denoiser, self.noise, key[0], key[1], self.teacher_steps,
+                                              cache=self.cache)
+        return rmse_to(solve(self.denoiser, self.noise, predictor=pred).x, self.refs[key])
+
+
 def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Recipe | None = None,
            seeds: Iterable[int] | int = 64, teacher_steps: int = 128, dtype: torch.dtype = torch.float32,
            cache: TeacherCache | None = None) -> dict[str, Any]:
@@ -268,15 +286,7 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
     from .learned.sampler import LearnedSampler
 
     seeds = report_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
-    noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
-    refs: dict[tuple[float, float], torch.Tensor] = {}
-
-    def err(pred: Any) -> float:
-        sig = pred.config["sigmas"]
-        key = (float(sig[-1]), float(sig[0]))
-        if key not in refs:
-            refs[key] = teacher_solution(denoiser, noise, key[0], key[1], teacher_steps, cache=cache)
-        return rmse_to(solve(denoiser, noise, predictor=pred).x, refs[key])
+    err = TeacherErrors(denoiser, noise_for_seeds(seeds, tuple(shape), dtype=dtype), teacher_steps, cache)
 
     rows = [{"label": f"trained {sampler.describe()}", "rmse": err(sampler), "nfe": sampler.nfe()}]
     if isinstance(sampler, LearnedSampler):

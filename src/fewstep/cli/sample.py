@@ -120,19 +120,14 @@ def run(args: argparse.Namespace) -> int:
         pred = learned.load(args.predictor, model_id=None if args.allow_other_model else model_id)
         if args.allow_other_model:
             denoiser = _OtherModel(denoiser)
-        if callable(getattr(pred, "check_trained_for", None)):  # shape, guidance, classes: before any output
-            pred.check_trained_for(denoiser, shape)
         kwargs: dict = {"predictor": pred}
-        weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
-        run_settings = {"predictor": weights, "predictor_config": pred.config,
-                        "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
+        run_settings = _predictor_settings(pred, denoiser, shape)
         used = f"{args.predictor}: {pred.describe()}"
     elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule",
                               "--sigma-min", "--sigma-max"} and (shipped := _shipped(args, model_id)) is not None:
         pred = learned.load(shipped, model_id=model_id)
         kwargs = {"predictor": pred}
-        run_settings = {"predictor": tensor_digest(pred.state_dict()), "predictor_config": pred.config,
-                        "sigmas": pred.config["sigmas"], "afs": pred.config["afs"]}
+        run_settings = _predictor_settings(pred, denoiser, shape)
         used = (f"the learned sampler shipped for this model at NFE {pred.nfe()}: {pred.describe()}, fewstep/assets/"
                 f"{shipped.name} (README \"Shipped samplers\"; --solver S for a classic solver)")
     elif not set(explicit) & {"--solver", "--solver-options", "--max-order", "--rho", "--afs", "--schedule"}:
@@ -254,6 +249,18 @@ class _OtherModel:
         if name == "denoiser":
             raise AttributeError(name)
         return getattr(self.denoiser, name)
+
+
+def _predictor_settings(pred, denoiser, shape: tuple[int, ...]) -> dict:  # noqa: ANN001
+    """The run settings of a learned sampler or recipe file (its weights' digest and config), after its check of the
+    shape, guidance and classes it was trained for (before any output)."""
+    from ..io import tensor_digest
+
+    if callable(getattr(pred, "check_trained_for", None)):
+        pred.check_trained_for(denoiser, shape)
+    weights = tensor_digest(pred.state_dict()) if hasattr(pred, "state_dict") else None
+    return {"predictor": weights, "predictor_config": pred.config, "sigmas": pred.config["sigmas"],
+            "afs": pred.config["afs"]}
 
 
 def _shipped(args: argparse.Namespace, model_id: str | None):  # noqa: ANN202 (a Path or None)
