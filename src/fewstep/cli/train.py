@@ -344,8 +344,7 @@ def _plan(args: argparse.Namespace, cls, model_id, denoiser, spec, settings, rec
         lo, hi, source = sigma_range(denoiser, spec.sigma_min, spec.sigma_max)
         where = f"{spec.kind} rho {spec.rho:g} on sigma {hi:.4g} .. {lo:.4g} ({source})"
     if cls.takes_base:
-        b = base or {"solver": "ipndm", "options": {}}
-        on = b["solver"] + "".join(f" {k}={v}" for k, v in b["options"].items())
+        on = base["solver"] + "".join(f" {k}={v}" for k, v in base["options"].items())  # set in run()
     else:
         on = "its own"
     learn = d.learn_schedule if spec.learn is None else spec.learn
