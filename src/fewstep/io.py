@@ -89,6 +89,27 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
         raise ValueError(f"{what} {path} exists; pass --overwrite to replace it")
 
 
+def _create_lock(lock: Path, holder: str) -> None:
+    """Create ``lock`` holding ``holder``, or FileExistsError. The lock appears with its text already in it (a hard
+    link to a written temporary file, atomic and exclusive), so a run that finds it never reads an empty lock and
+    takes it for a dead one's; where hard links are not supported, ``O_EXCL`` and a write."""
+    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.tmp")
+    tmp.write_text(holder)
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(holder)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 @contextlib.contextmanager
 def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: Any = (), what: str = "--out",
                  exists_ok: bool = False) -> Iterator[Path]:
@@ -107,7 +128,7 @@ def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
     for _ in range(2):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create_lock(lock, me)
         except FileExistsError:
             if not path.parent.is_dir():  # a file where a folder of the path should be
                 raise OSError(errno.ENOTDIR, f"cannot write {where}: Not a directory") from None
@@ -123,8 +144,6 @@ def claim_output(path: str | os.PathLike, *, overwrite: bool = False, sources: A
             continue
         except OSError as e:
             raise OSError(e.errno, f"cannot write {where}: {e.strerror or e}") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
         break
     else:
         raise OutputBusyError(f"{what} {path}: could not take the lock {lock}")
