@@ -133,7 +133,13 @@ def validate_sigmas(sigmas: torch.Tensor | Sequence[float], name: str = "sigmas"
 def _rho_ramp(a: float, b: float, n: int, rho: float) -> torch.Tensor:
     """n points from a to b, uniform in x^(1/rho) (EDM eq. 5)."""
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    return (a ** (1 / rho) + ramp * (b ** (1 / rho) - a ** (1 / rho))) ** rho
+    try:
+        ea, eb = float(a) ** (1 / rho), float(b) ** (1 / rho)
+    except OverflowError:
+        ea = eb = math.inf
+    if not (math.isfinite(ea) and math.isfinite(eb)):
+        raise ValueError(f"rho={rho:g} is too small for the range {b:g} .. {a:g}: sigma^(1/rho) overflows")
+    return (ea + ramp * (eb - ea)) ** rho
 
 
 def get_schedule(
