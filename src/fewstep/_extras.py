@@ -20,9 +20,10 @@ PACKAGES = {
     "sklearn": "scikit-learn",
     "threadpoolctl": "threadpoolctl",  # installed with scikit-learn
     "diffusers": "diffusers",
+    "transformers": "transformers",
 }
 
-EXTRAS = ("demo", "eval", "diffusers", "test")
+EXTRAS = ("demo", "eval", "diffusers", "text", "test")
 
 
 class MissingExtraError(ModuleNotFoundError, ValueError):

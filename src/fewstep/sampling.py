@@ -21,7 +21,7 @@ from .schedules import validate_sigmas
 from .solvers import Solver, get_solver
 
 __all__ = [
-    "sample", "solve", "iterate", "ModelCall", "Step", "Solution", "NonFiniteError", "noise_for_seeds", "count_nfe",
+    "sample", "solve", "iterate", "ModelCall", "Step", "Solution", "NonFiniteError", "noise_for_seeds", "seeded_noise", "count_nfe",
     "steps_for_nfe", "detach_state", "all_finite", "img2img_sigmas",
 ]
 
@@ -423,3 +423,24 @@ def noise_for_seeds(
     out = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
                        for s in seeds])
     return out.to(dtype=dtype, device=device)
+
+
+def seeded_noise(denoiser: Any, seeds: Iterable[int], shape: tuple[int, ...] | torch.Size,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`noise_for_seeds`, after conditioning ``denoiser`` on these seeds when it draws a condition per seed
+    (``draw_for_seeds``, e.g. the prompt of each sample of a text-to-image model:
+    :class:`fewstep.integrations.diffusers.PromptGuided`). Every seeded loop of fewstep (training batches, tuning,
+    reports, sampling) draws its noise here, so a seed always comes with the same condition."""
+    seeds = list(seeds)
+    noise = noise_for_seeds(seeds, shape, dtype=dtype, device=device)
+    obj = denoiser
+    for _ in range(4):  # the denoiser, or what a training wrapper holds
+        draw = getattr(obj, "draw_for_seeds", None)
+        if callable(draw):
+            draw(seeds)
+            break
+        obj = next((getattr(obj, n) for n in ("denoiser", "model", "inner") if getattr(obj, n, None) is not None),
+                   None)
+        if obj is None:
+            break
+    return noise

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .teacher import teacher_options as teacher_options_for
-from .sampling import noise_for_seeds, solve, steps_for_nfe
+from .sampling import seeded_noise, solve, steps_for_nfe
 from .schedules import get_schedule, validate_sigmas
 from .seeds import GITS_WARMUP
 from .solvers import get_solver
@@ -130,7 +130,7 @@ def search_schedule(
         raise ValueError(f"grid {g.numel()} x warmup {warmup} x sample {tuple(shape)} needs {need} bytes of teacher "
                          f"trajectories; at most {MAX_ARRAY_BYTES}: use a coarser grid or fewer warm-up samples")
     first = seed * 10**9 + GITS_WARMUP
-    noise = noise_for_seeds(range(first, first + warmup), shape, dtype=dtype)
+    noise = seeded_noise(denoiser, range(first, first + warmup), shape, dtype=dtype)
     traj, denoised = _teacher(denoiser, noise, g, teacher, teacher_options, progress)
     cost = _cost(traj, denoised, g)
     solv = get_solver(solver, **options)

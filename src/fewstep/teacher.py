@@ -101,7 +101,10 @@ def model_key(denoiser: Any, model_id: str | None = None) -> dict[str, Any] | No
     if not isinstance(mid, str) or not mid:
         return None
     key: dict[str, Any] = {"model_id": mid}
-    for name in ("labels", "null_label", "scale"):
+    cond = getattr(denoiser, "conditions_key", None)  # conditions drawn per seed (prompts): their table, not the
+    if isinstance(cond, str):  # current draw (the seeds or the noise, also in the key, determine it)
+        key["conditions"] = cond
+    for name in ("null_label", "scale") if isinstance(cond, str) else ("labels", "null_label", "scale"):
         v = getattr(denoiser, name, None)
         if isinstance(v, torch.Tensor):
             v = v.tolist()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .denoisers import sigma_range
 from .recipe import Recipe, make_sigmas, model_timesteps, option_label
-from .sampling import noise_for_seeds, solve, steps_for_nfe
+from .sampling import seeded_noise, solve, steps_for_nfe
 from .schedules import get_schedule
 from .seeds import report_seeds, tune_seeds
 from .io import tensor_digest
@@ -158,7 +158,7 @@ def tune(
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
     seeds = tune_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
     lo, hi, _ = sigma_range(denoiser, sigma_min, sigma_max)
-    noise = noise_for_seeds(seeds, tuple(shape), dtype=dtype)
+    noise = seeded_noise(denoiser, seeds, tuple(shape), dtype=dtype)
     count = {"evals": 0}
     ref = teacher_solution(denoiser, noise, lo, hi, teacher_steps, progress, cache)
     coarse = teacher_solution(denoiser, noise, lo, hi, teacher_steps // 2, cache=cache)
@@ -236,7 +236,7 @@ def tune(
     if confirm > 0 and len(good) > 1:
         taken = set(seeds)
         extra = [s for s in tune_seeds(len(seeds) + confirm) if s not in taken][:confirm]
-        noise2 = noise_for_seeds(extra, tuple(shape), dtype=dtype)
+        noise2 = seeded_noise(denoiser, extra, tuple(shape), dtype=dtype)
         ref2 = teacher_solution(denoiser, noise2, lo, hi, teacher_steps, cache=cache)
         count["evals"] += teacher_steps * len(extra) / len(seeds)
         for r in sorted(good, key=lambda r: r["rmse"])[:CONFIRM_TOP]:
@@ -286,7 +286,7 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
     from .learned.sampler import LearnedSampler
 
     seeds = report_seeds(seeds) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
-    err = TeacherErrors(denoiser, noise_for_seeds(seeds, tuple(shape), dtype=dtype), teacher_steps, cache)
+    err = TeacherErrors(denoiser, seeded_noise(denoiser, seeds, tuple(shape), dtype=dtype), teacher_steps, cache)
 
     rows = [{"label": f"trained {sampler.describe()}", "rmse": err(sampler), "nfe": sampler.nfe()}]
     if isinstance(sampler, LearnedSampler):

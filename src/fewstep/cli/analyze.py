@@ -106,7 +106,7 @@ def _span(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     from ..denoisers import sigma_range
     from ..experiments.analysis import span_bound
     from ..recipe import Recipe, make_sigmas
-    from ..sampling import noise_for_seeds, steps_for_nfe
+    from ..sampling import seeded_noise, steps_for_nfe
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     if args.predictor:
@@ -119,7 +119,7 @@ def _span(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
         n = steps_for_nfe(name, args.nfe, args.afs)
         sig = make_sigmas(args.schedule, n, lo, hi, 7.0 if args.schedule == "polynomial" else 1.0, denoiser)
         recipe = Recipe(name, {}, args.afs, tuple(sig.tolist()), args.schedule, args.nfe, model_id=model_id)
-    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    noise = seeded_noise(denoiser, args.seeds, shape, dtype=dtype)
     r = span_bound(denoiser, noise, recipe, teacher_steps=args.teacher_steps or 128)
     labels = [f"{recipe.label()} (NFE {recipe.nfe})", f"best in span of its {r['outputs']} outputs + x_T",
               f"{r['higher_label']} (NFE {r['higher_nfe']})"]
@@ -149,10 +149,10 @@ def _solvers(text: str) -> list[str]:
 def _pca(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     """Relative projection error and explained variance of trajectories against the number of components."""
     from ..experiments.analysis import trajectory_pca
-    from ..sampling import noise_for_seeds
+    from ..sampling import seeded_noise
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
-    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    noise = seeded_noise(denoiser, args.seeds, shape, dtype=dtype)
     table = trajectory_pca(denoiser, noise, args.solver, args.steps, args.max_k, progress=True)
     rows = ["k,mean_rel_error,max_rel_error,explained_variance"]
     for r in table:
@@ -194,10 +194,10 @@ def _error(args: argparse.Namespace, ax) -> list[str]:  # noqa: ANN001
     from .. import learned
     from ..experiments.analysis import per_step_error
     from ..seeds import check_sampler_held_out
-    from ..sampling import noise_for_seeds
+    from ..sampling import seeded_noise
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
-    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    noise = seeded_noise(denoiser, args.seeds, shape, dtype=dtype)
     m = args.teacher_steps or 16
     pred = learned.load(args.predictor, model_id=model_id) if args.predictor else None
     check_sampler_held_out(args.seeds, pred, what="--seeds", source=args.predictor)
@@ -226,10 +226,10 @@ def _align(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN001
     from matplotlib.ticker import MaxNLocator
 
     from ..experiments.analysis import step_alignment
-    from ..sampling import noise_for_seeds
+    from ..sampling import seeded_noise
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
-    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    noise = seeded_noise(denoiser, args.seeds, shape, dtype=dtype)
     res = step_alignment(denoiser, noise, _solvers(args.solver), args.nfe, grid=args.grid, schedule=args.schedule,
                          teacher_steps=args.teacher_steps or 8)
     keys = list(res[0])
@@ -264,10 +264,10 @@ def _align_paper(args: argparse.Namespace, ax, ax2) -> list[str]:  # noqa: ANN00
     from matplotlib.ticker import MaxNLocator
 
     from ..experiments.analysis import relative_alignment
-    from ..sampling import noise_for_seeds
+    from ..sampling import seeded_noise
 
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape)
-    noise = noise_for_seeds(args.seeds, shape, dtype=dtype)
+    noise = seeded_noise(denoiser, args.seeds, shape, dtype=dtype)
     res = relative_alignment(denoiser, noise, _solvers(args.solver), args.points, grid=args.grid,
                              gt_nfe=args.gt_nfe, schedule=args.schedule, afs=args.afs)
     keys = list(res[0])

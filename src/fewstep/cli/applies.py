@@ -45,6 +45,8 @@ RULES: list[tuple[str | None, Sequence[str], Callable[[argparse.Namespace], bool
                                     "and a schedule file have no rho)"),
     ("sample", ("allow_other_model",), lambda a: a.predictor is not None, "applies to --predictor only"),
     ("sample", ("strength",), lambda a: a.init_images is not None, "applies to --init-images only"),
+    ("train", ("eval_prompts", "negative_prompt"), lambda a: a.prompts is not None, "applies with --prompts only"),
+    ("sample", ("negative_prompt",), lambda a: a.prompt is not None, "applies with --prompt only"),
     ("train", ("rho",), _rho_kind, "applies to the polynomial, time_uniform and discrete schedules only"),
     ("train", ("schedule_lr",), lambda a: a.learn_schedule, "applies with --learn-schedule only"),
     ("train", ("soft_start_steps",), lambda a: a.soft_start > 0, "applies with --soft-start R > 0 only"),

@@ -256,6 +256,9 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
             check("sklearn", "skimage", extra="demo",
                   purpose="--model gmm (the analytic bed fitted to the photos; --model unet needs no extra)")
             den, shp, dtype = denoisers.gmm_denoiser(), (3, 8, 8), torch.float64
+        elif name.startswith("diffusers:") and (text := text_pipeline(name.split(":", 1)[1], args)) is not None:
+            den, shp, dtype = text, text.sample_shape, torch.float32
+            print(f"model: {den.describe()}", file=sys.stderr, flush=True)
         elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
             from ..integrations.diffusers import load_denoiser
 
@@ -288,6 +291,44 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
         _probe(den, name, tuple(shape))
         return den, tuple(shape), factory_model_id(name, den), torch.float32
     raise ValueError(f"unknown model {name!r}; use {MODEL_HELP}")
+
+
+def text_pipeline(path: str, args: argparse.Namespace | None):  # noqa: ANN201 (a PromptModel or None)
+    """For a text-to-image pipeline folder, its :class:`PromptModel` over --prompts (+ --eval-prompts) or --prompt,
+    with ``prompt_split`` (training, held-out indices); None for any other model. Prompts for another model, or a
+    text pipeline without prompts, are refused."""
+    from ..integrations.diffusers.text import PromptModel, load_pipeline, pipeline_kind, read_prompts, split_prompts
+
+    prompts_file, one = getattr(args, "prompts", None), getattr(args, "prompt", None)
+    eval_file = getattr(args, "eval_prompts", None)
+    kind = pipeline_kind(path) if os.path.isdir(path) else None
+    if kind is None:
+        if prompts_file is not None or one is not None:
+            raise ValueError(f"--{'prompts' if prompts_file is not None else 'prompt'} applies to text-to-image "
+                             f"pipelines (Stable Diffusion, SDXL, SD3); {path} is an unconditional model")
+        return None
+    if prompts_file is None and one is None:
+        raise ValueError(f"{path} is a text-to-image pipeline: give its prompts (fewstep train --prompts FILE, "
+                         "fewstep sample --prompt TEXT; other commands do not take text-to-image pipelines)")
+    if one is not None:
+        prompts, split = [one], ([0], [])
+    else:
+        prompts = read_prompts(prompts_file, "--prompts file")
+        if eval_file is not None:
+            held = read_prompts(eval_file, "--eval-prompts file")
+            both = set(prompts) & set(held)
+            if both:
+                raise ValueError(f"--eval-prompts {eval_file} repeats {len(both)} training prompt(s) of --prompts, e.g. "
+                                 f"{sorted(both)[0][:60]!r}; held-out prompts must differ from the training ones")
+            split = (list(range(len(prompts))), list(range(len(prompts), len(prompts) + len(held))))
+            prompts = prompts + held
+        else:
+            split = split_prompts(prompts)
+    sched = os.path.join(path, "scheduler", "scheduler_config.json")
+    model = PromptModel(load_pipeline(path), prompts, getattr(args, "negative_prompt", None),
+                        scheduler_config_file=sched if os.path.isfile(sched) else None)
+    model.prompt_split = split
+    return model
 
 
 def factory_model_id(name: str, den: object) -> str:

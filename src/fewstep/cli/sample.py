@@ -37,6 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="with --class: classifier-free guidance scale w, D_w = D(null) + w (D(class) - D(null)); "
                         "1 is the conditional model (default: 1); one NFE is one model call on the doubled batch")
+    s.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL or SD3): the prompt; "
+                        "needs --guidance W (1: no guidance); images are decoded with the pipeline's VAE")
+    s.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="with --prompt: the unconditional branch of guidance (default: the pipeline's own)")
     s.add_argument("--predictor", default=None,
                    help="a learned sampler (.safetensors from fewstep train) or a recipe (.json from fewstep tune); its "
                         "schedule, solver and AFS are used (do not combine with --solver, --nfe, --afs, --schedule, "
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed, learned
     from ..io import tensor_digest
-    from ..sampling import count_nfe, noise_for_seeds, solve, steps_for_nfe
+    from ..sampling import count_nfe, seeded_noise, solve, steps_for_nfe
     from ..solvers import get_solver
 
     out = Path(args.out)
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     denoiser, shape, model_id, dtype = cli_args.load_model(args.model, args.shape, args)
     denoiser, guidance_settings = _guide(args, denoiser)
     if not single_file:
-        distributed.check_image_shape(shape, fmt)
+        distributed.check_image_shape(getattr(denoiser, "image_shape", shape), fmt)
     init = _init_images(args, shape, dtype)
     explicit = [f"--{k.replace('_', '-')}" for k in ("solver", "solver_options", "max_order", "rho", "nfe", "afs",
                                                      "schedule", "sigma_min", "sigma_max") if getattr(args, k) is not None]
@@ -203,10 +208,12 @@ def run(args: argparse.Namespace) -> int:
         if init is not None:  # image j with the j-th seed of --seeds, whatever the batch or process
             idx = torch.tensor([position[s] % init.shape[0] for s in seeds])
             extra = {"x_init": init[idx].to(info.device), "strength": args.strength}
-        res = solve(denoiser, noise_for_seeds(seeds, shape, dtype=dtype, device=info.device),
+        res = solve(denoiser, seeded_noise(denoiser, seeds, shape, dtype=dtype, device=info.device),
                     denoise_to_zero=args.denoise_to_zero, **kwargs, **extra)
         nfe[0] = res.nfe
         lo, hi = args.data_range
+        if callable(getattr(denoiser, "decode", None)):  # latents -> images in [-1, 1] (a text-to-image pipeline)
+            return denoiser.decode(res.x)
         return res.x if (lo, hi) == (-1.0, 1.0) else (res.x.clamp(lo, hi) - lo) * (2 / (hi - lo)) - 1
 
     ok = False
@@ -277,6 +284,20 @@ def _guide(args: argparse.Namespace, denoiser):
     """(denoiser, settings): ``denoiser`` wrapped in :class:`fewstep.denoisers.Guided` for --class/--guidance."""
     from ..denoisers import Guided
 
+    if getattr(denoiser, "prompt_conditioned", False):
+        from ..integrations.diffusers.text import PromptGuided
+
+        if args.class_label is not None:
+            raise ValueError("--class applies to class-conditional models; a text-to-image pipeline takes --prompt")
+        if args.init_images is not None:
+            raise ValueError("--init-images with a text-to-image pipeline: run image-to-image in the pipeline itself "
+                             "(e.g. StableDiffusionImg2ImgPipeline with FewstepScheduler; README \"diffusers\")")
+        if args.guidance is None:
+            raise ValueError("--prompt needs --guidance W (the classifier-free guidance scale, e.g. 7.5; 1 samples "
+                             "the conditional model without guidance)")
+        w = guidance_scale(args.guidance)
+        return PromptGuided(denoiser, w), {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
+                                           "guidance": w}
     if args.class_label is None:
         if args.guidance is not None:
             raise ValueError("--guidance needs --class (the class to guide towards)")

@@ -48,9 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--features", default=None,
                    help="amed / plugin: auto (the model's own features or a U-Net's middle block; the default) | none "
                         "(a table) | adapter | MODULE name")
+    t.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL or SD3): train over these "
+                        "prompts (UTF-8, one per line), one drawn per sample from its seed; every 5th is held out for "
+                        "the closing report unless --eval-prompts (needs --guidance or --guidance-scales)")
+    t.add_argument("--eval-prompts", default=None, metavar="FILE",
+                   help="with --prompts: the held-out prompts of the closing report (default: every 5th of --prompts)")
+    t.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="with --prompts: the unconditional branch of guidance (default: the pipeline's own, the empty "
+                        "prompt)")
     t.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="class-conditional models (--model digits): train under classifier-free guidance at scale W "
-                        "(all classes, tiled over each batch, or --class)")
+                        "(all classes, tiled over each batch, or --class); text-to-image pipelines: the scale the "
+                        "pipeline samples with (e.g. 7.5)")
     t.add_argument("--guidance-scales", default=None, metavar="W1,W2,...",
                    help="class-conditional models: train ONE guidance-aware sampler over these scales (one per "
                         "batch, in turn; its tables are polynomials in w); it samples at any scale in [min, max] "
@@ -166,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     threads = set_threads(args, denoiser)
     teacher_threads = _teacher_threads(args, denoiser)
     denoiser, scales = _guided(args, denoiser, cls, options)
+    held_out = _held_out(args, denoiser)
     with torch_threads(teacher_threads):
         recipe = _recipe(args, denoiser, shape, model_id, dtype, scales, cache_dir)
     afs = True if args.afs is None else args.afs
@@ -213,13 +224,13 @@ def run(args: argparse.Namespace) -> int:
             _report(sampler, out, info.world_size, threads, scales, shape)
             with torch_threads(teacher_threads):
                 if scales is None:
-                    _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds, cache_dir)
+                    _compare(sampler, held_out, shape, dtype, recipe, args.report_seeds, cache_dir)
                 else:  # a guidance-aware sampler: the report at each trained scale, the denoiser guiding at it
                     sampler.guidance_scale = None
                     for w in sorted(set(scales)):
-                        denoiser.scale = w
+                        held_out.scale = w
                         print(f"at guidance scale {w:g}:")
-                        _compare(sampler, denoiser, shape, dtype, recipe, args.report_seeds, cache_dir)
+                        _compare(sampler, held_out, shape, dtype, recipe, args.report_seeds, cache_dir)
         ok = True
     finally:
         distributed.finish(info, barrier=ok)
@@ -426,13 +437,28 @@ def _guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tuple[obj
 
     from ..denoisers import Guided
 
+    if getattr(denoiser, "prompt_conditioned", False):
+        return _prompt_guided(args, denoiser, cls, options)
     if args.guidance is None and args.guidance_scales is None:
         if args.class_label is not None:
             raise ValueError("--class needs --guidance W or --guidance-scales W1,W2,... (the scale to train at)")
         return denoiser, None
+    classes = class_count(denoiser, args.model, "--guidance / --guidance-scales need")
+    w, scales = _scales(args, cls, options)
+    if args.class_label is not None:
+        return Guided(denoiser, check_class(args.class_label, classes, args.model), w), scales
+    if args.batch is None:
+        args.batch = -(-cls.DEFAULTS.batch // classes) * classes
+    elif args.batch % classes:
+        raise ValueError(f"--batch {args.batch}: training on all {classes} classes tiles them over each batch; give a "
+                         f"multiple of {classes} (or --class LABEL)")
+    return Guided(denoiser, torch.arange(classes), w), scales
+
+
+def _scales(args: argparse.Namespace, cls, options: dict) -> tuple[float, list[float] | None]:  # noqa: ANN001
+    """(the first guidance scale, the scales of a guidance-aware sampler or None) from --guidance / --guidance-scales."""
     if args.guidance is not None and args.guidance_scales is not None:
         raise ValueError("give --guidance (one scale) or --guidance-scales (a guidance-aware sampler), not both")
-    classes = class_count(denoiser, args.model, "--guidance / --guidance-scales need")
     scales = None
     if args.guidance_scales is not None:
         try:
@@ -442,12 +468,34 @@ def _guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tuple[obj
         if options.get("features", "none") != "none":
             raise ValueError(f"--guidance-scales with --method {cls.method} trains a guidance-aware table: add "
                              "--features none")
-    w = guidance_scale(args.guidance) if args.guidance is not None else scales[0]
+    return (guidance_scale(args.guidance) if args.guidance is not None else scales[0]), scales
+
+
+def _prompt_guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tuple[object, list[float] | None]:  # noqa: ANN001
+    """A text-to-image pipeline under guidance over the training prompts (PromptGuided, a prompt drawn per seed)."""
+    from ..integrations.diffusers.text import PromptGuided
+
     if args.class_label is not None:
-        return Guided(denoiser, check_class(args.class_label, classes, args.model), w), scales
-    if args.batch is None:
-        args.batch = -(-cls.DEFAULTS.batch // classes) * classes
-    elif args.batch % classes:
-        raise ValueError(f"--batch {args.batch}: training on all {classes} classes tiles them over each batch; give a "
-                         f"multiple of {classes} (or --class LABEL)")
-    return Guided(denoiser, torch.arange(classes), w), scales
+        raise ValueError("--class applies to class-conditional models; a text-to-image pipeline takes --prompts")
+    if args.guidance is None and args.guidance_scales is None:
+        raise ValueError("--prompts needs --guidance W (the scale the pipeline samples with, e.g. 7.5; 1 trains "
+                         "without guidance) or --guidance-scales W1,W2,... (one guidance-aware sampler)")
+    w, scales = _scales(args, cls, options)
+    train_idx, _ = denoiser.prompt_split
+    return PromptGuided(denoiser, w, train_idx), scales
+
+
+def _held_out(args: argparse.Namespace, denoiser):  # noqa: ANN001, ANN202
+    """The denoiser of the closing report: for a text-to-image pipeline the held-out prompts (said), else itself."""
+    from ..integrations.diffusers.text import PromptGuided
+
+    if not isinstance(denoiser, PromptGuided):
+        return denoiser
+    train_idx, eval_idx = denoiser.denoiser.prompt_split
+    where = f"--eval-prompts {args.eval_prompts}" if args.eval_prompts else f"every 5th prompt of {args.prompts}"
+    if eval_idx:
+        print(f"prompts: {len(train_idx)} train, {len(eval_idx)} held out for the report ({where})", flush=True)
+    else:
+        print(f"prompts: {len(train_idx)} train; fewer than 5, so the report uses them on held-out seeds (give "
+              "--eval-prompts FILE for held-out prompts)", flush=True)
+    return PromptGuided(denoiser.denoiser, denoiser.scale, eval_idx or train_idx)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..sampling import ModelCall, noise_for_seeds
+from ..sampling import ModelCall, seeded_noise
 
 __all__ = ["measure_cost", "cost_line"]
 
@@ -42,7 +42,7 @@ def measure_cost(sampler: Any, denoiser: Callable, shape: tuple[int, ...], batch
     ``model_macs`` per sample (FLOP counter), their ratio ``mac_ratio``, and ``time_ratio`` (median of ``repeats``
     timings each). None for a method without an operator."""
     static = sampler.cost(shape)
-    x = noise_for_seeds(range(batch), shape, dtype=dtype)
+    x = seeded_noise(denoiser, range(batch), shape, dtype=dtype)
     op = sampler.operator_call(x)
     if static is None or op is None:
         return None

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..sampling import ModelCall, NonFiniteError, Solution, count_nfe, iterate, noise_for_seeds
+from ..sampling import ModelCall, NonFiniteError, Solution, count_nfe, iterate, seeded_noise
 from ..schedules import validate_sigmas
 from ..seeds import training_seeds
 from ..solvers import Solver
@@ -292,7 +292,7 @@ def distill(model: Callable, solver: Solver, sig0: torch.Tensor, plan: Plan, sam
     computed: list[Solution] | None = [] if fields is not None and cached is None and start == 0 else None
     for it in bar:
         seeds = training_seeds(plan.seed, it, plan.batch)
-        noise = noise_for_seeds(seeds[rank::world_size], plan.shape, dtype=plan.dtype)
+        noise = seeded_noise(model, seeds[rank::world_size], plan.shape, dtype=plan.dtype)
         if before_batch is not None:
             before_batch(it)
         if cached is not None:  # the targets an earlier run computed for exactly this batch

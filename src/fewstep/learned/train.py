@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..sampling import ModelCall, count_nfe, noise_for_seeds, steps_for_nfe
+from ..sampling import ModelCall, count_nfe, seeded_noise, steps_for_nfe
 from ..schedules import validate_sigmas
 from ..solvers import get_solver
 from ..teacher import model_key
@@ -154,7 +154,7 @@ def train(
         call = ModelCall(model, features=True, model_dtype=model_dtype)
         s0 = torch.tensor(schedule.first_sigma(denoiser), dtype=torch.float64)
         with torch.no_grad():
-            call(noise_for_seeds([budget.seed], shape, dtype=dtype) * s0, s0)
+            call(seeded_noise(model, [budget.seed], shape, dtype=dtype) * s0, s0)
         return call.features
 
     model, options = cls.for_training(denoiser, options, probe, shape)
