@@ -15,10 +15,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import diffusers
 import torch
 import transformers
-
-import diffusers
 
 __all__ = ["write_clip_tokenizer", "build_sd", "build_sdxl", "build_sd3", "build_ddpm", "load", "tiny_pipeline",
            "BUILDERS", "HEIGHT", "WIDTH"]
