@@ -383,13 +383,14 @@ def _id(kw):
     return kw.get("solver", "default") + ("-afs" if kw.get("afs") else "")
 
 
-# SDXL's EulerDiscreteScheduler config has diffusers' own timestep_type="discrete" (its "discrete" | "continuous"),
-# which FewstepScheduler reads as its timestep_type ("interp" | "nearest") and refuses (a src bug,
-# test_sdxl_scheduler_from_its_own_config); the runs below name fewstep's timestep_type explicitly.
+# SDXL's EulerDiscreteScheduler config, as save_pretrained writes it, has diffusers' own timestep_type="discrete" (its
+# "discrete" | "continuous"), which FewstepScheduler takes for its timestep_type ("interp" | "nearest") and refuses (a
+# src bug, test_sdxl_scheduler_from_its_own_config; an Euler scheduler built in memory leaves the key out as a default
+# value and passes); the runs below name fewstep's timestep_type explicitly.
 SDXL_KW = {"timestep_type": "interp"}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="src bug: FewstepScheduler.from_config(<EulerDiscreteScheduler "
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="src bug: FewstepScheduler.from_config(<saved EulerDiscreteScheduler "
                    "config>) raises 'timestep_type must be one of interp, nearest, got discrete': diffusers' Euler "
                    "schedulers have their own timestep_type key (discrete | continuous)")
 def test_sdxl_scheduler_from_its_own_config(sdxl):
