@@ -257,7 +257,9 @@ def load_model(name: str, shape: tuple[int, ...] | None = None, args: argparse.N
                   purpose="--model gmm (the analytic bed fitted to the photos; --model unet needs no extra)")
             den, shp, dtype = denoisers.gmm_denoiser(), (3, 8, 8), torch.float64
         elif name.startswith("diffusers:") and (text := text_pipeline(name.split(":", 1)[1], args)) is not None:
-            den, shp, dtype = text, text.sample_shape, torch.float32
+            # A flow model starts at sigma 1e6: its EDM state needs float64 (in float32 the first step is ~1 % off).
+            flow = text.noise_config["prediction_type"] == "flow_prediction"
+            den, shp, dtype = text, text.sample_shape, torch.float64 if flow else torch.float32
             print(f"model: {den.describe()}", file=sys.stderr, flush=True)
         elif name.startswith("diffusers:"):  # a local save_pretrained folder (offline, safetensors)
             from ..integrations.diffusers import load_denoiser

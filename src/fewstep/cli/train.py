@@ -473,7 +473,7 @@ def _scales(args: argparse.Namespace, cls, options: dict) -> tuple[float, list[f
 
 def _prompt_guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tuple[object, list[float] | None]:  # noqa: ANN001
     """A text-to-image pipeline under guidance over the training prompts (PromptGuided, a prompt drawn per seed)."""
-    from ..integrations.diffusers.text import PromptGuided
+    from ..integrations.diffusers.text import CALLS_SCALE_MODEL_INPUT, PromptGuided
 
     if args.class_label is not None:
         raise ValueError("--class applies to class-conditional models; a text-to-image pipeline takes --prompts")
@@ -481,6 +481,15 @@ def _prompt_guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tu
         raise ValueError("--prompts needs --guidance W (the scale the pipeline samples with, e.g. 7.5; 1 trains "
                          "without guidance) or --guidance-scales W1,W2,... (one guidance-aware sampler)")
     w, scales = _scales(args, cls, options)
+    if not CALLS_SCALE_MODEL_INPUT[denoiser.kind]:
+        if args.afs is None:
+            args.afs = False
+            print(f"AFS off: the {denoiser.pipeline_class} never calls scheduler.scale_model_input, so a sampler with "
+                  "AFS could not run in it (--afs trains one for fewstep sample)", flush=True)
+        if args.time_shift or cls.method in ("dyweight", "epd"):
+            print(f"WARNING: --method {cls.method}{' --time-shift' if args.time_shift else ''} moves the first model "
+                  f"input; the sampler runs in fewstep sample, not in the {denoiser.pipeline_class} (use residual, "
+                  "pas or amed there)", flush=True)
     train_idx, _ = denoiser.prompt_split
     return PromptGuided(denoiser, w, train_idx), scales
 

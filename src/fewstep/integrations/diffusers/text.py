@@ -45,6 +45,10 @@ PIPELINE_KINDS = {
     "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3",
 }
+# Whether the pipeline's loop calls scheduler.scale_model_input: where it does not (SD3), a sampler whose first model
+# input moves (AFS, learned time shifts or scales) cannot run in it (FewstepScheduler raises), so training defaults to
+# AFS off there.
+CALLS_SCALE_MODEL_INPUT = {"sd": True, "sdxl": True, "sd3": False}
 # Unconditional pipelines: load_denoiser (a UNet2DModel) takes these.
 UNCONDITIONAL = ("DDPMPipeline", "DDIMPipeline")
 MAX_PROMPTS = 100_000
@@ -106,8 +110,8 @@ def prompt_for_seed(seed: int, n: int) -> int:
 
 def pipeline_kind(path: str | os.PathLike) -> str | None:
     """The kind (:data:`PIPELINE_KINDS` value) of the text-to-image pipeline saved in folder ``path``, None for an
-    unconditional pipeline or a bare UNet folder (no model_index.json); any other pipeline class is a ValueError
-    that lists the supported ones."""
+    unconditional pipeline (a UNet2DModel's) or a bare UNet folder (no model_index.json); any other pipeline class is
+    a ValueError that lists the supported ones."""
     index = Path(path) / "model_index.json"
     if not os.path.lexists(index):
         return None
@@ -115,9 +119,8 @@ def pipeline_kind(path: str | os.PathLike) -> str | None:
     name = cfg.get("_class_name")
     if name in PIPELINE_KINDS:
         return PIPELINE_KINDS[name]
-    if name in UNCONDITIONAL or (isinstance(cfg.get("unet"), list) and "text_encoder" not in cfg
-                                 and "transformer" not in cfg):
-        return None
+    if name in UNCONDITIONAL or cfg.get("unet") == ["diffusers", "UNet2DModel"]:
+        return None  # an unconditional UNet (load_denoiser)
     raise ValueError(f"{path} holds a {str(name)[:80]}; fewstep supports {supported_kinds()}")
 
 
