@@ -55,12 +55,16 @@ SKIP_LINES = {
     "make bench": "the full benchmark suite (about 15 min); the harnesses run at tiny size in tests/test_benchmarks.py",
     "pip install": "installs from a package index; the wheel's core install is built and tested offline in "
                    "tests/test_wheel.py",
+    "--diffusers ./sd15": "needs a Stable Diffusion checkpoint folder; the same commands run on a tiny SD pipeline "
+                          "in tests/test_text_to_image.py",
     "--features inception": "needs a TorchScript Inception-v3 network and FID statistics that the user provides "
                             "(fewstep downloads nothing)",
 }
 SKIP_BLOCKS = {
     "pipe(prompt": "needs a real Stable Diffusion pipeline `pipe` (text encoder, tokenizer, VAE, UNet weights); "
                    "FewstepScheduler in pipelines is tested in tests/test_integrations.py",
+    'load_pipeline("./sd15")': "needs a Stable Diffusion checkpoint folder; the same calls run on tiny SD, SDXL and "
+                               "SD3 pipelines in tests/test_text_to_image.py",
     "DiffusersDenoiser(pipe.unet": "needs a real Stable Diffusion pipeline `pipe` and its text embeddings; "
                                    "DiffusersDenoiser is tested in tests/test_diffusers_own_model.py",
 }

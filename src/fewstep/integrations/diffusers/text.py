@@ -290,17 +290,17 @@ class PromptModel(nn.Module):
         dtype, B = self.net.dtype, x.shape[0]
         xin = x.to(dtype)
         tin = t.to(device=x.device, dtype=torch.float32).reshape(-1).expand(B)
-        text = self.text[labels.to(self.text.device)].to(x.device)
+        text = self.text[labels]
         if self.kind == "sd":
             out = self.net(xin, tin, encoder_hidden_states=text).sample
         elif self.kind == "sdxl":
             h, w = (s * self.vae_scale_factor for s in self.sample_shape[1:])
             ids = torch.tensor([h, w, 0, 0, h, w], dtype=dtype, device=x.device).expand(B, 6)
-            pooled = self.pooled[labels.to(self.pooled.device)].to(x.device)
+            pooled = self.pooled[labels]
             out = self.net(xin, tin, encoder_hidden_states=text,
                            added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
         else:
-            pooled = self.pooled[labels.to(self.pooled.device)].to(x.device)
+            pooled = self.pooled[labels]
             out = self.net(hidden_states=xin, timestep=tin, encoder_hidden_states=text,
                            pooled_projections=pooled).sample
         return out.to(x.dtype)
@@ -313,9 +313,13 @@ class PromptModel(nn.Module):
         if bool((labels < 0).any()) or bool((labels > self.null_label).any()):
             raise ValueError(f"labels must be in 0..{self.null_label} (prompts 0..{self.null_label - 1}, "
                              f"{self.null_label} the negative prompt)")
-        self._labels = labels.long()
+        # The network runs on its own device and dtype (e.g. a GPU in float16); fewstep's state stays where it is
+        # (the CPU, float32/64): only the latents of each call travel, and gradients follow them.
+        dev = next(self.net.parameters()).device
+        self._labels = labels.long().to(dev)
         try:
-            return self.adapter(x, sigma)
+            s = sigma.to(dev) if isinstance(sigma, torch.Tensor) else sigma
+            return self.adapter(x.to(dev), s).to(x.device)
         finally:
             self._labels = None
 
