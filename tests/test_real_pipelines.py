@@ -384,15 +384,7 @@ def _id(kw):
 
 
 # SDXL's EulerDiscreteScheduler config, as save_pretrained writes it, has diffusers' own timestep_type="discrete" (its
-# "discrete" | "continuous"), which FewstepScheduler takes for its timestep_type ("interp" | "nearest") and refuses (a
-# src bug, test_sdxl_scheduler_from_its_own_config; an Euler scheduler built in memory leaves the key out as a default
-# value and passes); the runs below name fewstep's timestep_type explicitly.
-SDXL_KW = {"timestep_type": "interp"}
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="src bug: FewstepScheduler.from_config(<saved EulerDiscreteScheduler "
-                   "config>) raises 'timestep_type must be one of interp, nearest, got discrete': diffusers' Euler "
-                   "schedulers have their own timestep_type key (discrete | continuous)")
+# "discrete" | "continuous"), which FewstepScheduler leaves out (not its "interp" | "nearest"); every SDXL run checks it.
 def test_sdxl_scheduler_from_its_own_config(sdxl):
     use(sdxl, solver="dpmpp")
     images, calls = generate(sdxl, 5)
@@ -401,7 +393,7 @@ def test_sdxl_scheduler_from_its_own_config(sdxl):
 
 @pytest.mark.parametrize("kw", SDXL_CASES, ids=[_id(k) for k in SDXL_CASES])
 def test_sdxl_makes_exactly_nfe_guided_calls(sdxl, kw):
-    kw, nfe = _kw(sdxl, kw, **SDXL_KW)
+    kw, nfe = _kw(sdxl, kw)
     use(sdxl, **kw)
     images, calls = generate(sdxl, nfe, batch=2)
     check_calls(sdxl, calls, nfe, batch=2, guided=True)
@@ -409,7 +401,7 @@ def test_sdxl_makes_exactly_nfe_guided_calls(sdxl, kw):
 
 
 def test_sdxl_guidance_is_applied(sdxl):
-    use(sdxl, solver="ipndm", afs=True, **SDXL_KW)
+    use(sdxl, solver="ipndm", afs=True)
     plain, calls = generate(sdxl, 5, guidance=1.0, output_type="latent")
     check_calls(sdxl, calls, 5, batch=1, guided=False)
     guided, calls = generate(sdxl, 5, output_type="latent")

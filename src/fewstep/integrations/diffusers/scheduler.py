@@ -27,6 +27,23 @@ __all__ = ["FewstepScheduler", "FewstepSchedulerOutput"]
 
 logger = logging.getLogger(__name__)
 
+# fewstep's own options. diffusers' schedulers use some of these names for settings of their own (Euler's
+# timestep_type "discrete" | "continuous", Euler's and UniPC's sigma_min / sigma_max of their Karras spacing, the EDM
+# schedulers' rho), so a config saved by another scheduler class never sets them; keyword arguments do.
+OWN_OPTIONS = ("solver", "solver_options", "afs", "schedule", "rho", "sigma_min", "sigma_max", "denoise_to_zero",
+               "timestep_type", "guidance_scale")
+# Values that only diffusers' schedulers use, dropped from any config (an in-memory config has no _class_name).
+FOREIGN_VALUES = {"timestep_type": ("discrete", "continuous")}
+
+
+def own_config(config: dict) -> dict:
+    """``config`` without the keys that belong to another scheduler class: fewstep's option names in a config
+    whose ``_class_name`` is not FewstepScheduler, and diffusers' own values of a shared name (:data:`OWN_OPTIONS`,
+    :data:`FOREIGN_VALUES`). The model's keys (betas, prediction type, spacing, shift) are kept."""
+    foreign = config.get("_class_name", "FewstepScheduler") != "FewstepScheduler"
+    return {k: v for k, v in config.items()
+            if not (foreign and k in OWN_OPTIONS) and v not in FOREIGN_VALUES.get(k, ())}
+
 
 @dataclass
 class FewstepSchedulerOutput(BaseOutput):
@@ -61,6 +78,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
       * ``denoise_to_zero``: end with x0 of the last evaluation, one of the ``num_inference_steps`` calls (None: yes
         with a given solver, no for the measured default and a predictor);
       * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
+    These options are never read from another scheduler class's saved config (some share names with its settings,
+    e.g. Euler's ``timestep_type``; :func:`own_config`), only from keywords and FewstepScheduler's own config.
     ``predictor``: a learned sampler (:mod:`fewstep.learned`: an AMED table, DyWeight, EPD, PAS, GS), a tuned
     recipe (:class:`fewstep.recipe.Recipe`, ``fewstep tune``'s file) or the path of either
     (:func:`fewstep.learned.load`); it replaces ``solver``, ``afs`` and the schedule, and is not part of the saved
@@ -139,12 +158,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """As :meth:`ConfigMixin.from_config`, plus ``predictor=`` and flow detection (FlowMatch* configs
-        get ``prediction_type="flow_prediction"``)."""
+        """As :meth:`ConfigMixin.from_config`, plus ``predictor=``, flow detection (FlowMatch* configs
+        get ``prediction_type="flow_prediction"``) and another scheduler's settings left out (:func:`own_config`:
+        e.g. Euler's ``timestep_type``; keyword arguments are always taken, and checked)."""
         predictor = kwargs.pop("predictor", None)
         cfg = dict(config) if isinstance(config, dict) else {}
         if is_flow_config(cfg):
             kwargs.setdefault("prediction_type", "flow_prediction")
+        if isinstance(config, dict):
+            config = own_config(config)
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         sched = out[0] if return_unused_kwargs else out
         if predictor is not None:
