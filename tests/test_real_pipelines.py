@@ -352,9 +352,6 @@ def test_img2img_equals_fewstep_solve_from_the_noised_image(img2img, afs, streng
     assert float((out - want).norm() / want.norm()) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: at begin index 0 with AFS, add_noise noises the image to the sigma of "
-                   "the first model call (after the analytical step) while the solver takes the latents as its state "
-                   "at the schedule's first sigma, so the image content is amplified by sqrt(1+s0^2)/sqrt(1+s1^2)")
 def test_img2img_strength_one_with_afs_equals_fewstep_solve(img2img):
     out, want = img2img_vs_solve(img2img, True, 1.0)
     assert float((out - want).norm() / want.norm()) < 1e-4

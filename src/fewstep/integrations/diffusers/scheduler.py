@@ -241,22 +241,28 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("set_begin_index must be called before the first step (after set_timesteps)")
         self._begin_index = begin_index
 
+    def _latents_sigma(self, k: int) -> float:
+        """EDM sigma of the latents the pipeline holds before model call ``k``: the sigma of that call, except at
+        call 0, where the latents are the solver's initial state at the schedule's first sigma (with AFS or a
+        learned time shift the first call is made elsewhere, at the input ``scale_model_input`` makes from them)."""
+        return float(self._stepper.sigmas[0]) if k == 0 else self._plan_info[k][0]
+
     def _sigma_of(self, timestep: Any) -> torch.Tensor:
-        """EDM sigma (float64) of each entry of ``timestep`` (diffusers' rule: the step index or begin index when
-        set, else the first equal entry of ``timesteps``, else the model's time-to-sigma conversion)."""
+        """EDM sigma (float64) of the latents at each entry of ``timestep`` (:meth:`_latents_sigma`; diffusers'
+        rule: the step index or begin index when set, else the first equal entry of ``timesteps``, else the
+        model's time-to-sigma conversion)."""
         t = torch.as_tensor(timestep).reshape(-1).to(torch.float64).cpu()
         n = t.numel()
         if self._stepper is not None and self._begin_index is not None:
             k = self._step_index if self._step_index is not None else self._begin_index
-            k = min(k, len(self._plan_info) - 1)
-            return torch.full((n,), self._plan_info[k][0], dtype=torch.float64)
+            return torch.full((n,), self._latents_sigma(min(k, len(self._plan_info) - 1)), dtype=torch.float64)
         out = torch.empty(n, dtype=torch.float64)
         ts = self.timesteps.to(torch.float64).cpu() if self.timesteps is not None else None
         T = self.config.num_train_timesteps
         for j, v in enumerate(t.tolist()):
             hit = (ts == v).nonzero() if ts is not None else torch.empty(0)
             if hit.numel():
-                out[j] = self._plan_info[int(hit[0])][0]
+                out[j] = self._latents_sigma(int(hit[0]))
             elif self.is_flow:
                 out[j] = flow_sigma(torch.tensor(v / T, dtype=torch.float64))
             else:
@@ -270,7 +276,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """``original_samples`` (x0, pipeline space) noised to the sigma of ``timesteps``, in the pipeline's
         space: VP alpha x0 + sigma_vp noise (alpha = 1 / sqrt(1 + s^2), sigma_vp = s alpha), flow
-        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call."""
+        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call's
+        latents (at call 0 the schedule's first sigma, also with AFS or a learned time shift)."""
         s = self._sigma_of(timesteps)
         if s.numel() == 1 and original_samples.ndim > 0:
             s = s.expand(original_samples.shape[0])
