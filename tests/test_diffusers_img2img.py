@@ -161,6 +161,25 @@ def test_two_eval_start_is_an_euler_step_to_the_next_schedule_point(unet):
     assert rel(lat.double(), ref) <= 1e-5
 
 
+def test_add_noise_at_begin_index_zero_gives_the_schedules_first_sigma():
+    """Strength 1: the latents add_noise makes are the solver's initial state at the schedule's first sigma, also when
+    the first model call moves (AFS, a learned time shift): scale_model_input and step read them at that sigma."""
+    x0, zero = torch.ones(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    dyw = learned.DyWeightSampler(learned.DyWeightSampler.make_config(
+        fewstep.get_schedule("polynomial", 5, 0.05, 40.0), afs=False, time_shift=True))
+    with torch.no_grad():
+        dyw.xi.fill_(0.3)
+    for kw in (dict(solver="ipndm"), dict(solver="ipndm", afs=True), dict(predictor=dyw)):
+        sched = FewstepScheduler.from_config(CFG, **kw)
+        sched.set_timesteps(4)
+        s0 = float(sched._stepper.sigmas[0])
+        unset = sched.add_noise(x0, zero, sched.timesteps[:1])  # no begin index: found by timestep value
+        sched.set_begin_index(0)
+        lat = sched.add_noise(x0, zero, sched.timesteps[:1])
+        for y in (lat, unset):
+            assert float(y.mean()) * (1 + s0**2) ** 0.5 == pytest.approx(1.0, abs=1e-6), kw
+
+
 def test_predictor_refuses_a_begin_index_above_zero():
     cfg = learned.AMEDSampler.make_config([14.0, 2.5, 0.4, 0.03], afs=False,
                                           options={"scale_dir": 0.2, "scale_time": 0.2, "features": "none"})

@@ -184,6 +184,56 @@ def test_config_round_trip(tmp_path):
     assert diffusers.DPMSolverMultistepScheduler in t.compatibles
 
 
+@pytest.mark.parametrize("cls,kw", [
+    ("EulerDiscreteScheduler", {"steps_offset": 1, "timestep_type": "continuous", "sigma_min": 0.1, "sigma_max": 10.0,
+                                "use_karras_sigmas": True}),
+    ("EulerDiscreteScheduler", {"steps_offset": 1}),
+    ("UniPCMultistepScheduler", {"sigma_min": 0.1, "sigma_max": 10.0}),
+    ("DPMSolverMultistepScheduler", {"timestep_spacing": "trailing"}),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),
+    ("EDMEulerScheduler", {}),
+])
+def test_a_saved_foreign_config_sets_no_fewstep_option(tmp_path, cls, kw):
+    """Another scheduler's saved config (what a pipeline loaded from a save_pretrained folder holds) gives the
+    model's keys, never fewstep's options, some of which share names with its own settings (Euler's timestep_type
+    "discrete" | "continuous", its Karras range sigma_min / sigma_max, EDM's rho)."""
+    getattr(diffusers, cls)(**kw).save_config(tmp_path)
+    cfg = getattr(diffusers, cls).from_pretrained(tmp_path).config
+    s = FewstepScheduler.from_config(cfg, solver="dpmpp")
+    for key in ("timestep_type", "sigma_min", "sigma_max", "rho"):
+        assert s.config[key] == inspect.signature(FewstepScheduler).parameters[key].default, key
+    for key in set(kw) & {"steps_offset", "timestep_spacing", "use_karras_sigmas", "shift"}:
+        assert s.config[key] == kw[key], key
+    s.set_timesteps(5)
+    assert len(s.timesteps) == 5
+    # a learned sampler refuses sigma_min / sigma_max, but only the user's own
+    pred = learned.DyWeightSampler(learned.DyWeightSampler.make_config(fewstep.get_schedule("polynomial", 5, 0.05, 40.0),
+                                                                        afs=False))
+    assert FewstepScheduler.from_config(cfg, predictor=pred).predictor is pred
+
+
+def test_an_in_memory_euler_config_and_explicit_options():
+    for euler in (diffusers.EulerDiscreteScheduler(), diffusers.EulerDiscreteScheduler(timestep_type="continuous")):
+        assert FewstepScheduler.from_config(euler.config, solver="heun").config.timestep_type == "interp"
+    cfg = diffusers.EulerDiscreteScheduler().config
+    s = FewstepScheduler.from_config(cfg, solver="heun", timestep_type="nearest", schedule="polynomial", sigma_min=0.1)
+    assert (s.config.timestep_type, s.config.sigma_min) == ("nearest", 0.1)
+    for bad in ("discrete", "linear"):  # an explicit keyword is checked, diffusers' values included
+        with pytest.raises(ValueError, match="timestep_type must be one of interp, nearest"):
+            FewstepScheduler.from_config(cfg, solver="heun", timestep_type=bad)
+    with pytest.raises(ValueError, match="timestep_type must be one of interp, nearest"):
+        FewstepScheduler(timestep_type="discrete")
+
+
+def test_fewstep_options_round_trip(tmp_path):
+    kw = dict(solver="heun", afs=True, schedule="polynomial", rho=5.0, sigma_min=0.05, sigma_max=20.0,
+              denoise_to_zero=False, timestep_type="nearest", solver_options={})
+    FewstepScheduler.from_config(diffusers.EulerDiscreteScheduler().config, **kw).save_pretrained(tmp_path)
+    t = FewstepScheduler.from_pretrained(tmp_path)
+    assert {k: t.config[k] for k in kw} == kw
+    assert dict(FewstepScheduler.from_config(t.config).config) == dict(t.config)
+
+
 # ----------------------------------------------------------------------------------------------- CFG, conditional UNet
 @pytest.mark.parametrize("name,cls", [("dpmpp", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler")])
 @pytest.mark.parametrize("order", [2, 3])

@@ -352,9 +352,6 @@ def test_img2img_equals_fewstep_solve_from_the_noised_image(img2img, afs, streng
     assert float((out - want).norm() / want.norm()) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: at begin index 0 with AFS, add_noise noises the image to the sigma of "
-                   "the first model call (after the analytical step) while the solver takes the latents as its state "
-                   "at the schedule's first sigma, so the image content is amplified by sqrt(1+s0^2)/sqrt(1+s1^2)")
 def test_img2img_strength_one_with_afs_equals_fewstep_solve(img2img):
     out, want = img2img_vs_solve(img2img, True, 1.0)
     assert float((out - want).norm() / want.norm()) < 1e-4
@@ -384,15 +381,7 @@ def _id(kw):
 
 
 # SDXL's EulerDiscreteScheduler config, as save_pretrained writes it, has diffusers' own timestep_type="discrete" (its
-# "discrete" | "continuous"), which FewstepScheduler takes for its timestep_type ("interp" | "nearest") and refuses (a
-# src bug, test_sdxl_scheduler_from_its_own_config; an Euler scheduler built in memory leaves the key out as a default
-# value and passes); the runs below name fewstep's timestep_type explicitly.
-SDXL_KW = {"timestep_type": "interp"}
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="src bug: FewstepScheduler.from_config(<saved EulerDiscreteScheduler "
-                   "config>) raises 'timestep_type must be one of interp, nearest, got discrete': diffusers' Euler "
-                   "schedulers have their own timestep_type key (discrete | continuous)")
+# "discrete" | "continuous"), which FewstepScheduler leaves out (not its "interp" | "nearest"); every SDXL run checks it.
 def test_sdxl_scheduler_from_its_own_config(sdxl):
     use(sdxl, solver="dpmpp")
     images, calls = generate(sdxl, 5)
@@ -401,7 +390,7 @@ def test_sdxl_scheduler_from_its_own_config(sdxl):
 
 @pytest.mark.parametrize("kw", SDXL_CASES, ids=[_id(k) for k in SDXL_CASES])
 def test_sdxl_makes_exactly_nfe_guided_calls(sdxl, kw):
-    kw, nfe = _kw(sdxl, kw, **SDXL_KW)
+    kw, nfe = _kw(sdxl, kw)
     use(sdxl, **kw)
     images, calls = generate(sdxl, nfe, batch=2)
     check_calls(sdxl, calls, nfe, batch=2, guided=True)
@@ -409,7 +398,7 @@ def test_sdxl_makes_exactly_nfe_guided_calls(sdxl, kw):
 
 
 def test_sdxl_guidance_is_applied(sdxl):
-    use(sdxl, solver="ipndm", afs=True, **SDXL_KW)
+    use(sdxl, solver="ipndm", afs=True)
     plain, calls = generate(sdxl, 5, guidance=1.0, output_type="latent")
     check_calls(sdxl, calls, 5, batch=1, guided=False)
     guided, calls = generate(sdxl, 5, output_type="latent")

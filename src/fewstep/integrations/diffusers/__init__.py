@@ -45,7 +45,8 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     advance (the tables of every other learned sampler can): use a predictor-free table (``features="none"``)
     with the scheduler, or :func:`fewstep.sample` with :class:`DiffusersDenoiser` for feature predictors.
   * Image-to-image (``StableDiffusionImg2ImgPipeline`` and the like): ``add_noise(x0, noise, t)`` noises in the
-    pipeline's space at the timestep's sigma (VP: alpha x0 + sigma_vp noise; flow: (1 - t) x0 + t noise), and
+    pipeline's space at the timestep's sigma (VP: alpha x0 + sigma_vp noise; flow: (1 - t) x0 + t noise; at the
+    first entry the schedule's first sigma, the initial state, also with AFS or a time shift), and
     ``set_begin_index(b)`` (what the pipeline calls with ``t_start``) starts the solver at model call ``b``, so the
     pipeline makes exactly ``len(timesteps[b:])`` calls. The solver then runs on the tail of the schedule from
     that call's sigma, without AFS (it assumes pure noise). A start inside a two-evaluation step (Heun / DPM-2 /
@@ -68,10 +69,11 @@ closed-form denoiser, so it saves one call: ``timesteps`` holds NFE entries and 
 analytical step. The scheduler makes that step itself inside ``scale_model_input`` at the first entry (from
 the initial ``sample``), and the first model call is made at the point after it. Likewise, when a learned
 sampler's first model call is at another sigma than the schedule's first (time shift xi_0, DyWeight's time scale),
-``scale_model_input`` rescales the initial ``sample`` to that sigma's input. Stable Diffusion-style pipelines
-follow this loop. ``DDPMPipeline`` (and loops like it) never calls ``scale_model_input``, so it feeds the initial
-noise to the model at the first entry: without AFS or such a shift that is right; otherwise ``step`` raises a
-RuntimeError rather than return a wrong sample. Run such models with :func:`run_pipeline_loop` (the loop above,
+``scale_model_input`` rescales the initial ``sample`` to that sigma's input. diffusers' (0.42) Stable Diffusion and
+SDXL pipelines (text-to-image and img2img) follow this loop; ``StableDiffusion3Pipeline`` and ``DDPMPipeline`` (and
+loops like theirs) never call ``scale_model_input``, so they feed the initial noise to the model at the first entry:
+without AFS or such a shift that is right; otherwise ``step`` raises a RuntimeError rather than return a wrong
+sample. Run such models with :func:`run_pipeline_loop` (the loop above,
 with classifier-free guidance for conditional UNets), which makes exactly ``len(scheduler.timesteps)`` calls.
 
 Loading your own model (:func:`load_denoiser`) makes no silent assumption about how it was trained: the

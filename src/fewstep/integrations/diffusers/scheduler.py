@@ -27,6 +27,23 @@ __all__ = ["FewstepScheduler", "FewstepSchedulerOutput"]
 
 logger = logging.getLogger(__name__)
 
+# fewstep's own options. diffusers' schedulers use some of these names for settings of their own (Euler's
+# timestep_type "discrete" | "continuous", Euler's and UniPC's sigma_min / sigma_max of their Karras spacing, the EDM
+# schedulers' rho), so a config saved by another scheduler class never sets them; keyword arguments do.
+OWN_OPTIONS = ("solver", "solver_options", "afs", "schedule", "rho", "sigma_min", "sigma_max", "denoise_to_zero",
+               "timestep_type", "guidance_scale")
+# Values that only diffusers' schedulers use, dropped from any config (an in-memory config has no _class_name).
+FOREIGN_VALUES = {"timestep_type": ("discrete", "continuous")}
+
+
+def own_config(config: dict) -> dict:
+    """``config`` without the keys that belong to another scheduler class: fewstep's option names in a config
+    whose ``_class_name`` is not FewstepScheduler, and diffusers' own values of a shared name (:data:`OWN_OPTIONS`,
+    :data:`FOREIGN_VALUES`). The model's keys (betas, prediction type, spacing, shift) are kept."""
+    foreign = config.get("_class_name", "FewstepScheduler") != "FewstepScheduler"
+    return {k: v for k, v in config.items()
+            if not (foreign and k in OWN_OPTIONS) and v not in FOREIGN_VALUES.get(k, ())}
+
 
 @dataclass
 class FewstepSchedulerOutput(BaseOutput):
@@ -61,6 +78,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
       * ``denoise_to_zero``: end with x0 of the last evaluation, one of the ``num_inference_steps`` calls (None: yes
         with a given solver, no for the measured default and a predictor);
       * ``timestep_type``: "interp" (fractional timesteps) or "nearest".
+    These options are never read from another scheduler class's saved config (some share names with its settings,
+    e.g. Euler's ``timestep_type``; :func:`own_config`), only from keywords and FewstepScheduler's own config.
     ``predictor``: a learned sampler (:mod:`fewstep.learned`: an AMED table, DyWeight, EPD, PAS, GS), a tuned
     recipe (:class:`fewstep.recipe.Recipe`, ``fewstep tune``'s file) or the path of either
     (:func:`fewstep.learned.load`); it replaces ``solver``, ``afs`` and the schedule, and is not part of the saved
@@ -139,12 +158,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """As :meth:`ConfigMixin.from_config`, plus ``predictor=`` and flow detection (FlowMatch* configs
-        get ``prediction_type="flow_prediction"``)."""
+        """As :meth:`ConfigMixin.from_config`, plus ``predictor=``, flow detection (FlowMatch* configs
+        get ``prediction_type="flow_prediction"``) and another scheduler's settings left out (:func:`own_config`:
+        e.g. Euler's ``timestep_type``; keyword arguments are always taken, and checked)."""
         predictor = kwargs.pop("predictor", None)
         cfg = dict(config) if isinstance(config, dict) else {}
         if is_flow_config(cfg):
             kwargs.setdefault("prediction_type", "flow_prediction")
+        if isinstance(config, dict):
+            config = own_config(config)
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         sched = out[0] if return_unused_kwargs else out
         if predictor is not None:
@@ -219,22 +241,28 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("set_begin_index must be called before the first step (after set_timesteps)")
         self._begin_index = begin_index
 
+    def _latents_sigma(self, k: int) -> float:
+        """EDM sigma of the latents the pipeline holds before model call ``k``: the sigma of that call, except at
+        call 0, where the latents are the solver's initial state at the schedule's first sigma (with AFS or a
+        learned time shift the first call is made elsewhere, at the input ``scale_model_input`` makes from them)."""
+        return float(self._stepper.sigmas[0]) if k == 0 else self._plan_info[k][0]
+
     def _sigma_of(self, timestep: Any) -> torch.Tensor:
-        """EDM sigma (float64) of each entry of ``timestep`` (diffusers' rule: the step index or begin index when
-        set, else the first equal entry of ``timesteps``, else the model's time-to-sigma conversion)."""
+        """EDM sigma (float64) of the latents at each entry of ``timestep`` (:meth:`_latents_sigma`; diffusers'
+        rule: the step index or begin index when set, else the first equal entry of ``timesteps``, else the
+        model's time-to-sigma conversion)."""
         t = torch.as_tensor(timestep).reshape(-1).to(torch.float64).cpu()
         n = t.numel()
         if self._stepper is not None and self._begin_index is not None:
             k = self._step_index if self._step_index is not None else self._begin_index
-            k = min(k, len(self._plan_info) - 1)
-            return torch.full((n,), self._plan_info[k][0], dtype=torch.float64)
+            return torch.full((n,), self._latents_sigma(min(k, len(self._plan_info) - 1)), dtype=torch.float64)
         out = torch.empty(n, dtype=torch.float64)
         ts = self.timesteps.to(torch.float64).cpu() if self.timesteps is not None else None
         T = self.config.num_train_timesteps
         for j, v in enumerate(t.tolist()):
             hit = (ts == v).nonzero() if ts is not None else torch.empty(0)
             if hit.numel():
-                out[j] = self._plan_info[int(hit[0])][0]
+                out[j] = self._latents_sigma(int(hit[0]))
             elif self.is_flow:
                 out[j] = flow_sigma(torch.tensor(v / T, dtype=torch.float64))
             else:
@@ -248,7 +276,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """``original_samples`` (x0, pipeline space) noised to the sigma of ``timesteps``, in the pipeline's
         space: VP alpha x0 + sigma_vp noise (alpha = 1 / sqrt(1 + s^2), sigma_vp = s alpha), flow
-        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call."""
+        (1 - t) x0 + t noise (t = s / (1 + s)). With a begin index set (img2img), the sigma of the current call's
+        latents (at call 0 the schedule's first sigma, also with AFS or a learned time shift)."""
         s = self._sigma_of(timesteps)
         if s.numel() == 1 and original_samples.ndim > 0:
             s = s.expand(original_samples.shape[0])
