@@ -49,11 +49,12 @@ def test_core_dependencies_are_ranges_and_extras_cover_the_optional_imports():
     assert {"scikit-image", "scikit-learn", "matplotlib"} <= extras["demo"]
     assert {"scikit-image", "scikit-learn"} <= extras["eval"]
     assert "diffusers" in extras["diffusers"]
+    assert {"diffusers", "transformers"} <= extras["text"]
     # make test installs [test]: it must hold every other extra, so the tests see the whole library
-    assert extras["demo"] | extras["eval"] | extras["diffusers"] <= extras["test"]
+    assert extras["demo"] | extras["eval"] | extras["diffusers"] | extras["text"] <= extras["test"]
     for module, package in _extras.PACKAGES.items():
         if module != "threadpoolctl":  # comes with scikit-learn
-            assert any(package in extras[e] for e in ("demo", "eval", "diffusers")), package
+            assert any(package in extras[e] for e in ("demo", "eval", "diffusers", "text")), package
 
 
 def test_no_optional_package_is_imported_at_module_level():
