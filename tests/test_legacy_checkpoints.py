@@ -77,7 +77,7 @@ def test_legacy_file_loads_and_samples_the_same(name, models):
     den, shape = _model(name, models)
     noise = fewstep.noise_for_seeds(range(100, 104), shape, dtype=torch.float64)
     x = fewstep.sample(den, noise, predictor=sampler)
-    assert torch.equal(x, EXPECTED[name])
+    _same(x, EXPECTED[name], name)
     assert learned.read_config(DATA / f"{name}.safetensors") == sampler.config
 
 
@@ -99,8 +99,18 @@ def test_training_writes_the_legacy_weights(name, method, kw, models):
     p = learned.train(method, den, shape=shape, budget=learned.Budget(batch=16, total_samples=64, seed=3),
                       teacher=learned.Teacher(M=2), progress=False, **kw)
     old = learned.load(DATA / f"{name}.safetensors")
-    assert old.config["sigmas"] == p.config["sigmas"]
+    _same(torch.tensor(p.config["sigmas"]), torch.tensor(old.config["sigmas"]), "sigmas")
     new, ref = p.state_dict(), old.state_dict()
     assert new.keys() == ref.keys()
     for k in ref:
-        assert torch.equal(new[k], ref[k]), k
+        _same(new[k], ref[k], k)
+
+
+def _same(x: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Equal to the recorded float64 values up to the last bits. Not bitwise: the files were written on one CPU, and
+    LAPACK / vector kernels differ between CPU families (seen: Intel vs AMD EPYC, 1e-15 relative in the Gaussian
+    mixtures' Cholesky solves). Any change of the format or the algorithm is many orders of magnitude above this;
+    bitwise determinism on one machine is tested elsewhere (test_learned, test_learned_distributed)."""
+    assert x.shape == ref.shape and x.dtype == ref.dtype, what
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    assert float((x - ref).abs().max()) <= 1e-12 * max(scale, 1.0), what

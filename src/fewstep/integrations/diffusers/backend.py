@@ -3,6 +3,10 @@ or :class:`DiffusersNotInstalledError` with the install hint when it is missing 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 from ..._extras import MissingExtraError, install_hint
 
 INSTALL_HINT = f"the diffusers integration needs the 'diffusers' package: {install_hint('diffusers')}"
@@ -27,4 +31,46 @@ except ImportError as _e:
         "pip install --upgrade 'fewstep[diffusers]'", name="diffusers") from _e
 
 __all__ = ["INSTALL_HINT", "DiffusersNotInstalledError", "diffusers", "ConfigMixin", "register_to_config",
-           "KarrasDiffusionSchedulers", "SchedulerMixin", "BaseOutput"]
+           "KarrasDiffusionSchedulers", "SchedulerMixin", "BaseOutput", "quiet_loading"]
+
+
+class _DropNotices(logging.Filter):
+    """Drops the notices every offline CPU load prints and nobody can act on: diffusers' "Cannot initialize model
+    with low cpu memory usage because `accelerate` was not found" and transformers' "... requires torchvision (not
+    installed); falling back to ..." (image processors fewstep never uses). Every other message passes, so warnings
+    about missing or unexpected weights still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (("accelerate" in msg and "low cpu memory" in msg) or "requires torchvision" in msg)
+
+
+@contextlib.contextmanager
+def quiet_loading(*classes: type) -> Iterator[None]:
+    """While loading with ``cls.from_pretrained`` (and importing a pipeline class): the notices of
+    :class:`_DropNotices` filtered on the loggers that print them, and diffusers' and transformers' loading progress
+    bars off; all restored afterwards (no global verbosity changes)."""
+    names = {"diffusers.models.modeling_utils", "transformers.utils.import_utils",
+             *(getattr(c.from_pretrained, "__module__", None) or "diffusers" for c in classes)}
+    loggers = [logging.getLogger(n) for n in names]
+    f = _DropNotices()
+    bars = [diffusers.utils.logging]
+    try:
+        from transformers.utils import logging as tlog
+
+        bars.append(tlog)
+    except ImportError:
+        pass
+    was = [b.is_progress_bar_enabled() for b in bars]
+    for lg in loggers:
+        lg.addFilter(f)
+    for b in bars:
+        b.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
+        for b, on in zip(bars, was):
+            if on:
+                b.enable_progress_bar()

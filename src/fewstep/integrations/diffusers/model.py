@@ -4,10 +4,7 @@ guidance and mid-block features for AMED), :func:`load_denoiser` for a folder sa
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ import torch
 
 from ...io import regular_file, tensor_digest
 from ...jsonio import MAX_CHANNELS, MAX_SAMPLE_SIZE, check_size, load_json
-from .backend import diffusers
+from .backend import diffusers, quiet_loading
 from .noise import NOISE_KEYS, describe_noise, resolve_noise_config
 from .spaces import make_adapter, model_sigma_range
 
@@ -60,29 +57,6 @@ def check_guidance(encoder_hidden_states: Any, negative_encoder_hidden_states: A
         raise ValueError("negative_encoder_hidden_states needs encoder_hidden_states")
     if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
         raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
-
-
-class _DropAccelerateNotice(logging.Filter):
-    """Drops diffusers' "Cannot initialize model with low cpu memory usage because `accelerate` was not found"
-    notice (printed on every load without accelerate); every other message passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not ("accelerate" in msg and "low cpu memory" in msg)
-
-
-@contextlib.contextmanager
-def _no_accelerate_notice(cls: type) -> Iterator[None]:
-    """While loading with ``cls.from_pretrained``: a filter on the diffusers logger of the module that defines it
-    (diffusers' own ``utils.logging.get_logger``), removed afterwards. Only that notice is dropped, so warnings
-    about missing or unexpected weights still show; no global verbosity changes."""
-    logger = diffusers.utils.logging.get_logger(getattr(cls.from_pretrained, "__module__", None) or "diffusers")
-    f = _DropAccelerateNotice()
-    logger.addFilter(f)
-    try:
-        yield
-    finally:
-        logger.removeFilter(f)
 
 
 class DiffusersDenoiser(torch.nn.Module):
@@ -242,7 +216,7 @@ def load_denoiser(path: str | os.PathLike, *, scheduler_config: Any = None, **kw
     resolve_noise_config(scheduler_config, file=kwargs.get("scheduler_config_file"), context=context,
                          **{k: kwargs[k] for k in NOISE_KEYS if k in kwargs})
     unet_cls = getattr(diffusers, cls_name)
-    with _no_accelerate_notice(unet_cls):
+    with quiet_loading(unet_cls):
         try:
             unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
         except (RuntimeError, ValueError, KeyError, OSError, EnvironmentError) as e:  # e.g. weights of another shape

@@ -18,10 +18,9 @@ Stable Diffusion results do) and plug back into the pipeline.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ from torch import nn
 from ...denoisers.guidance import Guided
 from ...io import regular_file, tensor_digest
 from ...jsonio import load_json
-from .backend import diffusers
-from .model import _no_accelerate_notice, unet_model_id
+from .backend import diffusers, quiet_loading
+from .model import unet_model_id
 from .noise import describe_noise, resolve_noise_config
 from .spaces import make_adapter, model_sigma_range
 
@@ -124,30 +123,6 @@ def pipeline_kind(path: str | os.PathLike) -> str | None:
     raise ValueError(f"{path} holds a {str(name)[:80]}; fewstep supports {supported_kinds()}")
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' notices at import and load (e.g. image processors falling back without torchvision) and the
-    loading progress bars of both libraries are silenced while a pipeline loads; errors still show."""
-    try:
-        from transformers.utils import logging as tlog
-    except ImportError:
-        yield
-        return
-    dlog = diffusers.utils.logging
-    old, bars = tlog.get_verbosity(), (tlog.is_progress_bar_enabled(), dlog.is_progress_bar_enabled())
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    dlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(old)
-        if bars[0]:
-            tlog.enable_progress_bar()
-        if bars[1]:
-            dlog.enable_progress_bar()
-
-
 def load_pipeline(path: str | os.PathLike) -> Any:
     """The diffusers text-to-image pipeline saved in folder ``path`` (a kind of :data:`PIPELINE_KINDS`), loaded
     offline from safetensors only (no pickled weights, nothing downloaded); components saved as null (e.g. SD3
@@ -165,9 +140,9 @@ def load_pipeline(path: str | os.PathLike) -> Any:
     empty = {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
     for weights in root.glob("*/*.safetensors"):  # from_pretrained would block on a FIFO
         regular_file(weights, "diffusers weights file")
-    with _quiet_transformers():
+    with quiet_loading():
         cls = getattr(diffusers, index["_class_name"])  # imports transformers' models (notices silenced)
-    with _quiet_transformers(), _no_accelerate_notice(cls):
+    with quiet_loading(cls):
         try:
             pipe = cls.from_pretrained(root, local_files_only=True, use_safetensors=True, **empty)
         except (RuntimeError, ValueError, KeyError, OSError, EnvironmentError, TypeError) as e:
