@@ -243,3 +243,28 @@ def test_python_training_for_sdxl_and_sd3_runs_in_their_pipelines(folders, kind)
     set_sampler(pipe, p)
     img = pipe("a tree", num_inference_steps=4, guidance_scale=4.0, height=8, width=8, output_type="np").images
     assert len(calls) == 4 and np.isfinite(img).all()
+
+
+def test_train_runs_the_network_in_its_own_dtype_and_refuses_a_missing_device(folders, prompt_file, tmp_path, capsys):
+    """--model-dtype bfloat16: the network runs in bfloat16 while fewstep's state stays float32 on the CPU (the GPU
+    recipe's split, docs/text_to_image.md); a device this machine lacks is a clear error; both need --prompts."""
+    out = tmp_path / "bf16.safetensors"
+    base = ["train", "--diffusers", str(folders("sdv")), "--prompts", str(prompt_file), "--guidance", "5", "--nfe",
+            "4", "--no-tune", "--total-samples", "16", "--batch", "8", "--report-seeds", "4", "--no-cache"]
+    assert main([*base, "--model-dtype", "bfloat16", "--out", str(out)]) == 0
+    assert learned.load(out).nfe() == 4
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda", "--out", str(tmp_path / "c.safetensors")]) == 2
+        assert "cannot move the pipeline to --device cuda" in capsys.readouterr().err
+    assert main(["train", "--model", "gmm", "--device", "cuda", "--out", str(tmp_path / "g.safetensors")]) == 2
+    assert "--device applies with --prompts only" in capsys.readouterr().err
+
+
+def test_prompt_model_keeps_the_state_where_it_is(folders):
+    """The network's device and dtype are its own: a bfloat16 network returns float64 x0 for a float64 state."""
+    pipe = load_pipeline(folders("sdv")).to(dtype=torch.bfloat16)
+    den = PromptGuided(PromptModel(pipe, ["a cat"]), 2.0)
+    x = torch.randn(2, *den.sample_shape, dtype=torch.float64)
+    out = den(x, torch.tensor(3.0, dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.device == x.device and torch.isfinite(out).all()
+    assert den.denoiser.text.dtype == torch.bfloat16

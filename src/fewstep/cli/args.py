@@ -326,8 +326,19 @@ def text_pipeline(path: str, args: argparse.Namespace | None):  # noqa: ANN201 (
             prompts = prompts + held
         else:
             split = split_prompts(prompts)
+    import torch
+
+    pipe = load_pipeline(path)
+    dtype = getattr(args, "model_dtype", None)
+    device = getattr(args, "device", None) if hasattr(args, "prompts") else None  # train; sample moves it itself
+    if dtype is not None or device is not None:
+        try:
+            pipe.to(device=device, dtype=getattr(torch, dtype) if dtype else None)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as e:
+            raise ValueError(f"cannot move the pipeline to --device {device} / --model-dtype {dtype}: "
+                             f"{str(e).splitlines()[0][:200]}") from None
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
-    model = PromptModel(load_pipeline(path), prompts, getattr(args, "negative_prompt", None),
+    model = PromptModel(pipe, prompts, getattr(args, "negative_prompt", None),
                         scheduler_config_file=sched if os.path.isfile(sched) else None)
     model.prompt_split = split
     return model

@@ -40,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--prompt", default=None, metavar="TEXT",
                    help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL or SD3): the prompt; "
                         "needs --guidance W (1: no guidance); images are decoded with the pipeline's VAE")
+    s.add_argument("--model-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="with --prompt: the pipeline's dtype (float16 / bfloat16 on a GPU; default: float32)")
     s.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="with --prompt: the unconditional branch of guidance (default: the pipeline's own)")
     s.add_argument("--predictor", default=None,
