@@ -206,6 +206,7 @@ def test_train_from_a_prompt_file_beats_its_base_on_held_out_prompts_and_runs_in
     ([], "needs --guidance W"),
     (["--guidance", "5", "--class", "1"], "--class applies to class-conditional models"),
     (["--guidance", "5", "--eval-prompts", "SAME"], "repeats 10 training prompt"),
+    (["--guidance", "1", "--negative-prompt", "blurry"], "--negative-prompt has no effect at --guidance 1"),
 ])
 def test_train_refuses_bad_prompt_settings(folders, prompt_file, tmp_path, capsys, argv, match):
     path = folders("ddpm") if "applies to text" in match else folders("sd")

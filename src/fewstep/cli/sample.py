@@ -298,6 +298,9 @@ def _guide(args: argparse.Namespace, denoiser):
             raise ValueError("--prompt needs --guidance W (the classifier-free guidance scale, e.g. 7.5; 1 samples "
                              "the conditional model without guidance)")
         w = guidance_scale(args.guidance)
+        if args.negative_prompt is not None and w == 1:
+            raise ValueError("--negative-prompt has no effect at --guidance 1 (the conditional model alone is "
+                             "sampled); give a scale above 1, or leave it out")
         return PromptGuided(denoiser, w), {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
                                            "guidance": w}
     if args.class_label is None:
