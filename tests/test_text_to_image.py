@@ -269,3 +269,17 @@ def test_prompt_model_keeps_the_state_where_it_is(folders):
     out = den(x, torch.tensor(3.0, dtype=torch.float64))
     assert out.dtype == torch.float64 and out.device == x.device and torch.isfinite(out).all()
     assert den.denoiser.text.dtype == torch.bfloat16
+
+
+def test_guidance_aware_training_over_prompts_reports_each_scale(folders, prompt_file, tmp_path, capsys):
+    """--guidance-scales: one sampler over the scales, reported at each on the held-out prompts (the cost line of a
+    guidance-aware residual operator, printed before training, once failed: its tables need a scale)."""
+    out = tmp_path / "aware.safetensors"
+    assert main(["train", "--diffusers", str(folders("sdv")), "--prompts", str(prompt_file), "--guidance-scales",
+                 "2,5", "--nfe", "4", "--no-tune", "--total-samples", "16", "--batch", "8", "--report-seeds", "4",
+                 "--no-cache", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "residual operator:" in text and "at guidance scale 2:" in text and "at guidance scale 5:" in text
+    p = learned.load(out)
+    assert p.config["guidance"]["scales"] == [2.0, 5.0]
+    assert p.config["training"]["conditioning"] == {"guidance": None, "class_labels": None}

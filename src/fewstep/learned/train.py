@@ -183,7 +183,13 @@ def train(
         sampler.to(dtype)
     sched = LearnedSchedule(sig) if learn else None
     if progress and world()[0] == 0:  # what the operator costs per step, before the minutes of training
-        sampler.cost_measured = measure_cost(sampler, denoiser, shape, plan.batch, dtype, model_dtype)
+        if scales is not None:  # a guidance-aware sampler's tables exist at a scale (any: the cost is the same)
+            sampler.guidance_scale = scales.scales[0]
+        try:
+            sampler.cost_measured = measure_cost(sampler, denoiser, shape, plan.batch, dtype, model_dtype)
+        finally:
+            if scales is not None:
+                sampler.guidance_scale = None
         if sampler.cost_measured is not None:
             print(cost_line(method, sampler.cost_measured), flush=True)
     with frozen(denoiser), scale_cycle(denoiser, sampler, None if scales is None else list(scales.scales)) as hook:
