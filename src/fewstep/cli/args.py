@@ -331,6 +331,8 @@ def text_pipeline(path: str, args: argparse.Namespace | None):  # noqa: ANN201 (
     pipe = load_pipeline(path)
     dtype = getattr(args, "model_dtype", None)
     device = getattr(args, "device", None) if hasattr(args, "prompts") else None  # train; sample moves it itself
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local process
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if dtype is not None or device is not None:
         try:
             pipe.to(device=device, dtype=getattr(torch, dtype) if dtype else None)

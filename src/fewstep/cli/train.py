@@ -55,8 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--eval-prompts", default=None, metavar="FILE",
                    help="with --prompts: the held-out prompts of the closing report (default: every 5th of --prompts)")
     t.add_argument("--device", default=None, metavar="DEVICE",
-                   help="with --prompts: run the pipeline's networks on this device (e.g. cuda, cuda:1); fewstep's "
-                        "solver state, teacher targets and learned operator stay on the CPU (default: cpu)")
+                   help="with --prompts: run the pipeline's networks on this device (cuda: cuda:LOCAL_RANK under "
+                        "torchrun); fewstep's solver state, teacher targets and learned operator stay on the CPU "
+                        "(default: cpu)")
     t.add_argument("--model-dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="with --prompts: the pipeline's dtype (float16 / bfloat16 on a GPU; default: float32)")
     t.add_argument("--negative-prompt", default=None, metavar="TEXT",
