@@ -84,7 +84,9 @@ else a ValueError names what is missing; ``den.noise_config`` records which (``d
 Modules, each importing only those above it: ``backend`` (the import of diffusers, the install hint), ``spaces``
 (VP / flow conversions to EDM), ``planning`` (the schedule and model calls of ``set_timesteps``), ``tail``
 (image-to-image starts), ``scheduler`` (:class:`FewstepScheduler`), ``noise`` (:func:`resolve_noise_config`),
-``model`` (:class:`DiffusersDenoiser`, :func:`load_denoiser`) and ``pipeline`` (:func:`run_pipeline_loop`).
+``model`` (:class:`DiffusersDenoiser`, :func:`load_denoiser`), ``pipeline`` (:func:`run_pipeline_loop`) and ``text``
+(text-to-image pipelines: :class:`PromptModel` over a prompt list, :class:`PromptGuided` drawing a prompt per seed,
+:func:`load_pipeline`, :func:`read_prompts`, :func:`set_sampler`; README "Integrations", docs/text_to_image.md).
 """
 
 from __future__ import annotations
@@ -94,8 +96,10 @@ from .model import DiffusersDenoiser, load_denoiser, unet_model_id
 from .noise import resolve_noise_config
 from .pipeline import run_pipeline_loop
 from .scheduler import FewstepScheduler, FewstepSchedulerOutput
+from .text import PromptGuided, PromptModel, load_pipeline, read_prompts, set_sampler
 from .spaces import FLOW_T_MAX, PREDICTION_TYPES, alphas_cumprod, model_sigma_range
 
 __all__ = ["FewstepScheduler", "FewstepSchedulerOutput", "DiffusersDenoiser", "load_denoiser", "alphas_cumprod",
            "PREDICTION_TYPES", "FLOW_T_MAX", "resolve_noise_config", "model_sigma_range", "unet_model_id",
-           "run_pipeline_loop", "DiffusersNotInstalledError", "INSTALL_HINT"]
+           "run_pipeline_loop", "DiffusersNotInstalledError", "INSTALL_HINT", "PromptModel", "PromptGuided",
+           "load_pipeline", "read_prompts", "set_sampler"]
