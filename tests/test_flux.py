@@ -158,3 +158,6 @@ def test_a_table_sampler_trained_over_flux_prompts_runs_in_the_pipeline(folder):
                         budget=learned.Budget(batch=4, total_samples=4), progress=False)
     with pytest.raises(ValueError, match="packed"):
         set_sampler(pipe, res)
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, predictor=res)  # set by hand: step refuses
+    with pytest.raises(ValueError, match=r"trained on samples of shape \(16, 8, 8\).*\(16, 64\)"):
+        _run(pipe, "a tree", 4, output_type="latent")

@@ -60,7 +60,8 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     points follow the same rule, linspace(1, 1/k, k) for its k points, shifted by ``mu``, then the jump to zero
     (so ``solver="euler"`` is the pipeline's own FlowMatch Euler); any other list is a custom grid. Its latents are
     packed (B, h w / 4, 4 C): the scheduler's arithmetic is elementwise, but a ``residual`` predictor's convolution
-    needs (C, H, W) images (``set_sampler`` refuses it for a FluxPipeline).
+    needs (C, H, W) images (``set_sampler`` refuses it for a FluxPipeline, and ``step`` refuses latents of another
+    rank than the predictor's training samples).
 
 What a pipeline must call so that it makes exactly ``len(scheduler.timesteps)`` model calls (= the NFE, = the
 trained NFE of a predictor, AFS included)::

@@ -370,6 +370,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("call set_timesteps() before scale_model_input()/step()")
         return self._stepper
 
+    def _check_operator_input(self, sample: torch.Tensor) -> None:
+        """A predictor with a spatial operator (residual) needs samples laid out as it was trained, (C, H, W): refuse
+        another layout, e.g. FluxPipeline's packed (h w / 4, 4 C) latents, which it would convolve as nonsense."""
+        if not callable(getattr(self.predictor, "residual", None)):
+            return
+        training = self.predictor.config.get("training")
+        shape = training.get("shape") if isinstance(training, dict) else None  # None: untrained or not recorded
+        if isinstance(shape, list) and len(shape) != sample.ndim - 1:
+            raise ValueError(f"the {method_name(self.predictor)} predictor's operator was trained on samples of shape "
+                             f"{tuple(shape)}, but the pipeline's latents are {tuple(sample.shape[1:])} per sample "
+                             "(FluxPipeline packs its latents): run it with fewstep sample, or use a table method "
+                             "(pas, amed with features none) in this pipeline")
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The network input for the next call: ``sample`` itself, except for a first call that is not made at
         the initial latents as they are: with AFS the point after the analytical first step, and for a learned
@@ -395,6 +408,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError(f"all {self.num_inference_steps} model calls were made; call set_timesteps() again")
         dt = self._dtype(sample)
         x_in = sample.to(dt)
+        if first:
+            self._check_operator_input(sample)
         if first and k > 0:  # image-to-image: start at call k, from the pipeline's noised latents
             self._run = tail_runner(full, self._plan_info[k])
             self._request = self._run.start(to_edm(self.adapter, x_in, torch.tensor(self._plan_info[k][0])))
