@@ -1,8 +1,9 @@
-"""Tiny random diffusers pipelines built from configs, offline: Stable Diffusion, SDXL, SD3 and DDPM with a few
+"""Tiny random diffusers pipelines built from configs, offline: Stable Diffusion, SDXL, SD3, Flux and DDPM with a few
 thousand random weights each (torch.manual_seed), written with ``save_pretrained(safe_serialization=True)`` into a
 given folder and read back with :func:`load` (``local_files_only``: nothing is downloaded). The text encoders share
 one tiny CLIP tokenizer (:func:`write_clip_tokenizer`). Latents are 8x8 (SD / SDXL: a one-block VAE, scale factor 1,
-so ``height=width=8``; SD3: 2x2 patches of 8x8 latents).
+so ``height=width=8``; SD3: 2x2 patches of 8x8 latents; Flux: 8x8x16 latents packed into 16 tokens, its T5 tokenizer
+built in memory by :func:`t5_tokenizer`).
 
     from tiny_pipelines import build_sd, load
     pipe = load(build_sd(tmp_path / "sd"))
@@ -19,10 +20,11 @@ import diffusers
 import torch
 import transformers
 
-__all__ = ["write_clip_tokenizer", "build_sd", "build_sdxl", "build_sd3", "build_ddpm", "load", "tiny_pipeline",
-           "BUILDERS", "HEIGHT", "WIDTH"]
+__all__ = ["write_clip_tokenizer", "t5_tokenizer", "build_sd", "build_sdxl", "build_sd3", "build_flux", "build_ddpm",
+           "load", "tiny_pipeline", "BUILDERS", "HEIGHT", "WIDTH"]
 
 HEIGHT = WIDTH = 8  # image size of the SD-style pipelines (VAE scale factor 1); DDPM images are 8x8 too
+T5_LENGTH = 12  # the T5 tokenizer's model_max_length (FluxPipeline pads prompts to max_sequence_length)
 MAX_LENGTH = 16  # the tokenizer's model_max_length = the text encoders' max_position_embeddings
 
 
@@ -121,6 +123,40 @@ def build_sd3(root) -> Path:
     return _save(pipe, root)
 
 
+def t5_tokenizer() -> transformers.T5TokenizerFast:
+    """A tiny T5 tokenizer built in memory (a Unigram over the pad, end and unknown tokens, the word-start mark and the
+    lowercase letters alone and after it); ``save_pretrained`` writes its tokenizer.json."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab += [(c, -3.0) for c in letters] + [("\u2581" + c, -2.5) for c in letters]
+    return transformers.T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_LENGTH)
+
+
+def build_flux(root) -> Path:
+    """A FluxPipeline (FLUX.1-dev style: a two-block FluxTransformer2DModel with a guidance embedding on 2x2 packed
+    patches of 16-channel latents, a CLIP text encoder for the pooled embedding, a tiny T5 encoder, a one-block VAE
+    with 16 latent channels, scaling and shift factors, and FlowMatch Euler with dynamic shifting) saved in ``root``;
+    returns ``root``. Latents of 8x8 images are 8x8 (VAE scale factor 1), packed to 16 tokens of 64 channels."""
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4))
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(16,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), latent_channels=16, norm_num_groups=8, sample_size=16,
+        scaling_factor=0.3611, shift_factor=0.1159)
+    pipe = diffusers.FluxPipeline(
+        transformer=transformer, vae=vae, text_encoder=transformers.CLIPTextModel(_text_config()),
+        tokenizer=_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                            max_shift=1.15, base_image_seq_len=256,
+                                                            max_image_seq_len=4096))
+    return _save(pipe, root)
+
+
 def build_ddpm(root) -> Path:
     """A DDPMPipeline (unconditional 8x8 RGB UNet2DModel, DDPM scheduler) saved in ``root``; returns ``root``."""
     torch.manual_seed(0)
@@ -143,11 +179,11 @@ def load(path) -> diffusers.DiffusionPipeline:
     return pipe
 
 
-BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "ddpm": build_ddpm}
+BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "ddpm": build_ddpm}
 
 
 def tiny_pipeline(kind: str, tmp_path_factory) -> diffusers.DiffusionPipeline:
-    """A fresh pipeline object of ``kind`` ("sd", "sdxl", "sd3", "ddpm"), loaded from a folder built once per pytest
+    """A fresh pipeline object of ``kind`` ("sd", "sdxl", "sd3", "flux", "ddpm"), loaded from a folder built once per pytest
     session (``tmp_path_factory``'s base folder; later calls only load it)."""
     root = Path(tmp_path_factory.getbasetemp()) / "tiny-pipelines" / kind
     if not (root / "model_index.json").exists():

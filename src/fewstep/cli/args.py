@@ -307,7 +307,7 @@ def text_pipeline(path: str, args: argparse.Namespace | None):  # noqa: ANN201 (
     if kind is None:
         if prompts_file is not None or one is not None:
             raise ValueError(f"--{'prompts' if prompts_file is not None else 'prompt'} applies to text-to-image "
-                             f"pipelines (Stable Diffusion, SDXL, SD3); {path} is an unconditional model")
+                             f"pipelines (Stable Diffusion, SDXL, SD3, Flux); {path} is an unconditional model")
         return None
     if prompts_file is None and one is None:
         raise ValueError(f"{path} is a text-to-image pipeline: give its prompts (fewstep train --prompts FILE, "

@@ -36,9 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: none, the unconditional model)")
     s.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="with --class: classifier-free guidance scale w, D_w = D(null) + w (D(class) - D(null)); "
-                        "1 is the conditional model (default: 1); one NFE is one model call on the doubled batch")
+                        "1 is the conditional model (default: 1); one NFE is one model call on the doubled batch; Flux "
+                        "with --prompt: the transformer's guidance embedding (FLUX.1-dev), one undoubled call")
     s.add_argument("--prompt", default=None, metavar="TEXT",
-                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL or SD3): the prompt; "
+                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL, SD3 or Flux): the prompt; "
                         "needs --guidance W (1: no guidance); images are decoded with the pipeline's VAE")
     s.add_argument("--model-dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="with --prompt: the pipeline's dtype (float16 / bfloat16 on a GPU; default: float32)")

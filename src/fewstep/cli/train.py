@@ -49,8 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="amed / plugin: auto (the model's own features or a U-Net's middle block; the default) | none "
                         "(a table) | adapter | MODULE name")
     t.add_argument("--prompts", default=None, metavar="FILE",
-                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL or SD3): train over these "
-                        "prompts (UTF-8, one per line), one drawn per sample from its seed; every 5th is held out for "
+                   help="text-to-image pipelines (--diffusers DIR of Stable Diffusion, SDXL, SD3 or Flux): train over "
+                        "these prompts (UTF-8, one per line), one drawn per sample from its seed; every 5th is held out for "
                         "the closing report unless --eval-prompts (needs --guidance or --guidance-scales)")
     t.add_argument("--eval-prompts", default=None, metavar="FILE",
                    help="with --prompts: the held-out prompts of the closing report (default: every 5th of --prompts)")
@@ -66,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="class-conditional models (--model digits): train under classifier-free guidance at scale W "
                         "(all classes, tiled over each batch, or --class); text-to-image pipelines: the scale the "
-                        "pipeline samples with (e.g. 7.5)")
+                        "pipeline samples with (e.g. 7.5; Flux: its guidance embedding, e.g. 3.5, one call per "
+                        "evaluation)")
     t.add_argument("--guidance-scales", default=None, metavar="W1,W2,...",
                    help="class-conditional models: train ONE guidance-aware sampler over these scales (one per "
                         "batch, in turn; its tables are polynomials in w); it samples at any scale in [min, max] "
@@ -499,6 +500,10 @@ def _prompt_guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tu
             print(f"WARNING: --method {cls.method}{' --time-shift' if args.time_shift else ''} moves the first model "
                   f"input; the sampler runs in fewstep sample, not in the {denoiser.pipeline_class} (use residual, "
                   "pas or amed there)", flush=True)
+    if denoiser.kind == "flux" and cls.method == "residual":
+        print("WARNING: --method residual: its operator convolves unpacked latents; FluxPipeline hands its scheduler "
+              "packed ones, so the sampler runs in fewstep sample, not in the pipeline (use pas or amed there)",
+              flush=True)
     train_idx, _ = denoiser.prompt_split
     return PromptGuided(denoiser, w, train_idx), scales
 

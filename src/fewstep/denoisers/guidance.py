@@ -108,6 +108,11 @@ class Guided(nn.Module):
                              f"per sample, labels whose count divides the batch, or an int")
         return lab.repeat(batch // lab.shape[0])
 
+    @property
+    def _cfg_scale(self) -> float:
+        """The scale of the classifier-free combination (a subclass whose guidance is an embedding returns 1)."""
+        return self.scale
+
     def _inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, sigma (n,), labels) for the one call: the doubled batch, or one half at w = 1 or w = 0."""
         b = x.shape[0]
@@ -119,17 +124,18 @@ class Guided(nn.Module):
             s = s.expand(b)
         elif s.shape != (b,):
             raise ValueError(f"sigma must be a scalar or have shape ({b},), got {tuple(s.shape)}")
-        if self.scale == 1.0:
+        if self._cfg_scale == 1.0:
             return x, s, y
-        if self.scale == 0.0:
+        if self._cfg_scale == 0.0:
             return x, s, null
         return torch.cat([x, x]), torch.cat([s, s]), torch.cat([y, null])
 
     def _combine(self, out: torch.Tensor, b: int) -> torch.Tensor:
-        if self.scale in (0.0, 1.0):
+        w = self._cfg_scale
+        if w in (0.0, 1.0):
             return out
         cond, uncond = out[:b], out[b:]
-        return uncond + self.scale * (cond - uncond)
+        return uncond + w * (cond - uncond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """D_w(x, sigma): one call of the conditional denoiser on the doubled batch."""

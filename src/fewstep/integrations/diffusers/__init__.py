@@ -53,6 +53,15 @@ How it maps onto diffusers' scheduler API (diffusers calls ``step`` once per mod
     AMED) begins with an Euler step from that sigma to the next schedule point (for Heun's corrector call the
     sigma already is that point, so the step has zero length), which keeps the call count. A predictor was
     trained from pure noise on its one schedule and refuses a begin index above 0.
+  * ``FluxPipeline`` never passes ``num_inference_steps``: it passes its own flow times
+    ``np.linspace(1, 1/n, n)`` as ``sigmas`` with ``mu`` (its resolution shift, from the config's ``base_shift``,
+    ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len``, which FewstepScheduler keeps in its config). That
+    exact list reads as n model calls (NFE = n, as everywhere); with the default schedule ("diffusers") the solver's
+    points follow the same rule, linspace(1, 1/k, k) for its k points, shifted by ``mu``, then the jump to zero
+    (so ``solver="euler"`` is the pipeline's own FlowMatch Euler); any other list is a custom grid. Its latents are
+    packed (B, h w / 4, 4 C): the scheduler's arithmetic is elementwise, but a ``residual`` predictor's convolution
+    needs (C, H, W) images (``set_sampler`` refuses it for a FluxPipeline, and ``step`` refuses latents of another
+    rank than the predictor's training samples).
 
 What a pipeline must call so that it makes exactly ``len(scheduler.timesteps)`` model calls (= the NFE, = the
 trained NFE of a predictor, AFS included)::
@@ -70,8 +79,8 @@ analytical step. The scheduler makes that step itself inside ``scale_model_input
 the initial ``sample``), and the first model call is made at the point after it. Likewise, when a learned
 sampler's first model call is at another sigma than the schedule's first (time shift xi_0, DyWeight's time scale),
 ``scale_model_input`` rescales the initial ``sample`` to that sigma's input. diffusers' (0.42) Stable Diffusion and
-SDXL pipelines (text-to-image and img2img) follow this loop; ``StableDiffusion3Pipeline`` and ``DDPMPipeline`` (and
-loops like theirs) never call ``scale_model_input``, so they feed the initial noise to the model at the first entry:
+SDXL pipelines (text-to-image and img2img) follow this loop; ``StableDiffusion3Pipeline``, ``FluxPipeline`` and
+``DDPMPipeline`` (and loops like theirs) never call ``scale_model_input``, so they feed the initial noise to the model at the first entry:
 without AFS or such a shift that is right; otherwise ``step`` raises a RuntimeError rather than return a wrong
 sample. Run such models with :func:`run_pipeline_loop` (the loop above,
 with classifier-free guidance for conditional UNets), which makes exactly ``len(scheduler.timesteps)`` calls.

@@ -99,6 +99,12 @@ def check_config(cfg: Any) -> None:
         raise ValueError(f"sigma_min ({cfg['sigma_min']!r}) must be below sigma_max ({cfg['sigma_max']!r})")
     _real("shift", cfg["shift"], "a positive finite number (flow time shift; 1 = none)", 0.0, 1e4)
     check_guidance(cfg["guidance_scale"])
+    for key in ("base_shift", "max_shift"):
+        _real(key, cfg[key], f"a finite number in [-{MAX_ABS_MU:g}, {MAX_ABS_MU:g}] (FlowMatch's mu at the base / "
+              "largest image sequence length)", -MAX_ABS_MU, MAX_ABS_MU, lo_open=False)
+    _int("base_image_seq_len", cfg["base_image_seq_len"], 1, 2**24, " (FlowMatch's resolution-dependent shift)")
+    _int("max_image_seq_len", cfg["max_image_seq_len"], cfg["base_image_seq_len"] + 1, 2**24,
+         " (above base_image_seq_len)")
 
 
 def check_guidance(w: Any) -> float | None:

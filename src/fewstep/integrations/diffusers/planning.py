@@ -21,7 +21,7 @@ from .checks import MAX_INFERENCE_STEPS, check_steps
 from .spaces import flow_sigma, model_sigma_range
 
 __all__ = ["SCHEDULES", "SPACINGS", "method_name", "flow_shift", "spaced_sigmas", "nfe_possible", "uses_default",
-           "plan_schedule", "call_plan"]
+           "pipeline_default_flow_times", "pipeline_spacing", "plan_schedule", "call_plan"]
 
 SCHEDULES = ("diffusers", "polynomial", "logsnr", "time_uniform", "discrete")
 SPACINGS = ("linspace", "leading", "trailing")
@@ -80,6 +80,32 @@ def uses_default(cfg: Any, adapter: VPModel | FlowModel) -> bool:
     (the defaults were measured on VP / EDM models; a flow model without a solver keeps DPM-Solver++ on its own
     shifted flow times)."""
     return cfg.solver is None and not isinstance(adapter, FlowModel)
+
+
+def pipeline_default_flow_times(sigmas: Any) -> bool:
+    """Whether ``sigmas`` is FluxPipeline's default list for n steps, ``np.linspace(1, 1/n, n)``."""
+    try:
+        arr = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    n = arr.size
+    return arr.ndim == 1 and 1 <= n <= MAX_INFERENCE_STEPS and np.allclose(arr, np.linspace(1.0, 1 / n, n),
+                                                                            rtol=1e-9, atol=0)
+
+
+def pipeline_spacing(cfg: Any, predictor: Any, nfe: int) -> list[float] | None:
+    """FluxPipeline's spacing rule for ``nfe`` model calls of the configured solver: its n schedule points at flow
+    times linspace(1, 1/n, n) (before the shift), then the jump to zero, which is the pipeline's own schedule for
+    Euler (FlowMatchEulerDiscreteScheduler). None where it does not apply (a predictor, another ``schedule``, no
+    jump to zero, or an NFE the solver cannot make: the plain NFE path then plans or says why)."""
+    if predictor is not None or cfg.schedule not in (None, "diffusers") or cfg.denoise_to_zero is False \
+            or cfg.use_karras_sigmas or isinstance(nfe, bool) or not isinstance(nfe, int) or not 2 <= nfe <= MAX_NFE:
+        return None
+    try:
+        n = steps_for_nfe(cfg.solver or "dpmpp", nfe - 1, bool(cfg.afs), **dict(cfg.solver_options or {}))
+    except (ValueError, TypeError):
+        return None
+    return [*np.linspace(1.0, 1 / n, n).tolist(), 0.0]
 
 
 def plan_schedule(cfg: Any, adapter: VPModel | FlowModel, predictor: Any, nfe: int | None, sigmas: Any,

@@ -19,7 +19,8 @@ from ...schedules import get_schedule
 from ..stepper import Request, Stepper, evaluation_sigmas
 from .backend import BaseOutput, ConfigMixin, KarrasDiffusionSchedulers, SchedulerMixin, register_to_config
 from .checks import check_choice, check_config, check_mu
-from .planning import SCHEDULES, SPACINGS, call_plan, method_name, plan_schedule, uses_default
+from .planning import (SCHEDULES, SPACINGS, call_plan, method_name, pipeline_default_flow_times, pipeline_spacing,
+                       plan_schedule, uses_default)
 from .spaces import PREDICTION_TYPES, flow_sigma, is_flow_config, make_adapter, model_sigma_range, to_edm
 from .tail import tail_runner
 
@@ -57,7 +58,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs a fewstep solver (any name in ``fewstep.SOLVERS``) or a learned sampler.
 
     Config (besides the model's own ``num_train_timesteps``, ``beta_*``, ``trained_betas``, ``prediction_type``,
-    ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``):
+    ``shift``/``use_dynamic_shifting`` for flow models, all read from ``pipe.scheduler.config``; and FlowMatch's
+    ``base_shift``, ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len``, only kept for pipelines that read
+    them from ``scheduler.config``: FluxPipeline computes the ``mu`` it passes to ``set_timesteps`` from them):
       * ``solver``, ``solver_options`` (dict, keyword options of the solver), ``afs``. Without a solver (None, the
         default) a VP model gets fewstep's measured default for the NFE (``num_inference_steps``) and
         ``guidance_scale`` (:func:`fewstep.defaults.default_choice`, docs/defaults.md: unguided UniPC(2M) +AFS on
@@ -115,8 +118,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         shift: float = 1.0,
         use_dynamic_shifting: bool = False,
         guidance_scale: float | None = None,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
         predictor: Any = None,
     ) -> None:
+        # base_shift .. max_image_seq_len: FlowMatch's resolution-dependent shift settings, kept only so that a
+        # pipeline reading them from scheduler.config (FluxPipeline computes mu from them) gets the model's own.
         check_config(self.config)
         check_choice("schedule", schedule, SCHEDULES, optional=True)
         check_choice("timestep_spacing", timestep_spacing, SPACINGS)
@@ -302,8 +311,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         models, EDM sigmas otherwise; a trailing 0 means denoise to zero). Custom ``timesteps`` are refused."""
         if timesteps is not None:
             raise ValueError("FewstepScheduler does not take custom timesteps; pass num_inference_steps or sigmas")
+        flux_default = num_inference_steps is None and self.is_flow and pipeline_default_flow_times(sigmas)
+        if flux_default:
+            # FluxPipeline never passes num_inference_steps: it always passes its own n flow times linspace(1, 1/n,
+            # n) (and mu, its resolution shift). That list is its default, not a user's choice, so it reads as n
+            # model calls: with schedule "diffusers" (the default) the solver's points follow the same rule
+            # (:func:`pipeline_spacing`), otherwise the schedule is planned for the NFE as for any pipeline. Any
+            # other list is a custom grid.
+            num_inference_steps = len(sigmas)
+            sigmas = pipeline_spacing(self.config, self.predictor, num_inference_steps)
         sig, solver, afs, dtz, opts, chosen = plan_schedule(self.config, self.adapter, self.predictor,
                                                             num_inference_steps, sigmas, check_mu(mu))
+        if flux_default and sigmas is not None:
+            chosen = chosen.replace("on the given sigmas", "FluxPipeline's spacing (flow times linspace(1, 1/n, n) "
+                                    "shifted by mu), then the jump to zero")
         if self.predictor is not None and num_inference_steps is not None:
             need = len(evaluation_sigmas(Stepper(solver, sig, afs=afs, denoise_to_zero=dtz)))
             if num_inference_steps != need:
@@ -349,6 +370,19 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("call set_timesteps() before scale_model_input()/step()")
         return self._stepper
 
+    def _check_operator_input(self, sample: torch.Tensor) -> None:
+        """A predictor with a spatial operator (residual) needs samples laid out as it was trained, (C, H, W): refuse
+        another layout, e.g. FluxPipeline's packed (h w / 4, 4 C) latents, which it would convolve as nonsense."""
+        if not callable(getattr(self.predictor, "residual", None)):
+            return
+        training = self.predictor.config.get("training")
+        shape = training.get("shape") if isinstance(training, dict) else None  # None: untrained or not recorded
+        if isinstance(shape, list) and len(shape) != sample.ndim - 1:
+            raise ValueError(f"the {method_name(self.predictor)} predictor's operator was trained on samples of shape "
+                             f"{tuple(shape)}, but the pipeline's latents are {tuple(sample.shape[1:])} per sample "
+                             "(FluxPipeline packs its latents): run it with fewstep sample, or use a table method "
+                             "(pas, amed with features none) in this pipeline")
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The network input for the next call: ``sample`` itself, except for a first call that is not made at
         the initial latents as they are: with AFS the point after the analytical first step, and for a learned
@@ -374,6 +408,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError(f"all {self.num_inference_steps} model calls were made; call set_timesteps() again")
         dt = self._dtype(sample)
         x_in = sample.to(dt)
+        if first:
+            self._check_operator_input(sample)
         if first and k > 0:  # image-to-image: start at call k, from the pipeline's noised latents
             self._run = tail_runner(full, self._plan_info[k])
             self._request = self._run.start(to_edm(self.adapter, x_in, torch.tensor(self._plan_info[k][0])))

@@ -4,7 +4,8 @@ Stable Diffusion results do) and plug back into the pipeline.
 * :func:`read_prompts`: a prompt file (UTF-8, one prompt per line; blank lines and ``#`` lines skipped).
 * :func:`load_pipeline`: a text-to-image pipeline folder saved with ``save_pretrained`` (offline, safetensors), of
   a kind in :data:`PIPELINE_KINDS`: Stable Diffusion (UNet2DConditionModel + CLIP), SDXL (two text encoders, pooled
-  embeddings and added time ids) and SD3 (a flow-matching transformer, FlowMatch scheduler).
+  embeddings and added time ids), SD3 (a flow-matching transformer, FlowMatch scheduler) and Flux (FluxPipeline:
+  packed latents, T5 + pooled CLIP embeddings, the guidance embedding of FLUX.1-dev instead of a negative branch).
 * :class:`PromptModel`: the pipeline's network as a conditional EDM denoiser ``D(x, sigma, labels)``; label ``i`` is
   prompt ``i`` (its text embeddings computed once by the pipeline's own ``encode_prompt`` and kept), label ``P`` (the
   null label) is the negative prompt (default: the pipeline's own unconditional embedding). Latents in, latents out;
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,14 @@ PIPELINE_KINDS = {
     "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3",
+    "FluxPipeline": "flux",
 }
-# Whether the pipeline's loop calls scheduler.scale_model_input: where it does not (SD3), a sampler whose first model
-# input moves (AFS, learned time shifts or scales) cannot run in it (FewstepScheduler raises), so training defaults to
-# AFS off there.
-CALLS_SCALE_MODEL_INPUT = {"sd": True, "sdxl": True, "sd3": False}
+# Whether the pipeline's loop calls scheduler.scale_model_input: where it does not (SD3, Flux), a sampler whose first
+# model input moves (AFS, learned time shifts or scales) cannot run in it (FewstepScheduler raises), so training
+# defaults to AFS off there.
+CALLS_SCALE_MODEL_INPUT = {"sd": True, "sdxl": True, "sd3": False, "flux": False}
+FLUX_NO_NEGATIVE = ("Flux has no negative branch; its guidance is an embedding (FLUX.1-dev is guidance-distilled): "
+                    "PromptGuided(model, W) / --guidance W samples at embedded guidance W, one call per evaluation")
 # Unconditional pipelines: load_denoiser (a UNet2DModel) takes these.
 UNCONDITIONAL = ("DDPMPipeline", "DDIMPipeline")
 MAX_PROMPTS = 100_000
@@ -166,17 +171,30 @@ class PromptModel(nn.Module):
     without gradients) and kept as buffers; label P (``null_label``) is ``negative_prompt``, default: what the
     pipeline itself uses without one (the empty prompt, or zeros where the pipeline's config forces them). How the
     network is called follows the pipeline kind: Stable Diffusion (``encoder_hidden_states``), SDXL (plus pooled
-    ``text_embeds`` and ``time_ids`` for the full-size, uncropped image) and SD3 (``pooled_projections``, flow
-    matching). The noise settings come from the pipeline's scheduler config (never assumed), the sample shape and
-    sigma range from its network; ``model_id`` is the digest of the network's weights (:func:`unet_model_id`), the
-    id learned samplers record; ``conditions_key`` is a digest of the prompt embeddings (the teacher cache's key).
-    Wrap it in :class:`PromptGuided` to sample or train."""
+    ``text_embeds`` and ``time_ids`` for the full-size, uncropped image), SD3 (``pooled_projections``, flow
+    matching) and Flux (below). The noise settings come from the pipeline's scheduler config (never assumed), the
+    sample shape and sigma range from its network; ``model_id`` is the digest of the network's weights
+    (:func:`unet_model_id`), the id learned samplers record; ``conditions_key`` is a digest of the prompt embeddings
+    (the teacher cache's key). Wrap it in :class:`PromptGuided` to sample or train.
+
+    **Flux** (FluxPipeline): samples are the UNPACKED latents (C, h, w) (C = the transformer's in_channels / 4, so
+    the residual operator and decode see images); each call packs them into 2x2 patches and unpacks the output with
+    the pipeline's own ``_pack_latents`` / ``_unpack_latents``, with its ``_prepare_latent_image_ids`` and zero text
+    ids, as FluxPipeline does (its scheduler sees the packed (B, h*w/4, 4C) latents: elementwise, the same numbers).
+    ``image_size`` (pixels, int or (H, W); default the pipeline's 1024) sets h, w; ``max_sequence_length`` the T5
+    length (default 512, the pipeline's). FLUX.1-dev is guidance-distilled: no negative branch, its guidance is
+    the transformer's embedding input ``distilled_guidance`` (what FluxPipeline's ``guidance_scale`` sets), so a
+    ``negative_prompt`` and the null label are refused (the text buffers hold the P prompts only);
+    :class:`PromptGuided` at scale W embeds W (one call per evaluation). A transformer without ``guidance_embeds``
+    (FLUX.1-schnell) takes no guidance."""
 
     accepts_any_dtype = True
     prompt_conditioned = True
 
     def __init__(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None = None, *,
-                 timestep_type: str = "interp", scheduler_config_file: str | os.PathLike | None = None) -> None:
+                 timestep_type: str = "interp", scheduler_config_file: str | os.PathLike | None = None,
+                 distilled_guidance: float | None = None, image_size: int | tuple[int, int] | None = None,
+                 max_sequence_length: int = 512) -> None:
         super().__init__()
         name = type(pipe).__name__
         if name not in PIPELINE_KINDS:
@@ -187,7 +205,12 @@ class PromptModel(nn.Module):
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise TypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         self.kind, self.pipeline_class = PIPELINE_KINDS[name], name
+        if self.kind != "flux" and (distilled_guidance is not None or image_size is not None):
+            raise ValueError("distilled_guidance and image_size apply to Flux pipelines")
+        if self.kind == "flux" and negative_prompt is not None:
+            raise ValueError(f"negative_prompt: {FLUX_NO_NEGATIVE}")
         self.net = _backbone(pipe)
+        self.distilled_guidance = distilled_guidance
         self.vae = pipe.vae
         self.prompts, self.negative_prompt = list(prompts), negative_prompt
         self.null_label = len(self.prompts)
@@ -198,10 +221,22 @@ class PromptModel(nn.Module):
         self.adapter.model = self._network
         self.sigma_min, self.sigma_max = model_sigma_range(self.adapter, nc["num_train_timesteps"])
         cfg = self.net.config
-        size = cfg.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        self.sample_shape = (int(cfg.in_channels), *map(int, size))
         self.vae_scale_factor = int(getattr(pipe, "vae_scale_factor", 8))
+        if self.kind == "flux":
+            self.max_sequence_length = int(max_sequence_length)
+            self._pack, self._unpack = pipe._pack_latents, pipe._unpack_latents
+            self._image_ids = pipe._prepare_latent_image_ids
+            px = image_size if image_size is not None else pipe.default_sample_size * self.vae_scale_factor
+            px = (px, px) if isinstance(px, int) else tuple(px)
+            size = tuple(2 * (int(p) // (2 * self.vae_scale_factor)) for p in px)  # as FluxPipeline rounds
+            if len(size) != 2 or min(size) < 2:
+                raise ValueError(f"image_size must be an int or (H, W) of at least {2 * self.vae_scale_factor} "
+                                 f"pixels (2x2 latent patches), got {image_size!r}")
+            self.sample_shape = (int(cfg.in_channels) // 4, *size)
+        else:
+            size = cfg.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            self.sample_shape = (int(cfg.in_channels), *map(int, size))
         self.image_shape = (int(self.vae.config.out_channels), *(s * self.vae_scale_factor for s in size))
         with torch.no_grad():
             embeds = self._encode(pipe)
@@ -212,11 +247,16 @@ class PromptModel(nn.Module):
         self._labels: torch.Tensor | None = None
 
     def _encode(self, pipe: Any) -> dict[str, torch.Tensor]:
-        """{"text": (P+1, L, D), "pooled": (P+1, D) for SDXL/SD3}: the prompts' embeddings, then the negative's."""
+        """{"text": (P+1, L, D), "pooled": (P+1, D) for SDXL/SD3/Flux}: the prompts' embeddings, then the
+        negative's (Flux: no negative row)."""
         extra = {"prompt_2": None, "prompt_3": None} if self.kind == "sd3" else {}
         device = next(self.net.parameters()).device
 
         def encode(prompts: list[str], negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if self.kind == "flux":  # (T5 embeddings, pooled CLIP embeddings, text ids: zeros)
+                out = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,
+                                         max_sequence_length=self.max_sequence_length)
+                return out[0], out[1]
             out = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                      do_classifier_free_guidance=negative,
                                      negative_prompt=None if not negative or self.negative_prompt is None
@@ -230,9 +270,10 @@ class PromptModel(nn.Module):
             t, p = encode(self.prompts[i:i + _ENCODE_CHUNK], False)
             texts.append(t)
             pooled.append(p)
-        t, p = encode(self.prompts[:1], True)
-        texts.append(t)
-        pooled.append(p)
+        if self.kind != "flux":
+            t, p = encode(self.prompts[:1], True)
+            texts.append(t)
+            pooled.append(p)
         out = {"text": torch.cat(texts).detach()}
         if self.kind != "sd":
             out["pooled"] = torch.cat(pooled).detach()
@@ -256,6 +297,8 @@ class PromptModel(nn.Module):
         """One line: pipeline, model id, prompts, noise settings and sigma range."""
         neg = "the pipeline's own unconditional embedding" if self.negative_prompt is None else \
             repr(self.negative_prompt[:40])
+        if self.kind == "flux":
+            neg = "none (guidance is an embedding)"
         return (f"{self.pipeline_class} {self.model_id}, {len(self.prompts)} prompt(s), negative {neg}: "
                 f"{describe_noise(self.noise_config, self.sigma_min, self.sigma_max)}")
 
@@ -274,17 +317,37 @@ class PromptModel(nn.Module):
             pooled = self.pooled[labels]
             out = self.net(xin, tin, encoder_hidden_states=text,
                            added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
-        else:
+        elif self.kind == "sd3":
             pooled = self.pooled[labels]
             out = self.net(hidden_states=xin, timestep=tin, encoder_hidden_states=text,
                            pooled_projections=pooled).sample
+        else:
+            out = self._flux(xin, tin, text, self.pooled[labels])
         return out.to(x.dtype)
+
+    def _flux(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The Flux transformer on unpacked latents x (B, C, h, w), called as FluxPipeline calls it."""
+        (B, C, h, w), dtype, vsf = x.shape, self.net.dtype, self.vae_scale_factor
+        guidance = None
+        if self.net.config.guidance_embeds:
+            if self.distilled_guidance is None:
+                raise ValueError("this Flux transformer takes a guidance embedding (FLUX.1-dev style): set the "
+                                 "PromptModel's distilled_guidance (FluxPipeline's guidance_scale, e.g. 3.5), or "
+                                 "sample through PromptGuided(model, W)")
+            guidance = torch.full((B,), float(self.distilled_guidance), device=x.device, dtype=torch.float32)
+        out = self.net(hidden_states=self._pack(x, B, C, h, w), timestep=t / 1000, guidance=guidance,
+                       pooled_projections=pooled, encoder_hidden_states=text,
+                       txt_ids=torch.zeros(text.shape[1], 3, device=x.device, dtype=dtype),
+                       img_ids=self._image_ids(B, h // 2, w // 2, x.device, dtype), return_dict=False)[0]
+        return self._unpack(out, h * vsf, w * vsf, vsf)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """D(x, sigma, labels): labels (B,) in 0..P (P: the negative prompt)."""
         labels = torch.as_tensor(labels).reshape(-1)
         if labels.shape != (x.shape[0],):
             raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        if self.kind == "flux" and bool((labels == self.null_label).any()):
+            raise ValueError(f"label {self.null_label} (the negative prompt): {FLUX_NO_NEGATIVE}")
         if bool((labels < 0).any()) or bool((labels > self.null_label).any()):
             raise ValueError(f"labels must be in 0..{self.null_label} (prompts 0..{self.null_label - 1}, "
                              f"{self.null_label} the negative prompt)")
@@ -312,7 +375,12 @@ class PromptGuided(Guided):
     """Classifier-free guidance over a :class:`PromptModel`: ``D_w = D(neg) + w (D(prompt) - D(neg))`` in one call on
     the doubled batch. The prompt of each sample is drawn from its seed by :meth:`draw_for_seeds` (fewstep's seeded
     loops call it: :func:`fewstep.sampling.seeded_noise`), from ``pool`` (prompt indices; default all). A sampler
-    trained through it records the guidance scale, not the prompts: it applies to any prompt of the same model."""
+    trained through it records the guidance scale, not the prompts: it applies to any prompt of the same model.
+
+    Flux: ``scale`` W is the transformer's guidance embedding (FLUX.1-dev is guidance-distilled, FluxPipeline's
+    ``guidance_scale``): each evaluation is ONE call of the conditional model with the embedding set to W (no
+    negative branch, no doubled batch), recorded as guidance W like a classifier-free scale. A transformer without
+    a guidance embedding (FLUX.1-schnell) takes scale 1 only."""
 
     prompt_conditioned = True
 
@@ -324,6 +392,35 @@ class PromptGuided(Guided):
             raise ValueError(f"pool must be a non-empty list of prompt indices in 0..{model.null_label - 1}")
         super().__init__(model, pool[0], scale)
         self.pool = pool
+        if model.kind == "flux" and not model.net.config.guidance_embeds and self.scale != 1:
+            raise ValueError(f"guidance {scale!r}: this Flux transformer has no guidance embedding (FLUX.1-schnell "
+                             "style) and no negative branch; sample it at guidance 1")
+
+    @property
+    def _cfg_scale(self) -> float:
+        """Flux: 1 (the conditional model alone; the scale goes into the guidance embedding)."""
+        return 1.0 if self.denoiser.kind == "flux" else self.scale
+
+    @contextmanager
+    def _embedded(self) -> Iterator[None]:
+        """Flux: the model's guidance embedding at this scale for the duration of a call."""
+        model = self.denoiser
+        if model.kind != "flux" or not model.net.config.guidance_embeds:
+            yield
+            return
+        before, model.distilled_guidance = model.distilled_guidance, self.scale
+        try:
+            yield
+        finally:
+            model.distilled_guidance = before
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        with self._embedded():
+            return super().forward(x, sigma)
+
+    def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._embedded():
+            return super().denoise_with_features(x, sigma)
 
     @property
     def conditions_key(self) -> str:
@@ -365,6 +462,11 @@ def set_sampler(pipe: Any, predictor: Any, **kwargs: Any) -> Any:
     net = _backbone(pipe)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = load(predictor, model_id=unet_model_id(net))
+    if PIPELINE_KINDS.get(type(pipe).__name__) == "flux" and callable(getattr(predictor, "residual", None)):
+        raise ValueError("a residual sampler's operator convolves (C, H, W) latents, but FluxPipeline hands its "
+                         "scheduler packed (B, h*w/4, 4C) latents: run it with fewstep sample (PromptModel unpacks), "
+                         "or train a table method without AFS (pas, or amed with features none) for "
+                         "the pipeline")
     else:
         want = getattr(predictor, "config", {}).get("model_id")
         if isinstance(want, str) and want.startswith("diffusers:") and want != unet_model_id(net):
