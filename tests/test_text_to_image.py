@@ -175,6 +175,9 @@ def test_train_from_a_prompt_file_beats_its_base_on_held_out_prompts_and_runs_in
     trained, untrained = (float(r.split()[-1]) for r in rows[:2])
     assert rows[0].lstrip().startswith("trained") and "untrained" in rows[1]
     assert trained < 0.95 * untrained, text  # measured: 0.064 vs 0.076 at 256 samples
+    # The teacher it was distilled from, measured the same way: the floor a student approaches (here about 0.045).
+    teacher = [line for line in text.splitlines() if "its teacher: deis with M = 4" in line]
+    assert len(teacher) == 1 and 0 < float(teacher[0].split()[-1]) < untrained
 
     p = learned.load(out)
     assert p.config["training"]["conditioning"] == {"guidance": 5.0, "class_labels": None}

@@ -25,7 +25,7 @@ from .sampling import seeded_noise, solve, steps_for_nfe
 from .schedules import get_schedule
 from .seeds import report_seeds, tune_seeds
 from .io import tensor_digest
-from .teacher import REFERENCE_SOLVER, TeacherCache, model_key, provenance
+from .teacher import REFERENCE_SOLVER, TeacherCache, model_key, provenance, run_teacher
 
 __all__ = ["TuneResult", "tune", "report", "training_start", "SOLVER_GRID",
            "teacher_solution", "rmse_to", "TeacherErrors"]
@@ -300,11 +300,33 @@ def report(sampler: Any, denoiser: Callable, shape: Sequence[int], *, recipe: Re
             neutral.guidance_scale = sampler.guidance_scale
         rows.append({"label": f"untrained {neutral.describe()} (its neutral start, = its base solver)",
                      "rmse": err(neutral), "nfe": neutral.nfe()})
+        teacher = _teacher_row(sampler, err, init)
+        if teacher is not None:
+            rows.append(teacher)
     if recipe is not None:
         rows.append({"label": f"best classic: {recipe.label()}", "rmse": err(recipe), "nfe": recipe.nfe})
     best_classic = rows[-1]["rmse"] if recipe is not None else None
     ratio = rows[0]["rmse"] / best_classic if best_classic else None
     return {"rows": rows, "seeds": seeds, "ratio": ratio, "teacher_steps": teacher_steps}
+
+
+def _teacher_row(sampler: Any, err: TeacherErrors, init: Sequence[float]) -> dict[str, Any] | None:
+    """The report row of the teacher the sampler was distilled from (its solver with M steps inserted per interval
+    of the initial schedule), measured like the others: a student gets no closer to the reference than its teacher,
+    so a trained error near this row says the teacher is the limit (raise M). None where the checkpoint does not
+    record its teacher."""
+    tr = sampler.config.get("training") or {}
+    name, M = tr.get("teacher"), tr.get("M")
+    if not isinstance(name, str) or isinstance(M, bool) or not isinstance(M, int):
+        return None
+    sig = torch.tensor([float(v) for v in init], dtype=torch.float64)
+    key = (float(sig[-1]), float(sig[0]))
+    if key not in err.refs:
+        return None  # the sampler's own range was measured first; a teacher on another range is not comparable
+    with torch.no_grad():
+        sol = run_teacher(err.denoiser, err.noise, sig, M, name, tr.get("teacher_options"))
+    return {"label": f"its teacher: {name} with M = {M} on its initial schedule", "rmse": rmse_to(sol.x, err.refs[key]),
+            "nfe": sol.nfe, "teacher": True}
 
 
 def training_start(method: type, recipe: Recipe, options: dict[str, Any] | None = None, base: Any = None,

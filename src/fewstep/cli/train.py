@@ -384,6 +384,10 @@ def _compare(sampler, denoiser, shape, dtype, recipe, seeds: int, cache_dir=None
     print(f"held-out report: RMSE to the teacher (DEIS-4, {rep['teacher_steps']} steps) on seeds {s[0]}-{s[-1]}:")
     for row in rep["rows"]:
         print(f"  {row['label'][:70]:<70} NFE {row['nfe']:>2}  {row['rmse']:.4g}")
+    teacher = next((r for r in rep["rows"] if r.get("teacher")), None)
+    if teacher is not None and rep["rows"][0]["rmse"] <= 1.25 * teacher["rmse"]:
+        print(f"  the trained sampler is within 25% of its teacher's own error ({teacher['rmse']:.4g}): the teacher is "
+              "the limit; a finer one (--M, e.g. twice as large) can let it get closer")
     if rep["ratio"] is None:
         print("  (no best classic configuration to compare with: run fewstep tune, or train without --no-tune)")
     elif rep["ratio"] < 1:
