@@ -17,7 +17,7 @@ from fewstep.integrations.diffusers import FewstepScheduler
 from fewstep.integrations.diffusers.text import PromptGuided, PromptModel, load_pipeline, pipeline_kind, set_sampler
 from fewstep.learned.guidance import conditioning_of
 from fewstep.sampling import seeded_noise
-from tiny_pipelines import build_flux
+from tiny_pipelines import tiny_folder
 
 PX = 8  # image size: 8x8 latents (VAE scale factor 1), 16 packed tokens of 64 channels
 T5 = 12  # T5 sequence length (the tokenizer's model_max_length)
@@ -26,7 +26,7 @@ PROMPTS = ["a red cat", "a blue dog", "photo of a house", "a tree"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return build_flux(tmp_path_factory.mktemp("flux") / "flux")
+    return tiny_folder("flux", tmp_path_factory)
 
 
 def _calls(pipe) -> list[int]:
@@ -101,7 +101,7 @@ def test_prompt_model_samples_as_the_flux_pipeline_does(folder):
     assert den.decode(ours.float()).shape == (2, 3, 8, 8)
 
 
-def test_flux_refuses_a_negative_branch_and_guidance_without_an_embedding(folder, tmp_path, capsys):
+def test_flux_refuses_a_negative_branch_and_guidance_without_an_embedding(folder, tmp_path, tmp_path_factory, capsys):
     pipe = load_pipeline(folder)
     with pytest.raises(ValueError, match="Flux has no negative branch; its guidance is an embedding"):
         PromptModel(pipe, PROMPTS, negative_prompt="blurry", image_size=PX, max_sequence_length=T5)
@@ -114,7 +114,7 @@ def test_flux_refuses_a_negative_branch_and_guidance_without_an_embedding(folder
     model.distilled_guidance = 3.5
     assert torch.isfinite(model(x, torch.tensor([1.0]), torch.tensor([0]))).all()
     with pytest.raises(ValueError, match="apply to Flux pipelines"):
-        PromptModel(load_pipeline(build_sd_like(tmp_path)), ["a cat"], distilled_guidance=3.5)
+        PromptModel(load_pipeline(tiny_folder("sd", tmp_path_factory)), ["a cat"], distilled_guidance=3.5)
     # FLUX.1-schnell style (no guidance embedding): guidance 1 only
     pipe.transformer = type(pipe.transformer).from_config({**pipe.transformer.config, "guidance_embeds": False})
     schnell = PromptModel(pipe, PROMPTS, image_size=PX, max_sequence_length=T5)
@@ -128,11 +128,6 @@ def test_flux_refuses_a_negative_branch_and_guidance_without_an_embedding(folder
                  "--negative-prompt", "blurry", "--no-tune", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "Flux has no negative branch" in capsys.readouterr().err
 
-
-def build_sd_like(tmp_path):
-    from tiny_pipelines import build_sd
-
-    return build_sd(tmp_path / "sd")
 
 
 def test_a_table_sampler_trained_over_flux_prompts_runs_in_the_pipeline(folder):

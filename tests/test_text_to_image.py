@@ -29,7 +29,7 @@ from fewstep.integrations.diffusers.text import (
 from fewstep.learned.guidance import conditioning_of
 from fewstep.sampling import seeded_noise
 from fewstep.teacher import model_key
-from tiny_pipelines import BUILDERS
+from tiny_pipelines import tiny_folder
 
 PROMPTS = ["a red cat", "a blue dog", "photo of a house", "a tree", "the red house", "a cat in a tree",
            "blue photo", "a dog and a cat", "red tree", "house of the dog"]
@@ -37,15 +37,15 @@ PROMPTS = ["a red cat", "a blue dog", "photo of a house", "a tree", "the red hou
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Pipeline folders by kind, built once per module; "sdv" is Stable Diffusion with v-prediction (a random
-    eps-network's x0 estimates grow with sigma, a random v-network's stay at data scale: a usable training bed)."""
-    root = tmp_path_factory.mktemp("t2i")
+    """Pipeline folders by kind (:func:`tiny_folder`: built once per session); "sdv" is Stable Diffusion with
+    v-prediction (a random eps-network's x0 estimates grow with sigma, a random v-network's stay at data scale: a
+    usable training bed)."""
     made: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
         if kind not in made:
             if kind == "sdv":
-                path = get("sd").parent / "sdv"
+                path = tmp_path_factory.mktemp("t2i") / "sdv"
                 import shutil
 
                 shutil.copytree(get("sd"), path)
@@ -55,7 +55,7 @@ def folders(tmp_path_factory):
                 cfg_file.write_text(json.dumps(cfg))
                 made[kind] = path
             else:
-                made[kind] = BUILDERS[kind](root / kind)
+                made[kind] = tiny_folder(kind, tmp_path_factory)
         return made[kind]
 
     return get
@@ -239,7 +239,8 @@ def test_python_training_for_sdxl_and_sd3_runs_in_their_pipelines(folders, kind)
     model = PromptModel(pipe, PROMPTS[:4])
     # SD3's pipeline never calls scale_model_input: a method whose first model call stays put (no AFS, no time
     # shift or scale; DyWeight learns a time scale).
-    p = learned.train("residual" if kind == "sd3" else "dyweight", PromptGuided(model, 4.0), shape=model.sample_shape, nfe=4, afs=False,
+    method = "residual" if kind == "sd3" else "dyweight"
+    p = learned.train(method, PromptGuided(model, 4.0), shape=model.sample_shape, nfe=4, afs=False,
                       budget=learned.Budget(batch=4, total_samples=8), progress=False)
     calls = []
     net = pipe.transformer if kind == "sd3" else pipe.unet

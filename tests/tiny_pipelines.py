@@ -8,7 +8,8 @@ built in memory by :func:`t5_tokenizer`).
     from tiny_pipelines import build_sd, load
     pipe = load(build_sd(tmp_path / "sd"))
 
-:func:`tiny_pipeline` builds each kind once per pytest session (in ``tmp_path_factory``'s base folder)."""
+:func:`tiny_folder` / :func:`tiny_pipeline` build each kind once per pytest session (in ``tmp_path_factory``'s base
+folder)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 import transformers
 
 __all__ = ["write_clip_tokenizer", "t5_tokenizer", "build_sd", "build_sdxl", "build_sd3", "build_flux", "build_ddpm",
-           "load", "tiny_pipeline", "BUILDERS", "HEIGHT", "WIDTH"]
+           "load", "tiny_folder", "tiny_pipeline", "BUILDERS", "HEIGHT", "WIDTH"]
 
 HEIGHT = WIDTH = 8  # image size of the SD-style pipelines (VAE scale factor 1); DDPM images are 8x8 too
 T5_LENGTH = 12  # the T5 tokenizer's model_max_length (FluxPipeline pads prompts to max_sequence_length)
@@ -182,10 +183,15 @@ def load(path) -> diffusers.DiffusionPipeline:
 BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "ddpm": build_ddpm}
 
 
-def tiny_pipeline(kind: str, tmp_path_factory) -> diffusers.DiffusionPipeline:
-    """A fresh pipeline object of ``kind`` ("sd", "sdxl", "sd3", "flux", "ddpm"), loaded from a folder built once per pytest
-    session (``tmp_path_factory``'s base folder; later calls only load it)."""
+def tiny_folder(kind: str, tmp_path_factory) -> Path:
+    """The folder of a pipeline of ``kind`` ("sd", "sdxl", "sd3", "flux", "ddpm"), built once per pytest session
+    (``tmp_path_factory``'s base folder; later calls only return it). Tests must not modify it."""
     root = Path(tmp_path_factory.getbasetemp()) / "tiny-pipelines" / kind
     if not (root / "model_index.json").exists():
         BUILDERS[kind](root)
-    return load(root)
+    return root
+
+
+def tiny_pipeline(kind: str, tmp_path_factory) -> diffusers.DiffusionPipeline:
+    """A fresh pipeline object of ``kind``, loaded from :func:`tiny_folder`."""
+    return load(tiny_folder(kind, tmp_path_factory))

@@ -21,8 +21,8 @@ from .schedules import validate_sigmas
 from .solvers import Solver, get_solver
 
 __all__ = [
-    "sample", "solve", "iterate", "ModelCall", "Step", "Solution", "NonFiniteError", "noise_for_seeds", "seeded_noise", "count_nfe",
-    "steps_for_nfe", "detach_state", "all_finite", "img2img_sigmas",
+    "sample", "solve", "iterate", "ModelCall", "Step", "Solution", "NonFiniteError", "noise_for_seeds", "seeded_noise",
+    "count_nfe", "steps_for_nfe", "detach_state", "all_finite", "img2img_sigmas",
 ]
 
 

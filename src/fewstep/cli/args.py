@@ -389,6 +389,14 @@ def check_class(label: int, classes: int, model: str) -> int:
     return label
 
 
+def check_negative_prompt(negative: str | None, w: float) -> None:
+    """--negative-prompt at guidance 1 is refused: only the conditional branch is evaluated, so it would change
+    nothing."""
+    if negative is not None and w == 1:
+        raise ValueError("--negative-prompt has no effect at --guidance 1 (the conditional model alone is sampled); "
+                         "give a scale above 1, or leave it out")
+
+
 def guidance_scale(w: float) -> float:
     """--guidance W: a finite number."""
     if not math.isfinite(w):

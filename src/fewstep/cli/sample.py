@@ -12,6 +12,7 @@ from .args import (
     add_sigma_args,
     add_solver_args,
     check_class,
+    check_negative_prompt,
     class_count,
     data_range,
     describe_sigma_range,
@@ -299,9 +300,7 @@ def _guide(args: argparse.Namespace, denoiser):
             raise ValueError("--prompt needs --guidance W (the classifier-free guidance scale, e.g. 7.5; 1 samples "
                              "the conditional model without guidance)")
         w = guidance_scale(args.guidance)
-        if args.negative_prompt is not None and w == 1:
-            raise ValueError("--negative-prompt has no effect at --guidance 1 (the conditional model alone is "
-                             "sampled); give a scale above 1, or leave it out")
+        check_negative_prompt(args.negative_prompt, w)
         return PromptGuided(denoiser, w), {"prompt": args.prompt, "negative_prompt": args.negative_prompt,
                                            "guidance": w}
     if args.class_label is None:

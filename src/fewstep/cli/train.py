@@ -12,6 +12,7 @@ from .args import (
     add_model_args,
     add_sigma_args,
     check_class,
+    check_negative_prompt,
     class_count,
     guidance_scale,
     json_object,
@@ -492,9 +493,8 @@ def _prompt_guided(args: argparse.Namespace, denoiser, cls, options: dict) -> tu
         raise ValueError("--prompts needs --guidance W (the scale the pipeline samples with, e.g. 7.5; 1 trains "
                          "without guidance) or --guidance-scales W1,W2,... (one guidance-aware sampler)")
     w, scales = _scales(args, cls, options)
-    if args.negative_prompt is not None and scales is None and w == 1:
-        raise ValueError("--negative-prompt has no effect at --guidance 1 (the conditional model alone is sampled); "
-                         "give a scale above 1, or leave it out")
+    if scales is None:
+        check_negative_prompt(args.negative_prompt, w)
     if not CALLS_SCALE_MODEL_INPUT[denoiser.kind]:
         if args.afs is None:
             args.afs = False

@@ -136,9 +136,10 @@ def conditioning_of(denoiser: Any) -> dict[str, Any] | None:
     (``null_label``: the unconditional model, no guidance, no labels), or None where it cannot be told (a plain
     callable, e.g. a host's own guidance wrapper)."""
     w, labels = getattr(denoiser, "scale", None), getattr(denoiser, "labels", None)
-    if getattr(denoiser, "prompt_conditioned", False) is True and not isinstance(w, bool) and isinstance(w, (int, float)):
+    numeric = not isinstance(w, bool) and isinstance(w, (int, float))
+    if numeric and getattr(denoiser, "prompt_conditioned", False) is True:
         return {"guidance": float(w), "class_labels": None}  # prompts: a sampler applies to any prompt of the model
-    if not isinstance(w, bool) and isinstance(w, (int, float)) and labels is not None:
+    if numeric and labels is not None:
         if isinstance(labels, int) and not isinstance(labels, bool):
             ys = [labels]
         elif isinstance(labels, torch.Tensor) and not labels.is_floating_point():

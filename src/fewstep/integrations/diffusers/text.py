@@ -112,14 +112,25 @@ def prompt_for_seed(seed: int, n: int) -> int:
     return (z ^ (z >> 31)) % n
 
 
+def _index(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's model_index.json (checked as untrusted JSON), or None where there is none."""
+    index = Path(path) / "model_index.json"
+    if not os.path.lexists(index):
+        return None
+    return load_json(index, what="diffusers model_index.json", expect=dict)
+
+
 def pipeline_kind(path: str | os.PathLike) -> str | None:
     """The kind (:data:`PIPELINE_KINDS` value) of the text-to-image pipeline saved in folder ``path``, None for an
     unconditional pipeline (a UNet2DModel's) or a bare UNet folder (no model_index.json); any other pipeline class is
     a ValueError that lists the supported ones."""
-    index = Path(path) / "model_index.json"
-    if not os.path.lexists(index):
+    return _kind_of(_index(path), path)
+
+
+def _kind_of(cfg: dict[str, Any] | None, path: str | os.PathLike) -> str | None:
+    """:func:`pipeline_kind` of an index already read (None: the folder has none)."""
+    if cfg is None:
         return None
-    cfg = load_json(index, what="diffusers model_index.json", expect=dict)
     name = cfg.get("_class_name")
     if name in PIPELINE_KINDS:
         return PIPELINE_KINDS[name]
@@ -137,11 +148,10 @@ def load_pipeline(path: str | os.PathLike) -> Any:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no diffusers pipeline folder at {root}")
-    kind = pipeline_kind(root)
-    if kind is None:
+    index = _index(root)
+    if _kind_of(index, root) is None:
         raise ValueError(f"{root} is not a text-to-image pipeline; fewstep supports {supported_kinds()}")
     require("transformers", extra="text", purpose="text-to-image pipelines (their text encoders and tokenizers)")
-    index = load_json(root / "model_index.json", what="diffusers model_index.json", expect=dict)
     empty = {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
     for weights in root.glob("*/*.safetensors"):  # from_pretrained would block on a FIFO
         regular_file(weights, "diffusers weights file")
@@ -438,14 +448,17 @@ class PromptGuided(Guided):
         """The decoded images' shape (C, H, W)."""
         return self.denoiser.image_shape
 
+    def _drawn(self, seeds: Iterable[int]) -> list[int]:
+        """The prompt index each seed draws from the pool."""
+        return [self.pool[prompt_for_seed(s, len(self.pool))] for s in seeds]
+
     def draw_for_seeds(self, seeds: Iterable[int]) -> None:
         """Condition the next calls on the prompts of these seeds (one per sample, in order)."""
-        seeds = list(seeds)
-        self.labels = torch.tensor([self.pool[prompt_for_seed(s, len(self.pool))] for s in seeds], dtype=torch.long)
+        self.labels = torch.tensor(self._drawn(seeds), dtype=torch.long)
 
     def prompts_for_seeds(self, seeds: Iterable[int]) -> list[str]:
         """The prompt text each seed draws."""
-        return [self.denoiser.prompts[self.pool[prompt_for_seed(s, len(self.pool))]] for s in seeds]
+        return [self.denoiser.prompts[i] for i in self._drawn(seeds)]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.denoiser.decode(latents)
